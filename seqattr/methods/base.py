@@ -1,0 +1,122 @@
+"""The registry of attribution methods and the contract every method fulfils.
+
+A method subclasses `AttributionMethod` with a class-level ``name``; that joins the registry (a duplicate name
+is refused). It receives `MethodInputs` (one padded batch, the embeddings to attribute and the `StepObjective`
+that maps embeddings to every step's score) and returns a `MethodOutput` in padded coordinates; the engine
+slices it per example and writes NaN where a step cannot see a token.
+
+Two paths, held equal by the tests:
+- ``attribute_fused``: as few model passes as exactness allows, all steps at once (DESIGN.md §2);
+- ``attribute_stepwise``: the reference; step ``t`` is explained on its own prefix, as other tools do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from seqattr.typing import Float, Tensor
+
+if TYPE_CHECKING:
+    from seqattr.engine import StepObjective
+    from seqattr.models.attribution_model import AttributionModel
+    from seqattr.models.batch import AttributionBatch
+
+
+@dataclass
+class MethodInputs:
+    """What a method attributes: one batch, its embeddings and the per-step objective."""
+
+    batch: AttributionBatch
+    objective: StepObjective
+    source_embeds: Float[Tensor, "batch source_len hidden"] | None
+    """Encoder input embeddings (None for decoder-only models); attributed when ``attribute_source``."""
+    target_embeds: Float[Tensor, "batch target_len hidden"]
+    """Decoder input embeddings; attributed when ``attribute_target``."""
+    attribute_source: bool
+    attribute_target: bool
+
+
+@dataclass
+class MethodOutput:
+    """A batch's attributions in padded coordinates; entries a step cannot see may hold anything."""
+
+    source_attributions: Tensor | None  # [batch, source_len, steps, *extra]
+    target_attributions: Tensor | None  # [batch, target_len, steps, *extra]
+    step_scores: dict[str, Tensor] = field(default_factory=dict)  # [batch, steps], e.g. convergence deltas
+
+
+@dataclass
+class NoOptions:
+    """Options of a method that has none."""
+
+
+_METHODS: dict[str, type[AttributionMethod]] = {}
+
+
+class AttributionMethod:
+    """Base class of attribution methods. Subclasses set ``name`` and implement the two paths."""
+
+    name: ClassVar[str]
+    fusable: ClassVar[bool] = True
+    """False when the method cannot be fused exactly: the engine then runs it stepwise and says so in info."""
+    Options: ClassVar[type] = NoOptions
+    """A dataclass of the method's keyword options, with their defaults."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # an abstract family base
+            return
+        if cls.name in _METHODS:
+            raise ValueError(
+                f"an attribution method named {cls.name!r} exists already ({_METHODS[cls.name].__qualname__})"
+            )
+        _METHODS[cls.name] = cls
+
+    def __init__(self, model: AttributionModel) -> None:
+        self.model = model
+
+    @classmethod
+    def parse_options(cls, **kwargs: Any):
+        """The method's options from keyword arguments; an unknown one raises an error naming the valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            listed = ", ".join(sorted(valid)) or "none"
+            raise TypeError(f"{cls.name} got unknown option(s) {', '.join(unknown)}; its options are: {listed}")
+        options = cls.Options(**kwargs)
+        validate = getattr(options, "validate", None)
+        if validate is not None:
+            validate()
+        return options
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator[None]:
+        """Context in which the method's hooks are attached to the model; they are removed on exit, always."""
+        yield
+
+    def attribute_fused(self, inputs: MethodInputs, options) -> MethodOutput:
+        raise NotImplementedError(f"{self.name} has no fused path")
+
+    def attribute_stepwise(self, inputs: MethodInputs, options) -> MethodOutput:
+        raise NotImplementedError(f"{self.name} has no stepwise path")
+
+
+def get_method_class(name: str) -> type[AttributionMethod]:
+    """The method class registered under ``name``; an unknown name lists the valid ones."""
+    if not isinstance(name, str) or name not in _METHODS:
+        raise ValueError(f"unknown attribution method {name!r}; valid methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> dict[str, str]:
+    """Registered attribution methods with a one-line description each.
+
+    Example:
+        >>> "saliency" in seqattr.list_methods()
+        True
+    """
+    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in sorted(_METHODS.items())}

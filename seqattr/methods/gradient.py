@@ -1,0 +1,178 @@
+"""Shared machinery of gradient methods: every step's gradient from one forward pass, and the Captum reference.
+
+Fused path (DESIGN.md §2): the target side is causal, so one forward pass over a whole (possibly interpolated
+or noised) sequence yields the score of every step; one batched backward (``is_grads_batched``: a vmap over
+the step dimension) then gives each step's gradient. Steps are processed in chunks, each forward truncated to
+the longest prefix its steps need, which bounds memory (a chunk's raw gradients are
+``[steps, n, positions, hidden]``) and avoids paying for positions no step in the chunk can see. Hidden
+dimensions are reduced chunk by chunk unless the user keeps them (``hidden_reduction=None``).
+
+Stepwise path: Captum's own attribution class is run on each step's prefix: an independent implementation
+that the tests hold the fused path to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from seqattr.methods.base import MethodInputs, MethodOutput
+from seqattr.typing import Float, Tensor
+
+HIDDEN_REDUCTIONS = ("sum", "l2", "mean", "absmax", None)
+_CHUNK_BYTES = 256 * 2**20  # raw gradient memory allowed per step chunk
+MAX_STEP_CHUNK = 16  # steps per batched backward; larger chunks pay for longer prefixes (benchmarks/)
+
+
+def reduce_hidden(values: Float[Tensor, "*dims hidden"], how: str | None) -> Tensor:
+    """Reduce the last (hidden) dimension: signed ``sum``, ``l2`` norm, ``mean``, ``absmax`` (the signed
+    value of largest magnitude) or None to keep it."""
+    if how is None:
+        return values
+    if how == "sum":
+        return values.sum(-1)
+    if how == "l2":
+        return values.norm(dim=-1)
+    if how == "mean":
+        return values.mean(-1)
+    if how == "absmax":
+        return values.gather(-1, values.abs().argmax(-1, keepdim=True))[..., 0]
+    raise ValueError(f"unknown hidden_reduction {how!r}; valid: {', '.join(map(repr, HIDDEN_REDUCTIONS))}")
+
+
+@dataclass
+class GradientOptions:
+    """Options shared by gradient methods."""
+
+    hidden_reduction: str | None = "sum"
+    """How the hidden dimension is reduced while steps are computed (sum, l2, mean, absmax, None = keep)."""
+
+    def validate(self) -> None:
+        if self.hidden_reduction not in HIDDEN_REDUCTIONS:
+            raise ValueError(
+                f"unknown hidden_reduction {self.hidden_reduction!r}; "
+                f"valid: {', '.join(map(repr, HIDDEN_REDUCTIONS))}"
+            )
+
+
+@dataclass
+class StepGradients:
+    """Gradients of the scores of a chunk of steps, for ``n`` evaluation points."""
+
+    scores: Float[Tensor, "n steps"]
+    source: Float[Tensor, "steps n source_len hidden"] | None
+    target: Float[Tensor, "steps n prefix_len hidden"] | None
+    """Only the prefix the chunk's steps can see; later positions have zero gradient."""
+
+
+def step_chunks(inputs: MethodInputs, n_points: int) -> Iterator[slice]:
+    """Slices of step columns small enough that their raw gradients stay within the chunk memory budget."""
+    batch = inputs.batch
+    hidden = inputs.target_embeds.shape[-1]
+    positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
+    per_step = n_points * positions * hidden * inputs.target_embeds.element_size()
+    size = max(1, min(MAX_STEP_CHUNK, _CHUNK_BYTES // max(per_step, 1)))
+    for start in range(0, batch.num_steps, size):
+        yield slice(start, min(start + size, batch.num_steps))
+
+
+def step_gradients(
+    inputs: MethodInputs,
+    source_points: Float[Tensor, "n source_len hidden"] | None,
+    target_points: Float[Tensor, "n target_len hidden"],
+    steps: slice,
+) -> StepGradients:
+    """One forward pass at ``n`` points (copies of the batch, block-wise) and the gradient of each step's score.
+
+    Example:
+        >>> chunk = step_gradients(inputs, inputs.source_embeds, inputs.target_embeds, slice(0, 4))  # doctest: +SKIP
+        >>> chunk.target.shape   # [4 steps, batch, prefix_len, hidden]
+    """
+    prefix_len = int(inputs.batch.step_positions[steps].max())
+    source = None
+    if source_points is not None:
+        source = source_points.detach().requires_grad_(inputs.attribute_source)
+    target = target_points[:, :prefix_len].detach().requires_grad_(inputs.attribute_target)
+    wrt = [x for x, attributed in ((source, inputs.attribute_source), (target, inputs.attribute_target)) if attributed]
+    with torch.enable_grad():
+        scores = inputs.objective(source, target, steps)
+        num_steps, n = scores.shape[1], scores.shape[0]
+        # Row t of the batched backward seeds step t's score of every point.
+        seeds = torch.eye(num_steps, dtype=scores.dtype, device=scores.device)[:, None, :].expand(num_steps, n, num_steps)
+        grads = torch.autograd.grad(scores, wrt, seeds, is_grads_batched=True)
+    grads = list(grads)
+    return StepGradients(
+        scores=scores.detach(),
+        source=grads.pop(0) if inputs.attribute_source else None,
+        target=grads.pop(0) if inputs.attribute_target else None,
+    )
+
+
+class AttributionWriter:
+    """Collects per-chunk results into padded ``[batch, positions, steps, *extra]`` tensors."""
+
+    def __init__(self, inputs: MethodInputs) -> None:
+        self.inputs = inputs
+        self.source: Tensor | None = None
+        self.target: Tensor | None = None
+        self.step_scores: dict[str, Tensor] = {}
+
+    def _allocate(self, like: Tensor, positions: int) -> Tensor:
+        batch = self.inputs.batch
+        extra = like.shape[3:]
+        return torch.zeros(batch.size, positions, batch.num_steps, *extra, dtype=like.dtype, device=like.device)
+
+    def write(self, steps: slice, source: Tensor | None, target: Tensor | None) -> None:
+        """``source``: ``[steps, batch, source_len, *extra]``; ``target``: ``[steps, batch, prefix_len, *extra]``."""
+        if source is not None:
+            if self.source is None:
+                self.source = self._allocate(source, source.shape[2])
+            self.source[:, :, steps] = source.movedim(0, 2)
+        if target is not None:
+            if self.target is None:
+                self.target = self._allocate(target, self.inputs.batch.target_ids.shape[1])
+            self.target[:, : target.shape[2], steps] = target.movedim(0, 2)
+
+    def write_step_score(self, name: str, steps: slice, values: Float[Tensor, "batch steps"]) -> None:
+        if name not in self.step_scores:
+            self.step_scores[name] = torch.zeros(self.inputs.batch.size, self.inputs.batch.num_steps, dtype=values.dtype)
+        self.step_scores[name][:, steps] = values.cpu()
+
+    def output(self) -> MethodOutput:
+        return MethodOutput(self.source, self.target, self.step_scores)
+
+
+CaptumStep = Callable[[Callable[..., Tensor], tuple[Tensor, ...], tuple], tuple[Tensor, ...]]
+"""``(forward_func, inputs, additional_forward_args) -> attributions`` for one step, e.g. a Captum call."""
+
+
+def captum_stepwise(inputs: MethodInputs, attribute_step: CaptumStep, reduce: Callable[[Tensor], Tensor]) -> MethodOutput:
+    """The reference path: ``attribute_step`` (typically a Captum method) run on each step's own prefix.
+
+    The attributed embeddings are Captum's ``inputs``; the constant ones and each row's batch index travel in
+    ``additional_forward_args``, so Captum expands them consistently whatever its internal batching.
+    """
+    batch, objective = inputs.batch, inputs.objective
+    writer = AttributionWriter(inputs)
+    rows = torch.arange(batch.size, device=batch.target_ids.device)
+    for column in range(batch.num_steps):
+        steps = slice(column, column + 1)
+        prefix = inputs.target_embeds[:, : int(batch.step_positions[column])]
+        roles = [("source", inputs.source_embeds, inputs.attribute_source), ("target", prefix, inputs.attribute_target)]
+        roles = [(role, embeds, attributed) for role, embeds, attributed in roles if embeds is not None]
+        attributed = tuple(embeds.detach().requires_grad_() for _, embeds, is_attributed in roles if is_attributed)
+        constant = tuple(embeds for _, embeds, is_attributed in roles if not is_attributed)
+
+        def forward(*args: Tensor, _roles=roles, _steps=steps) -> Tensor:
+            attributed_args, constant_args = list(args[: len(attributed)]), list(args[len(attributed) : -1])
+            embeds = {role: (attributed_args if flag else constant_args).pop(0) for role, _, flag in _roles}
+            return objective(embeds.get("source"), embeds["target"], _steps, args[-1])[:, 0]
+
+        with torch.enable_grad():
+            results = list(attribute_step(forward, attributed, (*constant, rows)))
+        source = reduce(results.pop(0).detach())[None] if inputs.attribute_source else None
+        target = reduce(results.pop(0).detach())[None] if inputs.attribute_target else None
+        writer.write(steps, source, target)
+    return writer.output()

@@ -1,0 +1,376 @@
+"""`AttributionModel`: a Hugging Face generative model with its tokenizer and a bound attribution method.
+
+Conventions (documented once, in docs/usage.md):
+- decoder-only: the target is prompt + continuation; ``generated_texts`` must start with the prompt; by default
+  the continuation's tokens are explained (``attr_pos_start`` = prompt length);
+- encoder-decoder: the source is the input text; the target starts with the decoder start token, which is
+  never explained (``attr_pos_start`` = 1); ``attribute_target`` adds attributions over the target prefix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from seqattr import engine
+from seqattr.data.attribution import AttributionOutput
+from seqattr.methods.base import AttributionMethod, get_method_class
+from seqattr.models.batch import AttributionBatch, EncodedExample
+from seqattr.step_functions import StepFunction, get_step_function, step_function_name
+from seqattr.typing import Float, Int, Tensor
+
+DEFAULT_MAX_NEW_TOKENS = 20
+
+
+def _as_text_list(texts: str | Sequence[str], argument: str) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, Sequence) or not texts:
+        raise ValueError(f"{argument} must be a non-empty string or a non-empty list of strings")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{argument}[{i}] must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"{argument}[{i}] is empty; give text for the model to read")
+    return list(texts)
+
+
+class AttributionModel:
+    """A generative model ready to explain its outputs; made by `seqattr.load_model`.
+
+    Example:
+        >>> model = seqattr.load_model("gpt2", "saliency")               # doctest: +SKIP
+        >>> out = model.attribute("Hello everyone, today", generation_args={"max_new_tokens": 5})
+        >>> out.show()
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        method: str = "saliency",
+        model_name: str | None = None,
+        **method_kwargs: Any,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name or getattr(model, "name_or_path", None) or type(model).__name__
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.method_name = method
+        self.method_kwargs = method_kwargs
+        # Fail now, not at the first attribute() call, on an unknown method or option.
+        get_method_class(method).parse_options(**method_kwargs)
+        # A capability of the architecture (GPT-2, Llama, Qwen2, ... have it), not keyword routing.
+        self._has_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    # --- facts about the model -------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model's position embeddings cover (None when unbounded, e.g. T5)."""
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return list(self.tokenizer.convert_ids_to_tokens(list(ids)))
+
+    # --- model passes -----------------------------------------------------------------------------
+
+    def embed(self, ids: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq hidden"]:
+        """Input embeddings of token ids, as the model computes them (scaling included)."""
+        return self.model.get_input_embeddings()(ids)
+
+    def embed_batch(self, batch: AttributionBatch) -> tuple[Tensor | None, Tensor]:
+        with torch.no_grad():
+            source = self.embed(batch.source_ids) if batch.source_ids is not None else None
+            return source, self.embed(batch.target_ids)
+
+    def step_logits(
+        self,
+        batch: AttributionBatch,
+        rows: Int[Tensor, " n"],
+        source_embeds: Float[Tensor, "n source_len hidden"] | None,
+        target_embeds: Float[Tensor, "n prefix_len hidden"],
+        positions: Int[Tensor, " steps"],
+    ) -> Float[Tensor, "n steps vocab"]:
+        """Next-token logits predicting the target tokens at ``positions`` (padded indices), for ``n`` rows."""
+        prefix_len = target_embeds.shape[1]
+        if int(positions.max()) > prefix_len:
+            raise ValueError(f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings")
+        mask = batch.target_mask[rows, :prefix_len]
+        if self.is_encoder_decoder:
+            out = self.model(
+                inputs_embeds=source_embeds,
+                attention_mask=batch.source_mask[rows],
+                decoder_inputs_embeds=target_embeds,
+                decoder_attention_mask=mask,
+                use_cache=False,
+            )
+            return out.logits[:, positions - 1]
+        kwargs = dict(
+            inputs_embeds=target_embeds,
+            attention_mask=mask,
+            position_ids=batch.position_ids[rows, :prefix_len],
+            use_cache=False,
+        )
+        if self._has_logits_to_keep:  # the LM head runs only where a step is explained
+            return self.model(**kwargs, logits_to_keep=positions - 1).logits
+        return self.model(**kwargs).logits[:, positions - 1]
+
+    # --- encoding and generation ------------------------------------------------------------------
+
+    def _check_length(self, length: int, what: str) -> None:
+        limit = self.max_positions
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"{what} is {length} tokens long, longer than the model's context of {limit} tokens; "
+                "shorten the input or lower max_new_tokens"
+            )
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos]) - {None}
+
+    def _cut_at_eos(self, ids: list[int]) -> list[int]:
+        eos = self._eos_ids()
+        for i, token in enumerate(ids):
+            if token in eos:
+                return ids[: i + 1]
+        return ids
+
+    def _pad(self, sequences: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, seq in enumerate(sequences):
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[i, span] = torch.tensor(seq, dtype=torch.long)
+            mask[i, span] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _generate(self, prompts: list[list[int]], generation_args: dict[str, Any]) -> list[list[int]]:
+        """Continuations of each prompt (decoder-only) or target sequences after the start token."""
+        input_ids, attention_mask = self._pad(prompts, left=not self.is_encoder_decoder)
+        with torch.no_grad():
+            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_args)
+        skip = input_ids.shape[1] if not self.is_encoder_decoder else 1
+        return [self._cut_at_eos(seq[skip:].tolist()) for seq in sequences]
+
+    def encode(
+        self,
+        input_texts: list[str],
+        generated_texts: list[str] | None,
+        generation_args: dict[str, Any],
+        batch_size: int,
+    ) -> list[tuple[list[int], list[int], int]]:
+        """``(source_ids, target_ids, default attr_pos_start)`` per example, generating where not forced."""
+        prompts = [self.tokenizer(text)["input_ids"] for text in input_texts]
+        for i, prompt in enumerate(prompts):
+            self._check_length(len(prompt), f"input_texts[{i}]")
+        if generated_texts is not None:
+            return [self._encode_forced(i, p, t, input_texts[i]) for i, (p, t) in enumerate(zip(prompts, generated_texts))]
+
+        generation_args = dict(generation_args)
+        if "max_new_tokens" not in generation_args and "max_length" not in generation_args:
+            generation_args["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+        new_tokens = generation_args.get("max_new_tokens")
+        if new_tokens is not None and not self.is_encoder_decoder:
+            for i, prompt in enumerate(prompts):
+                self._check_length(len(prompt) + new_tokens, f"input_texts[{i}] plus max_new_tokens={new_tokens}")
+        generations: list[list[int]] = []
+        for start in range(0, len(prompts), batch_size):
+            generations += self._generate(prompts[start : start + batch_size], generation_args)
+        if self.is_encoder_decoder:
+            start_id = self.model.generation_config.decoder_start_token_id
+            return [(p, [start_id, *g], 1) for p, g in zip(prompts, generations)]
+        return [([], p + g, len(p)) for p, g in zip(prompts, generations)]
+
+    def _encode_forced(self, i: int, prompt: list[int], text: str, input_text: str) -> tuple[list[int], list[int], int]:
+        if self.is_encoder_decoder:
+            target = self.tokenizer(text_target=text)["input_ids"]
+            start_id = self.model.generation_config.decoder_start_token_id
+            self._check_length(len(target) + 1, f"generated_texts[{i}]")
+            return prompt, [start_id, *target], 1
+        if not text.startswith(input_text):
+            raise ValueError(
+                f"generated_texts[{i}] must start with its prompt (decoder-only models continue their input): "
+                f"{text[:60]!r} does not start with {input_text[:60]!r}. Pass prompt + continuation."
+            )
+        full = self.tokenizer(text)["input_ids"]
+        if full[: len(prompt)] != prompt:
+            raise ValueError(
+                f"generated_texts[{i}] tokenizes differently from its prompt at the boundary: the prompt's tokens "
+                f"{self.convert_ids_to_tokens(prompt[-3:])} are not a prefix of the text's tokens "
+                f"{self.convert_ids_to_tokens(full[max(0, len(prompt) - 3) : len(prompt) + 1])}. "
+                "End the prompt where a token ends (e.g. drop a trailing space)."
+            )
+        if len(full) == len(prompt):
+            raise ValueError(f"generated_texts[{i}] adds no tokens to its prompt: there is nothing to explain")
+        self._check_length(len(full), f"generated_texts[{i}]")
+        return [], full, len(prompt)
+
+    # --- attribution ------------------------------------------------------------------------------
+
+    def attribute(
+        self,
+        input_texts: str | Sequence[str],
+        generated_texts: str | Sequence[str] | None = None,
+        *,
+        method: str | None = None,
+        generation_args: dict[str, Any] | None = None,
+        attribute_target: bool = False,
+        attr_pos_start: int | None = None,
+        attr_pos_end: int | None = None,
+        step_scores: Sequence[str] = (),
+        attributed_fn: str | StepFunction | None = None,
+        batch_size: int | None = None,
+        show_progress: bool = True,
+        fused: bool = True,
+        **method_kwargs: Any,
+    ) -> AttributionOutput:
+        """Generate (or take the forced ``generated_texts``) and attribute every step to its inputs.
+
+        Args:
+            input_texts: a text or a list of texts (the prompt, or the encoder input).
+            generated_texts: forced outputs instead of generation; for decoder-only models each must start
+                with its prompt.
+            method: another registered method for this call (default: the one bound by `load_model`).
+            generation_args: keyword arguments of ``model.generate`` (default ``max_new_tokens=20``).
+            attribute_target: also attribute to the target prefix (encoder-decoder; decoder-only always does).
+            attr_pos_start, attr_pos_end: the window of target positions to explain, ``[start, end)``;
+                negative values count from the end. Defaults: the generated tokens.
+            step_scores: names of step functions to score at every step (e.g. ``["probability"]``).
+            attributed_fn: the step function whose value is attributed (default ``"probability"``).
+            batch_size: examples per model call (default: all at once).
+            show_progress: show a progress bar over batches.
+            fused: explain all steps of a sequence in one pass (True) or step by step (the reference).
+            **method_kwargs: the method's options (e.g. ``hidden_reduction="l2"``); they override those
+                given to `load_model`.
+
+        Example:
+            >>> out = model.attribute("The capital of France is", generation_args={"max_new_tokens": 8},
+            ...                       step_scores=["probability"])       # doctest: +SKIP
+        """
+        started = time.perf_counter()
+        texts = _as_text_list(input_texts, "input_texts")
+        forced = None
+        if generated_texts is not None:
+            forced = _as_text_list(generated_texts, "generated_texts")
+            if len(forced) != len(texts):
+                raise ValueError(f"got {len(texts)} input_texts but {len(forced)} generated_texts; give one per input")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if attribute_target not in (True, False):
+            raise TypeError("attribute_target must be True or False")
+        method_name = method or self.method_name
+        method_cls = get_method_class(method_name)
+        kwargs = {**self.method_kwargs, **method_kwargs} if method_name == self.method_name else method_kwargs
+        options = method_cls.parse_options(**kwargs)
+        attributed = get_step_function(attributed_fn or "probability")
+        step_score_names = list(step_scores)
+        for name in step_score_names:
+            get_step_function(name)
+        batch_size = batch_size or len(texts)
+
+        encoded = self.encode(texts, forced, dict(generation_args or {}), batch_size)
+        generated_at = time.perf_counter()
+        examples = [
+            EncodedExample(source, target, *self._window(i, len(target), default_start, attr_pos_start, attr_pos_end))
+            for i, (source, target, default_start) in enumerate(encoded)
+        ]
+
+        method_instance: AttributionMethod = method_cls(self)
+        sequences = []
+        batches = range(0, len(examples), batch_size)
+        if show_progress and len(batches) > 1:
+            from rich.progress import track
+
+            batches = track(batches, description=f"{method_name}", transient=True)
+        for start in batches:
+            batch = AttributionBatch.from_examples(
+                examples[start : start + batch_size], self.pad_token_id, self.is_encoder_decoder, self.device
+            )
+            result = engine.run_batch(self, method_instance, options, batch, attributed, attribute_target, fused)
+            scores = engine.compute_step_scores(self, batch, step_score_names)
+            sequences += engine.assemble(self, batch, result, scores)
+        finished = time.perf_counter()
+        info = self._info(method_name, options, attributed_fn, step_score_names, fused and method_cls.fusable,
+                          attribute_target, batch_size, generation_args, forced is not None)
+        info["timing"] = {
+            "total_s": finished - started,
+            "generation_s": generated_at - started,
+            "attribution_s": finished - generated_at,
+        }
+        return AttributionOutput(sequences, info)
+
+    def _window(
+        self, i: int, length: int, default_start: int, start: int | None, end: int | None
+    ) -> tuple[int, int]:
+        resolved_start = default_start if start is None else (start + length if start < 0 else start)
+        resolved_end = length if end is None else (end + length if end < 0 else end)
+        if not 1 <= resolved_start < resolved_end <= length:
+            raise ValueError(
+                f"example {i}: attr_pos_start={start!r}, attr_pos_end={end!r} select target positions "
+                f"[{resolved_start}, {resolved_end}) of a {length}-token target; need "
+                f"1 <= start < end <= {length} (position 0 has no prefix to explain it)"
+            )
+        return resolved_start, resolved_end
+
+    def _info(self, method_name, options, attributed_fn, step_score_names, fused, attribute_target, batch_size,
+              generation_args, forced) -> dict[str, Any]:
+        import dataclasses
+
+        import captum
+        import transformers
+
+        import seqattr
+
+        return {
+            "method": method_name,
+            "method_options": dataclasses.asdict(options),
+            "engine": "fused" if fused else "stepwise",
+            "attributed_fn": step_function_name(attributed_fn or "probability"),
+            "step_scores": step_score_names,
+            "attribute_target": attribute_target,
+            "batch_size": batch_size,
+            "forced_targets": forced,
+            "generation_args": dict(generation_args or {}),
+            "model": self.model_name,
+            "model_class": type(self.model).__name__,
+            "is_encoder_decoder": self.is_encoder_decoder,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "versions": {
+                "seqattr": seqattr.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "captum": captum.__version__,
+            },
+        }
+
+    def __repr__(self) -> str:
+        family = "encoder-decoder" if self.is_encoder_decoder else "decoder-only"
+        return f"AttributionModel({self.model_name!r}, {family}, method={self.method_name!r})"

