@@ -98,16 +98,25 @@ def step_gradients(
     wrt = [x for x, attributed in ((source, inputs.attribute_source), (target, inputs.attribute_target)) if attributed]
     with torch.enable_grad():
         scores = inputs.objective(source, target, steps)
-        num_steps, n = scores.shape[1], scores.shape[0]
-        # Row t of the batched backward seeds step t's score of every point.
-        seeds = torch.eye(num_steps, dtype=scores.dtype, device=scores.device)[:, None, :].expand(num_steps, n, num_steps)
-        grads = torch.autograd.grad(scores, wrt, seeds, is_grads_batched=True)
-    grads = list(grads)
+        grads = list(batched_step_backward(scores, wrt))
     return StepGradients(
         scores=scores.detach(),
         source=grads.pop(0) if inputs.attribute_source else None,
         target=grads.pop(0) if inputs.attribute_target else None,
     )
+
+
+def batched_step_backward(scores: Float[Tensor, "n steps"], wrt: list[Tensor]) -> tuple[Tensor, ...]:
+    """The gradient of each step's score (summed over the ``n`` rows) w.r.t. each tensor of ``wrt``, from one
+    batched backward: ``[steps, *tensor.shape]`` per tensor. Rows must not interact (each is its own example).
+
+    Example:
+        >>> (grad,) = batched_step_backward(objective(None, points), [points])  # doctest: +SKIP
+    """
+    num_steps, n = scores.shape[1], scores.shape[0]
+    # Row t of the batched backward seeds step t's score of every point.
+    seeds = torch.eye(num_steps, dtype=scores.dtype, device=scores.device)[:, None, :].expand(num_steps, n, num_steps)
+    return torch.autograd.grad(scores, wrt, seeds, is_grads_batched=True)
 
 
 class AttributionWriter:
@@ -148,11 +157,23 @@ CaptumStep = Callable[[Callable[..., Tensor], tuple[Tensor, ...], tuple], tuple[
 """``(forward_func, inputs, additional_forward_args) -> attributions`` for one step, e.g. a Captum call."""
 
 
-def captum_stepwise(inputs: MethodInputs, attribute_step: CaptumStep, reduce: Callable[[Tensor], Tensor]) -> MethodOutput:
+def captum_stepwise(
+    inputs: MethodInputs,
+    attribute_step: CaptumStep,
+    reduce: Callable[[Tensor], Tensor],
+    *,
+    split_positions: bool = False,
+) -> MethodOutput:
     """The reference path: ``attribute_step`` (typically a Captum method) run on each step's own prefix.
 
     The attributed embeddings are Captum's ``inputs``; the constant ones and each row's batch index travel in
     ``additional_forward_args``, so Captum expands them consistently whatever its internal batching.
+    ``attribute_step`` returns one attribution per Captum input, or None for an attributed role it gives no
+    scores to (a layer method whose layer lies on the other side).
+
+    ``split_positions`` passes every attributed token as its own Captum input (``[batch, hidden]``). Captum
+    draws random noise input by input, so a step's prefix then receives exactly the first draws of the whole
+    sequence: the fused path of a random method can reproduce them (see ``methods/noise.py``).
     """
     batch, objective = inputs.batch, inputs.objective
     writer = AttributionWriter(inputs)
@@ -162,17 +183,26 @@ def captum_stepwise(inputs: MethodInputs, attribute_step: CaptumStep, reduce: Ca
         prefix = inputs.target_embeds[:, : int(batch.step_positions[column])]
         roles = [("source", inputs.source_embeds, inputs.attribute_source), ("target", prefix, inputs.attribute_target)]
         roles = [(role, embeds, attributed) for role, embeds, attributed in roles if embeds is not None]
-        attributed = tuple(embeds.detach().requires_grad_() for _, embeds, is_attributed in roles if is_attributed)
+        attributed_embeds = [embeds for _, embeds, is_attributed in roles if is_attributed]
+        sizes = [embeds.shape[1] if split_positions else 1 for embeds in attributed_embeds]
+        parts = [x for e in attributed_embeds for x in (e.unbind(1) if split_positions else (e,))]
+        attributed = tuple(x.detach().requires_grad_() for x in parts)
         constant = tuple(embeds for _, embeds, is_attributed in roles if not is_attributed)
 
-        def forward(*args: Tensor, _roles=roles, _steps=steps) -> Tensor:
-            attributed_args, constant_args = list(args[: len(attributed)]), list(args[len(attributed) : -1])
+        def join(values: list, _sizes=sizes) -> list:
+            if not split_positions:
+                return values
+            bounds = [sum(_sizes[:i]) for i in range(len(_sizes) + 1)]
+            return [torch.stack(values[a:b], dim=1) for a, b in zip(bounds, bounds[1:])]
+
+        def forward(*args: Tensor, _roles=roles, _steps=steps, _count=len(attributed), _join=join) -> Tensor:
+            attributed_args, constant_args = _join(list(args[:_count])), list(args[_count:-1])
             embeds = {role: (attributed_args if flag else constant_args).pop(0) for role, _, flag in _roles}
             return objective(embeds.get("source"), embeds["target"], _steps, args[-1])[:, 0]
 
         with torch.enable_grad():
-            results = list(attribute_step(forward, attributed, (*constant, rows)))
-        source = reduce(results.pop(0).detach())[None] if inputs.attribute_source else None
-        target = reduce(results.pop(0).detach())[None] if inputs.attribute_target else None
-        writer.write(steps, source, target)
+            results = join(list(attribute_step(forward, attributed, (*constant, rows))))
+        source = results.pop(0) if inputs.attribute_source else None
+        target = results.pop(0) if inputs.attribute_target else None
+        writer.write(steps, *(None if r is None else reduce(r.detach())[None] for r in (source, target)))
     return writer.output()

@@ -1,0 +1,107 @@
+"""Integrated gradients (Sundararajan et al. 2017): gradients integrated along the straight path from a baseline.
+
+Fused: the ``n_steps`` interpolations of the whole sequence are evaluated once each, in blocks of
+``internal_batch_size`` rows, and every step's gradient comes from the batched backward. Exact, because a
+step's score ignores the target positions at and after its own token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.path_base import (
+    Baselines,
+    PathOptions,
+    PointBlock,
+    integration_rule,
+    path_sums,
+    point_blocks,
+    resolve_baselines,
+    step_scores_at,
+    write_sums,
+)
+
+CONVERGENCE_DELTA = "convergence_delta"
+"""Step score holding ``sum of a step's attributions - (f(input) - f(baseline))`` (Captum's sign)."""
+
+
+@dataclass
+class IntegratedGradientsOptions(PathOptions):
+    return_convergence_delta: bool = False
+    """Store each step's completeness error as the step score ``convergence_delta``."""
+
+
+def straight_path_blocks(inputs: MethodInputs, baselines: Baselines, options, alphas, weights):
+    """Point blocks of the straight path ``baseline + alpha (x - baseline)`` for every attributed role."""
+    batch = inputs.batch.size
+    ends = {"source": inputs.source_embeds, "target": inputs.target_embeds}
+    starts = {"source": baselines.source, "target": baselines.target}
+    for block in point_blocks(len(alphas), batch, options.internal_batch_size):
+        alpha = torch.tensor([alphas[i] for i in block], dtype=inputs.target_embeds.dtype,
+                             device=inputs.target_embeds.device).repeat_interleave(batch)[:, None, None]
+        weight = torch.tensor([weights[i] for i in block], dtype=alpha.dtype,
+                              device=alpha.device).repeat_interleave(batch)[:, None, None]
+        points, factors = {}, {}
+        for role, end in ends.items():
+            start = starts[role]
+            copies = None if end is None else end.repeat(len(block), 1, 1)
+            if start is None:  # not attributed: stays at the input
+                points[role], factors[role] = copies, None
+                continue
+            difference = (end - start).repeat(len(block), 1, 1)
+            points[role] = start.repeat(len(block), 1, 1) + alpha * difference
+            factors[role] = weight * difference if options.multiply_by_inputs else weight
+        yield PointBlock(points["source"], points["target"], factors["source"], factors["target"])
+
+
+class IntegratedGradients(AttributionMethod):
+    """Gradients integrated along the straight path from a baseline to the input embeddings."""
+
+    name = "integrated_gradients"
+    Options = IntegratedGradientsOptions
+
+    def attribute_fused(self, inputs: MethodInputs, options: IntegratedGradientsOptions) -> MethodOutput:
+        baselines = resolve_baselines(self.model, inputs, options.baseline)
+        alphas, weights = integration_rule(options.n_steps, options.integration_method)
+        rows = options.internal_batch_size or len(alphas) * inputs.batch.size
+        writer = AttributionWriter(inputs)
+        totals = []
+        for steps in step_chunks(inputs, n_points=rows):
+            sums = path_sums(inputs, steps, straight_path_blocks(inputs, baselines, options, alphas, weights))
+            totals.append(sums.total())
+            write_sums(writer, steps, sums, options.hidden_reduction)
+        if options.return_convergence_delta:
+            gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - step_scores_at(
+                inputs, *baselines.for_roles(inputs)
+            )
+            writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
+        return writer.output()
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: IntegratedGradientsOptions) -> MethodOutput:
+        baselines = resolve_baselines(self.model, inputs, options.baseline)
+        deltas = []
+
+        def attribute_step(forward, attributed, additional):
+            result = CaptumIntegratedGradients(forward, multiply_by_inputs=options.multiply_by_inputs).attribute(
+                attributed,
+                baselines=baselines.for_step(attributed),
+                additional_forward_args=additional,
+                n_steps=options.n_steps,
+                method=options.integration_method,
+                internal_batch_size=options.internal_batch_size,
+                return_convergence_delta=options.return_convergence_delta,
+            )
+            if options.return_convergence_delta:
+                result, delta = result
+                deltas.append(delta.detach())
+            return result
+
+        output = captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+        if options.return_convergence_delta:
+            output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
+        return output

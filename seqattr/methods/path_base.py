@@ -1,0 +1,235 @@
+"""Shared machinery of baseline and path methods: baselines, integration rules, point blocks, path sums.
+
+Integrated gradients and its relatives attribute ``sum_k factor_k * grad f(point_k)`` over a set of points
+(interpolations, noised or shuffled inputs). The fused form evaluates every point ONCE for all steps: the
+points of the whole sequence go through the model in blocks of ``internal_batch_size`` rows, the batched
+backward of `step_gradients` gives each step's gradient, and each block's gradients are multiplied by their
+factor (weight, ``x - baseline``) and summed before the next block; hidden dimensions are reduced per step
+chunk, after the sum. A step's score does not depend on target positions at or after its own token, so
+moving the whole sequence along the path is exact for every step.
+
+Baselines (``baseline=`` option, documented once in docs/methods_gradient.md): ``"zeros"`` (the default, as
+in Captum), ``"unk"``, ``"pad"``, a token id (that token's embedding at every position), or a float tensor
+broadcastable to the embeddings, typically one ``[hidden]`` vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
+
+from seqattr.methods.base import MethodInputs
+from seqattr.methods.gradient import AttributionWriter, GradientOptions, reduce_hidden, step_gradients
+from seqattr.typing import Float, Tensor
+
+BASELINE_NAMES = ("zeros", "unk", "pad")
+DEFAULT_BASELINE = "zeros"
+INTEGRATION_METHODS = tuple(SUPPORTED_METHODS)
+
+
+def check_positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_baseline(baseline) -> None:
+    """Refuse a baseline of the wrong kind when options are parsed (shapes are checked against the inputs)."""
+    if isinstance(baseline, str):
+        if baseline not in BASELINE_NAMES:
+            raise ValueError(
+                f"unknown baseline {baseline!r}; use one of {', '.join(map(repr, BASELINE_NAMES))}, "
+                "a token id, or a tensor broadcastable to the embeddings (e.g. one [hidden] vector)"
+            )
+    elif isinstance(baseline, Tensor):
+        if not baseline.is_floating_point():
+            raise ValueError(f"a baseline tensor holds embeddings and must be floating point, got {baseline.dtype}")
+    elif isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 0:
+        raise ValueError(
+            f"baseline must be 'zeros', 'unk', 'pad', a token id (int >= 0) or a float tensor, got {baseline!r}"
+        )
+
+
+@dataclass
+class IntegrationOptions(GradientOptions):
+    """Options of methods that integrate gradients with a quadrature rule."""
+
+    n_steps: int = 50
+    """Integration points per path."""
+    integration_method: str = "gausslegendre"
+    """Captum's ``method`` (renamed: ``method=`` already names the attribution method in ``attribute``):
+    gausslegendre, riemann_left, riemann_right, riemann_middle or riemann_trapezoid."""
+    internal_batch_size: int | None = None
+    """Rows per forward pass (whole copies of the batch, at least one); None = all points at once. Results do
+    not depend on it beyond float rounding."""
+    multiply_by_inputs: bool = True
+    """Multiply the integrated gradient by ``input - baseline`` (Captum's default: global attribution)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive_int("n_steps", self.n_steps)
+        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
+        if self.integration_method not in INTEGRATION_METHODS:
+            raise ValueError(
+                f"unknown integration_method {self.integration_method!r}; valid: {', '.join(INTEGRATION_METHODS)}"
+            )
+
+
+@dataclass
+class PathOptions(IntegrationOptions):
+    """Options of methods integrating from one baseline."""
+
+    baseline: str | int | Tensor = DEFAULT_BASELINE
+    """What the inputs are compared with: 'zeros', 'unk', 'pad', a token id, or a float tensor."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_baseline(self.baseline)
+
+
+def integration_rule(n_steps: int, method: str) -> tuple[list[float], list[float]]:
+    """``(alphas, weights)`` of Captum's rule ``method`` with ``n_steps`` points on [0, 1]."""
+    step_sizes, alphas = approximation_parameters(method)
+    return list(alphas(n_steps)), list(step_sizes(n_steps))
+
+
+@dataclass
+class Baselines:
+    """Baseline embeddings of the attributed roles (None for a role that is not attributed)."""
+
+    source: Float[Tensor, "batch source_len hidden"] | None
+    target: Float[Tensor, "batch target_len hidden"] | None
+
+    def for_roles(self, inputs: MethodInputs) -> tuple[Tensor | None, Tensor]:
+        """Source and target embeddings with the attributed roles replaced by their baseline."""
+        source = self.source if self.source is not None else inputs.source_embeds
+        return source, self.target if self.target is not None else inputs.target_embeds
+
+    def for_step(self, attributed: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Baselines matching Captum's inputs of one step: the source, and the target cut to the step's prefix."""
+        present = [b for b in (self.source, self.target) if b is not None]
+        return tuple(b[:, : x.shape[1]] for b, x in zip(present, attributed))
+
+
+def _token_baseline(model, baseline: str | int) -> int:
+    if isinstance(baseline, int):
+        vocab = model.model.get_input_embeddings().num_embeddings
+        if baseline >= vocab:
+            raise ValueError(f"baseline token id {baseline} is outside the vocabulary (size {vocab})")
+        return baseline
+    token_id = model.tokenizer.unk_token_id if baseline == "unk" else model.tokenizer.pad_token_id
+    if token_id is None:
+        raise ValueError(
+            f"baseline={baseline!r}: the tokenizer has no {baseline} token; use 'zeros', another token id, or a tensor"
+        )
+    return token_id
+
+
+def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor) -> Baselines:
+    """Full-size baseline embeddings for the attributed roles; an impossible tensor shape is refused here.
+
+    Example:
+        >>> baselines = resolve_baselines(model, inputs, "pad")   # doctest: +SKIP
+        >>> baselines.target.shape == inputs.target_embeds.shape
+        True
+    """
+    roles = {"source": inputs.source_embeds if inputs.attribute_source else None,
+             "target": inputs.target_embeds if inputs.attribute_target else None}
+    if isinstance(baseline, Tensor):
+        resolved = {}
+        for role, embeds in roles.items():
+            if embeds is None:
+                resolved[role] = None
+                continue
+            try:
+                shape = torch.broadcast_shapes(baseline.shape, embeds.shape)
+            except RuntimeError:
+                shape = None
+            if shape != embeds.shape:
+                raise ValueError(
+                    f"baseline tensor of shape {list(baseline.shape)} does not broadcast to the {role} embeddings "
+                    f"of shape [batch={embeds.shape[0]}, positions={embeds.shape[1]}, hidden={embeds.shape[2]}]; "
+                    f"give one [{embeds.shape[2]}] vector (used at every position) or a token baseline"
+                )
+            resolved[role] = baseline.to(embeds).expand_as(embeds)
+        return Baselines(**resolved)
+    if baseline == "zeros":
+        return Baselines(**{r: None if e is None else torch.zeros_like(e) for r, e in roles.items()})
+    token_id = _token_baseline(model, baseline)
+    with torch.no_grad():
+        vector = model.embed(torch.tensor([[token_id]], device=inputs.target_embeds.device))
+    return Baselines(**{r: None if e is None else vector.to(e).expand_as(e) for r, e in roles.items()})
+
+
+def point_blocks(num_points: int, batch_size: int, internal_batch_size: int | None) -> Iterator[range]:
+    """Ranges of point indices, each at most ``internal_batch_size`` rows (and at least one copy of the batch)."""
+    per_block = num_points if internal_batch_size is None else max(1, internal_batch_size // batch_size)
+    for start in range(0, num_points, per_block):
+        yield range(start, min(start + per_block, num_points))
+
+
+@dataclass
+class PointBlock:
+    """``k`` copies of the batch (stacked block-wise) where gradients are taken, and each gradient's factor.
+
+    Factors broadcast to the points (``[k * batch, 1, 1]`` for a weight, full size for ``x - baseline``);
+    a role that is not attributed has None.
+    """
+
+    source_points: Float[Tensor, "n source_len hidden"] | None
+    target_points: Float[Tensor, "n target_len hidden"]
+    source_factor: Tensor | None
+    target_factor: Tensor | None
+
+
+@dataclass
+class PathSums:
+    """Per-hidden sums of a chunk of steps: ``[steps, batch, positions, hidden]`` per attributed role."""
+
+    source: Tensor | None
+    target: Tensor | None
+
+    def total(self) -> Float[Tensor, "batch steps"]:
+        """Sum over positions and hidden units: what completeness compares with ``f(x) - f(baseline)``."""
+        parts = [x.sum((2, 3)) for x in (self.source, self.target) if x is not None]
+        return sum(parts).transpose(0, 1)
+
+
+def path_sums(inputs: MethodInputs, steps: slice, blocks: Iterator[PointBlock]) -> PathSums:
+    """``sum over blocks and copies of factor * gradient`` for the steps of ``steps``, one forward per block.
+
+    Example:
+        >>> sums = path_sums(inputs, slice(0, 4), iter([PointBlock(None, points, None, weights)]))  # doctest: +SKIP
+    """
+    batch = inputs.batch.size
+    source_sum = target_sum = None
+    for block in blocks:
+        grads = step_gradients(inputs, block.source_points, block.target_points, steps)
+        copies = grads.scores.shape[0] // batch
+        if grads.source is not None:
+            part = (grads.source * block.source_factor).unflatten(1, (copies, batch)).sum(1)
+            source_sum = part if source_sum is None else source_sum + part
+        if grads.target is not None:
+            prefix = grads.target.shape[2]
+            part = (grads.target * block.target_factor[:, :prefix]).unflatten(1, (copies, batch)).sum(1)
+            target_sum = part if target_sum is None else target_sum + part
+    return PathSums(source_sum, target_sum)
+
+
+def write_sums(writer: AttributionWriter, steps: slice, sums: PathSums, hidden_reduction: str | None) -> None:
+    writer.write(steps, *(None if x is None else reduce_hidden(x, hidden_reduction) for x in (sums.source, sums.target)))
+
+
+def step_scores_at(inputs: MethodInputs, source: Tensor | None, target: Tensor) -> Float[Tensor, "batch steps"]:
+    """Every step's score at one point (no gradient), for completeness checks."""
+    with torch.no_grad():
+        return inputs.objective(source, target).detach()
+
+
+def expand_rows(x: Tensor | None, copies: int) -> Tensor | None:
+    """``copies`` copies of a batch tensor stacked block-wise (the layout `StepObjective` expects)."""
+    return None if x is None else x.repeat(copies, *([1] * (x.dim() - 1)))
