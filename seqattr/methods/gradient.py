@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from seqattr.methods.base import MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.typing import Float, Tensor
 
 HIDDEN_REDUCTIONS = ("sum", "l2", "mean", "absmax", None)
@@ -151,6 +152,19 @@ class AttributionWriter:
 
     def output(self) -> MethodOutput:
         return MethodOutput(self.source, self.target, self.step_scores)
+
+
+class PointwiseGradientMethod(AttributionMethod):
+    """A gradient method whose attribution at a point needs only the gradient there (and the point): what a
+    noise tunnel (``methods/noise_tunnel.py``) averages over noisy copies of the inputs."""
+
+    def point_attribution(self, gradient: Tensor, points: Tensor, options) -> Tensor:
+        """The raw (per-hidden) attribution from ``gradient`` at ``points`` (same shape)."""
+        raise NotImplementedError
+
+    def captum_method(self, forward: Callable[..., Tensor], options) -> tuple[Any, dict[str, Any]]:
+        """Captum's class for the same method on ``forward``, and the keyword arguments of its ``attribute``."""
+        raise NotImplementedError
 
 
 CaptumStep = Callable[[Callable[..., Tensor], tuple[Tensor, ...], tuple], tuple[Tensor, ...]]

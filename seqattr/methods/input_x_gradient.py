@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from captum.attr import InputXGradient as CaptumInputXGradient
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import MethodInputs, MethodOutput
 from seqattr.methods.gradient import (
     AttributionWriter,
     GradientOptions,
+    PointwiseGradientMethod,
     captum_stepwise,
     reduce_hidden,
     step_chunks,
@@ -15,7 +16,7 @@ from seqattr.methods.gradient import (
 )
 
 
-class InputXGradient(AttributionMethod):
+class InputXGradient(PointwiseGradientMethod):
     """Input embeddings multiplied by the gradient of each step's score."""
 
     name = "input_x_gradient"
@@ -33,6 +34,12 @@ class InputXGradient(AttributionMethod):
                 target = reduce_hidden(grads.target * prefix, options.hidden_reduction)
             writer.write(steps, source, target)
         return writer.output()
+
+    def point_attribution(self, gradient, points, options: GradientOptions):
+        return gradient * points
+
+    def captum_method(self, forward, options: GradientOptions):
+        return CaptumInputXGradient(forward), {}
 
     def attribute_stepwise(self, inputs: MethodInputs, options: GradientOptions) -> MethodOutput:
         def attribute_step(forward, attributed, additional):

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from captum.attr import Saliency as CaptumSaliency
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import MethodInputs, MethodOutput
 from seqattr.methods.gradient import (
     AttributionWriter,
     GradientOptions,
+    PointwiseGradientMethod,
     captum_stepwise,
     reduce_hidden,
     step_chunks,
@@ -23,7 +24,7 @@ class SaliencyOptions(GradientOptions):
     """Take the absolute value of the gradient (Captum's default)."""
 
 
-class Saliency(AttributionMethod):
+class Saliency(PointwiseGradientMethod):
     """Gradient of each step's score w.r.t. the input embeddings (absolute by default)."""
 
     name = "saliency"
@@ -41,6 +42,12 @@ class Saliency(AttributionMethod):
             return CaptumSaliency(forward).attribute(attributed, additional_forward_args=additional, abs=options.abs)
 
         return captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+
+    def point_attribution(self, gradient, points, options: SaliencyOptions):
+        return gradient.abs() if options.abs else gradient
+
+    def captum_method(self, forward, options: SaliencyOptions):
+        return CaptumSaliency(forward), {"abs": options.abs}
 
     @staticmethod
     def _finish(gradient, options: SaliencyOptions):

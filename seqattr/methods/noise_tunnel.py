@@ -1,0 +1,153 @@
+"""Noise tunnels (Smilkov et al. 2017; Adebayo et al. 2018): a base gradient method averaged over noisy inputs.
+
+`NoiseTunnel` composes a pointwise gradient method (``base_method``: saliency or input x gradient); it does
+not inherit from it. Each of ``nt_samples`` samples adds Gaussian noise of standard deviation ``stdevs`` to
+every attributed embedding; the base method's per-hidden attributions ``a_s`` are then combined:
+
+- ``smooth_grad``: the mean of ``a_s``;
+- ``square_grad``: the mean of ``a_s ** 2`` (Captum's ``smoothgrad_sq``);
+- ``var_grad``: the variance ``mean(a_s ** 2) - mean(a_s) ** 2`` (Captum's ``vargrad``).
+
+Fused: every noisy copy of the whole sequence is evaluated once for all steps; the noise is the one Captum's
+``NoiseTunnel`` draws in the stepwise reference for the same ``seed`` (see ``methods/noise.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from captum.attr import NoiseTunnel as CaptumNoiseTunnel
+
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, get_method_class
+from seqattr.methods.gradient import (
+    AttributionWriter,
+    GradientOptions,
+    PointwiseGradientMethod,
+    captum_stepwise,
+    reduce_hidden,
+    step_chunks,
+    step_gradients,
+)
+from seqattr.methods.noise import check_seed, check_stdevs, seeded_global_rng, tunnel_generators, tunnel_noise
+from seqattr.methods.path_base import check_positive_int, expand_rows, point_blocks
+
+BASE_METHODS = ("saliency", "input_x_gradient")
+
+
+@dataclass
+class NoiseTunnelOptions(GradientOptions):
+    base_method: str = "saliency"
+    """The method averaged over noise: 'saliency' (absolute gradient, as Captum's default) or 'input_x_gradient'."""
+    nt_samples: int = 5
+    """Noisy samples per example."""
+    stdevs: float = 1.0
+    """Standard deviation of the Gaussian noise added to the embeddings (Captum's default; scale it to your
+    model's embeddings, e.g. 10-20% of their spread as Smilkov et al. suggest)."""
+    internal_batch_size: int | None = None
+    """Rows per forward pass in the fused path (whole copies of the batch); None = all samples at once."""
+    seed: int = 0
+    """Seed of the noise: the same seed gives the same numbers."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.base_method not in BASE_METHODS:
+            raise ValueError(f"base_method must be one of {', '.join(map(repr, BASE_METHODS))}, got {self.base_method!r}")
+        check_positive_int("nt_samples", self.nt_samples)
+        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
+        check_stdevs(self.stdevs)
+        check_seed(self.seed)
+
+
+class NoiseTunnel(AttributionMethod):
+    """A base gradient method combined over noisy copies of the inputs (abstract: the variants fix ``nt_type``)."""
+
+    nt_type: ClassVar[str]
+    """Captum's name of the combination: smoothgrad, smoothgrad_sq or vargrad."""
+    Options = NoiseTunnelOptions
+
+    def _base(self, options: NoiseTunnelOptions) -> tuple[PointwiseGradientMethod, object]:
+        base_class = get_method_class(options.base_method)
+        assert issubclass(base_class, PointwiseGradientMethod)  # guaranteed by BASE_METHODS
+        return base_class(self.model), base_class.Options()
+
+    def _combine(self, total, total_sq, samples: int):
+        mean = total / samples
+        if self.nt_type == "smoothgrad":
+            return mean
+        if self.nt_type == "smoothgrad_sq":
+            return total_sq / samples
+        return total_sq / samples - mean * mean
+
+    def attribute_fused(self, inputs: MethodInputs, options: NoiseTunnelOptions) -> MethodOutput:
+        base, base_options = self._base(options)
+        batch, samples = inputs.batch.size, options.nt_samples
+        torch_generator, _ = tunnel_generators(options.seed, inputs.target_embeds.device)
+        noises = iter(tunnel_noise(inputs, options.stdevs, samples, torch_generator))
+        roles = [(inputs.source_embeds, inputs.attribute_source), (inputs.target_embeds, inputs.attribute_target)]
+        noise = [next(noises) if attributed and embeds is not None else None for embeds, attributed in roles]
+        writer = AttributionWriter(inputs)
+        for steps in step_chunks(inputs, n_points=options.internal_batch_size or samples * batch):
+            sums: list = [None, None]
+            squares: list = [None, None]
+            for block in point_blocks(samples, batch, options.internal_batch_size):
+                points = [
+                    expand_rows(embeds, len(block)) if n is None else (embeds + n[block.start : block.stop]).flatten(0, 1)
+                    for (embeds, _), n in zip(roles, noise)
+                ]
+                grads = step_gradients(inputs, points[0], points[1], steps)
+                for i, gradient in enumerate((grads.source, grads.target)):
+                    if gradient is None:
+                        continue
+                    at_points = points[i][:, : gradient.shape[2]]
+                    attribution = base.point_attribution(gradient, at_points, base_options)
+                    attribution = attribution.unflatten(1, (len(block), batch))
+                    part, part_sq = attribution.sum(1), (attribution * attribution).sum(1)
+                    sums[i] = part if sums[i] is None else sums[i] + part
+                    squares[i] = part_sq if squares[i] is None else squares[i] + part_sq
+            combined = [
+                None if total is None else reduce_hidden(self._combine(total, total_sq, samples), options.hidden_reduction)
+                for total, total_sq in zip(sums, squares)
+            ]
+            writer.write(steps, *combined)
+        return writer.output()
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: NoiseTunnelOptions) -> MethodOutput:
+        base, base_options = self._base(options)
+
+        def attribute_step(forward, attributed, additional):
+            captum_base, kwargs = base.captum_method(forward, base_options)
+            with seeded_global_rng(options.seed, inputs.target_embeds.device):
+                return CaptumNoiseTunnel(captum_base).attribute(
+                    attributed,
+                    nt_type=self.nt_type,
+                    nt_samples=options.nt_samples,
+                    stdevs=float(options.stdevs),
+                    additional_forward_args=additional,
+                    **kwargs,
+                )
+
+        return captum_stepwise(
+            inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction), split_positions=True
+        )
+
+
+class SmoothGrad(NoiseTunnel):
+    """Mean of a gradient method's attributions over noisy copies of the inputs (SmoothGrad)."""
+
+    name = "smooth_grad"
+    nt_type = "smoothgrad"
+
+
+class SquareGrad(NoiseTunnel):
+    """Mean of the squared attributions of a gradient method over noisy copies of the inputs."""
+
+    name = "square_grad"
+    nt_type = "smoothgrad_sq"
+
+
+class VarGrad(NoiseTunnel):
+    """Variance of a gradient method's attributions over noisy copies of the inputs (VarGrad)."""
+
+    name = "var_grad"
+    nt_type = "vargrad"
