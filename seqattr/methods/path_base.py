@@ -110,9 +110,10 @@ class Baselines:
         return source, self.target if self.target is not None else inputs.target_embeds
 
     def for_step(self, attributed: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """Baselines matching Captum's inputs of one step: the source, and the target cut to the step's prefix."""
+        """Baselines matching Captum's inputs of one step (the target cut to the step's prefix), repeated
+        block-wise when the inputs hold several copies of the batch (one per step, see ``step_rows``)."""
         present = [b for b in (self.source, self.target) if b is not None]
-        return tuple(b[:, : x.shape[1]] for b, x in zip(present, attributed))
+        return tuple(b[:, : x.shape[1]].repeat(x.shape[0] // b.shape[0], 1, 1) for b, x in zip(present, attributed))
 
 
 def _token_baseline(model, baseline: str | int) -> int:

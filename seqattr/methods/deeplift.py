@@ -1,0 +1,99 @@
+"""DeepLIFT (Shrikumar et al. 2017), Captum's rescale rule: differences from a baseline propagated backwards.
+
+Captum's DeepLIFT runs the model on the inputs and the baseline together and replaces the derivative of each
+supported nonlinearity *module* (ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus, Softmax, MaxPool) by
+``delta out / delta in``; every other operation keeps its ordinary gradient. Transformers compute GELU and
+SiLU in modules Captum does not list and attention softmax as a function, so on most language models
+DeepLIFT differs from ``(x - baseline) * gradient`` only where such modules exist (e.g. T5's ReLU).
+
+Fused by rows (``methods/step_rows.py``): the rescale multipliers are computed in module backward hooks, which
+the batched backward over steps does not run reliably, so each step of a chunk gets its own copy of the
+batch and one Captum call serves the chunk. Exact; it saves model calls, not arithmetic.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from captum.attr import DeepLift as CaptumDeepLift
+
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.gradient import GradientOptions, captum_stepwise, reduce_hidden
+from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
+from seqattr.methods.step_rows import ForwardModule, RowsResult, captum_step_rows
+from seqattr.typing import Tensor
+
+CONVERGENCE_DELTA = "convergence_delta"
+
+
+@dataclass
+class DeepLiftOptions(GradientOptions):
+    baseline: str | int | Tensor = DEFAULT_BASELINE
+    """The reference: 'zeros', 'unk', 'pad', a token id, or a float tensor broadcastable to the embeddings."""
+    multiply_by_inputs: bool = True
+    """Multiply the multipliers by ``input - baseline`` (Captum's default)."""
+    return_convergence_delta: bool = False
+    """Store each step's summation-to-delta error (``sum of attributions - (f(x) - f(baseline))``)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_baseline(self.baseline)
+
+
+def run_captum_deeplift(captum_class, forward, attributed, additional, baselines: Baselines, options,
+                        *children, **init) -> RowsResult:
+    """One call of Captum's (layer) DeepLIFT class on ``forward`` wrapped as a module around ``children``."""
+    module = ForwardModule(forward, *children)
+    with warnings.catch_warnings():  # Captum warns at every call that it sets hooks (it removes them too)
+        warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
+        result = captum_class(module, multiply_by_inputs=options.multiply_by_inputs, **init).attribute(
+            attributed,
+            baselines=baselines.for_step(attributed),
+            additional_forward_args=additional,
+            return_convergence_delta=options.return_convergence_delta,
+        )
+    delta = None
+    if options.return_convergence_delta:
+        result, delta = result
+    return RowsResult(tuple(result) if isinstance(result, tuple) else (result,), delta)
+
+
+def stepwise_with_deltas(inputs: MethodInputs, run, reduce) -> MethodOutput:
+    """`captum_stepwise` over a call returning a `RowsResult`, keeping its deltas as a step score."""
+    deltas = []
+
+    def attribute_step(forward, attributed, additional):
+        result = run(forward, attributed, additional)
+        if result.delta is not None:
+            deltas.append(result.delta.detach())
+        return result.attributions
+
+    output = captum_stepwise(inputs, attribute_step, reduce)
+    if deltas:
+        output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
+    return output
+
+
+class DeepLift(AttributionMethod):
+    """Differences from a baseline propagated with Captum's DeepLIFT rescale rule (fused by rows)."""
+
+    name = "deeplift"
+    Options = DeepLiftOptions
+
+    def _runner(self, inputs: MethodInputs, options: DeepLiftOptions):
+        baselines = resolve_baselines(self.model, inputs, options.baseline)
+
+        def run(forward, attributed, additional) -> RowsResult:
+            return run_captum_deeplift(CaptumDeepLift, forward, attributed, additional, baselines, options,
+                                       self.model.model)
+
+        return run
+
+    def attribute_fused(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
+        reduce = lambda a: reduce_hidden(a, options.hidden_reduction)  # noqa: E731
+        return captum_step_rows(inputs, self._runner(inputs, options), reduce, rows_per_step=2 * inputs.batch.size)
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
+        return stepwise_with_deltas(inputs, self._runner(inputs, options), lambda a: reduce_hidden(a, options.hidden_reduction))
