@@ -194,6 +194,9 @@ class PathSums:
     source: Tensor | None
     target: Tensor | None
 
+    def __add__(self, other: PathSums) -> PathSums:
+        return PathSums(*(None if a is None else a + b for a, b in ((self.source, other.source), (self.target, other.target))))
+
     def total(self) -> Float[Tensor, "batch steps"]:
         """Sum over positions and hidden units: what completeness compares with ``f(x) - f(baseline)``."""
         parts = [x.sum((2, 3)) for x in (self.source, self.target) if x is not None]

@@ -1,0 +1,158 @@
+"""Expected gradients (Erion et al. 2021, with IG's quadrature): integrated gradients averaged over random baselines.
+
+Each of ``n_baselines`` baselines is a sequence whose vector at every position is drawn independently and
+uniformly from a reference pool: the input vocabulary's embeddings (default), the tokens of user-given
+``references`` texts, or user-given vectors. The attribution is the mean over the drawn baselines of
+integrated gradients from that baseline (``n_steps`` points of Captum's ``integration_method``). Unlike
+``gradient_shap`` (one random alpha per sample), every baseline gets a full quadrature.
+
+Fused: every (baseline, alpha) point of the whole sequence is evaluated once for all steps, in blocks of at
+most ``internal_batch_size`` rows, each block within one baseline. The draws depend only on ``seed`` and the padded batch shape, and a step's
+prefix uses the first positions of the sequence's draws, so fused and stepwise see the same baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.integrated_gradients import CONVERGENCE_DELTA, straight_path_blocks
+from seqattr.methods.noise import check_seed
+from seqattr.methods.path_base import (
+    Baselines,
+    IntegrationOptions,
+    check_positive_int,
+    integration_rule,
+    path_sums,
+    step_scores_at,
+    write_sums,
+)
+from seqattr.typing import Tensor
+
+
+@dataclass
+class ExpectedGradientsOptions(IntegrationOptions):
+    n_steps: int = 20
+    """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest)."""
+    references: Sequence[str] | Tensor | None = None
+    """The baseline distribution: None = every token of the input vocabulary; a list of texts = their tokens;
+    a float tensor ``[n, hidden]`` = those vectors. Each position of each baseline draws one uniformly."""
+    n_baselines: int = 8
+    """Baselines drawn per example."""
+    return_convergence_delta: bool = False
+    """Store ``sum of attributions - (f(x) - mean over baselines of f(baseline))`` as a step score."""
+    seed: int = 0
+    """Seed of the baseline draws: the same seed gives the same numbers."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive_int("n_baselines", self.n_baselines)
+        check_seed(self.seed)
+        references = self.references
+        if isinstance(references, Tensor):
+            if not references.is_floating_point() or references.dim() != 2 or references.shape[0] == 0:
+                raise ValueError(
+                    f"references as a tensor must be float vectors of shape [n, hidden], got {references.dtype} "
+                    f"of shape {list(references.shape)}"
+                )
+        elif references is not None:
+            if isinstance(references, str) or not isinstance(references, Sequence) or not references or not all(
+                isinstance(text, str) and text.strip() for text in references
+            ):
+                raise ValueError("references must be None, a non-empty list of non-empty texts, or a float tensor")
+
+
+def _reference_pool(model, options: ExpectedGradientsOptions, hidden: int) -> tuple[Tensor | None, Tensor | None]:
+    """``(token ids, None)`` or ``(None, vectors)``: what baseline positions are drawn from."""
+    references = options.references
+    if references is None:
+        return torch.arange(model.model.get_input_embeddings().num_embeddings), None
+    if isinstance(references, Tensor):
+        if references.shape[1] != hidden:
+            raise ValueError(f"reference vectors have {references.shape[1]} dimensions, the embeddings {hidden}")
+        return None, references
+    ids = [i for text in references for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    if not ids:
+        raise ValueError("the reference texts tokenize to no tokens")
+    return torch.tensor(ids), None
+
+
+def draw_baselines(model, inputs: MethodInputs, options: ExpectedGradientsOptions) -> list[Baselines]:
+    """``n_baselines`` full-size baselines; each attributed position draws a reference uniformly (CPU generator)."""
+    ids, vectors = _reference_pool(model, options, inputs.target_embeds.shape[-1])
+    pool_size = len(ids) if ids is not None else len(vectors)
+    generator = torch.Generator().manual_seed(options.seed)
+    drawn = {}
+    for role, embeds, attributed in (("source", inputs.source_embeds, inputs.attribute_source),
+                                     ("target", inputs.target_embeds, inputs.attribute_target)):
+        if embeds is None or not attributed:
+            drawn[role] = None
+            continue
+        index = torch.randint(pool_size, (options.n_baselines, *embeds.shape[:2]), generator=generator)
+        with torch.no_grad():
+            values = model.embed(ids[index].to(embeds.device)) if ids is not None else vectors[index]
+        drawn[role] = values.to(embeds)
+    return [Baselines(*(None if drawn[r] is None else drawn[r][b] for r in ("source", "target")))
+            for b in range(options.n_baselines)]
+
+
+class ExpectedGradients(AttributionMethod):
+    """Integrated gradients averaged over baselines drawn from a reference distribution."""
+
+    name = "expected_gradients"
+    Options = ExpectedGradientsOptions
+
+    def attribute_fused(self, inputs: MethodInputs, options: ExpectedGradientsOptions) -> MethodOutput:
+        baselines = draw_baselines(self.model, inputs, options)
+        alphas, weights = integration_rule(options.n_steps, options.integration_method)
+        weights = [w / len(baselines) for w in weights]  # the mean over baselines
+        writer = AttributionWriter(inputs)
+        totals = []
+        for steps in step_chunks(inputs, n_points=options.internal_batch_size or len(alphas) * inputs.batch.size):
+            sums = None
+            # Blocks hold one baseline's points (at most internal_batch_size rows), as in IG.
+            for baseline in baselines:
+                part = path_sums(inputs, steps, straight_path_blocks(inputs, baseline, options, alphas, weights))
+                sums = part if sums is None else sums + part
+            totals.append(sums.total())
+            write_sums(writer, steps, sums, options.hidden_reduction)
+        if options.return_convergence_delta:
+            start = torch.stack([step_scores_at(inputs, *b.for_roles(inputs)) for b in baselines]).mean(0)
+            gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - start
+            writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
+        return writer.output()
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: ExpectedGradientsOptions) -> MethodOutput:
+        baselines = draw_baselines(self.model, inputs, options)
+        deltas = []
+
+        def attribute_step(forward, attributed, additional):
+            total, delta = None, 0.0
+            for baseline in baselines:  # Captum's IG from each drawn baseline, then the mean
+                result = CaptumIntegratedGradients(forward, multiply_by_inputs=options.multiply_by_inputs).attribute(
+                    attributed,
+                    baselines=baseline.for_step(attributed),
+                    additional_forward_args=additional,
+                    n_steps=options.n_steps,
+                    method=options.integration_method,
+                    internal_batch_size=options.internal_batch_size,
+                    return_convergence_delta=options.return_convergence_delta,
+                )
+                if options.return_convergence_delta:
+                    result, step_delta = result
+                    delta = delta + step_delta.detach() / len(baselines)
+                total = result if total is None else tuple(t + r for t, r in zip(total, result))
+            deltas.append(delta)
+            return tuple(t / len(baselines) for t in total)
+
+        output = captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+        if options.return_convergence_delta:
+            output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
+        return output
+
