@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import seqattr
 from seqattr.testing import DECODER_ONLY, ENCODER_DECODER, tiny_model
+
+# The tiny models' matrices are far too small to gain from intra-op threads; with several processes sharing
+# two cores, torch's default (one thread per core, spin-waiting) made a test file 15x slower (measured).
+torch.set_num_threads(1)
 
 ALL_ARCHITECTURES = DECODER_ONLY + ENCODER_DECODER
 

@@ -1,0 +1,79 @@
+"""Helpers of the exactness tests: float64 copies of the tiny models and comparisons that treat NaN as a value.
+
+Why float64: the tiny test models have large random weights (std 0.3), which makes them far more
+ill-conditioned than trained models. In float32, two equally valid summation orders (a padded batch versus a
+single example, one pass for all steps versus one pass per step) differ by ~1e-7 in the forward pass, and the
+models amplify that to relative differences of up to ~1e-4 in gradients (measured: T5 input x gradient).
+That is rounding, not a bug, but it would hide bugs at a 1e-5 tolerance. In float64 the same comparisons
+agree to ~1e-12, so a 1e-5 tolerance separates rounding from real errors by seven orders of magnitude (a
+wrong mask, position or step shows as an O(1) difference). Outputs are float32 (seqattr stores them so),
+whose own rounding (6e-8 relative) is far below the tolerance.
+
+The built-in step functions compute the softmax in float32 (right for half-precision models, but in a
+float64 model it caps precision at 1e-7, which input x gradient's cancellation amplifies), so the exactness
+tests attribute `probability64`, the same quantity computed in the model's precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+
+import seqattr
+from seqattr.data.attribution import SequenceAttribution
+from seqattr.step_functions import StepFunctionArgs
+from seqattr.testing import tiny_model
+
+RTOL = 1e-5
+"""Tolerance of every exactness check, relative to the compared tensor's largest magnitude."""
+
+
+@functools.lru_cache(maxsize=None)
+def float64_model(architecture: str):
+    """A float64 copy of the cached tiny model (the float32 original is shared and stays untouched)."""
+    model, tokenizer = tiny_model(architecture)
+    return copy.deepcopy(model).double(), tokenizer
+
+
+def exact_model(architecture: str, method: str = "saliency", **options) -> seqattr.AttributionModel:
+    model, tokenizer = float64_model(architecture)
+    return seqattr.load_model(model, method, tokenizer=tokenizer, **options)
+
+
+def probability64(args: StepFunctionArgs) -> torch.Tensor:
+    """Probability of the target token, in the logits' own precision."""
+    logprobs = torch.log_softmax(args.logits, dim=-1)
+    return logprobs.gather(-1, args.target_ids[..., None])[..., 0].exp()
+
+
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, what: str = "", scale: float | None = None
+) -> None:
+    """Same shape, NaN exactly where ``expected`` has NaN, and ``|a - e| <= rtol * (|e| + scale)``, where
+    ``scale`` defaults to ``max|e|`` (pass the scale of the inputs when ``expected`` is a sum that cancels)."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert torch.equal(actual.isnan(), expected.isnan()), f"{what}: NaN at different positions"
+    finite = expected[~expected.isnan()]
+    if scale is None:
+        scale = float(finite.abs().max()) if finite.numel() else 0.0
+    torch.testing.assert_close(
+        actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True, msg=lambda m: f"{what}: {m}"
+    )
+
+
+def assert_sequences_close(actual: SequenceAttribution, expected: SequenceAttribution, rtol: float = RTOL) -> None:
+    """Tokens, window, tensors (NaN pattern included) and step scores of two sequences agree."""
+    assert actual.source_ids == expected.source_ids
+    assert actual.target_ids == expected.target_ids
+    assert (actual.attr_pos_start, actual.attr_pos_end) == (expected.attr_pos_start, expected.attr_pos_end)
+    for name in ("source_attributions", "target_attributions"):
+        mine, theirs = getattr(actual, name), getattr(expected, name)
+        assert (mine is None) == (theirs is None), f"{name}: one is None, the other is not"
+        if mine is not None:
+            assert_close(mine, theirs, rtol, name)
+    assert actual.step_scores.keys() == expected.step_scores.keys()
+    for name in actual.step_scores:
+        assert_close(actual.step_scores[name], expected.step_scores[name], rtol, f"step_scores[{name!r}]")

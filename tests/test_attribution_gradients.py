@@ -1,0 +1,145 @@
+"""Saliency and input x gradient equal an independent autograd computation, step by step on each prefix.
+
+The reference below is a few lines of plain torch: embed the step's prefix, run the Hugging Face model on
+``inputs_embeds`` (no seqattr code), take the probability of the step's token and ``torch.autograd.grad``.
+It is checked for every tiny architecture, both engines (fused and stepwise), with and without
+``attribute_target``, in float64 within 1e-5 (see tests/exact.py), and in float32 (the default precision)
+within the float32 rounding of these ill-conditioned random models.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from exact import assert_close, exact_model, float64_model, probability64
+
+import seqattr
+from seqattr.testing import ARCHITECTURES, ENCODER_DECODER, tiny_model
+
+PROMPTS = ["the cat sat on the mat", "Paris is a beautiful city"]
+NEW_TOKENS = 4
+
+
+def reference_gradients(hf_model, seq: seqattr.SequenceAttribution, position: int):
+    """Gradient of p(target[position] | prefix) w.r.t. the source and prefix embeddings, plus the embeddings.
+
+    Returns ``(source_grad, source_embeds, prefix_grad, prefix_embeds)`` as ``[len, hidden]`` tensors (the
+    source pair is None for decoder-only models).
+    """
+    embed = hf_model.get_input_embeddings()
+    prefix = embed(torch.tensor([seq.target_ids[:position]])).detach().requires_grad_()
+    if hf_model.config.is_encoder_decoder:
+        source = embed(torch.tensor([seq.source_ids])).detach().requires_grad_()
+        logits = hf_model(inputs_embeds=source, decoder_inputs_embeds=prefix).logits[0, -1]
+        wrt = (source, prefix)
+    else:
+        logits = hf_model(inputs_embeds=prefix).logits[0, -1]
+        wrt = (prefix,)
+    probability = torch.softmax(logits, dim=-1)[seq.target_ids[position]]
+    grads = torch.autograd.grad(probability, wrt)
+    if hf_model.config.is_encoder_decoder:
+        return grads[0][0], source[0].detach(), grads[1][0], prefix[0].detach()
+    return None, None, grads[0][0], prefix[0].detach()
+
+
+def reduce(method: str, grad: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+    """The methods' definitions (default options: absolute gradient, hidden summed)."""
+    return grad.abs().sum(-1) if method == "saliency" else (grad * embeds).sum(-1)
+
+
+def check_against_reference(out, hf_model, method: str, attribute_target: bool, rtol: float) -> None:
+    encoder_decoder = hf_model.config.is_encoder_decoder
+    for i, seq in enumerate(out):
+        assert seq.num_steps >= 1
+        if encoder_decoder:
+            assert seq.source_attributions.shape == (len(seq.source_ids), seq.num_steps)
+            assert (seq.target_attributions is not None) == attribute_target
+        else:
+            assert seq.source_attributions is None
+            assert seq.target_attributions.shape == (len(seq.target_ids), seq.num_steps)
+        for step in range(seq.num_steps):
+            position = seq.attr_pos_start + step
+            source_grad, source, prefix_grad, prefix = reference_gradients(hf_model, seq, position)
+            where = f"example {i} step {step}"
+            if encoder_decoder:
+                expected = reduce(method, source_grad, source)
+                assert_close(seq.source_attributions[:, step], expected, rtol, f"{where} source")
+            if seq.target_attributions is not None:
+                column = seq.target_attributions[:, step]
+                assert_close(column[:position], reduce(method, prefix_grad, prefix), rtol, f"{where} target")
+                assert column[position:].isnan().all(), f"{where}: positions the step cannot see are not NaN"
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
+@pytest.mark.parametrize("attribute_target", [False, True], ids=["source", "target"])
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_equals_direct_autograd_on_each_prefix(architecture, method, attribute_target, fused):
+    if fused is False and attribute_target is False and architecture not in ENCODER_DECODER:
+        pytest.skip("decoder-only models always attribute the target: same case as attribute_target=True")
+    model = exact_model(architecture, method)
+    out = model.attribute(
+        PROMPTS,
+        generation_args={"max_new_tokens": NEW_TOKENS},
+        attribute_target=attribute_target,
+        attributed_fn=probability64,
+        fused=fused,
+        show_progress=False,
+    )
+    assert out.info["engine"] == ("fused" if fused else "stepwise")
+    check_against_reference(out, model.model, method, attribute_target, rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_float32_default_probability_matches_autograd(architecture):
+    """The default precision and attributed function; float32 rounding of the random tiny models reaches ~1e-4
+    of a step's largest score (tests/exact.py), far below the O(1) error of a wrong position or mask."""
+    hf_model, tokenizer = tiny_model(architecture)
+    model = seqattr.load_model(hf_model, "saliency", tokenizer=tokenizer)
+    out = model.attribute(PROMPTS, generation_args={"max_new_tokens": NEW_TOKENS}, attribute_target=True,
+                          show_progress=False)
+    reference_model = float64_model(architecture)[0]
+    check_against_reference(out, reference_model, "saliency", attribute_target=True, rtol=2e-3)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "bart"])
+def test_raw_gradient_and_reductions(architecture):
+    """``hidden_reduction=None`` with ``abs=False`` is the raw gradient; every reduction is a function of it."""
+    model = exact_model(architecture)
+    text = "the cat sat on the mat"
+    kwargs = dict(generation_args={"max_new_tokens": 3}, attribute_target=True, attributed_fn=probability64,
+                  show_progress=False)
+    raw = model.attribute(text, hidden_reduction=None, abs=False, **kwargs)[0]
+    assert raw.target_attributions.shape[-1] == model.model.get_input_embeddings().embedding_dim
+    for step in range(raw.num_steps):
+        position = raw.attr_pos_start + step
+        source_grad, _, prefix_grad, _ = reference_gradients(model.model, raw, position)
+        assert_close(raw.target_attributions[:position, step], prefix_grad, what=f"step {step} raw target")
+        assert raw.target_attributions[position:, step].isnan().all()
+        if source_grad is not None:
+            assert_close(raw.source_attributions[:, step], source_grad, what=f"step {step} raw source")
+
+    reductions = {
+        "sum": lambda g: g.sum(-1),
+        "l2": lambda g: g.norm(dim=-1),
+        "mean": lambda g: g.mean(-1),
+        "absmax": lambda g: g.gather(-1, g.abs().argmax(-1, keepdim=True))[..., 0],
+    }
+    for name, fn in reductions.items():
+        reduced = model.attribute(text, hidden_reduction=name, abs=False, **kwargs)[0]
+        for side in ("source_attributions", "target_attributions"):
+            raw_side = getattr(raw, side)
+            if raw_side is not None:
+                # Scaled by the raw gradient: Bart's embedding layer norm makes its sum over hidden cancel to ~0.
+                scale = float(raw_side.nan_to_num().abs().max())
+                assert_close(getattr(reduced, side), fn(raw_side.double()), what=f"{name} {side}", scale=scale)
+
+
+def test_input_x_gradient_is_embeddings_times_saliency_without_abs():
+    model = exact_model("qwen2")
+    kwargs = dict(generation_args={"max_new_tokens": 3}, attributed_fn=probability64, hidden_reduction=None,
+                  show_progress=False)
+    gradient = model.attribute(PROMPTS[0], abs=False, **kwargs)[0]
+    product = model.attribute(PROMPTS[0], method="input_x_gradient", **kwargs)[0]
+    embeds = model.model.get_input_embeddings()(torch.tensor(gradient.target_ids)).detach()
+    assert_close(product.target_attributions, gradient.target_attributions.double() * embeds[:, None, :])
