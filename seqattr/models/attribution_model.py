@@ -40,6 +40,22 @@ def _as_text_list(texts: str | Sequence[str], argument: str) -> list[str]:
     return list(texts)
 
 
+def _batch_spans(examples: list[EncodedExample], batch_size: int, is_encoder_decoder: bool) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of consecutive examples run together: at most ``batch_size`` each, and for
+    encoder-decoder models cut where ``attr_pos_start`` changes (a negative start resolves per example), since
+    their decoder positions cannot be shifted to align different first steps (decoder-only ones are)."""
+    spans = []
+    for start in range(0, len(examples), batch_size):
+        stop = min(start + batch_size, len(examples))
+        if is_encoder_decoder:
+            cuts = [i for i in range(start + 1, stop) if examples[i].attr_pos_start != examples[i - 1].attr_pos_start]
+            bounds = [start, *cuts, stop]
+            spans += list(zip(bounds[:-1], bounds[1:]))
+        else:
+            spans.append((start, stop))
+    return spans
+
+
 class AttributionModel:
     """A generative model ready to explain its outputs; made by `seqattr.load_model`.
 
@@ -304,14 +320,14 @@ class AttributionModel:
 
         method_instance: AttributionMethod = method_cls(self)
         sequences = []
-        batches = range(0, len(examples), batch_size)
+        batches = _batch_spans(examples, batch_size, self.is_encoder_decoder)
         if show_progress and len(batches) > 1:
             from rich.progress import track
 
             batches = track(batches, description=f"{method_name}", transient=True)
-        for start in batches:
+        for start, stop in batches:
             batch = AttributionBatch.from_examples(
-                examples[start : start + batch_size], self.pad_token_id, self.is_encoder_decoder, self.device
+                examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
             )
             result = engine.run_batch(self, method_instance, options, batch, attributed, attribute_target, fused)
             scores = engine.compute_step_scores(self, batch, step_score_names)

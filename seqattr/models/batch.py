@@ -68,7 +68,7 @@ class AttributionBatch:
         starts = [e.attr_pos_start for e in examples]
         first_step = max(starts)
         if is_encoder_decoder:
-            if len(set(starts)) > 1:  # cannot happen through attribute(): attr_pos_start is shared
+            if len(set(starts)) > 1:  # attribute() splits its batches where the start changes
                 raise ValueError("encoder-decoder examples in one batch must share attr_pos_start")
             offsets = [0] * len(examples)
         else:
