@@ -1,7 +1,8 @@
 """Saliency and input x gradient equal an independent autograd computation, step by step on each prefix.
 
-The reference below is a few lines of plain torch: embed the step's prefix, run the Hugging Face model on
-``inputs_embeds`` (no seqattr code), take the probability of the step's token and ``torch.autograd.grad``.
+The reference below is a few lines of plain torch: run the Hugging Face model on the step's prefix as token
+ids (no seqattr code, not even its ``inputs_embeds`` convention), take the probability of the step's token
+and ``torch.autograd.grad`` it w.r.t. the outputs of the model's input embedding layer, caught by a hook.
 It is checked for every tiny architecture, both engines (fused and stepwise), with and without
 ``attribute_target``, in float64 within 1e-5 (see tests/exact.py), and in float32 (the default precision)
 within the float32 rounding of these ill-conditioned random models.
@@ -23,23 +24,33 @@ NEW_TOKENS = 4
 def reference_gradients(hf_model, seq: seqattr.SequenceAttribution, position: int):
     """Gradient of p(target[position] | prefix) w.r.t. the source and prefix embeddings, plus the embeddings.
 
-    Returns ``(source_grad, source_embeds, prefix_grad, prefix_embeds)`` as ``[len, hidden]`` tensors (the
-    source pair is None for decoder-only models).
+    The model runs on token ids, exactly as transformers runs it; a forward hook keeps the outputs of its input
+    embedding layer (encoder call first, then decoder), with respect to which the gradient is taken. Returns
+    ``(source_grad, source_embeds, prefix_grad, prefix_embeds)`` as ``[len, hidden]`` tensors (the source
+    pair is None for decoder-only models).
     """
-    embed = hf_model.get_input_embeddings()
-    prefix = embed(torch.tensor([seq.target_ids[:position]])).detach().requires_grad_()
-    if hf_model.config.is_encoder_decoder:
-        source = embed(torch.tensor([seq.source_ids])).detach().requires_grad_()
-        logits = hf_model(inputs_embeds=source, decoder_inputs_embeds=prefix).logits[0, -1]
-        wrt = (source, prefix)
-    else:
-        logits = hf_model(inputs_embeds=prefix).logits[0, -1]
-        wrt = (prefix,)
+    embedded = []
+    layers = [hf_model.get_input_embeddings()]
+    if hf_model.config.is_encoder_decoder:  # e.g. T5's encoder and decoder hold their own (tied) embedding layer
+        layers = [hf_model.get_encoder().get_input_embeddings(), hf_model.get_decoder().get_input_embeddings()]
+    layers = list({id(layer): layer for layer in layers}.values())  # a shared layer runs twice: hook it once
+    hooks = [layer.register_forward_hook(lambda module, args, output: embedded.append(output)) for layer in layers]
+    try:
+        prefix_ids = torch.tensor([seq.target_ids[:position]])
+        if hf_model.config.is_encoder_decoder:
+            source_ids = torch.tensor([seq.source_ids])
+            logits = hf_model(input_ids=source_ids, decoder_input_ids=prefix_ids, use_cache=False).logits[0, -1]
+        else:
+            logits = hf_model(input_ids=prefix_ids, use_cache=False).logits[0, -1]
+    finally:
+        for hook in hooks:
+            hook.remove()
     probability = torch.softmax(logits, dim=-1)[seq.target_ids[position]]
-    grads = torch.autograd.grad(probability, wrt)
+    grads = torch.autograd.grad(probability, embedded)
     if hf_model.config.is_encoder_decoder:
-        return grads[0][0], source[0].detach(), grads[1][0], prefix[0].detach()
-    return None, None, grads[0][0], prefix[0].detach()
+        (source, prefix), (source_grad, prefix_grad) = embedded, grads
+        return source_grad[0], source[0].detach(), prefix_grad[0], prefix[0].detach()
+    return None, None, grads[0][0], embedded[0][0].detach()
 
 
 def reduce(method: str, grad: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from seqattr import engine
 from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, get_method_class
 from seqattr.models.batch import AttributionBatch, EncodedExample
+from seqattr.models.embedding_scale import input_embedding_scales
 from seqattr.step_functions import StepFunction, get_step_function, step_function_name
 from seqattr.typing import Float, Int, Tensor
 
@@ -83,6 +84,8 @@ class AttributionModel:
         get_method_class(method).parse_options(**method_kwargs)
         # A capability of the architecture (GPT-2, Llama, Qwen2, ... have it), not keyword routing.
         self._has_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # Some models scale their embedding lookup only when given ids (Marian's encoder): measured once.
+        self._source_scale, self._target_scale = input_embedding_scales(model)
 
     # --- facts about the model -------------------------------------------------------------------
 
@@ -132,6 +135,10 @@ class AttributionModel:
     ) -> Float[Tensor, "n steps vocab"]:
         """Next-token logits predicting the target tokens at ``positions`` (padded indices), for ``n`` rows."""
         prefix_len = target_embeds.shape[1]
+        if self._target_scale != 1.0:
+            target_embeds = target_embeds * self._target_scale
+        if source_embeds is not None and self._source_scale != 1.0:
+            source_embeds = source_embeds * self._source_scale
         if int(positions.max()) > prefix_len:
             raise ValueError(f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings")
         mask = batch.target_mask[rows, :prefix_len]
@@ -164,14 +171,17 @@ class AttributionModel:
                 "shorten the input or lower max_new_tokens"
             )
 
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
+    def _eos_ids(self, generation_args: dict[str, Any]) -> set[int]:
+        """The ids that ended generation: ``generation_args`` override the model's generation config."""
+        config = generation_args.get("generation_config") or self.model.generation_config
+        eos = generation_args.get("eos_token_id", config.eos_token_id)
         if eos is None:
             eos = self.tokenizer.eos_token_id
         return set(eos if isinstance(eos, list) else [eos]) - {None}
 
-    def _cut_at_eos(self, ids: list[int]) -> list[int]:
-        eos = self._eos_ids()
+    def _cut_at_eos(self, ids: list[int], generation_args: dict[str, Any]) -> list[int]:
+        """Drop what follows the first end-of-sequence token (padding of sequences that ended early)."""
+        eos = self._eos_ids(generation_args)
         for i, token in enumerate(ids):
             if token in eos:
                 return ids[: i + 1]
@@ -193,7 +203,7 @@ class AttributionModel:
         with torch.no_grad():
             sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_args)
         skip = input_ids.shape[1] if not self.is_encoder_decoder else 1
-        return [self._cut_at_eos(seq[skip:].tolist()) for seq in sequences]
+        return [self._cut_at_eos(seq[skip:].tolist(), generation_args) for seq in sequences]
 
     def encode(
         self,
