@@ -1,0 +1,223 @@
+"""Layer methods' common ground: which layer, which positions, and a tap that reads or replaces its output.
+
+A layer method attributes the activations of one layer (``target_layer=``: a module of the model or its
+dotted name; default: the input embeddings) instead of the input embeddings. Positions attributed:
+
+- the input embeddings (default): source positions (encoder-decoder) and, when the target is attributed,
+  target positions, exactly as for the input methods;
+- a layer inside the encoder: source positions only (``attribute_target=True`` is refused);
+- any other layer (the decoder of an encoder-decoder, every layer of a decoder-only model): target positions
+  only; encoder-decoder models need ``attribute_target=True``.
+
+A layer whose output is a tuple (e.g. T5 blocks) is attributed through its first element, the hidden states.
+The layer's output passes through a `LayerTap`, an identity module: Captum's layer classes hook the tap in the
+stepwise reference, and the fused paths read or replace its output through it. Layer methods interpolate
+and perturb the *inputs* (their ``baseline`` is an input baseline, as in Captum); the layer's baseline
+activations are the layer's output on the baseline inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from seqattr.methods.base import MethodInputs
+from seqattr.methods.gradient import batched_step_backward
+from seqattr.methods.path_base import expand_rows
+from seqattr.typing import Float, Tensor
+
+EMBEDDINGS = "input embeddings"
+
+
+class LayerTap(nn.Module):
+    """Identity on the attributed activations; ``acting`` lets a fused path read or replace them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: Callable[[Tensor], Tensor] | None = None
+
+    def forward(self, activations: Tensor) -> Tensor:
+        return activations if self.action is None else self.action(activations)
+
+    @contextlib.contextmanager
+    def acting(self, action: Callable[[Tensor], Tensor]) -> Iterator[None]:
+        self.action = action
+        try:
+            yield
+        finally:
+            self.action = None
+
+
+def check_target_layer(target_layer) -> None:
+    if target_layer is not None and not isinstance(target_layer, (str, nn.Module)):
+        raise TypeError(f"target_layer must be a module, its dotted name or None, got {type(target_layer).__name__}")
+
+
+def resolve_layer(hf_model: nn.Module, target_layer: str | nn.Module | None) -> tuple[str, nn.Module | None]:
+    """``(name, module)`` of the attributed layer; ``(EMBEDDINGS, None)`` for the input embeddings.
+
+    Example:
+        >>> resolve_layer(gpt2, "transformer.h.0.mlp")           # doctest: +SKIP
+        ('transformer.h.0.mlp', GPT2MLP(...))
+    """
+    check_target_layer(target_layer)
+    names = {module: name for name, module in hf_model.named_modules()}
+    if target_layer is None or target_layer is hf_model.get_input_embeddings():
+        return EMBEDDINGS, None
+    if isinstance(target_layer, nn.Module):
+        if target_layer not in names:
+            raise ValueError(f"target_layer {type(target_layer).__name__} is not a module of the model")
+        return names[target_layer], target_layer
+    try:
+        module = hf_model.get_submodule(target_layer)
+    except AttributeError:
+        all_names = [name for name in names.values() if name]
+        close = difflib.get_close_matches(target_layer, all_names, n=6, cutoff=0.6)
+        hint = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(all_names[1:6])}"
+        raise ValueError(
+            f"{type(hf_model).__name__} has no layer named {target_layer!r}; {hint} "
+            "(all names: [name for name, _ in model.model.named_modules()])"
+        ) from None
+    return (EMBEDDINGS, None) if module is hf_model.get_input_embeddings() else (target_layer, module)
+
+
+class LayerRun:
+    """One batch seen by a layer method: the tap, its side and positions, and the objective through it.
+
+    Use as a context manager: inside, the layer's output passes through ``self.tap`` (the hook is removed on
+    exit, always).
+    """
+
+    def __init__(self, model, inputs: MethodInputs, target_layer: str | nn.Module | None) -> None:
+        self.inputs = inputs
+        self.name, self.module = resolve_layer(model.model, target_layer)
+        self.tap = LayerTap()
+        if self.module is None:
+            self.side = "embeddings"
+        elif model.is_encoder_decoder and any(m is self.module for m in model.model.get_encoder().modules()):
+            self.side = "source"
+        else:
+            self.side = "target"
+        if self.side == "source" and inputs.attribute_target:
+            raise ValueError(f"layer {self.name!r} is in the encoder: it has source positions only; "
+                             "call attribute() without attribute_target=True")
+        if self.side == "target" and not inputs.attribute_target:
+            raise ValueError(f"layer {self.name!r} is in the decoder: its positions are target positions; "
+                             "pass attribute_target=True")
+        self._hook = None
+
+    def __enter__(self) -> LayerRun:
+        if self.module is not None:
+            def through_tap(module, args, output):
+                if isinstance(output, tuple):
+                    return (self.tap(output[0]), *output[1:])
+                return self.tap(output)
+
+            self._hook = self.module.register_forward_hook(through_tap)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # --- positions ------------------------------------------------------------------------------------
+
+    def split(self, values: Tensor, dim: int) -> tuple[Tensor | None, Tensor | None]:
+        """The tap's positions (along ``dim``) as ``(source part, target part)``; None where there is none."""
+        if self.side == "source":
+            return values, None
+        if self.side == "target":
+            return None, values
+        source_len = self.inputs.source_embeds.shape[1] if self.inputs.attribute_source else 0
+        source, target = values.split([source_len, values.shape[dim] - source_len], dim)
+        return (source if self.inputs.attribute_source else None), (target if self.inputs.attribute_target else None)
+
+    def truncate(self, values: Tensor, prefix_len: int) -> Tensor:
+        """Activations ``[n, positions, ...]`` of the whole sequence cut to a target prefix."""
+        source, target = self.split(values, 1)
+        parts = [x for x in (source, None if target is None else target[:, :prefix_len]) if x is not None]
+        return torch.cat(parts, 1)
+
+    def per_role(self, attribution: Tensor) -> tuple[Tensor | None, ...]:
+        """A tap attribution as one entry per attributed input role (None for a role the layer lacks)."""
+        source, target = self.split(attribution, 1)
+        roles = [(source, self.inputs.attribute_source), (target, self.inputs.attribute_target)]
+        return tuple(part for part, attributed in roles if attributed)
+
+    # --- forward passes -------------------------------------------------------------------------------
+
+    def wrap(self, forward: Callable[..., Tensor], count: int) -> Callable[..., Tensor]:
+        """``forward`` (attributed embeddings first) with the input embeddings passing through the tap."""
+        if self.side != "embeddings":
+            return forward
+
+        def tapped(*args: Tensor) -> Tensor:
+            sizes = [x.shape[1] for x in args[:count]]
+            joined = self.tap(torch.cat(args[:count], 1))
+            return forward(*joined.split(sizes, 1), *args[count:])
+
+        return tapped
+
+    def objective(self, source: Tensor | None, target: Tensor, steps: slice = slice(None)) -> Tensor:
+        """Scores ``[n, steps]`` with the layer's output going through the tap."""
+        attributed = [x for x, flag in ((source, self.inputs.attribute_source), (target, self.inputs.attribute_target))
+                      if flag and x is not None]
+
+        def forward(*args: Tensor) -> Tensor:
+            roles = iter(args)
+            s = next(roles) if self.inputs.attribute_source and source is not None else source
+            t = next(roles) if self.inputs.attribute_target else target
+            return self.inputs.objective(s, t, steps)
+
+        return self.wrap(forward, len(attributed))(*attributed)
+
+    def activations(self, source: Tensor | None, target: Tensor) -> Float[Tensor, "batch positions dims"]:
+        """The layer's output over the whole sequence for these input embeddings (no gradient)."""
+        seen: list[Tensor] = []
+
+        def record(x: Tensor) -> Tensor:
+            seen.append(x.detach())
+            return x
+
+        with torch.no_grad(), self.tap.acting(record):
+            self.objective(source, target)
+        if len(seen) != 1:
+            raise ValueError(
+                f"layer {self.name!r} ran {len(seen)} times in one forward pass; a layer method needs a layer that "
+                "runs exactly once (embedding modules other than the input embeddings are bypassed: seqattr feeds "
+                "embeddings, use target_layer=None for them)"
+            )
+        activations = seen[0]
+        expected = target.shape[1] if self.side == "target" else (
+            source.shape[1] if self.side == "source" else activations.shape[1])
+        if activations.dim() != 3 or activations.shape[:2] != (target.shape[0], expected):
+            raise ValueError(
+                f"layer {self.name!r} outputs shape {list(activations.shape)}; a layer method needs one vector per "
+                f"token, [batch, {expected}, dims]: choose a layer inside the encoder or decoder stack"
+            )
+        return activations
+
+    def step_gradients(self, values: Tensor, steps: slice) -> Float[Tensor, "steps n positions dims"]:
+        """Each step's gradient w.r.t. the layer's output, replaced by ``values`` (``n`` copies of the batch,
+        cut to the chunk's prefix), from one forward pass and one batched backward."""
+        inputs = self.inputs
+        copies = values.shape[0] // inputs.batch.size
+        prefix_len = int(inputs.batch.step_positions[steps].max())
+        source = expand_rows(inputs.source_embeds, copies)
+        target = expand_rows(inputs.target_embeds[:, :prefix_len], copies)
+        leaf = values.detach().requires_grad_()
+
+        def replace(x: Tensor) -> Tensor:
+            if x.shape != leaf.shape:
+                raise ValueError(f"layer {self.name!r} produced shape {list(x.shape)}, expected {list(leaf.shape)}")
+            return leaf
+
+        with torch.enable_grad(), self.tap.acting(replace):
+            scores = self.objective(source, target, steps)
+            (gradient,) = batched_step_backward(scores, [leaf])
+        return gradient

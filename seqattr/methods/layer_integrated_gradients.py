@@ -1,0 +1,101 @@
+"""Layer integrated gradients: IG over a layer's activations (Captum's LayerIntegratedGradients).
+
+The layer's output is moved along the straight path from its value on the baseline inputs to its value on
+the inputs, while the model runs on the real inputs. Positions: see ``methods/layer_base.py``. On the
+default layer (the input embeddings) it equals ``integrated_gradients``.
+
+Fused: the layer's activations on the inputs and on the baseline take one forward pass each; then every
+interpolation of the whole sequence's activations is evaluated once for all steps (blocks of
+``internal_batch_size`` rows; a decoder layer's activation at a position depends only on earlier tokens, so
+cutting it to a chunk's prefix is exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from captum.attr import LayerIntegratedGradients as CaptumLayerIntegratedGradients
+from torch import nn
+
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.integrated_gradients import CONVERGENCE_DELTA
+from seqattr.methods.layer_base import LayerRun, check_target_layer
+from seqattr.methods.path_base import PathOptions, integration_rule, point_blocks, resolve_baselines, step_scores_at
+
+
+@dataclass
+class LayerIntegratedGradientsOptions(PathOptions):
+    target_layer: str | nn.Module | None = None
+    """The layer attributed: a module of the model or its dotted name; None = the input embeddings."""
+    return_convergence_delta: bool = False
+    """Store each step's completeness error as the step score ``convergence_delta``."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_target_layer(self.target_layer)
+
+
+class LayerIntegratedGradients(AttributionMethod):
+    """Integrated gradients over the activations of a layer (default: the input embeddings)."""
+
+    name = "layer_integrated_gradients"
+    Options = LayerIntegratedGradientsOptions
+
+    def attribute_fused(self, inputs: MethodInputs, options: LayerIntegratedGradientsOptions) -> MethodOutput:
+        baselines = resolve_baselines(self.model, inputs, options.baseline)
+        alphas, weights = integration_rule(options.n_steps, options.integration_method)
+        batch = inputs.batch.size
+        writer = AttributionWriter(inputs)
+        totals = []
+        with LayerRun(self.model, inputs, options.target_layer) as run:
+            actual = run.activations(inputs.source_embeds, inputs.target_embeds)
+            reference = run.activations(*baselines.for_roles(inputs))
+            for steps in step_chunks(inputs, n_points=options.internal_batch_size or len(alphas) * batch):
+                prefix_len = int(inputs.batch.step_positions[steps].max())
+                start = run.truncate(reference, prefix_len)
+                difference = run.truncate(actual, prefix_len) - start
+                total = 0
+                for block in point_blocks(len(alphas), batch, options.internal_batch_size):
+                    alpha = torch.tensor([alphas[i] for i in block]).to(start).repeat_interleave(batch)[:, None, None]
+                    weight = torch.tensor([weights[i] for i in block]).to(start).repeat_interleave(batch)[:, None, None]
+                    copies = difference.repeat(len(block), 1, 1)
+                    gradient = run.step_gradients(start.repeat(len(block), 1, 1) + alpha * copies, steps)
+                    factor = weight * copies if options.multiply_by_inputs else weight
+                    total = total + (gradient * factor).unflatten(1, (len(block), batch)).sum(1)
+                totals.append(total.sum((2, 3)).T)
+                source, target = run.split(total, 2)
+                writer.write(steps, *(None if x is None else reduce_hidden(x, options.hidden_reduction) for x in (source, target)))
+        if options.return_convergence_delta:
+            gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - step_scores_at(
+                inputs, *baselines.for_roles(inputs))
+            writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
+        return writer.output()
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: LayerIntegratedGradientsOptions) -> MethodOutput:
+        baselines = resolve_baselines(self.model, inputs, options.baseline)
+        deltas = []
+        with LayerRun(self.model, inputs, options.target_layer) as run:
+
+            def attribute_step(forward, attributed, additional):
+                captum = CaptumLayerIntegratedGradients(run.wrap(forward, len(attributed)), run.tap,
+                                                        multiply_by_inputs=options.multiply_by_inputs)
+                result = captum.attribute(
+                    attributed,
+                    baselines=baselines.for_step(attributed),
+                    additional_forward_args=additional,
+                    n_steps=options.n_steps,
+                    method=options.integration_method,
+                    internal_batch_size=options.internal_batch_size,
+                    return_convergence_delta=options.return_convergence_delta,
+                )
+                if options.return_convergence_delta:
+                    result, delta = result
+                    deltas.append(delta.detach())
+                return run.per_role(result)
+
+            output = captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+        if options.return_convergence_delta:
+            output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
+        return output
