@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             fused=not args.stepwise,
         )
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"seqattr: error: {err}", file=sys.stderr)
         return 2
     if not args.no_show:

@@ -223,9 +223,14 @@ class AttributionModel:
         if "max_new_tokens" not in generation_args and "max_length" not in generation_args:
             generation_args["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
         new_tokens = generation_args.get("max_new_tokens")
-        if new_tokens is not None and not self.is_encoder_decoder:
+        if new_tokens is not None:
             for i, prompt in enumerate(prompts):
-                self._check_length(len(prompt) + new_tokens, f"input_texts[{i}] plus max_new_tokens={new_tokens}")
+                # Decoder-only: the prompt and its continuation share the context; encoder-decoder: the
+                # output (after its start token) has the decoder's positions to itself.
+                length = 1 + new_tokens if self.is_encoder_decoder else len(prompt) + new_tokens
+                self._check_length(length, f"input_texts[{i}] plus max_new_tokens={new_tokens}")
+        elif generation_args.get("max_length") is not None:  # the longest sequence generate() may return
+            self._check_length(generation_args["max_length"], f"max_length={generation_args['max_length']}")
         generations: list[list[int]] = []
         for start in range(0, len(prompts), batch_size):
             generations += self._generate(prompts[start : start + batch_size], generation_args)
@@ -311,6 +316,14 @@ class AttributionModel:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if attribute_target not in (True, False):
             raise TypeError("attribute_target must be True or False")
+        for name, value in (("attr_pos_start", attr_pos_start), ("attr_pos_end", attr_pos_end)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be an integer target position (or None), got {value!r}")
+        if generation_args is not None and not isinstance(generation_args, dict):
+            raise TypeError(
+                f"generation_args must be a dict of model.generate keyword arguments, e.g. "
+                f"{{'max_new_tokens': 8}}; got {type(generation_args).__name__}"
+            )
         method_name = method or self.method_name
         method_cls = get_method_class(method_name)
         kwargs = {**self.method_kwargs, **method_kwargs} if method_name == self.method_name else method_kwargs

@@ -82,6 +82,10 @@ def load_model(
             hf_model = hf_model.to(dtype)
     elif isinstance(model, (str, os.PathLike)):
         name = os.fspath(model)
+        if name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
+            # A hub id never looks like this; without the check transformers reports a malformed repo id.
+            raise FileNotFoundError(f"no model folder or file at {name!r}")
+        name = os.path.expanduser(name)
         if name.endswith(".gguf") and os.path.isfile(name):
             model_kwargs.setdefault("gguf_file", os.path.basename(name))
             tokenizer_kwargs.setdefault("gguf_file", os.path.basename(name))
