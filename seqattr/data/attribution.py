@@ -41,6 +41,10 @@ class SequenceAttribution:
     step_scores: dict[str, Tensor] = field(default_factory=dict)
     attr_pos_start: int = 0
     attr_pos_end: int = 0
+    masked_source: tuple[int, ...] = ()
+    """Source positions hidden from normalisation and display; their scores stay in the data (see `mask`)."""
+    masked_target: tuple[int, ...] = ()
+    """Target positions hidden from normalisation and display (see `mask_special`)."""
 
     @property
     def steps(self) -> list[str]:
@@ -50,6 +54,128 @@ class SequenceAttribution:
     @property
     def num_steps(self) -> int:
         return self.attr_pos_end - self.attr_pos_start
+
+    @property
+    def attribution_shape(self) -> tuple[int, ...]:
+        """Shape of the (first present) attribution tensor: ``(tokens, steps, *extra)``."""
+        present = self.source_attributions
+        if present is None:
+            present = self.target_attributions
+        return tuple(present.shape) if present is not None else ()
+
+    @property
+    def extra_dims(self) -> int:
+        """How many dimensions follow (tokens, steps): 0 after a reduction, 1 for raw gradients, ..."""
+        return max(len(self.attribution_shape) - 2, 0)
+
+    # Aggregation: each returns a new object (seqattr.data.aggregation and seqattr.data.granularity).
+
+    def reduce(self, fn="sum", dim: int | None = None) -> SequenceAttribution:
+        """Collapse extra dimensions (`seqattr.data.aggregation.reduce`): ``seq.reduce("l2")``."""
+        from seqattr.data.aggregation import reduce
+
+        return reduce(self, fn, dim)
+
+    def normalize(self) -> SequenceAttribution:
+        """Per step, divide by the L1 norm over unmasked source + prefix scores (`aggregation.normalize`)."""
+        from seqattr.data.aggregation import normalize
+
+        return normalize(self)
+
+    def rescale(self, per_step: bool = False) -> SequenceAttribution:
+        """Divide by the largest absolute unmasked score (`aggregation.rescale`)."""
+        from seqattr.data.aggregation import rescale
+
+        return rescale(self, per_step)
+
+    def mask(self, **selection) -> SequenceAttribution:
+        """Hide tokens from normalisation and display: ``seq.mask(tokens=[...], target_positions=[0])``."""
+        from seqattr.data.aggregation import mask
+
+        return mask(self, **selection)
+
+    def mask_special(self, special_ids=None) -> SequenceAttribution:
+        """Mask special tokens (ids in ``special_ids``, or shaped like ``<s>``/``[CLS]``)."""
+        from seqattr.data.aggregation import mask_special
+
+        return mask_special(self, special_ids)
+
+    def unmask(self) -> SequenceAttribution:
+        from seqattr.data.aggregation import unmask
+
+        return unmask(self)
+
+    def aggregate(self, granularity: str, **options) -> SequenceAttribution:
+        """Merge tokens into words, sentences, regex matches or spans (`seqattr.data.granularity.aggregate`).
+
+        Example:
+            >>> seq.aggregate("words").normalize()            # doctest: +SKIP
+        """
+        from seqattr.data.granularity import aggregate
+
+        return aggregate(self, granularity, **options)
+
+    def __getitem__(self, steps: int | slice) -> SequenceAttribution:
+        """A range of steps: ``seq[:5]``, ``seq[-1]`` (`aggregation.slice_steps`)."""
+        from seqattr.data.aggregation import slice_steps
+
+        return slice_steps(self, steps)
+
+    def __sub__(self, other: SequenceAttribution) -> SequenceAttribution:
+        from seqattr.data.aggregation import subtract
+
+        return subtract(self, other)
+
+    # Views and data frames (imported lazily: matplotlib, pandas and treescope load only when used).
+
+    def show(self, console=None) -> None:
+        """Print the heatmap in the terminal (rich)."""
+        from seqattr.viz.console import show
+
+        show(self, console=console)
+
+    def to_html(self, title: str | None = None) -> str:
+        """A self-contained interactive HTML page (`seqattr.viz.html`)."""
+        from seqattr.viz.html import to_html
+
+        return to_html(self, title=title)
+
+    def save_html(self, path: str | Path, title: str | None = None) -> None:
+        Path(path).write_text(self.to_html(title=title), encoding="utf-8")
+
+    def _repr_html_(self) -> str:
+        from seqattr.viz.notebook import repr_html
+
+        return repr_html(self)
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        from seqattr.viz.notebook import treescope_repr
+
+        return treescope_repr(self, path, subtree_renderer)
+
+    def plot(self, **options):
+        """A matplotlib heatmap figure (`seqattr.viz.plots.plot`)."""
+        from seqattr.viz.plots import plot
+
+        return plot(self, **options)
+
+    def save_plot(self, path: str | Path, **options) -> None:
+        """Save the heatmap figure; the format follows the suffix (``.png``, ``.svg``, ``.pdf``)."""
+        from seqattr.viz.plots import save_plot
+
+        save_plot(self, path, **options)
+
+    def to_dataframe(self):
+        """Long-format pandas frame, one row per visible (token, step) score (`seqattr.data.frames`)."""
+        from seqattr.data.frames import to_dataframe
+
+        return to_dataframe(self)
+
+    def get_scores_dict(self) -> dict[str, dict]:
+        """Nested dicts of scores keyed by ``(position, token)`` (`seqattr.data.frames.scores_dict`)."""
+        from seqattr.data.frames import scores_dict
+
+        return scores_dict(self)
 
     def map_tensors(self, fn) -> SequenceAttribution:
         """A copy with ``fn`` applied to every tensor (e.g. ``lambda t: t.to("cpu")``)."""
@@ -121,7 +247,10 @@ class AttributionOutput:
     def __len__(self) -> int:
         return len(self.sequence_attributions)
 
-    def __getitem__(self, index: int) -> SequenceAttribution:
+    def __getitem__(self, index: int | slice) -> SequenceAttribution | AttributionOutput:
+        """One example (``out[0]``), or an output holding a range of them (``out[1:3]``)."""
+        if isinstance(index, slice):
+            return dataclasses.replace(self, sequence_attributions=self.sequence_attributions[index])
         return self.sequence_attributions[index]
 
     def __iter__(self):
@@ -134,6 +263,102 @@ class AttributionOutput:
 
     def detach(self) -> AttributionOutput:
         return dataclasses.replace(self, sequence_attributions=[s.detach() for s in self.sequence_attributions])
+
+    # Aggregation: each applies to every example and returns a new output whose info["aggregations"] lists
+    # what was done, in order.
+
+    def _each(self, step: str, fn) -> AttributionOutput:
+        info = {**self.info, "aggregations": [*self.info.get("aggregations", []), step]}
+        return AttributionOutput([fn(seq) for seq in self.sequence_attributions], info)
+
+    def reduce(self, fn="sum", dim: int | None = None) -> AttributionOutput:
+        """Collapse extra dimensions of every example: ``out.reduce("l2")`` (`SequenceAttribution.reduce`)."""
+        label = fn if isinstance(fn, str) else getattr(fn, "__name__", "custom")
+        return self._each(f"reduce({label}, dim={dim})", lambda seq: seq.reduce(fn, dim))
+
+    def normalize(self) -> AttributionOutput:
+        """L1-normalise every step of every example (masked tokens left out of the norm)."""
+        return self._each("normalize", lambda seq: seq.normalize())
+
+    def rescale(self, per_step: bool = False) -> AttributionOutput:
+        return self._each(f"rescale(per_step={per_step})", lambda seq: seq.rescale(per_step))
+
+    def mask(self, **selection) -> AttributionOutput:
+        return self._each("mask", lambda seq: seq.mask(**selection))
+
+    def mask_special(self, special_ids=None) -> AttributionOutput:
+        """Mask special tokens: by default the tokenizer's special ids recorded at attribution time, plus any
+        token shaped like one (``<s>``, ``<|im_start|>``, ``[CLS]``)."""
+        ids = self.info.get("special_token_ids", ()) if special_ids is None else special_ids
+        return self._each("mask_special", lambda seq: seq.mask_special(ids))
+
+    def unmask(self) -> AttributionOutput:
+        return self._each("unmask", lambda seq: seq.unmask())
+
+    def aggregate(self, granularity: str, **options) -> AttributionOutput:
+        """Merge tokens of every example into words, sentences, regex matches or spans.
+
+        Example:
+            >>> out.aggregate("words").normalize().show()          # doctest: +SKIP
+        """
+        options.setdefault("special_ids", self.info.get("special_token_ids"))
+        return self._each(f"aggregate({granularity})", lambda seq: seq.aggregate(granularity, **options))
+
+    def __sub__(self, other: AttributionOutput) -> AttributionOutput:
+        """Example-wise difference of two outputs over the same tokens: ``out_ig - out_saliency``."""
+        if len(self) != len(other):
+            raise ValueError(f"cannot subtract outputs of {len(self)} and {len(other)} examples")
+        differences = [mine - theirs for mine, theirs in zip(self, other, strict=True)]
+        return AttributionOutput(differences, {"difference_of": [self.info, other.info]})
+
+    @classmethod
+    def merge(cls, outputs: list[AttributionOutput]) -> AttributionOutput:
+        """One output with the examples of several (e.g. of several ``attribute`` calls), in order.
+
+        ``info`` keeps the entries all outputs agree on, and every original info under ``"merged_from"``.
+
+        Example:
+            >>> both = AttributionOutput.merge([out_a, out_b])     # doctest: +SKIP
+        """
+        outputs = list(outputs)
+        if not outputs or not all(isinstance(o, AttributionOutput) for o in outputs):
+            raise ValueError("AttributionOutput.merge expects a non-empty list of AttributionOutput objects")
+        first = outputs[0].info
+        common = {k: v for k, v in first.items() if all(o.info.get(k, object()) == v for o in outputs)}
+        sequences = [seq for output in outputs for seq in output.sequence_attributions]
+        return cls(sequences, {**common, "merged_from": [o.info for o in outputs]})
+
+    # Views and data frames.
+
+    def to_html(self, title: str | None = None) -> str:
+        """One self-contained interactive HTML page with every example (`seqattr.viz.html`)."""
+        from seqattr.viz.html import to_html
+
+        return to_html(self, title=title)
+
+    def save_html(self, path: str | Path, title: str | None = None) -> None:
+        """Write `to_html` to ``path``: open it in any browser, no network needed."""
+        Path(path).write_text(self.to_html(title=title), encoding="utf-8")
+
+    def _repr_html_(self) -> str:
+        from seqattr.viz.notebook import repr_html
+
+        return repr_html(self)
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        from seqattr.viz.notebook import treescope_repr
+
+        return treescope_repr(self, path, subtree_renderer)
+
+    def to_dataframe(self):
+        """Long-format pandas frame of every example (`seqattr.data.frames.to_dataframe`)."""
+        from seqattr.data.frames import to_dataframe
+
+        return to_dataframe(self)
+
+    def get_scores_dicts(self) -> list[dict[str, dict]]:
+        """One nested dict of scores per example, Inseq-like (`seqattr.data.frames.scores_dict`)."""
+        return [seq.get_scores_dict() for seq in self.sequence_attributions]
 
     def save(self, path: str | Path) -> None:
         """Write the output to a JSON file; `seqattr.load` reads it back exactly (float32 bit for bit)."""

@@ -54,6 +54,8 @@ def _sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
         "step_scores": {k: tensor_to_json(v) for k, v in seq.step_scores.items()},
         "attr_pos_start": seq.attr_pos_start,
         "attr_pos_end": seq.attr_pos_end,
+        "masked_source": list(seq.masked_source),
+        "masked_target": list(seq.masked_target),
     }
 
 
@@ -71,6 +73,8 @@ def _sequence_from_json(obj: dict[str, Any]) -> SequenceAttribution:
         step_scores={k: tensor_from_json(v) for k, v in obj["step_scores"].items()},
         attr_pos_start=obj["attr_pos_start"],
         attr_pos_end=obj["attr_pos_end"],
+        masked_source=tuple(obj.get("masked_source", ())),
+        masked_target=tuple(obj.get("masked_target", ())),
     )
 
 

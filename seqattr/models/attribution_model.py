@@ -400,6 +400,8 @@ class AttributionModel:
             "model": self.model_name,
             "model_class": type(self.model).__name__,
             "is_encoder_decoder": self.is_encoder_decoder,
+            # Lets views and aggregation mask special tokens later (out.mask_special()) without the tokenizer.
+            "special_token_ids": sorted(self.tokenizer.all_special_ids),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "versions": {

@@ -1,8 +1,19 @@
-"""Terminal view: a signed heatmap per example, rows = source and target-prefix tokens, columns = steps.
+"""Terminal view (rich): a signed heatmap per example, then its step scores and its generation trace.
 
-Colours are on a diverging red (positive) / blue (negative) scale normalised per table, readable on dark and
-light terminals; cells a step cannot see are blank. Attributions with extra dimensions (raw hidden vectors,
-layers/heads) are summed over them for display.
+Rows are the source tokens (encoder-decoder models) and the target tokens (prompt and generated prefix);
+columns are the explained steps, headed by the token each step produced. Cells a step cannot see are blank.
+
+- Colours: red for positive, blue for negative scores, scaled by the largest absolute score of the example.
+  Every coloured cell sets its own background and a contrasting text colour, and scores near zero keep the
+  terminal's own colours, so the table reads the same on dark and light terminals.
+- Wide outputs are split into several tables of consecutive steps that fit the console width, never cut.
+- Tokens are shown as text: byte-level ``Ġ``/``Ċ`` and SentencePiece ``▁`` decoded, ``Ã©`` shown as ``é``.
+- Masked tokens (`SequenceAttribution.mask_special`) are left out of the rows and of the colour scale.
+- Attributions with extra dimensions (raw hidden vectors, layers/heads) are summed over them for display.
+
+Example:
+    >>> out.show()                                   # doctest: +SKIP
+    >>> out[0][:10].show()                           # the first ten steps only
 """
 
 from __future__ import annotations
@@ -10,67 +21,219 @@ from __future__ import annotations
 import math
 
 import torch
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
+from seqattr.data.tokens import detect_scheme, token_labels
+
+MAX_LABEL = 24
+"""Longest row label (token text) shown; longer ones are cut with an ellipsis."""
+MAX_HEADER = 12
+"""Longest column header (step token) shown."""
+_FAINT = 0.08  # below this fraction of the scale a cell keeps the terminal's colours
+
+_POSITIVE = ((252, 222, 214), (178, 24, 43))  # pale -> strong red
+_NEGATIVE = ((214, 230, 244), (33, 102, 172))  # pale -> strong blue
 
 
 def display_token(token: str) -> str:
-    """A readable form of a subword token: byte-level ``Ġ``/``Ċ`` and SentencePiece ``▁`` markers decoded."""
-    return token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n").replace("ĉ", "\\t")
+    """A readable label of one token (see `seqattr.data.tokens.token_labels`)."""
+    return token_labels([token])[0]
 
 
-def _cell(value: float, scale: float) -> Text:
+def cell_style(value: float, scale: float) -> str:
+    """The rich style of a score: background on a diverging scale, text colour chosen for contrast.
+
+    Example:
+        >>> cell_style(1.0, 1.0), cell_style(0.0, 1.0)
+        ('#ffffff on #b2182b', '')
+    """
+    if math.isnan(value) or scale <= 0 or abs(value) / scale < _FAINT:
+        return ""
+    strength = min(abs(value) / scale, 1.0)
+    pale, strong = _POSITIVE if value > 0 else _NEGATIVE
+    rgb = [round(p + (s - p) * strength) for p, s in zip(pale, strong, strict=True)]
+    luminance = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255
+    text = "#000000" if luminance > 0.55 else "#ffffff"
+    return f"{text} on #{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x}"
+
+
+def format_score(value: float) -> str:
     if math.isnan(value):
-        return Text("")
-    strength = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
-    level = int(round(strength * 255))
-    # Blend towards saturated red/blue: white text on strong colours, default text on faint ones.
-    colour = f"rgb({255},{255 - level},{255 - level})" if value >= 0 else f"rgb({255 - level},{255 - level},{255})"
-    style = f"black on {colour}"
-    return Text(f"{value:.3f}", style=style)
+        return ""
+    magnitude = abs(value)
+    if magnitude >= 100 or (0 < magnitude < 0.001):
+        return f"{value:.2g}"
+    return f"{value:.3f}" if magnitude < 10 else f"{value:.2f}"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _flatten(attributions: torch.Tensor) -> torch.Tensor:
-    return attributions.reshape(*attributions.shape[:2], -1).sum(-1) if attributions.dim() > 2 else attributions
+    return (
+        attributions.reshape(*attributions.shape[:2], -1).sum(-1) if attributions.dim() > 2 else attributions
+    )
 
 
-def render_sequence(seq: SequenceAttribution, title: str | None = None) -> Group:
-    """A rich renderable of one example: the heatmap table and its step scores."""
-    blocks = [t for t in (seq.source_attributions, seq.target_attributions) if t is not None]
-    flat = [_flatten(t.float()) for t in blocks]
-    finite = torch.cat([t[~t.isnan()] for t in flat]) if flat else torch.tensor([])
-    scale = float(finite.abs().max()) if finite.numel() else 0.0
+class HeatmapView:
+    """The rich renderable of one example; it splits its steps into tables that fit the console width."""
 
-    table = Table(title=title, show_lines=False, header_style="bold")
-    table.add_column("token", no_wrap=True)
-    for step in seq.steps:
-        table.add_column(display_token(step), justify="right", no_wrap=True)
-    if seq.source_attributions is not None:
-        source = _flatten(seq.source_attributions.float())
-        for row, token in enumerate(seq.source):
-            table.add_row(Text(display_token(token), style="cyan"), *(_cell(float(v), scale) for v in source[row]))
-        if seq.target_attributions is not None:
+    def __init__(self, seq: SequenceAttribution, title: str | None = None) -> None:
+        self.seq = seq
+        self.title = title
+        scheme = detect_scheme([*seq.source, *seq.target])
+        self.source_labels = [_clip(t, MAX_LABEL) for t in token_labels(seq.source, scheme)]
+        self.target_labels = [_clip(t, MAX_LABEL) for t in token_labels(seq.target, scheme)]
+        self.step_labels = [
+            _clip(t, MAX_HEADER) for t in self.target_labels[seq.attr_pos_start : seq.attr_pos_end]
+        ]
+        # Rows shown: (kind, label, values), masked tokens left out.
+        self.rows: list[tuple[str, str, list[float]]] = []
+        for side, labels, values, masked in [
+            ("source", self.source_labels, seq.source_attributions, set(seq.masked_source)),
+            ("target", self.target_labels, seq.target_attributions, set(seq.masked_target)),
+        ]:
+            if values is None:
+                continue
+            flat = _flatten(values.float()).tolist()
+            self.rows += [(side, labels[i], flat[i]) for i in range(len(labels)) if i not in masked]
+        finite = [abs(v) for _, _, row in self.rows for v in row if not math.isnan(v)]
+        self.scale = max(finite, default=0.0)
+        self.hidden = len(seq.masked_source) + len(seq.masked_target)
+
+    def _column_width(self, step: int) -> int:
+        widest_value = max((len(format_score(row[step])) for _, _, row in self.rows), default=0)
+        widest_score = max(
+            (len(format_score(float(s[step]))) for s in self.seq.step_scores.values()), default=0
+        )
+        return max(len(self.step_labels[step]), widest_value, widest_score, 1)
+
+    def chunks(self, width: int) -> list[range]:
+        """Consecutive step ranges whose tables fit in ``width`` columns (at least one step each)."""
+        names = [name for name in self.seq.step_scores]
+        label_width = max((len(label) for _, label, _ in self.rows), default=5)
+        label_width = max(label_width, *(len(n) for n in names), 5)
+        available = width - (label_width + 3) - 1  # label column with its padding and borders
+        chunks, start, used = [], 0, 0
+        for step in range(self.seq.num_steps):
+            cost = self._column_width(step) + 3
+            if step > start and used + cost > available:
+                chunks.append(range(start, step))
+                start, used = step, 0
+            used += cost
+        if self.seq.num_steps:
+            chunks.append(range(start, self.seq.num_steps))
+        return chunks
+
+    def table(self, steps: range, part: str) -> Table:
+        title = " ".join(t for t in (self.title, part) if t) or None
+        table = Table(title=title, header_style="bold", title_style="bold", pad_edge=True)
+        table.add_column("token", no_wrap=True)
+        for step in steps:
+            table.add_column(self.step_labels[step], justify="right", no_wrap=True)
+        previous_side = None
+        for side, label, values in self.rows:
+            if side == "target" and all(math.isnan(values[s]) for s in steps):
+                continue  # a token after the last step of this table: no step here sees it
+            if previous_side is not None and side != previous_side:
+                table.add_section()
+            previous_side = side
+            style = "cyan" if side == "source" else "magenta"
+            cells = [Text(format_score(values[s]), style=cell_style(values[s], self.scale)) for s in steps]
+            table.add_row(Text(label, style=style), *cells)
+        if self.seq.step_scores:
             table.add_section()
-    if seq.target_attributions is not None:
-        target = _flatten(seq.target_attributions.float())
-        for row, token in enumerate(seq.target):
-            table.add_row(Text(display_token(token), style="magenta"), *(_cell(float(v), scale) for v in target[row]))
-    if seq.step_scores:
-        table.add_section()
-        for name, scores in seq.step_scores.items():
-            table.add_row(Text(name, style="bold"), *(Text(f"{float(v):.3f}") for v in scores))
-    return Group(table)
+            for name, scores in self.seq.step_scores.items():
+                table.add_row(
+                    Text(name, style="bold"), *(Text(format_score(float(scores[s]))) for s in steps)
+                )
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        chunks = self.chunks(options.max_width)
+        if not chunks:
+            yield Text(f"{self.title or 'sequence'}: no explained steps")
+            return
+        for chunk in chunks:
+            part = (
+                "" if len(chunks) == 1 else f"(steps {chunk.start}-{chunk.stop - 1} of {self.seq.num_steps})"
+            )
+            yield self.table(chunk, part)
+        notes = []
+        if self.hidden:
+            notes.append(f"{self.hidden} masked token(s) not shown")
+        if self.seq.extra_dims:
+            notes.append(f"scores summed over extra dimensions {self.seq.attribution_shape[2:]}")
+        notes.append(f"colour scale: ±{format_score(self.scale) or 0}")
+        yield Text("; ".join(notes), style="dim")
+        if self.seq.trace is not None:
+            yield trace_table(self.seq)
+
+
+def trace_table(seq: SequenceAttribution) -> Table:
+    """One row per step: the chosen token, its probability and rank, the entropy, the top alternatives.
+
+    Steps whose token was not the model's first choice (rank > 0) are marked in bold yellow.
+    """
+    trace = seq.trace
+    # The trace's tokens alone may carry no word marker: take the scheme from the whole sequence.
+    scheme = detect_scheme([*seq.source, *seq.target, *trace.tokens])
+    table = Table(title="generation trace", header_style="bold", title_style="bold")
+    for name, justify in [
+        ("step", "right"),
+        ("token", "left"),
+        ("p", "right"),
+        ("rank", "right"),
+        ("entropy", "right"),
+        ("top alternatives", "left"),
+    ]:
+        table.add_column(name, justify=justify, no_wrap=name != "top alternatives")
+    for step in range(len(trace)):
+        rank = int(trace.ranks[step])
+        alternatives = ", ".join(
+            f"{label} {float(p):.2f}"
+            for label, p in zip(
+                token_labels(trace.top_tokens[step], scheme), trace.top_probabilities[step], strict=True
+            )
+        )
+        table.add_row(
+            str(step),
+            token_labels([trace.tokens[step]], scheme)[0],
+            f"{float(trace.probabilities[step]):.3f}",
+            str(rank),
+            f"{float(trace.entropy[step]):.2f}",
+            alternatives,
+            style="bold yellow" if rank > 0 else None,
+        )
+    return table
+
+
+def render_sequence(seq: SequenceAttribution, title: str | None = None) -> HeatmapView:
+    """A rich renderable of one example: heatmap tables, step scores, trace."""
+    return HeatmapView(seq, title)
 
 
 def render_output(output: AttributionOutput) -> Group:
     method = output.info.get("method", "?")
+    aggregations = output.info.get("aggregations")
+    suffix = f" [{', '.join(aggregations)}]" if aggregations else ""
     return Group(
-        *(render_sequence(seq, title=f"#{i} {method}") for i, seq in enumerate(output.sequence_attributions))
+        *(
+            render_sequence(seq, title=f"#{i} {method}{suffix}")
+            for i, seq in enumerate(output.sequence_attributions)
+        )
     )
 
 
-def show(output: AttributionOutput, console: Console | None = None) -> None:
-    (console or Console()).print(render_output(output))
+def show(attributions: AttributionOutput | SequenceAttribution, console: Console | None = None) -> None:
+    """Print an output or one example."""
+    renderable = (
+        render_sequence(attributions)
+        if isinstance(attributions, SequenceAttribution)
+        else render_output(attributions)
+    )
+    (console or Console()).print(renderable)

@@ -1,0 +1,157 @@
+"""Standalone HTML view: one self-contained, interactive page (inline CSS and JavaScript, no network assets).
+
+For every example the page shows the source and target tokens (hover or click a generated token to colour
+the source and prefix tokens by its attributions; tokens the step cannot see are faded), a details panel
+(step scores, the generation trace's probability, rank, entropy and top alternatives, the strongest
+contributors), the heatmap matrix (click a column to select its step) and the trace table.
+
+The numbers travel as JSON inside the page (NaN, i.e. unseen, as ``null``); attributions with extra
+dimensions are summed over them, as in the terminal view.
+
+Example:
+    >>> out.save_html("attributions.html")            # doctest: +SKIP
+    >>> html = out[0].aggregate("words").to_html()
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any
+
+import torch
+
+from seqattr.data.attribution import AttributionOutput, SequenceAttribution
+from seqattr.data.tokens import detect_scheme, token_labels
+from seqattr.viz.html_assets import CSS, JS
+
+_INFO_KEYS = ("method", "model", "attributed_fn", "engine", "aggregations")
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN or infinity: unseen (NaN) and non-finite scores travel as null."""
+    return value if math.isfinite(value) else None
+
+
+def _values(tensor: torch.Tensor | None) -> list[list[float | None]] | None:
+    if tensor is None:
+        return None
+    if tensor.dim() > 2:
+        tensor = tensor.reshape(*tensor.shape[:2], -1).sum(-1)
+    return [[_number(v) for v in row] for row in tensor.float().tolist()]
+
+
+def _trace(seq: SequenceAttribution) -> dict[str, Any] | None:
+    trace = seq.trace
+    if trace is None:
+        return None
+    scheme = detect_scheme([*seq.source, *seq.target, *trace.tokens])
+    return {
+        "tokens": token_labels(trace.tokens, scheme),
+        "probabilities": trace.probabilities.float().tolist(),
+        "ranks": trace.ranks.tolist(),
+        "entropy": trace.entropy.float().tolist(),
+        "top_tokens": [token_labels(row, scheme) for row in trace.top_tokens],
+        "top_probabilities": trace.top_probabilities.float().tolist(),
+    }
+
+
+def example_payload(seq: SequenceAttribution) -> dict[str, Any]:
+    """What the page's script reads for one example (labels, scores, step scores, trace, colour scale)."""
+    scheme = detect_scheme([*seq.source, *seq.target])
+    scores = {"source": _values(seq.source_attributions), "target": _values(seq.target_attributions)}
+    masked = {"source": list(seq.masked_source), "target": list(seq.masked_target)}
+    magnitudes = [
+        abs(v)
+        for side, rows in scores.items()
+        if rows is not None
+        for pos, row in enumerate(rows)
+        if pos not in masked[side]
+        for v in row
+        if v is not None
+    ]
+    return {
+        "tokens": {"source": [str(t) for t in seq.source], "target": [str(t) for t in seq.target]},
+        "labels": {"source": token_labels(seq.source, scheme), "target": token_labels(seq.target, scheme)},
+        "start": seq.attr_pos_start,
+        "end": seq.attr_pos_end,
+        "scores": scores,
+        "masked": masked,
+        "scale": max(magnitudes, default=0.0),
+        "step_scores": {
+            name: [_number(v) for v in s.float().tolist()] for name, s in seq.step_scores.items()
+        },
+        "trace": _trace(seq),
+    }
+
+
+def _info_line(info: dict[str, Any]) -> str:
+    parts = []
+    for key in _INFO_KEYS:
+        value = info.get(key)
+        if value:
+            text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"<span><b>{html.escape(key)}</b>: {html.escape(text)}</span>")
+    return "".join(parts)
+
+
+_EXAMPLE = """
+<section class="example" id="example-{index}">
+  <h2>{heading}</h2>
+  <div class="legend"><span>−{scale}</span><span class="ramp"></span><span>+{scale}</span>
+    <span>· hover or click a generated (outlined) token</span></div>
+  <div class="layout">
+    <div class="main">
+      <div class="strips"></div>
+      <h3>heatmap</h3>
+      <div class="scroll"><table class="matrix"></table></div>
+      <div class="trace-block"><h3>generation trace</h3>
+        <div class="scroll"><table class="trace"></table></div></div>
+    </div>
+    <div class="details"></div>
+  </div>
+</section>
+"""
+
+
+def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | None = None) -> str:
+    """The page for an output (every example) or for one example, as a string.
+
+    Example:
+        >>> page = out.to_html(title="IG on GPT-2")                     # doctest: +SKIP
+        >>> Path("page.html").write_text(page)
+    """
+    if isinstance(attributions, SequenceAttribution):
+        output = AttributionOutput([attributions])
+    else:
+        output = attributions
+    title = title or f"seqattr · {output.info.get('method', 'attributions')}"
+    examples = [example_payload(seq) for seq in output.sequence_attributions]
+    sections = "".join(
+        _EXAMPLE.format(
+            index=i,
+            heading=f"Example {i}" + (f" · {len(seq.steps)} steps" if seq.num_steps else ""),
+            scale=f"{examples[i]['scale']:.3g}",
+        )
+        for i, seq in enumerate(output.sequence_attributions)
+    )
+    # "</" inside a script element would end it early: escape it in the JSON payload.
+    data = json.dumps({"examples": examples}, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<div class="info">{_info_line(output.info)}</div>
+{sections}
+<script type="application/json" id="seqattr-data">{data}</script>
+<script>{JS}</script>
+</body>
+</html>
+"""
