@@ -47,6 +47,11 @@ class MethodOutput:
     source_attributions: Tensor | None  # [batch, source_len, steps, *extra]
     target_attributions: Tensor | None  # [batch, target_len, steps, *extra]
     step_scores: dict[str, Tensor] = field(default_factory=dict)  # [batch, steps], e.g. convergence deltas
+    info: dict[str, Any] = field(default_factory=dict)
+    """How the method ran (e.g. the attention implementation used); recorded in the output's
+    ``info["method_info"]``, later batches updating earlier ones."""
+    example_info: list[dict[str, Any]] | None = None
+    """One JSON-able dict per example of the batch (e.g. feature spans); ``info["method_info"]["examples"]``."""
 
 
 @dataclass

@@ -125,6 +125,43 @@ class AttributionModel:
             source = self.embed(batch.source_ids) if batch.source_ids is not None else None
             return source, self.embed(batch.target_ids)
 
+    def forward(
+        self,
+        batch: AttributionBatch,
+        rows: Int[Tensor, " n"],
+        source_embeds: Float[Tensor, "n source_len hidden"] | None,
+        target_embeds: Float[Tensor, "n prefix_len hidden"],
+        **kwargs: Any,
+    ):
+        """The Hugging Face output of one pass over ``n`` rows (batch examples ``rows``) of embeddings, the target
+        possibly cut to a prefix; ``kwargs`` go to the model (e.g. ``output_attentions=True``).
+
+        Example:
+            >>> out = model.forward(batch, rows, source, target, output_attentions=True)   # doctest: +SKIP
+        """
+        prefix_len = target_embeds.shape[1]
+        if self._target_scale != 1.0:
+            target_embeds = target_embeds * self._target_scale
+        if source_embeds is not None and self._source_scale != 1.0:
+            source_embeds = source_embeds * self._source_scale
+        mask = batch.target_mask[rows, :prefix_len]
+        if self.is_encoder_decoder:
+            return self.model(
+                inputs_embeds=source_embeds,
+                attention_mask=batch.source_mask[rows],
+                decoder_inputs_embeds=target_embeds,
+                decoder_attention_mask=mask,
+                use_cache=False,
+                **kwargs,
+            )
+        return self.model(
+            inputs_embeds=target_embeds,
+            attention_mask=mask,
+            position_ids=batch.position_ids[rows, :prefix_len],
+            use_cache=False,
+            **kwargs,
+        )
+
     def step_logits(
         self,
         batch: AttributionBatch,
@@ -135,31 +172,11 @@ class AttributionModel:
     ) -> Float[Tensor, "n steps vocab"]:
         """Next-token logits predicting the target tokens at ``positions`` (padded indices), for ``n`` rows."""
         prefix_len = target_embeds.shape[1]
-        if self._target_scale != 1.0:
-            target_embeds = target_embeds * self._target_scale
-        if source_embeds is not None and self._source_scale != 1.0:
-            source_embeds = source_embeds * self._source_scale
         if int(positions.max()) > prefix_len:
             raise ValueError(f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings")
-        mask = batch.target_mask[rows, :prefix_len]
-        if self.is_encoder_decoder:
-            out = self.model(
-                inputs_embeds=source_embeds,
-                attention_mask=batch.source_mask[rows],
-                decoder_inputs_embeds=target_embeds,
-                decoder_attention_mask=mask,
-                use_cache=False,
-            )
-            return out.logits[:, positions - 1]
-        kwargs = dict(
-            inputs_embeds=target_embeds,
-            attention_mask=mask,
-            position_ids=batch.position_ids[rows, :prefix_len],
-            use_cache=False,
-        )
-        if self._has_logits_to_keep:  # the LM head runs only where a step is explained
-            return self.model(**kwargs, logits_to_keep=positions - 1).logits
-        return self.model(**kwargs).logits[:, positions - 1]
+        if self._has_logits_to_keep and not self.is_encoder_decoder:  # the LM head runs only where a step is explained
+            return self.forward(batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1).logits
+        return self.forward(batch, rows, source_embeds, target_embeds).logits[:, positions - 1]
 
     # --- encoding and generation ------------------------------------------------------------------
 
@@ -343,6 +360,8 @@ class AttributionModel:
 
         method_instance: AttributionMethod = method_cls(self)
         sequences = []
+        method_info: dict[str, Any] = {}
+        example_info: list[dict[str, Any]] = []
         batches = _batch_spans(examples, batch_size, self.is_encoder_decoder)
         if show_progress and len(batches) > 1:
             from rich.progress import track
@@ -353,11 +372,17 @@ class AttributionModel:
                 examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
             )
             result = engine.run_batch(self, method_instance, options, batch, attributed, attribute_target, fused)
+            method_info.update(result.info)
+            example_info += result.example_info or [{} for _ in batch.examples]
             scores = engine.compute_step_scores(self, batch, step_score_names)
             sequences += engine.assemble(self, batch, result, scores)
         finished = time.perf_counter()
         info = self._info(method_name, options, attributed_fn, step_score_names, fused and method_cls.fusable,
                           attribute_target, batch_size, generation_args, forced is not None)
+        if any(example_info):
+            method_info["examples"] = example_info
+        if method_info:
+            info["method_info"] = method_info
         info["timing"] = {
             "total_s": finished - started,
             "generation_s": generated_at - started,

@@ -1,0 +1,121 @@
+"""Attention weights as attributions: each step's attention row, per layer and head.
+
+Step ``t``'s scores are the attention weights of query ``p_t - 1`` (the position whose output predicts the
+token): decoder-only models give target attributions from self-attention; encoder-decoder models give
+source attributions from the decoder's cross-attention and target attributions from the decoder's
+self-attention. Attributions are ``[positions, steps, layers, heads]`` for the selected ``layers`` and
+``heads``; ``aggregate_heads`` / ``aggregate_layers`` (``mean`` or ``max``) remove those dimensions (heads
+first). The step function is not used. One forward pass (eager attention, see `eager_attention`) gives
+every step; the stepwise reference runs one pass per step on its prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.internals import (
+    aggregate,
+    check_aggregation,
+    check_selection,
+    eager_attention,
+    query_rows,
+    select_indices,
+)
+from seqattr.typing import Float, Tensor
+
+
+@dataclass
+class AttentionOptions:
+    layers: int | list[int] | None = None
+    """Layers to report (an index, a list, negative from the end; None = all)."""
+    heads: int | list[int] | None = None
+    """Heads to report (as ``layers``)."""
+    aggregate_layers: str | None = None
+    """``mean`` or ``max`` over the selected layers (None keeps a layers dimension)."""
+    aggregate_heads: str | None = None
+    """``mean`` or ``max`` over the selected heads (None keeps a heads dimension)."""
+
+    def validate(self) -> None:
+        check_selection("layers", self.layers)
+        check_selection("heads", self.heads)
+        check_aggregation("aggregate_layers", self.aggregate_layers)
+        check_aggregation("aggregate_heads", self.aggregate_heads)
+
+
+def stacked(attentions: Sequence[Tensor]) -> Float[Tensor, "n queries keys layers heads"]:
+    """Hugging Face's per-layer ``[n, heads, queries, keys]`` weights as one tensor."""
+    if not attentions or attentions[0] is None:
+        raise RuntimeError(
+            "the model returned no attention weights; its architecture may not support output_attentions"
+        )
+    return torch.stack(list(attentions)).permute(1, 3, 4, 0, 2)
+
+
+class Attention(AttributionMethod):
+    """Attention weights of each step's query, per layer and head (selectable, aggregatable)."""
+
+    name = "attention"
+    Options = AttentionOptions
+
+    def _finish(self, weights: Tensor, options: AttentionOptions, info: dict) -> Tensor:
+        """Select and aggregate ``[..., layers, heads]``."""
+        layers = select_indices("layers", options.layers, weights.shape[-2])
+        heads = select_indices("heads", options.heads, weights.shape[-1])
+        info.update(layers=layers, heads=heads)
+        weights = weights[..., layers, :][..., heads]
+        weights = aggregate(weights, -1, options.aggregate_heads)
+        dims = ["layer"] + ([] if options.aggregate_heads else ["head"])
+        if options.aggregate_layers:
+            weights = aggregate(
+                weights, -2 if options.aggregate_heads is None else -1, options.aggregate_layers
+            )
+            dims.remove("layer")
+        info["extra_dims"] = dims
+        return weights
+
+    def _pass(self, inputs: MethodInputs, target_embeds: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Per-query weights ``[n, queries, keys, layers, heads]``: source (cross) and target (self) side."""
+        batch = inputs.batch
+        rows = torch.arange(batch.size, device=batch.target_ids.device)
+        with torch.no_grad():
+            out = self.model.forward(batch, rows, inputs.source_embeds, target_embeds, output_attentions=True)
+        if self.model.is_encoder_decoder:
+            target = stacked(out.decoder_attentions) if inputs.attribute_target else None
+            return stacked(out.cross_attentions), target
+        return None, stacked(out.attentions)
+
+    def attribute_fused(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
+        info: dict = {}
+        with eager_attention(self.model.model) as note:
+            source, target = self._pass(inputs, inputs.target_embeds)
+        info["attention_implementation"] = note
+        batch = inputs.batch
+        source = None if source is None else self._finish(query_rows(source, batch), options, info)
+        target = None if target is None else self._finish(query_rows(target, batch), options, info)
+        return MethodOutput(source, target, info=info)
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
+        info: dict = {}
+        batch = inputs.batch
+        source_rows, target_rows = [], []
+        with eager_attention(self.model.model) as note:
+            for column in range(batch.num_steps):
+                prefix = int(batch.step_positions[column])
+                source, target = self._pass(inputs, inputs.target_embeds[:, :prefix])
+                if source is not None:
+                    source_rows.append(source[:, prefix - 1])
+                if target is not None:
+                    # Keys beyond the prefix do not exist for this step: pad them (NaN in the final output).
+                    row = target[:, prefix - 1]
+                    padding = torch.zeros(
+                        row.shape[0], batch.target_ids.shape[1] - prefix, *row.shape[2:], dtype=row.dtype
+                    )
+                    target_rows.append(torch.cat([row, padding.to(row.device)], dim=1))
+        info["attention_implementation"] = note
+        source = None if not source_rows else self._finish(torch.stack(source_rows, 2), options, info)
+        target = None if not target_rows else self._finish(torch.stack(target_rows, 2), options, info)
+        return MethodOutput(source, target, info=info)
