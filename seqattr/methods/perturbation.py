@@ -1,0 +1,240 @@
+"""Shared machinery of perturbation methods: every perturbed sequence is run once, for all steps at once.
+
+A perturbation method replaces features (groups of tokens, `seqattr.features`) by a baseline and measures how
+each step's score moves. Perturbations are *gates*, one number per feature of an example: 1 keeps the
+feature's tokens, 0 replaces them by the baseline embedding, values in between mix the two
+(``gate * embedding + (1 - gate) * baseline``; Sobol's continuous masks use that).
+
+Fused path (DESIGN.md §2): a perturbed copy of the whole sequence is run once and its logits at every step
+position give every step's score. The target side is causal: a step sees only target features that start
+before its predicted token, so perturbing a later feature cannot change it. Methods therefore read, for step
+``t``, only the perturbations of the first ``features.visible[b, t]`` features (those the step can see) and
+treat everything else as untouched: the result is exactly what perturbing the step's own prefix would give.
+
+Stepwise path (the reference): each step is explained on its own prefix, the perturbation applied to the
+features it can see (`StepPrefix`); Captum's own classes run there where Captum has the method.
+
+Cost is counted in sequences run through the model (rows of its forward calls; rows are batched in chunks
+that bound memory and never change results).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from seqattr.features import GRANULARITIES, FeatureMap, build_feature_map
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
+from seqattr.step_functions import get_step_function
+from seqattr.typing import Float, Int, Tensor
+
+if TYPE_CHECKING:
+    from seqattr.engine import StepObjective
+
+INFERENCE_MODES = {"logits": "logit", "softmax": "probability", "log_softmax": "logprob"}
+"""What ``inference_mode`` measures the perturbation effect on (Interpreto's names) → our step function."""
+_CHUNK_BYTES = 32 * 2**20  # perturbed input embeddings per forward call
+
+
+@dataclass
+class PerturbationOptions:
+    """Options shared by perturbation methods."""
+
+    granularity: str = "token"
+    """Features perturbed as one: ``all_tokens``, ``token`` (special tokens kept), ``word``, ``sentence``."""
+    baseline: str | int | Tensor = DEFAULT_BASELINE
+    """What a removed feature becomes: ``"zeros"`` (zero embedding, the default), ``"unk"``, ``"pad"``, a
+    token id, or a float tensor broadcastable to the embeddings (as for gradient methods)."""
+    inference_mode: str | None = None
+    """Measure the effect on the target token's ``logits``, ``softmax`` or ``log_softmax`` instead of the
+    attributed step function (None: the attributed step function, by default the probability)."""
+
+    def validate(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"unknown granularity {self.granularity!r}; valid: {', '.join(map(repr, GRANULARITIES))}"
+            )
+        if self.inference_mode is not None and self.inference_mode not in INFERENCE_MODES:
+            raise ValueError(
+                f"unknown inference_mode {self.inference_mode!r}; valid: None (the attributed step "
+                f"function), {', '.join(map(repr, INFERENCE_MODES))}"
+            )
+        check_baseline(self.baseline)
+
+
+@dataclass
+class PerturbationSetup:
+    """Everything a perturbation method needs for one batch."""
+
+    inputs: MethodInputs
+    features: FeatureMap
+    objective: StepObjective
+    baselines: Baselines
+    """Baseline embeddings of the attributed roles, full size."""
+    info: dict
+
+    @property
+    def batch(self):
+        return self.inputs.batch
+
+
+def setup_perturbation(
+    method: AttributionMethod, inputs: MethodInputs, options: PerturbationOptions
+) -> PerturbationSetup:
+    """Features, baseline and the measured objective of one batch, and what the output's info records."""
+    features = build_feature_map(
+        method.model, inputs.batch, options.granularity, inputs.attribute_source, inputs.attribute_target
+    )
+    objective = inputs.objective
+    info = {"granularity": options.granularity}
+    if options.inference_mode is not None:
+        # Same batch and contrast, another step function: the effect is measured on that quantity.
+        objective = copy.copy(objective)
+        objective.step_function = get_step_function(INFERENCE_MODES[options.inference_mode])
+        info["inference_mode"] = options.inference_mode
+        info["measured_step_function"] = INFERENCE_MODES[options.inference_mode]
+    baselines = resolve_baselines(method.model, inputs, options.baseline)
+    return PerturbationSetup(inputs, features, objective, baselines, info)
+
+
+def perturbed_embeddings(
+    setup: PerturbationSetup, rows: Int[Tensor, " n"], gates: Float[Tensor, "n features"]
+) -> tuple[Tensor | None, Tensor]:
+    """Source and target embeddings of ``n`` perturbed copies: row ``i`` is example ``rows[i]`` with its
+    features mixed with the baseline by ``gates[i]`` (1 = kept). Tokens that are not features are kept."""
+    inputs, features = setup.inputs, setup.features
+
+    def mix(embeds: Tensor, baseline: Tensor, feature_of: Tensor) -> Tensor:
+        index = feature_of[rows]
+        gate = gates.gather(1, index.clamp(min=0)).masked_fill(index < 0, 1.0).to(embeds.dtype)[..., None]
+        # gate * x + (1 - gate) * b: exactly x where the gate is 1 and exactly b where it is 0.
+        return gate * embeds[rows] + (1 - gate) * baseline[rows]
+
+    source = None
+    if inputs.source_embeds is not None:
+        source = inputs.source_embeds[rows]
+        if inputs.attribute_source:
+            source = mix(inputs.source_embeds, setup.baselines.source, features.source)
+    target = inputs.target_embeds[rows]
+    if inputs.attribute_target:
+        target = mix(inputs.target_embeds, setup.baselines.target, features.target)
+    return source, target
+
+
+def full_gates(
+    setup: PerturbationSetup, rows: Int[Tensor, " n"], partial: Float[Tensor, "n k"]
+) -> Float[Tensor, "n features"]:
+    """Gates over all features of the batch from gates of the first ``k`` features (the rest kept)."""
+    gates = torch.ones(partial.shape[0], max(setup.features.max_features, 1), device=partial.device)
+    gates[:, : partial.shape[1]] = partial
+    return gates
+
+
+def _chunk_rows(setup: PerturbationSetup) -> int:
+    """Perturbed copies per forward call: their input embeddings stay within the chunk memory budget."""
+    batch = setup.batch
+    positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
+    per_row = positions * setup.inputs.target_embeds.shape[-1] * setup.inputs.target_embeds.element_size()
+    return max(1, _CHUNK_BYTES // max(per_row, 1))
+
+
+def run_rows(
+    setup: PerturbationSetup, rows: Int[Tensor, " n"], gates: Float[Tensor, "n features"]
+) -> Float[Tensor, "n steps"]:
+    """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks."""
+    chunk = _chunk_rows(setup)
+    scores = []
+    with torch.no_grad():
+        for start in range(0, rows.shape[0], chunk):
+            part = slice(start, start + chunk)
+            source, target = perturbed_embeddings(setup, rows[part], gates[part])
+            scores.append(setup.objective(source, target, slice(None), rows[part]))
+    if not scores:
+        return torch.zeros(0, setup.batch.num_steps)
+    return torch.cat(scores)
+
+
+def clean_scores(setup: PerturbationSetup) -> Float[Tensor, "batch steps"]:
+    """Every step's score on the unperturbed batch (one row per example)."""
+    rows = torch.arange(setup.batch.size, device=setup.batch.target_ids.device)
+    return run_rows(setup, rows, full_gates(setup, rows, torch.ones(setup.batch.size, 0, device=rows.device)))
+
+
+@dataclass
+class StepPrefix:
+    """Step ``column`` of example ``b`` on its own prefix: a function of the gates of the features it sees."""
+
+    setup: PerturbationSetup
+    b: int
+    column: int
+
+    @property
+    def num_visible(self) -> int:
+        return int(self.setup.features.visible[self.b, self.column])
+
+    @property
+    def num_source(self) -> int:
+        return self.setup.features.num_source[self.b]
+
+    def __call__(self, gates: Float[Tensor, "n visible"]) -> Float[Tensor, " n"]:
+        setup, chunk = self.setup, _chunk_rows(self.setup)
+        prefix_len = int(setup.batch.step_positions[self.column])
+        scores = []
+        for start in range(0, gates.shape[0], chunk):
+            part = gates[start : start + chunk].float()
+            rows = torch.full(
+                (part.shape[0],), self.b, dtype=torch.long, device=setup.batch.target_ids.device
+            )
+            source, target = perturbed_embeddings(setup, rows, full_gates(setup, rows, part))
+            scores.append(
+                setup.objective(source, target[:, :prefix_len], slice(self.column, self.column + 1), rows)[
+                    :, 0
+                ]
+            )
+        return torch.cat(scores)
+
+
+def stepwise_feature_scores(
+    setup: PerturbationSetup, explain_step: Callable[[StepPrefix], Float[Tensor, " visible"]]
+) -> Float[Tensor, "batch features steps"]:
+    """The reference loop: ``explain_step`` run on each real step's prefix, one score per visible feature."""
+    batch, features = setup.batch, setup.features
+    scores = torch.zeros(batch.size, max(features.max_features, 1), batch.num_steps)
+    with torch.no_grad():
+        for b in range(batch.size):
+            for column in range(batch.num_steps):
+                step = StepPrefix(setup, b, column)
+                if bool(batch.step_mask[b, column]) and step.num_visible > 0:
+                    scores[b, : step.num_visible, column] = explain_step(step).detach().float().cpu()
+    return scores
+
+
+def visible_features(setup: PerturbationSetup) -> Int[Tensor, "batch steps"]:
+    return setup.features.visible.cpu()
+
+
+def feature_output(setup: PerturbationSetup, scores: Float[Tensor, "batch features steps"]) -> MethodOutput:
+    """Per-token attributions from per-feature scores: each token carries its feature's score (0 if none).
+
+    Scores of features a step cannot see are zeroed (their tokens are NaN in the final output anyway).
+    """
+    features, inputs = setup.features, setup.inputs
+    scores = scores.float().cpu()
+    feature_index = torch.arange(scores.shape[1])[None, :, None]
+    scores = scores.masked_fill(feature_index >= visible_features(setup)[:, None, :], 0.0)
+
+    def to_tokens(feature_of: Tensor) -> Tensor:
+        index = feature_of.cpu()
+        per_token = scores.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, scores.shape[2]))
+        return per_token.masked_fill((index < 0)[..., None], 0.0)
+
+    source = to_tokens(features.source) if inputs.attribute_source and features.source is not None else None
+    target = to_tokens(features.target) if inputs.attribute_target else None
+    info = dict(setup.info)
+    examples = [{"features": spans} for spans in features.spans]
+    return MethodOutput(source, target, info=info, example_info=examples)
