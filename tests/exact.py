@@ -1,4 +1,4 @@
-"""Helpers of the exactness tests: float64 copies of the tiny models and comparisons that treat NaN as a value.
+"""Helpers of the exactness tests: float64 copies of the tiny models, comparisons that treat NaN as a value.
 
 Why float64: the tiny test models have large random weights (std 0.3), which makes them far more
 ill-conditioned than trained models. In float32, two equally valid summation orders (a padded batch versus a
@@ -17,7 +17,9 @@ tests attribute `probability64`, the same quantity computed in the model's preci
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import math
 
 import torch
 
@@ -30,7 +32,7 @@ RTOL = 1e-5
 """Tolerance of every exactness check, relative to the compared tensor's largest magnitude."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def float64_model(architecture: str):
     """A float64 copy of the cached tiny model (the float32 original is shared and stays untouched)."""
     model, tokenizer = tiny_model(architecture)
@@ -49,10 +51,14 @@ def probability64(args: StepFunctionArgs) -> torch.Tensor:
 
 
 def assert_close(
-    actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, what: str = "", scale: float | None = None
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    rtol: float = RTOL,
+    what: str = "",
+    scale: float | None = None,
 ) -> None:
     """Same shape, NaN exactly where ``expected`` has NaN, and ``|a - e| <= rtol * (|e| + scale)``, where
-    ``scale`` defaults to ``max|e|`` (pass the scale of the inputs when ``expected`` is a sum that cancels)."""
+    ``scale`` defaults to ``max|e|`` (pass the inputs' scale when ``expected`` is a sum that cancels)."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     actual, expected = actual.double().cpu(), expected.double().cpu()
     assert torch.equal(actual.isnan(), expected.isnan()), f"{what}: NaN at different positions"
@@ -64,7 +70,9 @@ def assert_close(
     )
 
 
-def assert_sequences_close(actual: SequenceAttribution, expected: SequenceAttribution, rtol: float = RTOL) -> None:
+def assert_sequences_close(
+    actual: SequenceAttribution, expected: SequenceAttribution, rtol: float = RTOL
+) -> None:
     """Tokens, window, tensors (NaN pattern included) and step scores of two sequences agree."""
     assert actual.source_ids == expected.source_ids
     assert actual.target_ids == expected.target_ids
@@ -77,3 +85,41 @@ def assert_sequences_close(actual: SequenceAttribution, expected: SequenceAttrib
     assert actual.step_scores.keys() == expected.step_scores.keys()
     for name in actual.step_scores:
         assert_close(actual.step_scores[name], expected.step_scores[name], rtol, f"step_scores[{name!r}]")
+
+
+_SAME_WIDTH_INT = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def assert_identical(actual, expected, where: str = "output") -> None:
+    """Recursively equal; tensors equal bit for bit (so NaN == NaN, and -0.0 != 0.0)."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), where
+        assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), where
+        as_int = _SAME_WIDTH_INT.get(expected.dtype)
+        if as_int is not None:
+            assert torch.equal(actual.view(as_int), expected.view(as_int)), f"{where}: bits differ"
+        else:
+            assert torch.equal(actual, expected), where
+    elif dataclasses.is_dataclass(expected):
+        assert type(actual) is type(expected), where
+        for field in dataclasses.fields(expected):
+            assert_identical(
+                getattr(actual, field.name), getattr(expected, field.name), f"{where}.{field.name}"
+            )
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key in expected:
+            assert_identical(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_identical(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert isinstance(actual, float) and math.isnan(actual), where
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"

@@ -24,22 +24,31 @@ NEW_TOKENS = 4
 def reference_gradients(hf_model, seq: seqattr.SequenceAttribution, position: int):
     """Gradient of p(target[position] | prefix) w.r.t. the source and prefix embeddings, plus the embeddings.
 
-    The model runs on token ids, exactly as transformers runs it; a forward hook keeps the outputs of its input
-    embedding layer (encoder call first, then decoder), with respect to which the gradient is taken. Returns
-    ``(source_grad, source_embeds, prefix_grad, prefix_embeds)`` as ``[len, hidden]`` tensors (the source
+    The model runs on token ids, exactly as transformers runs it; a forward hook keeps the outputs of its
+    input embedding layer (encoder call first, then decoder), with respect to which the gradient is taken.
+    Returns ``(source_grad, source_embeds, prefix_grad, prefix_embeds)``, ``[len, hidden]`` each (the source
     pair is None for decoder-only models).
     """
     embedded = []
     layers = [hf_model.get_input_embeddings()]
-    if hf_model.config.is_encoder_decoder:  # e.g. T5's encoder and decoder hold their own (tied) embedding layer
-        layers = [hf_model.get_encoder().get_input_embeddings(), hf_model.get_decoder().get_input_embeddings()]
+    if (
+        hf_model.config.is_encoder_decoder
+    ):  # e.g. T5's encoder and decoder hold their own (tied) embedding layer
+        layers = [
+            hf_model.get_encoder().get_input_embeddings(),
+            hf_model.get_decoder().get_input_embeddings(),
+        ]
     layers = list({id(layer): layer for layer in layers}.values())  # a shared layer runs twice: hook it once
-    hooks = [layer.register_forward_hook(lambda module, args, output: embedded.append(output)) for layer in layers]
+    hooks = [
+        layer.register_forward_hook(lambda module, args, output: embedded.append(output)) for layer in layers
+    ]
     try:
         prefix_ids = torch.tensor([seq.target_ids[:position]])
         if hf_model.config.is_encoder_decoder:
             source_ids = torch.tensor([seq.source_ids])
-            logits = hf_model(input_ids=source_ids, decoder_input_ids=prefix_ids, use_cache=False).logits[0, -1]
+            logits = hf_model(input_ids=source_ids, decoder_input_ids=prefix_ids, use_cache=False).logits[
+                0, -1
+            ]
         else:
             logits = hf_model(input_ids=prefix_ids, use_cache=False).logits[0, -1]
     finally:
@@ -107,19 +116,25 @@ def test_float32_default_probability_matches_autograd(architecture):
     of a step's largest score (tests/exact.py), far below the O(1) error of a wrong position or mask."""
     hf_model, tokenizer = tiny_model(architecture)
     model = seqattr.load_model(hf_model, "saliency", tokenizer=tokenizer)
-    out = model.attribute(PROMPTS, generation_args={"max_new_tokens": NEW_TOKENS}, attribute_target=True,
-                          show_progress=False)
+    out = model.attribute(
+        PROMPTS, generation_args={"max_new_tokens": NEW_TOKENS}, attribute_target=True, show_progress=False
+    )
     reference_model = float64_model(architecture)[0]
     check_against_reference(out, reference_model, "saliency", attribute_target=True, rtol=2e-3)
 
 
 @pytest.mark.parametrize("architecture", ["llama", "bart"])
 def test_raw_gradient_and_reductions(architecture):
-    """``hidden_reduction=None`` with ``abs=False`` is the raw gradient; every reduction is a function of it."""
+    """``hidden_reduction=None`` with ``abs=False`` is the raw gradient; each reduction is a function of
+    it."""
     model = exact_model(architecture)
     text = "the cat sat on the mat"
-    kwargs = dict(generation_args={"max_new_tokens": 3}, attribute_target=True, attributed_fn=probability64,
-                  show_progress=False)
+    kwargs = dict(
+        generation_args={"max_new_tokens": 3},
+        attribute_target=True,
+        attributed_fn=probability64,
+        show_progress=False,
+    )
     raw = model.attribute(text, hidden_reduction=None, abs=False, **kwargs)[0]
     assert raw.target_attributions.shape[-1] == model.model.get_input_embeddings().embedding_dim
     for step in range(raw.num_steps):
@@ -141,15 +156,21 @@ def test_raw_gradient_and_reductions(architecture):
         for side in ("source_attributions", "target_attributions"):
             raw_side = getattr(raw, side)
             if raw_side is not None:
-                # Scaled by the raw gradient: Bart's embedding layer norm makes its sum over hidden cancel to ~0.
+                # Scaled by the raw gradient: Bart's embedding layer norm makes its sum over hidden ~0.
                 scale = float(raw_side.nan_to_num().abs().max())
-                assert_close(getattr(reduced, side), fn(raw_side.double()), what=f"{name} {side}", scale=scale)
+                assert_close(
+                    getattr(reduced, side), fn(raw_side.double()), what=f"{name} {side}", scale=scale
+                )
 
 
 def test_input_x_gradient_is_embeddings_times_saliency_without_abs():
     model = exact_model("qwen2")
-    kwargs = dict(generation_args={"max_new_tokens": 3}, attributed_fn=probability64, hidden_reduction=None,
-                  show_progress=False)
+    kwargs = dict(
+        generation_args={"max_new_tokens": 3},
+        attributed_fn=probability64,
+        hidden_reduction=None,
+        show_progress=False,
+    )
     gradient = model.attribute(PROMPTS[0], abs=False, **kwargs)[0]
     product = model.attribute(PROMPTS[0], method="input_x_gradient", **kwargs)[0]
     embeds = model.model.get_input_embeddings()(torch.tensor(gradient.target_ids)).detach()

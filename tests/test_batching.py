@@ -19,7 +19,11 @@ from seqattr.testing import ARCHITECTURES, ENCODER_DECODER, tiny_model
 # Lengths differ a lot (one prompt is a single word) so that pad rows are fully masked.
 PROMPTS = ["The cat sat on the mat.", "Paris", "Paris is a beautiful city in the north of France."]
 CONTINUATIONS = [" The dog ran away.", " is a city", " It is sunny today, but it will rain tomorrow."]
-TRANSLATIONS = ["Die Katze sitzt auf der Matte.", "Das Haus", "Heute ist es sonnig, aber morgen wird es regnen."]
+TRANSLATIONS = [
+    "Die Katze sitzt auf der Matte.",
+    "Das Haus",
+    "Heute ist es sonnig, aber morgen wird es regnen.",
+]
 
 # name -> attribute() arguments other than the texts (generation_args when nothing is forced)
 SCENARIOS = {
@@ -33,16 +37,18 @@ SCENARIOS = {
 def forced_targets(architecture: str) -> list[str]:
     if architecture in ENCODER_DECODER:
         return TRANSLATIONS
-    return [prompt + continuation for prompt, continuation in zip(PROMPTS, CONTINUATIONS)]
+    return [prompt + continuation for prompt, continuation in zip(PROMPTS, CONTINUATIONS, strict=True)]
 
 
 def run(model: seqattr.AttributionModel, architecture: str, texts, scenario: str, **kwargs):
     arguments = dict(SCENARIOS[scenario])
     generated = None
     if arguments.pop("forced", False):
-        targets = dict(zip(PROMPTS, forced_targets(architecture)))
+        targets = dict(zip(PROMPTS, forced_targets(architecture), strict=True))
         generated = [targets[text] for text in texts]
-    return model.attribute(texts, generated, attribute_target=True, show_progress=False, **arguments, **kwargs)
+    return model.attribute(
+        texts, generated, attribute_target=True, show_progress=False, **arguments, **kwargs
+    )
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -51,11 +57,11 @@ def test_batched_equals_single_and_fused_equals_stepwise(architecture, scenario)
     model = exact_model(architecture, "saliency")
     batched = run(model, architecture, PROMPTS, scenario, attributed_fn=probability64)
     assert len(batched) == len(PROMPTS)
-    for prompt, seq in zip(PROMPTS, batched):
+    for prompt, seq in zip(PROMPTS, batched, strict=True):
         single = run(model, architecture, [prompt], scenario, attributed_fn=probability64)[0]
         assert_sequences_close(seq, single)
     stepwise = run(model, architecture, PROMPTS, scenario, attributed_fn=probability64, fused=False)
-    for seq, reference in zip(batched, stepwise):
+    for seq, reference in zip(batched, stepwise, strict=True):
         assert_sequences_close(seq, reference)
 
 
@@ -64,8 +70,10 @@ def test_batch_size_chunks_equal_one_batch(architecture):
     model = exact_model(architecture, "input_x_gradient")
     whole = run(model, architecture, PROMPTS, "forced", attributed_fn=probability64)
     for batch_size in (1, 2):
-        chunked = run(model, architecture, PROMPTS, "forced", attributed_fn=probability64, batch_size=batch_size)
-        for a, b in zip(chunked, whole):
+        chunked = run(
+            model, architecture, PROMPTS, "forced", attributed_fn=probability64, batch_size=batch_size
+        )
+        for a, b in zip(chunked, whole, strict=True):
             assert_sequences_close(a, b)
 
 
@@ -90,7 +98,7 @@ def test_float32_left_padding_leaks_no_nan(architecture):
     hf_model, tokenizer = tiny_model(architecture)
     model = seqattr.load_model(hf_model, "saliency", tokenizer=tokenizer)
     batched = run(model, architecture, PROMPTS, "forced", step_scores=["probability"])
-    for prompt, seq in zip(PROMPTS, batched):
+    for prompt, seq in zip(PROMPTS, batched, strict=True):
         position = torch.arange(len(seq.target_ids))[:, None]
         step = seq.attr_pos_start + torch.arange(seq.num_steps)[None, :]
         visible = position < step

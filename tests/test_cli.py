@@ -27,8 +27,23 @@ def folders(tmp_path_factory) -> dict[str, str]:
 
 def test_attribute_saves_an_output_that_loads(folders, tmp_path, capsys):
     path = tmp_path / "out.json"
-    code = main(["attribute", "-m", folders["gpt2"], "-a", "saliency", "-i", PROMPT, "-o", str(path),
-                 "--max-new-tokens", "3", "--step-scores", "probability"])
+    code = main(
+        [
+            "attribute",
+            "-m",
+            folders["gpt2"],
+            "-a",
+            "saliency",
+            "-i",
+            PROMPT,
+            "-o",
+            str(path),
+            "--max-new-tokens",
+            "3",
+            "--step-scores",
+            "probability",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr()
     assert "saliency" in printed.out  # the heatmap
@@ -48,9 +63,30 @@ def test_attribute_saves_an_output_that_loads(folders, tmp_path, capsys):
 
 def test_attribute_with_forced_targets_options_and_the_stepwise_engine(folders, tmp_path, capsys):
     path = tmp_path / "out.json"
-    code = main(["attribute", "-m", folders["bart"], "-a", "input_x_gradient", "-i", PROMPT, "Why",
-                 "-g", "Die Katze sitzt.", "Warum", "--attribute-target", "--option", "hidden_reduction=l2",
-                 "--stepwise", "--attr-pos-start", "2", "--no-show", "-o", str(path)])
+    code = main(
+        [
+            "attribute",
+            "-m",
+            folders["bart"],
+            "-a",
+            "input_x_gradient",
+            "-i",
+            PROMPT,
+            "Why",
+            "-g",
+            "Die Katze sitzt.",
+            "Warum",
+            "--attribute-target",
+            "--option",
+            "hidden_reduction=l2",
+            "--stepwise",
+            "--attr-pos-start",
+            "2",
+            "--no-show",
+            "-o",
+            str(path),
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out == ""  # --no-show
     loaded = seqattr.load(path)

@@ -27,7 +27,9 @@ def bart():
 
 def test_unknown_method_lists_the_valid_names(gpt2):
     model, tokenizer = tiny_model("gpt2")
-    with pytest.raises(ValueError, match="unknown attribution method 'salency'; valid methods: .*input_x_gradient.*saliency"):
+    with pytest.raises(
+        ValueError, match="unknown attribution method 'salency'; valid methods: .*input_x_gradient.*saliency"
+    ):
         seqattr.load_model(model, "salency", tokenizer=tokenizer)
     with pytest.raises(ValueError, match="unknown attribution method 'salency'; valid methods: .*saliency"):
         gpt2.attribute(PROMPT, method="salency", show_progress=False)
@@ -35,7 +37,9 @@ def test_unknown_method_lists_the_valid_names(gpt2):
 
 def test_unknown_option_lists_the_valid_ones(gpt2):
     model, tokenizer = tiny_model("gpt2")
-    with pytest.raises(TypeError, match="saliency got unknown option.* n_steps; its options are: abs, hidden_reduction"):
+    with pytest.raises(
+        TypeError, match="saliency got unknown option.* n_steps; its options are: abs, hidden_reduction"
+    ):
         seqattr.load_model(model, "saliency", tokenizer=tokenizer, n_steps=5)
     with pytest.raises(TypeError, match="input_x_gradient got unknown option.* abs"):
         gpt2.attribute(PROMPT, method="input_x_gradient", abs=True, show_progress=False)
@@ -55,7 +59,9 @@ def test_input_that_is_not_text_is_refused(gpt2):
 
 
 def test_forced_decoder_only_target_must_start_with_the_prompt(gpt2):
-    with pytest.raises(ValueError, match=r"generated_texts\[0\] must start with its prompt.*Pass prompt \+ continuation"):
+    with pytest.raises(
+        ValueError, match=r"generated_texts\[0\] must start with its prompt.*Pass prompt \+ continuation"
+    ):
         gpt2.attribute(PROMPT, " The dog ran away.", show_progress=False)
     with pytest.raises(ValueError, match="tokenizes differently from its prompt at the boundary"):
         gpt2.attribute("The cat sat on the ", "The cat sat on the mat.", show_progress=False)
@@ -75,7 +81,9 @@ def test_input_longer_than_the_context_is_refused(architecture):
     context = rf"longer than the model's context of {MAX_POSITIONS} tokens"
     with pytest.raises(ValueError, match=rf"input_texts\[0\] is \d+ tokens long, {context}"):
         model.attribute(LONG_TEXT, show_progress=False)
-    with pytest.raises(ValueError, match=rf"input_texts\[0\] plus max_new_tokens=200 is \d+ tokens long, {context}"):
+    with pytest.raises(
+        ValueError, match=rf"input_texts\[0\] plus max_new_tokens=200 is \d+ tokens long, {context}"
+    ):
         model.attribute(PROMPT, generation_args={"max_new_tokens": 200}, show_progress=False)
     with pytest.raises(ValueError, match=rf"max_length=300 is 300 tokens long, {context}"):
         model.attribute(PROMPT, generation_args={"max_length": 300}, show_progress=False)
@@ -86,12 +94,16 @@ def test_input_longer_than_the_context_is_refused(architecture):
 
 def test_a_context_limit_is_only_checked_where_the_model_has_one():
     """T5's relative positions have no limit: a long input is explained, not refused."""
-    out = attribution_model("t5").attribute(LONG_TEXT, generation_args={"max_new_tokens": 2}, show_progress=False)
+    out = attribution_model("t5").attribute(
+        LONG_TEXT, generation_args={"max_new_tokens": 2}, show_progress=False
+    )
     assert len(out[0].source_ids) > MAX_POSITIONS
 
 
 def _bert_config() -> BertConfig:
-    return BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    return BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,14 +124,18 @@ def test_a_model_without_a_language_modelling_head_is_refused(build):
 def test_a_saved_model_without_a_generative_class_is_refused(tmp_path):
     from transformers import DistilBertConfig, DistilBertModel
 
-    DistilBertModel(DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32)).save_pretrained(tmp_path)
+    DistilBertModel(
+        DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    ).save_pretrained(tmp_path)
     with pytest.raises(TypeError, match="DistilBertConfig.*not a generative language model"):
         seqattr.load_model(str(tmp_path))
 
 
 def test_load_model_arguments_are_checked(tmp_path):
     model, tokenizer = tiny_model("gpt2")
-    with pytest.raises(TypeError, match="model must be a hub id, a local path or a transformers PreTrainedModel, got int"):
+    with pytest.raises(
+        TypeError, match="model must be a hub id, a local path or a transformers PreTrainedModel, got int"
+    ):
         seqattr.load_model(42)
     with pytest.raises(FileNotFoundError, match="no model folder or file at"):
         seqattr.load_model(str(tmp_path / "missing"))
@@ -133,7 +149,10 @@ def test_load_model_arguments_are_checked(tmp_path):
         (dict(attr_pos_start=0), r"\[0, \d+\) of a \d+-token target; need 1 <= start < end"),
         (dict(attr_pos_start=5, attr_pos_end=4), r"\[5, 4\)"),
         (dict(attr_pos_end=500), r"attr_pos_end=500 select target positions"),
-        (dict(attr_pos_start=-500), r"attr_pos_start=-500, attr_pos_end=None select target positions \[-\d+, "),
+        (
+            dict(attr_pos_start=-500),
+            r"attr_pos_start=-500, attr_pos_end=None select target positions \[-\d+, ",
+        ),
     ],
 )
 def test_bad_windows_are_refused(gpt2, bart, window, message):
@@ -143,7 +162,9 @@ def test_bad_windows_are_refused(gpt2, bart, window, message):
         bart.attribute(PROMPT, "Die Katze sitzt auf der Matte.", show_progress=False, **window)
 
 
-@pytest.mark.parametrize("window", [dict(attr_pos_start=1.5), dict(attr_pos_end="3"), dict(attr_pos_start=True)])
+@pytest.mark.parametrize(
+    "window", [dict(attr_pos_start=1.5), dict(attr_pos_end="3"), dict(attr_pos_start=True)]
+)
 def test_windows_must_be_integers(gpt2, window):
     with pytest.raises(TypeError, match="must be an integer target position"):
         gpt2.attribute(PROMPT, show_progress=False, **window)

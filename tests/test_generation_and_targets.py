@@ -17,7 +17,9 @@ def hf_generate(architecture: str, prompts: list[str], **generation_args) -> lis
     first end-of-sequence token (what follows is padding of a sequence that ended early)."""
     model, tokenizer = tiny_model(architecture)
     padding_side = "right" if model.config.is_encoder_decoder else "left"
-    if tokenizer.pad_token is None:  # load_model sets it too; do it here so the order of tests does not matter
+    if (
+        tokenizer.pad_token is None
+    ):  # load_model sets it too; do it here so the order of tests does not matter
         tokenizer.pad_token = tokenizer.eos_token
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side)
     with torch.no_grad():
@@ -25,7 +27,7 @@ def hf_generate(architecture: str, prompts: list[str], **generation_args) -> lis
     eos = generation_args.get("eos_token_id", model.generation_config.eos_token_id)
     eos = set(eos if isinstance(eos, list) else [eos])
     results = []
-    for prompt, sequence in zip(prompts, sequences.tolist()):
+    for prompt, sequence in zip(prompts, sequences.tolist(), strict=True):
         if model.config.is_encoder_decoder:
             head, generated = sequence[:1], sequence[1:]
         else:
@@ -42,7 +44,7 @@ def test_generation_equals_model_generate(architecture):
         out = model.attribute(prompts, generation_args={"max_new_tokens": 6}, show_progress=False)
         expected = hf_generate(architecture, prompts, max_new_tokens=6)
         assert [seq.target_ids for seq in out] == expected
-    for seq, prompt in zip(out, PROMPTS):
+    for seq, prompt in zip(out, PROMPTS, strict=True):
         tokenizer = model.tokenizer
         assert seq.target == tokenizer.convert_ids_to_tokens(seq.target_ids)
         if architecture in DECODER_ONLY:
@@ -85,7 +87,7 @@ def test_forced_decoder_only_target_is_prompt_plus_continuation(architecture):
     model = attribution_model(architecture)
     texts = [PROMPTS[0] + " The dog ran away.", PROMPTS[2] + " is the sky blue?"]
     out = model.attribute([PROMPTS[0], PROMPTS[2]], texts, show_progress=False)
-    for seq, prompt, text in zip(out, [PROMPTS[0], PROMPTS[2]], texts):
+    for seq, prompt, text in zip(out, [PROMPTS[0], PROMPTS[2]], texts, strict=True):
         assert seq.target_ids == model.tokenizer(text)["input_ids"]
         assert seq.attr_pos_start == len(model.tokenizer(prompt)["input_ids"])
         assert seq.attr_pos_end == len(seq.target_ids)
@@ -99,7 +101,7 @@ def test_forced_encoder_decoder_target_follows_the_start_token(architecture):
     texts = ["Die Katze sitzt auf der Matte.", "Warum ist der Himmel blau?"]
     out = model.attribute([PROMPTS[0], PROMPTS[2]], texts, show_progress=False)
     start = model.model.generation_config.decoder_start_token_id
-    for seq, prompt, text in zip(out, [PROMPTS[0], PROMPTS[2]], texts):
+    for seq, prompt, text in zip(out, [PROMPTS[0], PROMPTS[2]], texts, strict=True):
         assert seq.source_ids == model.tokenizer(prompt)["input_ids"]
         assert seq.target_ids == [start, *model.tokenizer(text_target=text)["input_ids"]]
         assert (seq.attr_pos_start, seq.attr_pos_end) == (1, len(seq.target_ids))
@@ -124,8 +126,9 @@ def direct_probabilities(architecture: str, seq) -> torch.Tensor:
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_probability_step_score_equals_direct_forward(architecture):
     model = attribution_model(architecture)
-    out = model.attribute(PROMPTS, generation_args={"max_new_tokens": 5}, step_scores=["probability"],
-                          show_progress=False)
+    out = model.attribute(
+        PROMPTS, generation_args={"max_new_tokens": 5}, step_scores=["probability"], show_progress=False
+    )
     assert out.info["step_scores"] == ["probability"]
     for seq in out:
         scores = seq.step_scores["probability"]
@@ -138,8 +141,10 @@ def test_probability_step_score_equals_direct_forward(architecture):
 def test_window_step_scores_follow_the_window():
     model = attribution_model("llama")
     text = PROMPTS[0] + " The dog ran away."
-    out = model.attribute(PROMPTS[0], text, attr_pos_start=2, attr_pos_end=6, step_scores=["probability"],
-                          show_progress=False)[0]
+    out = model.attribute(
+        PROMPTS[0], text, attr_pos_start=2, attr_pos_end=6, step_scores=["probability"], show_progress=False
+    )[0]
     assert out.steps == out.target[2:6]
-    torch.testing.assert_close(out.step_scores["probability"], direct_probabilities("llama", out), rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        out.step_scores["probability"], direct_probabilities("llama", out), rtol=1e-5, atol=1e-6
+    )

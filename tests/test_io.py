@@ -3,50 +3,18 @@ fields a `SequenceAttribution` has; files of another format version or format ar
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
-import math
 
 import pytest
 import torch
 from conftest import attribution_model
+from exact import assert_identical
 from rich.console import Console
 
 import seqattr
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.data.io import FORMAT_VERSION
-
-_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
-                   torch.bfloat16: torch.int16}
-
-
-def assert_identical(actual, expected, where: str = "output") -> None:
-    """Recursively equal; tensors equal bit for bit (so NaN == NaN, and -0.0 != 0.0)."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor), where
-        assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), where
-        as_int = _SAME_WIDTH_INT.get(expected.dtype)
-        if as_int is not None:
-            assert torch.equal(actual.view(as_int), expected.view(as_int)), f"{where}: bits differ"
-        else:
-            assert torch.equal(actual, expected), where
-    elif dataclasses.is_dataclass(expected):
-        assert type(actual) is type(expected), where
-        for field in dataclasses.fields(expected):
-            assert_identical(getattr(actual, field.name), getattr(expected, field.name), f"{where}.{field.name}")
-    elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
-        for key in expected:
-            assert_identical(actual[key], expected[key], f"{where}[{key!r}]")
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), where
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_identical(a, e, f"{where}[{i}]")
-    elif isinstance(expected, float) and math.isnan(expected):
-        assert isinstance(actual, float) and math.isnan(actual), where
-    else:
-        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +24,21 @@ def outputs() -> dict[str, AttributionOutput]:
     encoder_decoder = attribution_model("bart", "input_x_gradient")
     prompts = ["The cat sat on the mat.", "Why"]
     return {
-        "decoder_only": decoder_only.attribute(prompts, generation_args={"max_new_tokens": 4},
-                                               step_scores=["probability", "logprob"], show_progress=False),
-        "raw_hidden": decoder_only.attribute(prompts[0], generation_args={"max_new_tokens": 3},
-                                             hidden_reduction=None, show_progress=False),
-        "encoder_decoder": encoder_decoder.attribute(prompts, ["Die Katze sitzt.", "Warum"], show_progress=False),
-        "encoder_decoder_target": encoder_decoder.attribute(prompts, generation_args={"max_new_tokens": 3},
-                                                            attribute_target=True, show_progress=False),
+        "decoder_only": decoder_only.attribute(
+            prompts,
+            generation_args={"max_new_tokens": 4},
+            step_scores=["probability", "logprob"],
+            show_progress=False,
+        ),
+        "raw_hidden": decoder_only.attribute(
+            prompts[0], generation_args={"max_new_tokens": 3}, hidden_reduction=None, show_progress=False
+        ),
+        "encoder_decoder": encoder_decoder.attribute(
+            prompts, ["Die Katze sitzt.", "Warum"], show_progress=False
+        ),
+        "encoder_decoder_target": encoder_decoder.attribute(
+            prompts, generation_args={"max_new_tokens": 3}, attribute_target=True, show_progress=False
+        ),
     }
 
 
@@ -86,7 +62,9 @@ def test_round_trip_is_exact(outputs, name, tmp_path):
 
 
 def test_round_trip_keeps_every_bit_of_every_dtype(tmp_path):
-    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-45, 3.4028235e38, -1 / 3])
+    special = torch.tensor(
+        [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-45, 3.4028235e38, -1 / 3]
+    )
     payload_nan = torch.tensor([0x7FC00123], dtype=torch.int32).view(torch.float32)  # a NaN with a payload
     seq = SequenceAttribution(
         source=["a", "b"],
@@ -95,8 +73,10 @@ def test_round_trip_keeps_every_bit_of_every_dtype(tmp_path):
         target_ids=[1, 7, 8],
         source_attributions=torch.cat([special, payload_nan]).reshape(3, 3),
         target_attributions=torch.randn(3, 2, 4, dtype=torch.float64),
-        step_scores={"half": torch.tensor([0.1, -65504.0], dtype=torch.float16),
-                     "ids": torch.tensor([3, -2**62], dtype=torch.int64)},
+        step_scores={
+            "half": torch.tensor([0.1, -65504.0], dtype=torch.float16),
+            "ids": torch.tensor([3, -(2**62)], dtype=torch.int64),
+        },
         attr_pos_start=1,
         attr_pos_end=3,
     )

@@ -71,13 +71,19 @@ def input_embedding_scales(model: PreTrainedModel) -> tuple[float | None, float]
         if not model.config.is_encoder_decoder:
             reference = model(input_ids=ids, use_cache=False).logits
             target = _matching_scale(
-                reference, lambda s: model(inputs_embeds=embeds * s, use_cache=False).logits, candidates, f"{type(model).__name__}"
+                reference,
+                lambda s: model(inputs_embeds=embeds * s, use_cache=False).logits,
+                candidates,
+                type(model).__name__,
             )
             return None, target
         encoder = model.get_encoder()
         reference = encoder(input_ids=ids).last_hidden_state
         source = _matching_scale(
-            reference, lambda s: encoder(inputs_embeds=embeds * s).last_hidden_state, candidates, f"{type(model).__name__}'s encoder"
+            reference,
+            lambda s: encoder(inputs_embeds=embeds * s).last_hidden_state,
+            candidates,
+            f"{type(model).__name__}'s encoder",
         )
         reference = model(input_ids=ids, decoder_input_ids=ids, use_cache=False).logits
         target = _matching_scale(

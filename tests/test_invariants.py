@@ -1,0 +1,217 @@
+"""Invariants every attribution method keeps, driven by one table of methods x model families.
+
+To check a new method, add a row to `METHODS`: ``(name, options)``, the options passed to
+``load_model(model, name, **options)``. Nothing else is needed. Each row is run, for one decoder-only and
+one encoder-decoder tiny model (float64, attributing `probability64`: see tests/exact.py), on two examples of
+different lengths with forced targets, and must show:
+
+- fused == stepwise (the one-pass engine equals the step-by-step reference) within 1e-5;
+- batched == single (padding changes nothing) within 1e-5;
+- finite scores exactly where a step can see (NaN elsewhere); decoder-only ``source_attributions`` is None,
+  encoder-decoder ``target_attributions`` is present because ``attribute_target=True``;
+- no hook, module swap, weight change or mode change left on the model, after a normal run and after an
+  exception raised inside the method's work (by the attributed function, or by the model's forward pass);
+- save -> load round trip bit for bit.
+
+Randomised methods must be reproducible for these to hold: each call here runs after ``torch.manual_seed(0)``,
+and a method's draws must not depend on the batch it is in (or the row must fix its seed option).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import pytest
+import torch
+from exact import assert_identical, assert_sequences_close, exact_model, probability64
+
+import seqattr
+from seqattr.testing import ENCODER_DECODER
+
+METHODS: list[tuple[str, dict]] = [
+    ("saliency", {}),
+    ("saliency", {"abs": False, "hidden_reduction": None}),
+    ("input_x_gradient", {}),
+    ("input_x_gradient", {"hidden_reduction": "l2"}),
+]
+
+FAMILIES = ("llama", "t5")
+"""One decoder-only and one encoder-decoder architecture (tests/test_batching.py covers all six)."""
+
+PROMPTS = ["The cat sat on the mat.", "Why"]
+CONTINUATIONS = {
+    "llama": [" The dog ran.", " is the sky blue?"],
+    "t5": ["Die Katze sitzt.", "Warum ist es blau?"],
+}
+
+
+def row_id(row: tuple[str, dict]) -> str:
+    name, options = row
+    return name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]" if options else "")
+
+
+ROWS = [pytest.param(row, id=row_id(row)) for row in METHODS]
+
+
+def targets(family: str, prompts: list[str]) -> list[str]:
+    forced = dict(zip(PROMPTS, CONTINUATIONS[family], strict=True))
+    if family in ENCODER_DECODER:
+        return [forced[prompt] for prompt in prompts]
+    return [prompt + forced[prompt] for prompt in prompts]
+
+
+def attribute(family: str, row: tuple[str, dict], prompts: list[str], **kwargs) -> seqattr.AttributionOutput:
+    name, options = row
+    model = exact_model(family, name, **options)
+    torch.manual_seed(0)
+    return model.attribute(
+        prompts,
+        targets(family, prompts),
+        attribute_target=True,
+        attributed_fn=kwargs.pop("attributed_fn", probability64),
+        show_progress=False,
+        **kwargs,
+    )
+
+
+@functools.cache
+def fused_batch(family: str, row_index: int) -> seqattr.AttributionOutput:
+    """The batched fused output of a row, shared by the tests below (computed once per session)."""
+    return attribute(family, METHODS[row_index], PROMPTS)
+
+
+def row_index(row) -> int:
+    return METHODS.index(row)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("row", ROWS)
+def test_fused_equals_stepwise(row, family):
+    fused = fused_batch(family, row_index(row))
+    stepwise = attribute(family, row, PROMPTS, fused=False)
+    assert stepwise.info["engine"] == "stepwise"
+    for a, b in zip(fused, stepwise, strict=True):
+        assert_sequences_close(a, b)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("row", ROWS)
+def test_batched_equals_single(row, family):
+    batched = fused_batch(family, row_index(row))
+    for prompt, seq in zip(PROMPTS, batched, strict=True):
+        assert_sequences_close(seq, attribute(family, row, [prompt])[0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("row", ROWS)
+def test_scores_are_finite_exactly_where_a_step_can_see(row, family):
+    for seq in fused_batch(family, row_index(row)):
+        assert seq.num_steps >= 2
+        if family in ENCODER_DECODER:
+            assert seq.source_attributions is not None
+            assert seq.source_attributions.shape[:2] == (len(seq.source_ids), seq.num_steps)
+            assert seq.source_attributions.isfinite().all()
+        else:
+            assert seq.source_attributions is None
+        target = seq.target_attributions
+        assert target is not None and target.shape[:2] == (len(seq.target_ids), seq.num_steps)
+        visible = torch.arange(len(seq.target_ids))[:, None] < seq.attr_pos_start + torch.arange(
+            seq.num_steps
+        )
+        visible = visible.reshape(*visible.shape, *[1] * (target.dim() - 2)).expand_as(target)
+        assert target[visible].isfinite().all(), "a visible score is not finite"
+        assert target[~visible].isnan().all(), "a score a step cannot see is not NaN"
+        for name, scores in seq.step_scores.items():
+            assert scores.shape[0] == seq.num_steps and scores.isfinite().all(), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("row", ROWS)
+def test_save_load_round_trip(row, family, tmp_path):
+    out = fused_batch(family, row_index(row))
+    out.save(tmp_path / "out.json")
+    assert_identical(seqattr.load(tmp_path / "out.json").sequence_attributions, out.sequence_attributions)
+
+
+def model_state(model: torch.nn.Module) -> list:
+    """Everything a method may attach or swap: modules, their hooks and modes, parameters, global hooks."""
+    from torch.nn.modules import module as module_globals
+
+    state = []
+    for name, module in model.named_modules():
+        hooks = [
+            len(getattr(module, attribute))
+            for attribute in (
+                "_forward_hooks",
+                "_forward_pre_hooks",
+                "_backward_hooks",
+                "_backward_pre_hooks",
+            )
+        ]
+        state.append((name, type(module), id(module), module.training, hooks))
+    for name, parameter in model.named_parameters():
+        state.append((name, id(parameter), parameter.requires_grad, len(parameter._backward_hooks or {})))
+    for attribute in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
+        state.append((attribute, len(getattr(module_globals, attribute))))
+    return state
+
+
+class Injected(RuntimeError):
+    """The error the tests raise inside a method's work."""
+
+
+def raising_step_function(args):
+    raise Injected("raised by the attributed function")
+
+
+@contextlib.contextmanager
+def forward_fails_at_call(module: torch.nn.Module, call: int):
+    """``module``'s ``call``-th forward call raises (the first one, on forced targets, scores the steps)."""
+    calls = []
+
+    def hook(module, args):
+        calls.append(1)
+        if len(calls) == call:
+            raise Injected(f"raised by forward call {call}")
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("row", ROWS)
+def test_no_hooks_left_after_a_run_or_an_exception(row, family, fused):
+    name, options = row
+    model = exact_model(family, name, **options).model
+    before = model_state(model)
+    weights = {key: value.clone() for key, value in model.state_dict().items()}
+
+    attribute(family, row, PROMPTS, fused=fused)
+    assert model_state(model) == before, "a normal run left the model changed"
+
+    with pytest.raises(Injected):
+        attribute(family, row, PROMPTS, fused=fused, attributed_fn=raising_step_function)
+    assert model_state(model) == before, "an exception in the attributed function left the model changed"
+
+    for call in (2, 3):
+        with forward_fails_at_call(model.get_output_embeddings(), call) as calls:
+            with contextlib.suppress(Injected):
+                attribute(family, row, PROMPTS, fused=fused)
+        assert len(calls) >= 2, "the method never ran the model"
+        assert model_state(model) == before, f"an exception in forward call {call} left the model changed"
+
+    assert all(torch.equal(weights[key], value) for key, value in model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_every_registered_method_has_a_row():
+    """A method joins the invariants by a row in METHODS; this lists the ones without (skipped, not failed,
+    while their rows are being written)."""
+    missing = sorted(set(seqattr.list_methods()) - {name for name, _ in METHODS})
+    if missing:
+        pytest.skip(f"methods without a row in tests/test_invariants.py METHODS: {', '.join(missing)}")
