@@ -8,6 +8,8 @@ for all steps (fused) or once per step on the step's prefix (stepwise reference)
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,10 +17,12 @@ import torch
 from seqattr.data.attribution import SequenceAttribution
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.models.batch import AttributionBatch
-from seqattr.step_functions import StepFunction, StepFunctionArgs, get_step_function
+from seqattr.step_functions import StepFunction, StepFunctionArgs, dropout_active, get_step_function
+from seqattr.trace import BatchTrace
 from seqattr.typing import Float, Int, Tensor
 
 if TYPE_CHECKING:
+    from seqattr.contrast import ContrastBatch
     from seqattr.models.attribution_model import AttributionModel
 
 
@@ -34,10 +38,17 @@ class StepObjective:
         >>> first = objective(None, target_embeds[:, :p], slice(0, 1))   # step 0 alone on its prefix
     """
 
-    def __init__(self, model: AttributionModel, batch: AttributionBatch, step_function: StepFunction) -> None:
+    def __init__(
+        self,
+        model: AttributionModel,
+        batch: AttributionBatch,
+        step_function: StepFunction,
+        contrast: ContrastBatch | None = None,
+    ) -> None:
         self.model = model
         self.batch = batch
         self.step_function = step_function
+        self.contrast = contrast
 
     def rows_for(self, n: int) -> Int[Tensor, " n"]:
         if n % self.batch.size:
@@ -53,24 +64,75 @@ class StepObjective:
     ) -> Float[Tensor, "n steps"]:
         if rows is None:
             rows = self.rows_for(target_embeds.shape[0])
-        positions = self.batch.step_positions[steps]
-        logits = self.model.step_logits(self.batch, rows, source_embeds, target_embeds, positions)
-        target_ids = self.batch.step_target_ids[rows][:, steps]
-        return self.step_function(StepFunctionArgs(logits=logits, target_ids=target_ids))
+        args = step_function_args(
+            self.model, self.batch, rows, source_embeds, target_embeds, steps, self.contrast
+        )
+        scores = self.step_function(args)
+        tracked = any(x is not None and x.requires_grad for x in (source_embeds, target_embeds))
+        if tracked and torch.is_grad_enabled() and not scores.requires_grad:
+            raise ValueError(
+                "the attributed step function is not differentiable (e.g. rank, top_p_size), so gradient "
+                "methods cannot attribute it; use a differentiable one (probability, logprob, "
+                "contrast_prob_diff, ...) or a perturbation method"
+            )
+        return scores
+
+
+def step_function_args(
+    model: AttributionModel,
+    batch: AttributionBatch,
+    rows: Int[Tensor, " n"],
+    source_embeds: Float[Tensor, "n source_len hidden"] | None,
+    target_embeds: Float[Tensor, "n prefix_len hidden"],
+    steps: slice,
+    contrast: ContrastBatch | None,
+) -> StepFunctionArgs:
+    """One forward pass's logits for the selected steps, the contrast pass (run on first use) and a rerun."""
+    positions = batch.step_positions[steps]
+
+    def forward(dropout: bool = False) -> Float[Tensor, "n steps vocab"]:
+        with dropout_active(model.model) if dropout else contextlib.nullcontext():
+            return model.step_logits(batch, rows, source_embeds, target_embeds, positions)
+
+    contrast_ids = contrast_forward = None
+    if contrast is not None:
+        contrast_ids = contrast.step_target_ids[rows][:, steps]
+
+        def contrast_forward() -> Float[Tensor, "n steps vocab"]:
+            return contrast.step_logits(model, rows, source_embeds, target_embeds, steps)
+
+    return StepFunctionArgs(
+        logits=forward(),
+        target_ids=batch.step_target_ids[rows][:, steps],
+        contrast_target_ids=contrast_ids,
+        contrast_forward=contrast_forward,
+        forward=forward,
+    )
+
+
+@dataclass
+class StepScoring:
+    """A batch's step scores (``[batch, steps]`` each) and its generation trace, from one no-grad pass."""
+
+    scores: dict[str, Float[Tensor, "batch steps"]]
+    trace: BatchTrace
 
 
 def compute_step_scores(
-    model: AttributionModel, batch: AttributionBatch, names: list[str]
-) -> dict[str, Float[Tensor, "batch steps"]]:
-    """All requested step scores from one forward pass over the batch (no gradients)."""
-    if not names:
-        return {}
+    model: AttributionModel,
+    batch: AttributionBatch,
+    step_functions: dict[str, StepFunction],
+    trace_top_k: int,
+    contrast: ContrastBatch | None = None,
+) -> StepScoring:
+    """All requested step scores and the trace from one forward pass over the batch (no gradients); step
+    functions that read the contrast share one more pass over the contrast sequences."""
     with torch.no_grad():
         source, target = model.embed_batch(batch)
         rows = torch.arange(batch.size, device=batch.target_ids.device)
-        logits = model.step_logits(batch, rows, source, target, batch.step_positions)
-        args = StepFunctionArgs(logits=logits, target_ids=batch.step_target_ids)
-        return {name: get_step_function(name)(args).float().cpu() for name in names}
+        args = step_function_args(model, batch, rows, source, target, slice(None), contrast)
+        scores = {name: fn(args).float().cpu() for name, fn in step_functions.items()}
+        return StepScoring(scores, BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k))
 
 
 def run_batch(
@@ -81,11 +143,12 @@ def run_batch(
     attributed_fn: str | StepFunction,
     attribute_target: bool,
     fused: bool,
+    contrast: ContrastBatch | None = None,
 ) -> MethodOutput:
     source_embeds, target_embeds = model.embed_batch(batch)
     inputs = MethodInputs(
         batch=batch,
-        objective=StepObjective(model, batch, get_step_function(attributed_fn)),
+        objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast),
         source_embeds=source_embeds,
         target_embeds=target_embeds,
         attribute_source=model.is_encoder_decoder,
@@ -109,6 +172,7 @@ def assemble(
     batch: AttributionBatch,
     output: MethodOutput,
     step_scores: dict[str, Tensor],
+    trace: BatchTrace | None = None,
 ) -> list[SequenceAttribution]:
     """Slice a batch's padded results into one `SequenceAttribution` per example."""
     visible_target = batch.visible_target()
@@ -136,6 +200,7 @@ def assemble(
                 step_scores={name: s[i, :num_steps].detach().float().cpu() for name, s in scores.items()},
                 attr_pos_start=example.attr_pos_start,
                 attr_pos_end=example.attr_pos_end,
+                trace=None if trace is None else trace.example(i, num_steps, model.convert_ids_to_tokens),
             )
         )
     return sequences

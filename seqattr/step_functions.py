@@ -1,7 +1,11 @@
 """What is attributed (``attributed_fn``) and scored (``step_scores``) at each generation step.
 
 A step function maps the model's next-token logits at every explained step to one number per step. All steps
-of a batch arrive together (``logits`` is ``[n, steps, vocab]``), so a score costs no extra forward pass.
+of a batch arrive together (``logits`` is ``[n, steps, vocab]``), so a score costs no extra forward pass;
+the contrast sequence's logits (``contrast_logits``) are computed on first use, by one forward pass shared
+by every step function of the call. Parameters are keyword-only arguments of the function (e.g.
+``top_p``); callers set them with ``step_scores_args={...}`` / ``attributed_fn_args={...}`` of
+`AttributionModel.attribute`.
 
 Example:
     >>> import seqattr
@@ -9,17 +13,26 @@ Example:
     ...     target = args.logits.gather(-1, args.target_ids[..., None])[..., 0]
     ...     others = args.logits.scatter(-1, args.target_ids[..., None], float("-inf"))
     ...     return target - others.max(-1).values
-    >>> seqattr.register_step_function(logit_margin, "logit_margin", description="target logit minus runner-up")
+    >>> seqattr.register_step_function(logit_margin, "logit_margin", description="logit minus runner-up")
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from seqattr.typing import Float, Int, StepScores, Tensor
+from seqattr.typing import Bool, Float, Int, StepLogits, StepScores, Tensor
+
+NO_CONTRAST = (
+    "a contrastive step function needs a contrast: pass contrast_targets= (alternative outputs) "
+    "and/or contrast_sources= (alternative inputs) to attribute()"
+)
 
 
 @dataclass
@@ -30,18 +43,42 @@ class StepFunctionArgs:
     """Next-token logits at each explained step (the model's output just before the token is produced)."""
     target_ids: Int[Tensor, "n steps"]
     """The token each step produced (or was forced to produce)."""
+    contrast_target_ids: Int[Tensor, "n steps"] | None = None
+    """The contrast token aligned with each step (None when ``attribute()`` got no contrast)."""
+    contrast_forward: Callable[[], StepLogits] | None = field(default=None, repr=False)
+    """Runs the contrast sequence once; read its result through ``contrast_logits``."""
+    forward: Callable[..., StepLogits] | None = field(default=None, repr=False)
+    """Another forward pass over the same inputs: ``forward(dropout=True)`` runs it with dropout active."""
+
+    @functools.cached_property
+    def contrast_logits(self) -> Float[Tensor, "n steps vocab"]:
+        """Next-token logits of the contrast sequence at the step aligned with each original step."""
+        if self.contrast_forward is None:
+            raise ValueError(NO_CONTRAST)
+        return self.contrast_forward()
 
 
-StepFunction = Callable[[StepFunctionArgs], StepScores]
+StepFunction = Callable[..., StepScores]
+"""``fn(args: StepFunctionArgs, *, parameter=default, ...) -> [n, steps]``."""
 
 
 @dataclass(frozen=True)
 class _Entry:
     fn: StepFunction
     description: str
+    parameters: tuple[str, ...]
 
 
 _REGISTRY: dict[str, _Entry] = {}
+
+
+def _parameters(fn: StepFunction) -> tuple[str, ...]:
+    """The keyword-only parameters of ``fn``: its declared options."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: no options
+        return ()
+    return tuple(p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def register_step_function(
@@ -49,8 +86,8 @@ def register_step_function(
 ) -> None:
     """Make ``fn`` usable by name as ``attributed_fn=`` or in ``step_scores=`` (and in the CLI).
 
-    ``fn`` takes a `StepFunctionArgs` and returns a ``[n, steps]`` tensor. A name already taken is refused
-    unless ``overwrite=True``.
+    ``fn`` takes a `StepFunctionArgs` and returns a ``[n, steps]`` tensor; its keyword-only parameters are
+    its options. A name already taken is refused unless ``overwrite=True``.
 
     Example:
         >>> seqattr.register_step_function(lambda a: a.logits.amax(-1), "max_logit", description="top logit")
@@ -64,11 +101,16 @@ def register_step_function(
     if description is None:
         doc_lines = (fn.__doc__ or "").strip().splitlines()
         description = doc_lines[0] if doc_lines else ""
-    _REGISTRY[name] = _Entry(fn, description)
+    _REGISTRY[name] = _Entry(fn, description, _parameters(fn))
 
 
 def list_step_functions() -> dict[str, str]:
-    """Names of the registered step functions with a one-line description each."""
+    """Names of the registered step functions with a one-line description each.
+
+    Example:
+        >>> seqattr.list_step_functions()["entropy"]
+        'Entropy of the next-token distribution (nats).'
+    """
     return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
 
 
@@ -93,24 +135,211 @@ def step_function_name(name_or_fn: str | StepFunction) -> str:
     return getattr(name_or_fn, "__name__", repr(name_or_fn))
 
 
-def _target_logprob(args: StepFunctionArgs) -> StepScores:
-    return torch.log_softmax(args.logits.float(), dim=-1).gather(-1, args.target_ids[..., None])[..., 0]
+def bind_step_functions(
+    names: list[str | StepFunction], arguments: Mapping[str, Any] | None, argument: str
+) -> list[StepFunction]:
+    """The step functions with their options set from ``arguments``, a dict shared by all of them.
+
+    Each function receives the keys it declares (keyword-only parameters); a key that none of them declares
+    is refused, naming the valid ones, so a typo never passes silently.
+
+    Example:
+        >>> kl, = bind_step_functions(["kl_divergence"], {"top_k": 10}, "step_scores_args")
+    """
+    arguments = dict(arguments or {})
+    functions = [get_step_function(name) for name in names]
+    declared = [
+        _REGISTRY[n].parameters if isinstance(n, str) else _parameters(f)
+        for n, f in zip(names, functions, strict=True)
+    ]
+    unknown = sorted(set(arguments) - {p for params in declared for p in params})
+    if unknown:
+        valid = sorted({p for params in declared for p in params})
+        listed = [step_function_name(n) for n in names]
+        raise TypeError(
+            f"{argument} has {', '.join(map(repr, unknown))}, which no step function of {listed} takes; "
+            f"valid: {', '.join(valid) or 'none (these functions have no options)'}"
+        )
+    bound = []
+    for fn, params in zip(functions, declared, strict=True):
+        own = {key: value for key, value in arguments.items() if key in params}
+        bound.append(functools.partial(fn, **own) if own else fn)
+    return bound
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _gather(values: Float[Tensor, "n steps vocab"], ids: Int[Tensor, "n steps"]) -> StepScores:
+    return values.gather(-1, ids[..., None])[..., 0]
+
+
+def _contrast_ids(args: StepFunctionArgs) -> Int[Tensor, "n steps"]:
+    if args.contrast_target_ids is None:
+        raise ValueError(NO_CONTRAST)
+    return args.contrast_target_ids
+
+
+def nucleus_mask(logits: Float[Tensor, "*dims vocab"], top_p: float) -> Bool[Tensor, "*dims vocab"]:
+    """True for the smallest set of most probable tokens whose probability mass reaches ``top_p``."""
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_p == 1:  # everything: a float32 cumulative sum can reach 1 before the tail and drop it
+        return torch.ones_like(logits, dtype=torch.bool)
+    probs, order = torch.softmax(logits.detach().float(), dim=-1).sort(dim=-1, descending=True)
+    mass_before = probs.cumsum(-1) - probs
+    keep_sorted = mass_before < top_p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def top_k_mask(logits: Float[Tensor, "*dims vocab"], top_k: int) -> Bool[Tensor, "*dims vocab"]:
+    """True for the ``top_k`` highest logits (all of them when ``top_k`` is 0)."""
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be a non-negative integer (0 = no top-k filtering), got {top_k!r}")
+    if top_k == 0 or top_k >= logits.shape[-1]:
+        return torch.ones_like(logits, dtype=torch.bool)
+    index = logits.detach().topk(top_k, dim=-1).indices
+    return torch.zeros_like(logits, dtype=torch.bool).scatter(-1, index, True)
+
+
+@contextlib.contextmanager
+def dropout_active(model: torch.nn.Module) -> Iterator[None]:
+    """Every module in train mode (in Hugging Face LMs that switches dropout on, and nothing else that
+    changes the output: attention dropout reads its attention module's flag); each module's mode is restored,
+    always."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.train()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+# --- the target token's score ------------------------------------------------------------------------
 
 
 def probability(args: StepFunctionArgs) -> StepScores:
     """Probability of the target token."""
-    return _target_logprob(args).exp()
+    return logprob(args).exp()
 
 
 def logprob(args: StepFunctionArgs) -> StepScores:
     """Log-probability of the target token."""
-    return _target_logprob(args)
+    return _gather(torch.log_softmax(args.logits.float(), dim=-1), args.target_ids)
 
 
 def logit(args: StepFunctionArgs) -> StepScores:
     """Raw logit of the target token."""
-    return args.logits.gather(-1, args.target_ids[..., None])[..., 0]
+    return _gather(args.logits, args.target_ids)
 
 
-for _fn in (probability, logprob, logit):
+def crossentropy(args: StepFunctionArgs) -> StepScores:
+    """Cross-entropy of the target token, -log p(target) (nats)."""
+    return -logprob(args)
+
+
+def perplexity(args: StepFunctionArgs) -> StepScores:
+    """Per-step perplexity of the target token, exp(crossentropy) = 1 / p(target)."""
+    return crossentropy(args).exp()
+
+
+def rank(args: StepFunctionArgs) -> StepScores:
+    """Rank of the target token (0 = the most probable); not differentiable."""
+    logits = args.logits.detach()
+    return (logits > _gather(logits, args.target_ids)[..., None]).sum(-1).float()
+
+
+# --- the whole next-token distribution ---------------------------------------------------------------
+
+
+def entropy(args: StepFunctionArgs) -> StepScores:
+    """Entropy of the next-token distribution (nats)."""
+    logprobs = torch.log_softmax(args.logits.float(), dim=-1)
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def top_p_size(args: StepFunctionArgs, *, top_p: float = 0.9) -> StepScores:
+    """Number of most probable tokens whose mass reaches top_p (default 0.9); not differentiable."""
+    return nucleus_mask(args.logits, top_p).sum(-1).float()
+
+
+def mc_dropout_prob_avg(args: StepFunctionArgs, *, n_mcd_steps: int = 5, seed: int | None = 0) -> StepScores:
+    """Target probability averaged over n_mcd_steps forward passes with dropout on (seed: None = global RNG).
+
+    Each pass reruns the model on the same inputs with every module in train mode; the modes are restored
+    after each pass. A fixed ``seed`` (default 0) draws the same dropout masks at every call, so fused and
+    stepwise runs, and a perturbed input and its original, see the same masks; the global RNG is untouched.
+    """
+    if not isinstance(n_mcd_steps, int) or n_mcd_steps < 1:
+        raise ValueError(f"n_mcd_steps must be a positive integer, got {n_mcd_steps!r}")
+    if args.forward is None:
+        raise ValueError("mc_dropout_prob_avg needs StepFunctionArgs.forward to rerun the model")
+    device = args.logits.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        total = sum(
+            probability(StepFunctionArgs(args.forward(dropout=True), args.target_ids))
+            for _ in range(n_mcd_steps)
+        )
+    return total / n_mcd_steps
+
+
+# --- contrastive: the original step against its aligned contrast step --------------------------------
+
+
+def contrast_prob(args: StepFunctionArgs) -> StepScores:
+    """Probability of the contrast token given the contrast sequence's prefix."""
+    return contrast_logprob(args).exp()
+
+
+def contrast_logprob(args: StepFunctionArgs) -> StepScores:
+    """Log-probability of the contrast token given the contrast sequence's prefix."""
+    return _gather(torch.log_softmax(args.contrast_logits.float(), dim=-1), _contrast_ids(args))
+
+
+def contrast_logits(args: StepFunctionArgs) -> StepScores:
+    """Logit of the contrast token given the contrast sequence's prefix."""
+    return _gather(args.contrast_logits, _contrast_ids(args))
+
+
+def contrast_prob_diff(args: StepFunctionArgs) -> StepScores:
+    """p(target) - p(contrast token | contrast prefix): why this token and not the contrast one."""
+    return probability(args) - contrast_prob(args)
+
+
+def contrast_logits_diff(args: StepFunctionArgs) -> StepScores:
+    """logit(target) - logit(contrast token | contrast prefix) (Yin and Neubig 2022)."""
+    return logit(args) - contrast_logits(args)
+
+
+def pcxmi(args: StepFunctionArgs) -> StepScores:
+    """Pointwise contextual cross-mutual information, log p(y | input) - log p(y' | contrast input) (nats)."""
+    return logprob(args) - contrast_logprob(args)
+
+
+def kl_divergence(args: StepFunctionArgs, *, top_k: int = 0, top_p: float = 1.0) -> StepScores:
+    """KL(original || contrast) of the next-token distributions, over the original's top_k / top_p tokens.
+
+    Both distributions are restricted to the tokens the original distribution keeps (its ``top_k`` most
+    probable, 0 = all, and its ``top_p`` nucleus, 1.0 = all) and renormalised there.
+    """
+    keep = top_k_mask(args.logits, top_k) & nucleus_mask(args.logits, top_p)
+
+    def restricted_logprobs(logits: Tensor) -> Tensor:
+        # Masked entries are zeroed after the softmax: no -inf * 0 to poison the values or the gradients.
+        logprobs = torch.log_softmax(logits.float().masked_fill(~keep, float("-inf")), dim=-1)
+        return logprobs.masked_fill(~keep, 0.0)
+
+    original, contrast = restricted_logprobs(args.logits), restricted_logprobs(args.contrast_logits)
+    return (original.exp() * keep * (original - contrast)).sum(-1)
+
+
+for _fn in (
+    probability, logprob, logit, crossentropy, perplexity, rank, entropy, top_p_size, mc_dropout_prob_avg,
+    contrast_prob, contrast_logprob, contrast_logits, contrast_prob_diff, contrast_logits_diff, pcxmi,
+    kl_divergence,
+):  # fmt: skip
     register_step_function(_fn, _fn.__name__)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seqattr.trace import GenerationTrace
+
 
 @dataclass(eq=False)
 class SequenceAttribution:
@@ -41,6 +43,8 @@ class SequenceAttribution:
     step_scores: dict[str, Tensor] = field(default_factory=dict)
     attr_pos_start: int = 0
     attr_pos_end: int = 0
+    trace: GenerationTrace | None = None
+    """What the model chose at each step and what else it considered (see `seqattr.trace`)."""
     masked_source: tuple[int, ...] = ()
     """Source positions hidden from normalisation and display; their scores stay in the data (see `mask`)."""
     masked_target: tuple[int, ...] = ()
@@ -188,6 +192,7 @@ class SequenceAttribution:
             source_attributions=apply(self.source_attributions),
             target_attributions=apply(self.target_attributions),
             step_scores={name: apply(score) for name, score in self.step_scores.items()},
+            trace=None if self.trace is None else self.trace.map_tensors(fn),
         )
 
     def to(self, *args, **kwargs) -> SequenceAttribution:
@@ -212,6 +217,10 @@ class SequenceAttribution:
         if self.step_scores.keys() != other.step_scores.keys():
             return False
         pairs += [(self.step_scores[k], other.step_scores[k]) for k in self.step_scores]
+        if (self.trace is None) != (other.trace is None) or (
+            self.trace is not None and not self.trace.allclose(other.trace, rtol=rtol, atol=atol)
+        ):
+            return False
         for mine, theirs in pairs:
             if (mine is None) != (theirs is None):
                 return False

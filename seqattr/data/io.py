@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
+from seqattr.trace import GenerationTrace
 
 FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "int64": torch.int64}
@@ -40,6 +41,17 @@ def tensor_from_json(obj: dict[str, Any]) -> Tensor:
     return torch.from_numpy(array.astype(array.dtype.newbyteorder("="))).to(dtype)
 
 
+def _trace_to_json(trace: GenerationTrace) -> dict[str, Any]:
+    return {
+        name: tensor_to_json(value) if isinstance(value, Tensor) else value
+        for name, value in ((f, getattr(trace, f)) for f in GenerationTrace.__dataclass_fields__)
+    }
+
+
+def _trace_from_json(obj: dict[str, Any]) -> GenerationTrace:
+    return GenerationTrace(**{name: tensor_from_json(v) if isinstance(v, dict) else v for name, v in obj.items()})
+
+
 def _sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
     def optional(t):
         return None if t is None else tensor_to_json(t)
@@ -54,6 +66,7 @@ def _sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
         "step_scores": {k: tensor_to_json(v) for k, v in seq.step_scores.items()},
         "attr_pos_start": seq.attr_pos_start,
         "attr_pos_end": seq.attr_pos_end,
+        "trace": None if seq.trace is None else _trace_to_json(seq.trace),
         "masked_source": list(seq.masked_source),
         "masked_target": list(seq.masked_target),
     }
@@ -73,6 +86,8 @@ def _sequence_from_json(obj: dict[str, Any]) -> SequenceAttribution:
         step_scores={k: tensor_from_json(v) for k, v in obj["step_scores"].items()},
         attr_pos_start=obj["attr_pos_start"],
         attr_pos_end=obj["attr_pos_end"],
+        # Files written before traces existed have no "trace" key.
+        trace=None if obj.get("trace") is None else _trace_from_json(obj["trace"]),
         masked_source=tuple(obj.get("masked_source", ())),
         masked_target=tuple(obj.get("masked_target", ())),
     )

@@ -18,11 +18,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seqattr import engine
+from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, get_method_class
 from seqattr.models.batch import AttributionBatch, EncodedExample
 from seqattr.models.embedding_scale import input_embedding_scales
-from seqattr.step_functions import StepFunction, get_step_function, step_function_name
+from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
+from seqattr.trace import DEFAULT_TOP_K, check_top_k
 from seqattr.typing import Float, Int, Tensor
 
 DEFAULT_MAX_NEW_TOKENS = 20
@@ -256,28 +258,30 @@ class AttributionModel:
             return [(p, [start_id, *g], 1) for p, g in zip(prompts, generations)]
         return [([], p + g, len(p)) for p, g in zip(prompts, generations)]
 
-    def _encode_forced(self, i: int, prompt: list[int], text: str, input_text: str) -> tuple[list[int], list[int], int]:
+    def _encode_forced(
+        self, i: int, prompt: list[int], text: str, input_text: str, argument: str = "generated_texts"
+    ) -> tuple[list[int], list[int], int]:
         if self.is_encoder_decoder:
             target = self.tokenizer(text_target=text)["input_ids"]
             start_id = self.model.generation_config.decoder_start_token_id
-            self._check_length(len(target) + 1, f"generated_texts[{i}]")
+            self._check_length(len(target) + 1, f"{argument}[{i}]")
             return prompt, [start_id, *target], 1
         if not text.startswith(input_text):
             raise ValueError(
-                f"generated_texts[{i}] must start with its prompt (decoder-only models continue their input): "
+                f"{argument}[{i}] must start with its prompt (decoder-only models continue their input): "
                 f"{text[:60]!r} does not start with {input_text[:60]!r}. Pass prompt + continuation."
             )
         full = self.tokenizer(text)["input_ids"]
         if full[: len(prompt)] != prompt:
             raise ValueError(
-                f"generated_texts[{i}] tokenizes differently from its prompt at the boundary: the prompt's tokens "
+                f"{argument}[{i}] tokenizes differently from its prompt at the boundary: the prompt's tokens "
                 f"{self.convert_ids_to_tokens(prompt[-3:])} are not a prefix of the text's tokens "
                 f"{self.convert_ids_to_tokens(full[max(0, len(prompt) - 3) : len(prompt) + 1])}. "
                 "End the prompt where a token ends (e.g. drop a trailing space)."
             )
         if len(full) == len(prompt):
-            raise ValueError(f"generated_texts[{i}] adds no tokens to its prompt: there is nothing to explain")
-        self._check_length(len(full), f"generated_texts[{i}]")
+            raise ValueError(f"{argument}[{i}] adds no tokens to its prompt: there is nothing to explain")
+        self._check_length(len(full), f"{argument}[{i}]")
         return [], full, len(prompt)
 
     # --- attribution ------------------------------------------------------------------------------
@@ -294,6 +298,12 @@ class AttributionModel:
         attr_pos_end: int | None = None,
         step_scores: Sequence[str] = (),
         attributed_fn: str | StepFunction | None = None,
+        step_scores_args: dict[str, Any] | None = None,
+        attributed_fn_args: dict[str, Any] | None = None,
+        contrast_targets: str | Sequence[str] | None = None,
+        contrast_sources: str | Sequence[str] | None = None,
+        contrast_targets_alignments: str | Sequence[Any] | None = None,
+        trace_top_k: int = DEFAULT_TOP_K,
         batch_size: int | None = None,
         show_progress: bool = True,
         fused: bool = True,
@@ -312,6 +322,15 @@ class AttributionModel:
                 negative values count from the end. Defaults: the generated tokens.
             step_scores: names of step functions to score at every step (e.g. ``["probability"]``).
             attributed_fn: the step function whose value is attributed (default ``"probability"``).
+            step_scores_args, attributed_fn_args: options of the step functions (e.g. ``{"top_p": 0.8}``);
+                ``step_scores_args`` is shared by all step scores, each taking the keys it declares.
+            contrast_targets, contrast_sources: the contrast for contrastive step functions: alternative
+                outputs (decoder-only: full texts starting with the prompt) and/or inputs
+                (docs/step_functions.md).
+            contrast_targets_alignments: how contrast steps face the original steps: None (position by
+                position when lengths match, else ``"auto"``), ``"auto"`` (edit distance) or ``[(i, j), ...]``
+                pairs of continuation indices (a list of such lists for several examples).
+            trace_top_k: alternatives per step in the generation trace (``seq.trace``).
             batch_size: examples per model call (default: all at once).
             show_progress: show a progress bar over batches.
             fused: explain all steps of a sequence in one pass (True) or step by step (the reference).
@@ -345,10 +364,18 @@ class AttributionModel:
         method_cls = get_method_class(method_name)
         kwargs = {**self.method_kwargs, **method_kwargs} if method_name == self.method_name else method_kwargs
         options = method_cls.parse_options(**kwargs)
-        attributed = get_step_function(attributed_fn or "probability")
-        step_score_names = list(step_scores)
-        for name in step_score_names:
-            get_step_function(name)
+        (attributed,) = bind_step_functions(
+            [attributed_fn or "probability"], attributed_fn_args, "attributed_fn_args"
+        )
+        step_score_names = [step_function_name(name) for name in step_scores]
+        bound = bind_step_functions(list(step_scores), step_scores_args, "step_scores_args")
+        step_functions = dict(zip(step_score_names, bound, strict=True))
+        check_top_k(trace_top_k)
+        has_contrast = contrast_targets is not None or contrast_sources is not None
+        if contrast_targets_alignments is not None and not has_contrast:
+            raise ValueError(
+                "contrast_targets_alignments needs contrast_targets= (or contrast_sources=) to align with"
+            )
         batch_size = batch_size or len(texts)
 
         encoded = self.encode(texts, forced, dict(generation_args or {}), batch_size)
@@ -357,6 +384,11 @@ class AttributionModel:
             EncodedExample(source, target, *self._window(i, len(target), default_start, attr_pos_start, attr_pos_end))
             for i, (source, target, default_start) in enumerate(encoded)
         ]
+        contrasts = None
+        if has_contrast:
+            contrasts = encode_contrasts(
+                self, texts, encoded, examples, contrast_targets, contrast_sources, contrast_targets_alignments
+            )
 
         method_instance: AttributionMethod = method_cls(self)
         sequences = []
@@ -371,14 +403,28 @@ class AttributionModel:
             batch = AttributionBatch.from_examples(
                 examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
             )
-            result = engine.run_batch(self, method_instance, options, batch, attributed, attribute_target, fused)
+            contrast = None
+            if contrasts is not None:
+                contrast = ContrastBatch.from_examples(self, batch, contrasts[start:stop])
+            # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails fast.
+            scoring = engine.compute_step_scores(self, batch, step_functions, trace_top_k, contrast)
+            result = engine.run_batch(
+                self, method_instance, options, batch, attributed, attribute_target, fused, contrast
+            )
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
-            scores = engine.compute_step_scores(self, batch, step_score_names)
-            sequences += engine.assemble(self, batch, result, scores)
+            sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
         finished = time.perf_counter()
         info = self._info(method_name, options, attributed_fn, step_score_names, fused and method_cls.fusable,
                           attribute_target, batch_size, generation_args, forced is not None)
+        info["step_scores_args"] = dict(step_scores_args or {})
+        info["attributed_fn_args"] = dict(attributed_fn_args or {})
+        if contrasts is not None:
+            info["contrast"] = {
+                "contrast_targets": contrast_targets,
+                "contrast_sources": contrast_sources,
+                "alignments": [[list(pair) for pair in c.alignment] for c in contrasts],
+            }
         if any(example_info):
             method_info["examples"] = example_info
         if method_info:

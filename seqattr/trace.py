@@ -1,0 +1,142 @@
+"""The per-step generation trace: what the model chose at each explained step and what else it considered.
+
+For every step: the chosen (generated or forced) token, its probability and rank, the ``top_k`` most probable
+tokens with their probabilities, and the entropy of the next-token distribution. It is computed from the
+no-grad forward pass that also gives the step scores, so it costs nothing extra, and it shows where a
+generation went astray (a low-probability or non-top-ranked token, a flat distribution), which is the step to
+ask a contrastive question about.
+
+Example:
+    >>> seq = model.attribute("The capital of France is").sequence_attributions[0]     # doctest: +SKIP
+    >>> seq.trace.tokens[3], float(seq.trace.probabilities[3]), seq.trace.top_tokens[3]
+    >>> seq.trace.off_greedy_steps()        # steps whose token was not the model's first choice
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from seqattr.typing import Float, Int, Tensor
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(eq=False)
+class GenerationTrace:
+    """One sequence's trace; tensors have one row per explained step (``T`` steps, ``k`` alternatives)."""
+
+    token_ids: Int[Tensor, " steps"]
+    """The token each step produced (or was forced to produce)."""
+    tokens: list[str]
+    probabilities: Float[Tensor, " steps"]
+    """Probability of the chosen token."""
+    ranks: Int[Tensor, " steps"]
+    """Rank of the chosen token: how many tokens had a strictly higher logit (0 = greedy choice)."""
+    entropy: Float[Tensor, " steps"]
+    """Entropy of the next-token distribution, in nats."""
+    top_ids: Int[Tensor, "steps k"]
+    top_tokens: list[list[str]]
+    top_probabilities: Float[Tensor, "steps k"]
+    """Probabilities of the ``k`` most probable tokens, in decreasing order."""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def off_greedy_steps(self) -> list[int]:
+        """Steps whose chosen token was not the most probable one (rank > 0).
+
+        Example:
+            >>> seq.trace.off_greedy_steps()          # doctest: +SKIP
+            [4]
+        """
+        return [int(step) for step in torch.nonzero(self.ranks > 0).flatten()]
+
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> GenerationTrace:
+        """A copy with ``fn`` applied to every tensor."""
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: fn(getattr(self, f.name))
+                for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), Tensor)
+            },
+        )
+
+    def allclose(self, other: GenerationTrace, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+        """Same tokens and ranks, close probabilities and entropies."""
+        if (self.tokens, self.top_tokens) != (other.tokens, other.top_tokens):
+            return False
+        exact = all(
+            torch.equal(getattr(self, n), getattr(other, n)) for n in ("token_ids", "ranks", "top_ids")
+        )
+        close = all(
+            torch.allclose(getattr(self, n), getattr(other, n), rtol=rtol, atol=atol)
+            for n in ("probabilities", "entropy", "top_probabilities")
+        )
+        return exact and close
+
+
+@dataclass
+class BatchTrace:
+    """The trace of a padded batch (``[batch, steps, ...]``), before it is sliced per example."""
+
+    token_ids: Int[Tensor, "batch steps"]
+    probabilities: Float[Tensor, "batch steps"]
+    ranks: Int[Tensor, "batch steps"]
+    entropy: Float[Tensor, "batch steps"]
+    top_ids: Int[Tensor, "batch steps k"]
+    top_probabilities: Float[Tensor, "batch steps k"]
+
+    @classmethod
+    def from_logits(
+        cls, logits: Float[Tensor, "batch steps vocab"], target_ids: Int[Tensor, "batch steps"], top_k: int
+    ) -> BatchTrace:
+        """The trace of every step from its next-token logits.
+
+        Example:
+            >>> trace = BatchTrace.from_logits(torch.randn(1, 3, 10), torch.tensor([[1, 2, 3]]), top_k=2)
+            >>> trace.top_ids.shape
+            torch.Size([1, 3, 2])
+        """
+        logits = logits.detach().float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        probs = logprobs.exp()
+        chosen_logit = logits.gather(-1, target_ids[..., None])
+        top_probabilities, top_ids = probs.topk(min(top_k, logits.shape[-1]), dim=-1)
+        return cls(
+            token_ids=target_ids.detach().cpu(),
+            probabilities=probs.gather(-1, target_ids[..., None])[..., 0].cpu(),
+            ranks=(logits > chosen_logit).sum(-1).cpu(),
+            entropy=-(probs * logprobs).sum(-1).cpu(),
+            top_ids=top_ids.cpu(),
+            top_probabilities=top_probabilities.cpu(),
+        )
+
+    def example(
+        self, index: int, num_steps: int, to_tokens: Callable[[Sequence[int]], list[str]]
+    ) -> GenerationTrace:
+        """Example ``index``'s trace, its first ``num_steps`` step columns (the rest are padding)."""
+        top_ids = self.top_ids[index, :num_steps].clone()
+        token_ids = self.token_ids[index, :num_steps].clone()
+        return GenerationTrace(
+            token_ids=token_ids,
+            tokens=to_tokens(token_ids.tolist()),
+            probabilities=self.probabilities[index, :num_steps].clone(),
+            ranks=self.ranks[index, :num_steps].clone(),
+            entropy=self.entropy[index, :num_steps].clone(),
+            top_ids=top_ids,
+            top_tokens=[to_tokens(row) for row in top_ids.tolist()],
+            top_probabilities=self.top_probabilities[index, :num_steps].clone(),
+        )
+
+
+def check_top_k(top_k: int) -> int:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(
+            f"trace_top_k must be a positive integer (the alternatives shown per step), got {top_k!r}"
+        )
+    return top_k
