@@ -23,8 +23,16 @@ from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.typing import Float, Tensor
 
 HIDDEN_REDUCTIONS = ("sum", "l2", "mean", "absmax", None)
-_CHUNK_BYTES = 256 * 2**20  # raw gradient memory allowed per step chunk
-MAX_STEP_CHUNK = 16  # steps per batched backward; larger chunks pay for longer prefixes (benchmarks/)
+# Step chunks (measured with `benchmarks/run.py --chunk-sweep`, docs/benchmarks.md): batching steps into one
+# backward fills the matrix products and shares the forward pass, but the chunk's early steps pay for its
+# longest prefix and the batched backward's tensors grow with the chunk. 4-8 steps were fastest for saliency
+# (1 row per step) and integrated gradients (50 rows) on GPT-2-small and SmolLM2; larger chunks were slower
+# and took up to 4x the memory.
+MAX_STEP_CHUNK = 8
+_CHUNK_BYTES = 16 * 2**20
+"""Memory per chunk for the batched backward's largest tensors: the input gradients ``[steps, n, positions,
+hidden]`` and the logits' gradients ``[steps, n, steps, vocab]`` (every step's seed flows through every step's
+logits; with a 49k vocabulary that term dominates)."""
 
 
 def reduce_hidden(values: Float[Tensor, "*dims hidden"], how: str | None) -> Tensor:
@@ -68,13 +76,23 @@ class StepGradients:
     """Only the prefix the chunk's steps can see; later positions have zero gradient."""
 
 
+def _vocab_size(inputs: MethodInputs) -> int:
+    """Rows of the model's output head (0 for objectives that are no language model, e.g. analytic tests)."""
+    model = getattr(inputs.objective, "model", None)
+    head = model.model.get_output_embeddings() if model is not None else None
+    return head.weight.shape[0] if head is not None else 0
+
+
 def step_chunks(inputs: MethodInputs, n_points: int) -> Iterator[slice]:
-    """Slices of step columns small enough that their raw gradients stay within the chunk memory budget."""
+    """Slices of at most ``MAX_STEP_CHUNK`` steps whose batched backward stays within ``_CHUNK_BYTES``."""
     batch = inputs.batch
     hidden = inputs.target_embeds.shape[-1]
     positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
-    per_step = n_points * positions * hidden * inputs.target_embeds.element_size()
-    size = max(1, min(MAX_STEP_CHUNK, _CHUNK_BYTES // max(per_step, 1)))
+    vocab = _vocab_size(inputs)
+    element = inputs.target_embeds.element_size()
+    size = MAX_STEP_CHUNK
+    while size > 1 and size * n_points * (positions * hidden + size * vocab) * element > _CHUNK_BYTES:
+        size -= 1
     for start in range(0, batch.num_steps, size):
         yield slice(start, min(start + size, batch.num_steps))
 
