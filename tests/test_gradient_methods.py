@@ -368,3 +368,12 @@ def test_layer_errors_are_clear_and_leave_no_hook():
         t5.attribute(PROMPTS[0], target_layer=t5.model.get_submodule("encoder.block.0"), attribute_target=True, **RUN)
     with pytest.raises(ValueError, match="integration_method"):
         seqattr.load_model(model.model, "integrated_gradients", tokenizer=model.tokenizer, integration_method="simpson")
+
+
+def test_deeplift_without_hooked_nonlinearities_is_input_x_gradient():
+    """GPT-2 has no module Captum's DeepLIFT rewrites (its GELU is a custom module): with the zero baseline the
+    rescale rule leaves (x - 0) * gradient at x, input x gradient."""
+    deeplift = exact_model("gpt2", "deeplift", hidden_reduction=None).attribute(PROMPTS, **RUN)
+    reference = exact_model("gpt2", "input_x_gradient", hidden_reduction=None).attribute(PROMPTS, **RUN)
+    for mine, expected in zip(deeplift, reference):
+        assert_close(mine.target_attributions, expected.target_attributions)
