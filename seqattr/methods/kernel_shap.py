@@ -6,11 +6,12 @@ way (the all-on and all-off masks first, then masks whose number of kept feature
 (1e6, Captum's) on the all-on and all-off masks, and an unregularised linear regression. The attributions of
 a step then sum to f(all kept) - f(all removed), up to the large-weight approximation.
 
-One set of masks serves every step. A step that sees ``m < M`` features reads the masks on those features;
-their number of kept features ``j`` no longer follows ``p`` for ``m``, so each mask is weighted by
-``p_m(j) / P(j)``, ``P(j)`` the (hypergeometric) probability that a drawn mask keeps ``j`` of the step's
-``m`` features: the weighted sample is again a KernelSHAP sample for the step, and for ``m = M`` the weights
-are exactly 1 as in Captum. Masks that keep all or none of a step's features get the large weight.
+One set of masks serves every step. A step that sees ``m < M`` features reads the masks on those features,
+and that is again a KernelSHAP sample for ``m`` features: the law of the number of kept features ``j`` among
+the ``m``, a mixture over ``k`` of hypergeometric laws, is proportional to ``(m - 1) / (j (m - j))`` for
+``0 < j < m`` (checked exactly in the tests), and given ``j`` the kept features are uniform. Weights are
+therefore Captum's for every step: 1, and the large weight for masks keeping all or none of the step's
+features (some partial masks of the whole sequence become such endpoints for early steps).
 """
 
 from __future__ import annotations
@@ -34,33 +35,6 @@ def shapley_size_distribution(num_features: int) -> Float[Tensor, " num_features
     k = torch.arange(1, num_features, dtype=torch.float64)
     weights = (num_features - 1) / (k * (num_features - k))
     return weights / weights.sum()
-
-
-def _log_comb(n: Tensor, k: Tensor) -> Tensor:
-    return torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-
-
-def kept_count_probability(num_features: int, visible: int) -> Float[Tensor, " visible_plus_1"]:
-    """``P(j)``: probability that a random KernelSHAP mask over ``num_features`` keeps ``j`` of the first
-    ``visible`` features, ``j = 0 .. visible`` (a mixture over ``k`` of hypergeometric laws).
-
-    Example:
-        >>> kept_count_probability(4, 4)[1:4]   # all features seen: P is p itself
-        tensor([0.3750, 0.2500, 0.3750], dtype=torch.float64)
-    """
-    total = torch.tensor(float(num_features), dtype=torch.float64)
-    seen = torch.tensor(float(visible), dtype=torch.float64)
-    sizes = torch.arange(1, num_features, dtype=torch.float64)[:, None]
-    j = torch.arange(visible + 1, dtype=torch.float64)[None, :]
-    possible = (j <= sizes) & (seen - j <= total - sizes)
-    # C(k, j) C(M - k, m - j) / C(M, m), zero where impossible (arguments clamped only to stay finite there).
-    log_hyper = (
-        _log_comb(sizes, torch.minimum(j, sizes))
-        + _log_comb(total - sizes, (seen - j).clamp(min=0, max=None).minimum(total - sizes))
-        - _log_comb(total, seen)
-    )
-    hyper = torch.where(possible, log_hyper.exp(), torch.zeros_like(log_hyper))
-    return (shapley_size_distribution(num_features)[:, None] * hyper).sum(0)
 
 
 class KernelShap(Lime):
@@ -92,10 +66,5 @@ class KernelShap(Lime):
         self, ones: Int[Tensor, " n"], visible: int, num_features: int, options
     ) -> Float[Tensor, " n"]:
         ones = ones.long()
-        weights = torch.full(ones.shape, ENDPOINT_WEIGHT, dtype=torch.float64)
-        partial = (ones > 0) & (ones < visible)
-        if visible >= 2 and bool(partial.any()):
-            wanted = torch.cat([torch.zeros(1, dtype=torch.float64), shapley_size_distribution(visible)])
-            drawn = kept_count_probability(num_features, visible)
-            weights[partial] = wanted[ones[partial]] / drawn[ones[partial]]
-        return weights
+        endpoint = (ones == 0) | (ones == visible)
+        return torch.where(endpoint, ENDPOINT_WEIGHT, 1.0).double()

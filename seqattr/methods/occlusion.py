@@ -140,9 +140,9 @@ def _window_means(
     count = effects.shape[0]
     starts = torch.arange(count) * stride
     feature = torch.arange(size)
-    covers = ((feature[None, :] >= starts[:, None]) & (feature[None, :] < starts[:, None] + window)).float()
+    covers = ((feature[None, :] >= starts[:, None]) & (feature[None, :] < starts[:, None] + window)).to(effects)
     step_windows = torch.tensor([window_count(int(s), window, stride) for s in seen])
-    used = (torch.arange(count)[:, None] < step_windows[None, :]).float()  # [windows, steps]
+    used = (torch.arange(count)[:, None] < step_windows[None, :]).to(effects)  # [windows, steps]
     total = covers.T @ (used * effects)
     number = covers.T @ used
     means = torch.where(number > 0, total / number.clamp(min=1), torch.zeros_like(total))

@@ -1,0 +1,278 @@
+"""Perturbation methods: fused (each perturbed sequence run once for all steps) equals the stepwise reference
+(Captum's Occlusion / FeatureAblation / Lime run on each step's prefix; our own loop for Sobol), the cost of
+occlusion in model rows, tokens a step cannot see, seeds, and the pieces of mathematics of our own (the
+linear surrogate, KernelSHAP's weights, Sobol estimators) against independent formulas.
+
+Exactness runs on float64 copies of the tiny models (tests/exact.py) and attributes ``probability64``.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import Occlusion as CaptumOcclusion
+from exact import assert_close, assert_sequences_close, exact_model, float64_model, probability64
+
+import seqattr
+from seqattr.methods.kernel_shap import shapley_size_distribution
+from seqattr.methods.lime import fit_linear
+from seqattr.methods.occlusion import Occlusion, window_count
+from seqattr.methods.sobol import sobol_design, total_indices
+
+PROMPTS = ["The cat sat on the mat.", "Paris is a city"]
+CONTINUATIONS = [" The dog ran", " in France"]
+TRANSLATIONS = ["Die Katze sitzt.", "Das Haus"]
+
+# method -> options; sample counts are small: the point is equality of the two paths, not estimate quality
+CASES = {
+    "occlusion": {},
+    "occlusion_windows": {"window": 3, "stride": 2, "granularity": "all_tokens"},
+    "feature_ablation": {"baseline": "unk"},
+    "lime": {"n_samples": 12, "seed": 1},
+    "kernel_shap": {"n_samples": 12, "seed": 2, "granularity": "word"},
+    "sobol": {"n_designs": 4, "seed": 3},
+    "sobol_binary_glen": {"n_designs": 4, "seed": 3, "estimator": "glen", "mask_type": "binary"},
+}
+
+
+def method_of(case: str) -> str:
+    return case.split("_windows")[0].split("_binary")[0]
+
+
+def attribute(model: seqattr.AttributionModel, architecture: str, fused: bool, **kwargs):
+    if model.is_encoder_decoder:
+        generated = TRANSLATIONS
+    else:
+        generated = [p + c for p, c in zip(PROMPTS, CONTINUATIONS, strict=True)]
+    return model.attribute(
+        PROMPTS,
+        generated,
+        attribute_target=True,
+        show_progress=False,
+        fused=fused,
+        attributed_fn=probability64,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "t5", "bart"])
+def test_fused_equals_stepwise(architecture, case):
+    model = exact_model(architecture, method_of(case), **CASES[case])
+    fused = attribute(model, architecture, fused=True)
+    stepwise = attribute(model, architecture, fused=False)
+    assert fused.info["engine"] == "fused" and stepwise.info["engine"] == "stepwise"
+    for mine, reference in zip(fused, stepwise, strict=True):
+        assert_sequences_close(mine, reference)
+        assert torch.isfinite(mine.target_attributions[~mine.target_attributions.isnan()]).all()
+        assert mine.target_attributions.nan_to_num().abs().max() > 0  # not trivially zero
+    assert fused.info["method_info"]["examples"] == stepwise.info["method_info"]["examples"]
+
+
+def test_occlusion_costs_one_row_per_feature_plus_one(monkeypatch):
+    """Counted: rows (sequences) through the Hugging Face model's forward while the method runs (the engine's
+    separate step-score pass is not the method's). L features cost L + 1 rows for all steps together."""
+    model = exact_model("gpt2", "occlusion")
+    hf_model = model.model
+    counting = {"on": False, "rows": 0, "calls": 0}
+
+    def count(module, args, kwargs):
+        if counting["on"]:
+            counting["rows"] += kwargs["inputs_embeds"].shape[0]
+            counting["calls"] += 1
+
+    original = Occlusion.attribute_fused
+
+    def counted(self, inputs, options):
+        counting["on"] = True
+        try:
+            return original(self, inputs, options)
+        finally:
+            counting["on"] = False
+
+    monkeypatch.setattr(Occlusion, "attribute_fused", counted)
+    handle = hf_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        out = attribute(model, "gpt2", fused=True)
+    finally:
+        handle.remove()
+    features = [len(example["features"]["target"]) for example in out.info["method_info"]["examples"]]
+    steps = [seq.num_steps for seq in out]
+    assert min(steps) >= 2 and min(features) >= 5
+    assert counting["rows"] == sum(n + 1 for n in features)
+    assert counting["calls"] <= 2  # one chunk for the clean rows, one for the occluded copies
+    # The stepwise loop runs each step's occlusions on its own: far more rows.
+    counting.update(on=False, rows=0)
+
+
+def test_occluding_a_token_after_the_step_gives_zero():
+    """Captum's Occlusion over the whole sequence, scoring one step: tokens at or after the predicted one
+    change nothing (exactly 0), and the earlier ones equal the fused result."""
+    model = exact_model("llama", "occlusion", granularity="all_tokens")
+    hf_model, _ = float64_model("llama")
+    seq = attribute(model, "llama", fused=True)[1]
+    ids = torch.tensor([seq.target_ids])
+    embeds = hf_model.get_input_embeddings()(ids).detach()
+    for step in range(seq.num_steps):
+        position = seq.attr_pos_start + step
+
+        def forward(x, position=position):
+            logits = hf_model(inputs_embeds=x).logits[:, position - 1]
+            return torch.softmax(logits, -1)[:, seq.target_ids[position]]
+
+        captum = CaptumOcclusion(forward).attribute(embeds, sliding_window_shapes=(1, embeds.shape[-1]))
+        per_token = captum[0].sum(-1) / embeds.shape[-1]
+        assert torch.equal(per_token[position:], torch.zeros_like(per_token[position:]))
+        assert_close(seq.target_attributions[:position, step], per_token[:position], what=f"step {step}")
+
+
+@pytest.mark.parametrize("method", ["lime", "kernel_shap", "sobol"])
+def test_same_seed_same_numbers(method):
+    options = {"n_designs": 4} if method == "sobol" else {"n_samples": 10}
+    model = exact_model("gpt2", method, **options)
+    first = attribute(model, "gpt2", fused=True, seed=7)
+    again = attribute(model, "gpt2", fused=True, seed=7)
+    other = attribute(model, "gpt2", fused=True, seed=8)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a.target_attributions.nan_to_num(), b.target_attributions.nan_to_num())
+    assert not torch.equal(
+        first[0].target_attributions.nan_to_num(), other[0].target_attributions.nan_to_num()
+    )
+    # Without a seed one is drawn and recorded: passing it back reproduces the run.
+    drawn = attribute(model, "gpt2", fused=True)
+    seed = drawn.info["method_info"]["seed"]
+    replay = attribute(model, "gpt2", fused=True, seed=seed)
+    assert torch.equal(drawn[0].target_attributions.nan_to_num(), replay[0].target_attributions.nan_to_num())
+
+
+def test_inference_mode_measures_the_chosen_quantity():
+    model = exact_model("t5", "feature_ablation")
+    by_mode = attribute(model, "t5", fused=True, inference_mode="logits")
+    direct = model.attribute(
+        PROMPTS, TRANSLATIONS, attribute_target=True, show_progress=False, attributed_fn="logit"
+    )
+    for a, b in zip(by_mode, direct, strict=True):
+        assert_close(a.source_attributions, b.source_attributions)
+    assert by_mode.info["method_info"]["measured_step_function"] == "logit"
+
+
+def test_kernel_shap_attributions_sum_to_the_full_effect():
+    """Efficiency: a step's Shapley values add up to f(all kept) - f(all removed) (here: zero embeddings)."""
+    model = exact_model("gpt2", "kernel_shap", n_samples=60, seed=0)
+    hf_model, _ = float64_model("gpt2")
+    seq = attribute(model, "gpt2", fused=True)[0]
+    ids = torch.tensor([seq.target_ids])
+    embeds = hf_model.get_input_embeddings()(ids).detach()
+    for step in range(seq.num_steps):
+        position = seq.attr_pos_start + step
+        target = seq.target_ids[position]
+        with torch.no_grad():
+            kept = torch.softmax(hf_model(inputs_embeds=embeds[:, :position]).logits[0, -1], -1)[target]
+            zeros = torch.zeros_like(embeds[:, :position])
+            removed = torch.softmax(hf_model(inputs_embeds=zeros).logits[0, -1], -1)[target]
+        total = float(seq.target_attributions[:position, step].sum())
+        assert abs(total - float(kept - removed)) <= 1e-4 * abs(float(kept - removed)) + 1e-8
+
+
+def test_linear_surrogate_is_weighted_ridge_regression():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.bernoulli(torch.full((40, 5), 0.5), generator=generator)
+    targets = (
+        masks @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.7 + 0.01 * torch.randn(40, generator=generator)
+    )
+    weights = torch.rand(40, generator=generator) + 0.1
+    for alpha in (0.0, 1.0):
+        coefficients, intercept = fit_linear(masks, targets, weights, alpha)
+        # Closed form: centre by the weighted means (free intercept), then solve the ridge normal equations.
+        x, y, w = masks.double().numpy(), targets.double().numpy(), weights.double().numpy()
+        x_mean, y_mean = (w @ x) / w.sum(), (w @ y) / w.sum()
+        xc, yc = x - x_mean, y - y_mean
+        expected = np.linalg.solve(xc.T @ (w[:, None] * xc) + alpha * np.eye(5), xc.T @ (w * yc))
+        np.testing.assert_allclose(coefficients.numpy(), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(intercept), y_mean - x_mean @ expected, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_shap_masks_read_on_fewer_features_are_kernel_shap_masks():
+    """Why every step may use Captum's weights (1, endpoints large): masks drawn over M features and read on
+    the first m follow, for 0 < j < m kept features, the KernelSHAP law for m (exact enumeration)."""
+    for total in range(3, 16):
+        law = shapley_size_distribution(total)
+        for seen in range(2, total + 1):
+            kept = [
+                sum(
+                    float(law[k - 1]) * comb(k, j) * comb(total - k, seen - j) / comb(total, seen)
+                    for k in range(1, total)
+                )
+                for j in range(1, seen)
+            ]
+            kept = torch.tensor(kept, dtype=torch.float64)
+            assert torch.allclose(kept / kept.sum(), shapley_size_distribution(seen), atol=1e-12)
+    # p(k) for M = 5 by hand: (M - 1) / (k (M - k)) = 1, 2/3, 2/3, 1, normalised.
+    assert torch.allclose(
+        shapley_size_distribution(5), torch.tensor([1, 2 / 3, 2 / 3, 1], dtype=torch.float64) * 0.3
+    )
+    # The sampler follows that law, and the weights are Captum's.
+    method_class = seqattr.methods.get_method_class("kernel_shap")
+    options, method = method_class.parse_options(n_samples=4000), method_class(None)
+    masks = method.draw_masks(8, options, torch.Generator().manual_seed(0))
+    assert masks[0].all() and not masks[1].any()
+    counts = torch.bincount(masks[2:].sum(1).long(), minlength=9)[1:8].double()
+    assert torch.allclose(counts / counts.sum(), shapley_size_distribution(8), atol=0.03)
+    weights = method.sample_weights(torch.tensor([0, 1, 2, 3]), 3, 8, options)
+    assert weights.tolist() == [1e6, 1.0, 1.0, 1e6]
+
+
+def test_sobol_estimators_follow_the_reference_formulas():
+    """Total indices against a loop transcription of Fel et al.'s reference estimators (xplique)."""
+    generator = torch.Generator().manual_seed(0)
+    n, d = 16, 3
+    a = torch.randn(n, generator=generator).double().numpy()
+    c = torch.randn(d, n, generator=generator).double().numpy()
+    var = np.sum((a - a.mean()) ** 2) / (n - 1)
+    reference = {
+        "jansen": [np.sum((a - c[i]) ** 2) / (2 * n * var) for i in range(d)],
+        "homma": [(var - np.sum(a * c[i]) / n + a.mean() ** 2) / var for i in range(d)],
+        "janon": [
+            1
+            - (np.sum(a * c[i]) / n - (np.sum(a + c[i]) / n / 2) ** 2)
+            / (np.sum(a**2 + c[i] ** 2) / (n - 1) / 2 - (np.sum(a + c[i]) / n / 2) ** 2)
+            for i in range(d)
+        ],
+        "glen": [
+            1 - np.sum((a - a.mean()) * (c[i] - c[i].mean())) / (n - 1) / np.sqrt(np.var(a) * np.var(c[i]))
+            for i in range(d)
+        ],
+    }
+    for estimator, expected in reference.items():
+        got = total_indices(torch.from_numpy(a), torch.from_numpy(c), estimator)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, err_msg=estimator)
+    # A score that depends on feature 0 only: feature 1's total index is exactly 0.
+    design_a, design_c = sobol_design(2, 64, seed=0)
+    score = lambda x: x[..., 0] ** 2  # noqa: E731
+    indices = total_indices(score(design_a), score(design_c), "jansen")
+    assert abs(float(indices[0]) - 1) < 0.2 and indices[1] == 0  # analytically 1 and 0
+
+
+def test_window_count_follows_captum():
+    assert [window_count(d, 3, 2) for d in range(0, 8)] == [0, 1, 1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("occlusion", {"granularity": "paragraph"}, "unknown granularity"),
+        ("occlusion", {"window": 2, "stride": 3}, "stride must be"),
+        ("feature_ablation", {"window": 2}, "unknown option"),
+        ("lime", {"inference_mode": "probits"}, "unknown inference_mode"),
+        ("kernel_shap", {"alpha": 1.0}, "unknown option"),
+        ("sobol", {"n_designs": 10}, "power of two"),
+        ("sobol", {"estimator": "saltelli"}, "unknown estimator"),
+        ("occlusion", {"baseline": "mask"}, "unknown baseline"),
+    ],
+)
+def test_wrong_options_are_refused(method, options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        exact_model("gpt2", method, **options)
