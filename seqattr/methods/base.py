@@ -110,6 +110,30 @@ class AttributionMethod:
         raise NotImplementedError(f"{self.name} has no stepwise path")
 
 
+def describe_options(options, model=None) -> dict[str, Any]:
+    """A method's options as plain data for an output's ``info``: a tensor becomes a short description and a
+    module its dotted name in ``model`` (never a copy of it).
+
+    Example:
+        >>> describe_options(IntegratedGradients.parse_options(baseline=torch.zeros(64)))["baseline"]  # doctest: +SKIP
+        'tensor(shape=[64], dtype=float32)'
+    """
+    import torch
+
+    names = {id(module): name for name, module in model.named_modules()} if model is not None else {}
+
+    def plain(value):
+        if isinstance(value, torch.nn.Module):
+            return names.get(id(value), type(value).__name__)
+        if isinstance(value, Tensor):
+            return f"tensor(shape={list(value.shape)}, dtype={str(value.dtype).removeprefix('torch.')})"
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {f.name: plain(getattr(options, f.name)) for f in dataclasses.fields(options)}
+
+
 def get_method_class(name: str) -> type[AttributionMethod]:
     """The method class registered under ``name``; an unknown name lists the valid ones."""
     if not isinstance(name, str) or name not in _METHODS:

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from seqattr import engine
 from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
-from seqattr.methods.base import AttributionMethod, get_method_class
+from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
 from seqattr.models.batch import AttributionBatch, EncodedExample
 from seqattr.models.embedding_scale import input_embedding_scales
 from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
@@ -451,8 +451,6 @@ class AttributionModel:
 
     def _info(self, method_name, options, attributed_fn, step_score_names, fused, attribute_target, batch_size,
               generation_args, forced) -> dict[str, Any]:
-        import dataclasses
-
         import captum
         import transformers
 
@@ -460,7 +458,7 @@ class AttributionModel:
 
         return {
             "method": method_name,
-            "method_options": dataclasses.asdict(options),
+            "method_options": describe_options(options, self.model),
             "engine": "fused" if fused else "stepwise",
             "attributed_fn": step_function_name(attributed_fn or "probability"),
             "step_scores": step_score_names,
