@@ -5,8 +5,9 @@ token): decoder-only models give target attributions from self-attention; encode
 source attributions from the decoder's cross-attention and target attributions from the decoder's
 self-attention. Attributions are ``[positions, steps, layers, heads]`` for the selected ``layers`` and
 ``heads``; ``aggregate_heads`` / ``aggregate_layers`` (``mean`` or ``max``) remove those dimensions (heads
-first). The step function is not used. One forward pass (eager attention, see `eager_attention`) gives
-every step; the stepwise reference runs one pass per step on its prefix.
+first). The step function is not used. One forward pass per example (eager attention, see
+`eager_attention`; each example alone, see `each_example`) gives all its steps; the stepwise reference runs
+one pass per step on its prefix.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from seqattr.methods.internals import (
     aggregate,
     check_aggregation,
     check_selection,
+    each_example,
     eager_attention,
     query_rows,
     select_indices,
@@ -89,6 +91,12 @@ class Attention(AttributionMethod):
         return None, stacked(out.attentions)
 
     def attribute_fused(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
+        return each_example(self.model, inputs, lambda single: self._fused(single, options))
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
+        return each_example(self.model, inputs, lambda single: self._stepwise(single, options))
+
+    def _fused(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
         info: dict = {}
         with eager_attention(self.model.model) as note:
             source, target = self._pass(inputs, inputs.target_embeds)
@@ -98,7 +106,7 @@ class Attention(AttributionMethod):
         target = None if target is None else self._finish(query_rows(target, batch), options, info)
         return MethodOutput(source, target, info=info)
 
-    def attribute_stepwise(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
+    def _stepwise(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
         info: dict = {}
         batch = inputs.batch
         source_rows, target_rows = [], []

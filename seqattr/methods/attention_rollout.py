@@ -12,7 +12,8 @@ self-attention sublayer ``R ← Â_self R`` and then its cross-attention sublaye
 the source attribution, the target part the target attribution; together they sum to 1.
 
 The decoder is causal and the rollout matrices are lower triangular on the target side, so one pass gives
-every step's row, equal to a rollout on the step's own prefix (the stepwise reference).
+every step's row (one pass per example, see `each_example`), equal to a rollout on the step's own prefix
+(the stepwise reference).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from seqattr.methods.attention import stacked
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.internals import eager_attention
+from seqattr.methods.internals import each_example, eager_attention
 from seqattr.typing import Float, Tensor
 
 
@@ -101,13 +102,19 @@ class AttentionRollout(AttributionMethod):
         )
 
     def attribute_fused(self, inputs: MethodInputs, options) -> MethodOutput:
+        return each_example(self.model, inputs, self._fused)
+
+    def attribute_stepwise(self, inputs: MethodInputs, options) -> MethodOutput:
+        return each_example(self.model, inputs, self._stepwise)
+
+    def _fused(self, inputs: MethodInputs) -> MethodOutput:
         with eager_attention(self.model.model) as note:
             source, target = self._rows(inputs, inputs.target_embeds)
         queries = (inputs.batch.step_positions - 1).cpu()
         source = None if source is None else source[:, queries].transpose(1, 2)
         return self._output(inputs, source, target[:, queries].transpose(1, 2), note)
 
-    def attribute_stepwise(self, inputs: MethodInputs, options) -> MethodOutput:
+    def _stepwise(self, inputs: MethodInputs) -> MethodOutput:
         batch = inputs.batch
         target_len = batch.target_ids.shape[1]
         source_rows, target_rows = [], []

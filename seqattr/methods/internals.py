@@ -13,10 +13,12 @@ in ``finally``; the output's info says so.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 
 from transformers import PreTrainedModel
 
+from seqattr.methods.base import MethodInputs, MethodOutput
 from seqattr.models.batch import AttributionBatch
 from seqattr.typing import Float, Tensor
 
@@ -91,3 +93,48 @@ def aggregate(values: Tensor, dim: int, how: str | None) -> Tensor:
 def query_rows(values: Float[Tensor, "n queries keys *extra"], batch: AttributionBatch) -> Tensor:
     """Each step's row (query ``p_t - 1``) as ``[n, keys, steps, *extra]``."""
     return values[:, batch.step_positions - 1].transpose(1, 2)
+
+
+def each_example(
+    model, inputs: MethodInputs, explain: Callable[[MethodInputs], MethodOutput]
+) -> MethodOutput:
+    """``explain`` run on each example of the batch alone, unpadded, its results put back in padded positions.
+
+    Why: a left-padded decoder-only batch has query rows (the padding) that may attend to nothing. Eager
+    attention then softmaxes a row of masked scores; where the mask's minimum overflows to -inf (float64
+    Llama/Qwen2 in transformers 5, measured) that row is NaN, and NaN keys reach real rows through weight-0
+    products (0 * NaN). Alone, an example has no padding; one pass per example still serves all its steps.
+    The single-example inputs keep the batch's objective, which internals methods do not use.
+    """
+    batch = inputs.batch
+    parts = []
+    for b, example in enumerate(batch.examples):
+        single = AttributionBatch.from_examples(
+            [example], model.pad_token_id, model.is_encoder_decoder, batch.target_ids.device
+        )
+        offset, length = int(batch.target_offsets[b]), len(example.target_ids)
+        source = (
+            None
+            if inputs.source_embeds is None
+            else inputs.source_embeds[b : b + 1, : len(example.source_ids)]
+        )
+        target = inputs.target_embeds[b : b + 1, offset : offset + length]
+        parts.append(
+            explain(dataclasses.replace(inputs, batch=single, source_embeds=source, target_embeds=target))
+        )
+    info: dict = {}
+    for part in parts:
+        info.update(part.info)
+
+    def merge(side: str, length: int) -> Tensor | None:
+        pieces = [getattr(part, f"{side}_attributions") for part in parts]
+        if pieces[0] is None:
+            return None
+        merged = pieces[0].new_zeros(batch.size, length, batch.num_steps, *pieces[0].shape[3:])
+        for b, piece in enumerate(pieces):
+            start = 0 if side == "source" else int(batch.target_offsets[b])
+            merged[b, start : start + piece.shape[1], : piece.shape[2]] = piece[0]
+        return merged
+
+    source_len = 0 if batch.source_ids is None else batch.source_ids.shape[1]
+    return MethodOutput(merge("source", source_len), merge("target", batch.target_ids.shape[1]), info=info)

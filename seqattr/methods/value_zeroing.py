@@ -10,9 +10,9 @@ are ``[positions, steps, layers]`` (``layers=`` selects, ``aggregate_layers=`` t
 
 Cost: every layer is evaluated on its original input (a hook puts the clean input back at each layer), so one
 pass over a copy of the sequence zeroing token ``j`` in every layer at once gives all layers' scores for
-``j``: one clean pass plus one copy per attributed token, for all steps and layers together. Works with any
-attention implementation (values are zeroed before the attention kernel). The stepwise reference does the
-same on each step's own prefix.
+``j``: one clean pass plus one copy per attributed token, for all steps and layers together (each example
+alone, unpadded: see `each_example`). Works with any attention implementation (values are zeroed before the
+attention kernel). The stepwise reference does the same on each step's own prefix.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ import torch
 from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.internals import aggregate, check_aggregation, check_selection, select_indices
+from seqattr.methods.internals import (
+    aggregate,
+    check_aggregation,
+    check_selection,
+    each_example,
+    select_indices,
+)
 from seqattr.typing import Int, Tensor
 
 # Decoder layers and the modules computing their value vectors, per architecture family. A fused projection
@@ -218,13 +224,19 @@ class ValueZeroing(AttributionMethod):
         )
 
     def attribute_fused(self, inputs: MethodInputs, options: ValueZeroingOptions) -> MethodOutput:
+        return each_example(self.model, inputs, lambda single: self._fused(single, options))
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: ValueZeroingOptions) -> MethodOutput:
+        return each_example(self.model, inputs, lambda single: self._stepwise(single, options))
+
+    def _fused(self, inputs: MethodInputs, options: ValueZeroingOptions) -> MethodOutput:
         batch = inputs.batch
         # Target tokens from the last predicted one on are seen by no step.
         last_seen = batch.step_positions.max()
         source, target = self._scores(inputs, inputs.target_embeds, batch.step_positions - 1, last_seen)
         return self._output(inputs, source, target, options)
 
-    def attribute_stepwise(self, inputs: MethodInputs, options: ValueZeroingOptions) -> MethodOutput:
+    def _stepwise(self, inputs: MethodInputs, options: ValueZeroingOptions) -> MethodOutput:
         batch = inputs.batch
         target_len = batch.target_ids.shape[1]
         source_steps, target_steps = [], []
