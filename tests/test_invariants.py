@@ -34,6 +34,34 @@ METHODS: list[tuple[str, dict]] = [
     ("saliency", {"abs": False, "hidden_reduction": None}),
     ("input_x_gradient", {}),
     ("input_x_gradient", {"hidden_reduction": "l2"}),
+    # Gradient methods of issue 3. Riemann-left weights (1/4) are exact in float32, which Captum rounds its
+    # quadrature weights to; random methods are run without randomness here (their draws depend on the batch:
+    # gradient_shap and var_grad are checked in tests/test_gradient_methods.py).
+    ("integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
+    ("integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left", "baseline": "unk",
+                              "hidden_reduction": None}),
+    ("deeplift", {}),
+    ("smooth_grad", {"stdevs": 0.0, "nt_samples": 2}),
+    ("square_grad", {"stdevs": 0.0, "nt_samples": 2, "base_method": "input_x_gradient"}),
+    ("layer_integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
+    ("layer_gradient_x_activation", {}),
+    ("layer_deeplift", {"baseline": "unk"}),
+    ("sequential_integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
+    ("discretized_integrated_gradients", {"n_steps": 3}),
+    ("expected_gradients", {"n_steps": 4, "integration_method": "riemann_left", "n_baselines": 2,
+                            "references": torch.full((1, 64), 0.1, dtype=torch.float64)}),
+    # Perturbation and internals methods of issue 5 (few samples: these are invariants, not estimates; a
+    # missing seed is drawn from torch's generator, which each call here seeds).
+    ("occlusion", {}),
+    ("occlusion", {"window": 2, "granularity": "word", "baseline": "unk"}),
+    ("feature_ablation", {"inference_mode": "logits"}),
+    ("lime", {"n_samples": 8, "seed": 0}),
+    ("kernel_shap", {"n_samples": 8}),
+    ("sobol", {"n_designs": 4, "granularity": "sentence"}),
+    ("attention", {}),
+    ("attention", {"layers": -1, "aggregate_heads": "mean"}),
+    ("attention_rollout", {}),
+    ("value_zeroing", {}),
 ]
 
 FAMILIES = ("llama", "t5")

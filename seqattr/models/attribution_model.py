@@ -21,7 +21,7 @@ from seqattr import engine
 from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
-from seqattr.models.batch import AttributionBatch, EncodedExample
+from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
 from seqattr.models.embedding_scale import input_embedding_scales
 from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
 from seqattr.trace import DEFAULT_TOP_K, check_top_k
@@ -156,6 +156,8 @@ class AttributionModel:
                 use_cache=False,
                 **kwargs,
             )
+        if self._needs_own_mask(mask):
+            mask = additive_causal_mask(mask, target_embeds.dtype)
         return self.model(
             inputs_embeds=target_embeds,
             attention_mask=mask,
@@ -163,6 +165,14 @@ class AttributionModel:
             use_cache=False,
             **kwargs,
         )
+
+    def _needs_own_mask(self, mask: Int[Tensor, "n length"]) -> bool:
+        """Whether transformers' own mask would turn left padding into NaN: eager attention in float64 (see
+        `additive_causal_mask`). Not with a sliding window shorter than the batch, which the 4D mask would lift."""
+        if self.model.config._attn_implementation != "eager" or self.dtype != torch.float64 or bool(mask.all()):
+            return False
+        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
+        return not (isinstance(window, int) and window < mask.shape[1])
 
     def step_logits(
         self,
