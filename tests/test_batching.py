@@ -9,12 +9,14 @@ check that left padding never leaks NaN (fully masked pad rows under SDPA) into 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from exact import assert_sequences_close, exact_model, probability64
+from exact import assert_sequences_close, exact_model, float64_model, probability64
 
 import seqattr
-from seqattr.testing import ARCHITECTURES, ENCODER_DECODER, tiny_model
+from seqattr.testing import ARCHITECTURES, DECODER_ONLY, ENCODER_DECODER, tiny_model
 
 # Lengths differ a lot (one prompt is a single word) so that pad rows are fully masked.
 PROMPTS = ["The cat sat on the mat.", "Paris", "Paris is a beautiful city in the north of France."]
@@ -108,6 +110,26 @@ def test_float32_left_padding_leaks_no_nan(architecture):
         assert seq.step_scores["probability"].isfinite().all()
         single = run(model, architecture, [prompt], "forced", step_scores=["probability"])[0]
         assert_sequences_close(seq, single, rtol=2e-3)
+
+
+@pytest.mark.parametrize("architecture", DECODER_ONLY)
+def test_eager_attention_in_float64_leaks_no_nan(architecture):
+    """Eager attention (what attention methods switch to) in float64: transformers' own mask turns fully
+    masked left-padding rows into NaN (its finfo(float64).min becomes -inf in the float32 softmax), which
+    reaches real tokens through 0 x NaN; seqattr passes its own mask then, and batched == single holds."""
+    hf_model, tokenizer = float64_model(architecture)
+    eager = copy.deepcopy(hf_model)
+    eager.set_attn_implementation("eager")
+    model = seqattr.load_model(eager, "saliency", tokenizer=tokenizer)
+    batched = run(model, architecture, PROMPTS, "forced", attributed_fn=probability64)
+    reference = exact_model(architecture, "saliency")  # the same weights under SDPA
+    for prompt, seq in zip(PROMPTS, batched, strict=True):
+        assert_sequences_close(
+            seq, run(model, architecture, [prompt], "forced", attributed_fn=probability64)[0]
+        )
+        assert_sequences_close(
+            seq, run(reference, architecture, [prompt], "forced", attributed_fn=probability64)[0]
+        )
 
 
 def test_decoder_only_padding_is_on_the_left_with_real_positions():

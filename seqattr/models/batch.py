@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seqattr.typing import Bool, Int, Tensor
+from seqattr.typing import Bool, Float, Int, Tensor
 
 
 @dataclass
@@ -109,3 +109,30 @@ class AttributionBatch:
             step_mask=step_mask.to(device),
             examples=examples,
         )
+
+
+def additive_causal_mask(
+    mask: Int[Tensor, "n length"], dtype: torch.dtype
+) -> Float[Tensor, "n 1 length length"]:
+    """A decoder-only batch's attention as the 4D additive mask eager attention adds to its scores: 0 where a
+    query may attend (itself and earlier real tokens), a large negative elsewhere; a padding query attends to
+    itself so that no row is masked entirely.
+
+    Why: transformers fills masked entries with ``finfo(dtype).min``, which Llama's and Qwen2's eager
+    attention cast to float32 for the softmax; from float64 that is ``-inf``, a left-padding row masked
+    entirely becomes NaN and, as ``0 x NaN``, reaches the real tokens' values in the next layer. The bound
+    here stays finite in float32 (and in half precision).
+
+    Example:
+        >>> additive_causal_mask(torch.tensor([[0, 1, 1]]), torch.float64)[0, 0]
+        tensor([[ 0.0000e+00, -1.0000e+30, -1.0000e+30],
+                [-1.0000e+30,  0.0000e+00, -1.0000e+30],
+                [-1.0000e+30,  0.0000e+00,  0.0000e+00]], dtype=torch.float64)
+    """
+    length = mask.shape[1]
+    real = mask.bool()
+    causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    diagonal = torch.eye(length, dtype=torch.bool, device=mask.device)
+    allowed = causal[None] & (real[:, None, :] | (diagonal[None] & ~real[:, :, None]))
+    fill = max(torch.finfo(dtype).min, -1e30)
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, fill)[:, None]
