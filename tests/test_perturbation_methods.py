@@ -72,6 +72,21 @@ def test_fused_equals_stepwise(architecture, case):
     assert fused.info["method_info"]["examples"] == stepwise.info["method_info"]["examples"]
 
 
+@pytest.mark.parametrize("method", ["occlusion", "lime", "sobol"])
+def test_source_only_attribution(method):
+    """Encoder-decoder without attribute_target: only the source is perturbed; fused still equals stepwise."""
+    options = {"lime": {"n_samples": 8, "seed": 0}, "sobol": {"n_designs": 4, "seed": 0}}.get(method, {})
+    model = exact_model("marian", method, **options)
+    runs = [
+        model.attribute(PROMPTS, TRANSLATIONS, show_progress=False, fused=fused, attributed_fn=probability64)
+        for fused in (True, False)
+    ]
+    for mine, reference in zip(*runs, strict=True):
+        assert mine.target_attributions is None
+        assert_sequences_close(mine, reference)
+    assert all(example["features"]["target"] == [] for example in runs[0].info["method_info"]["examples"])
+
+
 def test_occlusion_costs_one_row_per_feature_plus_one(monkeypatch):
     """Counted: rows (sequences) through the Hugging Face model's forward while the method runs (the engine's
     separate step-score pass is not the method's). L features cost L + 1 rows for all steps together."""
