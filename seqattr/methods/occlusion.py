@@ -140,7 +140,8 @@ def _window_means(
     count = effects.shape[0]
     starts = torch.arange(count) * stride
     feature = torch.arange(size)
-    covers = ((feature[None, :] >= starts[:, None]) & (feature[None, :] < starts[:, None] + window)).to(effects)
+    inside = (feature[None, :] >= starts[:, None]) & (feature[None, :] < starts[:, None] + window)
+    covers = inside.to(effects)  # [windows, features]
     step_windows = torch.tensor([window_count(int(s), window, stride) for s in seen])
     used = (torch.arange(count)[:, None] < step_windows[None, :]).to(effects)  # [windows, steps]
     total = covers.T @ (used * effects)
