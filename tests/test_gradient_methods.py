@@ -1,4 +1,4 @@
-"""Gradient methods beyond saliency: IG and its relatives, DeepLIFT, GradientSHAP, noise tunnels, layer methods.
+"""Gradient methods beyond saliency: IG and relatives, DeepLIFT, GradientSHAP, noise tunnels, layer methods.
 
 What is checked, and against what:
 - fused == stepwise, where the stepwise path runs Captum's own class on each step's prefix (our own per-step
@@ -16,8 +16,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from captum.attr import DeepLift, IntegratedGradients, LayerDeepLift, LayerGradientXActivation
-from captum.attr import LayerIntegratedGradients, NoiseTunnel, Saliency
+from captum.attr import (
+    DeepLift,
+    IntegratedGradients,
+    LayerDeepLift,
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
+    NoiseTunnel,
+    Saliency,
+)
 from exact import assert_close, assert_sequences_close, exact_model, probability64
 
 import seqattr
@@ -42,7 +49,8 @@ OPTIONS = {
     "expected_gradients": dict(n_steps=3, n_baselines=2, return_convergence_delta=True),
 }
 CASES = [("gpt2", True), ("llama", True), ("t5", False), ("t5", True), ("bart", True)]
-INNER_LAYERS = [  # (architecture, layer, attribute_target): decoder blocks, an encoder block, an MLP, tuple outputs
+# (architecture, layer, attribute_target): decoder blocks, an encoder block, an MLP, tuple outputs
+INNER_LAYERS = [
     ("gpt2", "transformer.h.0", True),
     ("qwen2", "model.layers.1.mlp", True),
     ("t5", "encoder.block.1", False),
@@ -53,42 +61,60 @@ LAYER_METHODS = ["layer_integrated_gradients", "layer_gradient_x_activation", "l
 
 
 # Captum rounds its quadrature weights to float32 (IntegratedGradients._attribute): 1e-4 for IG-based methods.
-CAPTUM_QUADRATURE = {"integrated_gradients", "layer_integrated_gradients", "sequential_integrated_gradients",
-                     "expected_gradients"}
+CAPTUM_QUADRATURE = {
+    "integrated_gradients",
+    "layer_integrated_gradients",
+    "sequential_integrated_gradients",
+    "expected_gradients",
+}
 
 
-def assert_same(mine: seqattr.SequenceAttribution, reference: seqattr.SequenceAttribution, rtol: float = 1e-5) -> None:
-    """`assert_sequences_close`, the convergence delta (a difference that cancels) scaled by the attributions."""
+def assert_same(
+    mine: seqattr.SequenceAttribution, reference: seqattr.SequenceAttribution, rtol: float = 1e-5
+) -> None:
+    """`assert_sequences_close`; the convergence delta scaled by the attributions."""
     mine_delta = mine.step_scores.pop("convergence_delta", None)
     reference_delta = reference.step_scores.pop("convergence_delta", None)
     assert_sequences_close(mine, reference, rtol)
     assert (mine_delta is None) == (reference_delta is None)
     if mine_delta is not None:
-        scale = max(float(x.nan_to_num().abs().sum(0).max()) for x in (reference.source_attributions,
-                                                                         reference.target_attributions) if x is not None)
+        scale = max(
+            float(x.nan_to_num().abs().sum(0).max())
+            for x in (reference.source_attributions, reference.target_attributions)
+            if x is not None
+        )
         assert_close(mine_delta, reference_delta, rtol, what="convergence_delta", scale=scale)
 
 
 def both_paths(architecture, method, attribute_target, prompts=PROMPTS, **options):
     model = exact_model(architecture, method, **{**OPTIONS[method], **options})
-    return [model.attribute(prompts, attribute_target=attribute_target, fused=fused, **RUN) for fused in (True, False)]
+    return [
+        model.attribute(prompts, attribute_target=attribute_target, fused=fused, **RUN)
+        for fused in (True, False)
+    ]
 
 
-@pytest.mark.parametrize("architecture,attribute_target", CASES, ids=[f"{a}-{'target' if t else 'source'}" for a, t in CASES])
+@pytest.mark.parametrize(
+    "architecture,attribute_target", CASES, ids=[f"{a}-{'target' if t else 'source'}" for a, t in CASES]
+)
 @pytest.mark.parametrize("method", sorted(OPTIONS))
 def test_fused_equals_stepwise_reference(method, architecture, attribute_target):
     fused, stepwise = both_paths(architecture, method, attribute_target)
     assert fused.info["engine"] == "fused" and stepwise.info["engine"] == "stepwise"
-    for mine, reference in zip(fused, stepwise):
+    for mine, reference in zip(fused, stepwise, strict=True):
         assert_same(mine, reference, 1e-4 if method in CAPTUM_QUADRATURE else 1e-5)
         assert (mine.target_attributions is not None) == attribute_target
 
 
-@pytest.mark.parametrize("architecture,layer,attribute_target", INNER_LAYERS, ids=[l for _, l, _ in INNER_LAYERS])
+@pytest.mark.parametrize(
+    "architecture,layer,attribute_target", INNER_LAYERS, ids=[name for _, name, _ in INNER_LAYERS]
+)
 @pytest.mark.parametrize("method", LAYER_METHODS)
 def test_layer_methods_on_inner_layers(method, architecture, layer, attribute_target):
-    fused, stepwise = both_paths(architecture, method, attribute_target, target_layer=layer, hidden_reduction=None)
-    for mine, reference in zip(fused, stepwise):
+    fused, stepwise = both_paths(
+        architecture, method, attribute_target, target_layer=layer, hidden_reduction=None
+    )
+    for mine, reference in zip(fused, stepwise, strict=True):
         assert_same(mine, reference, 1e-4 if method in CAPTUM_QUADRATURE else 1e-5)
         encoder_layer = layer.startswith("encoder")
         assert (mine.source_attributions is not None) == encoder_layer
@@ -98,15 +124,17 @@ def test_layer_methods_on_inner_layers(method, architecture, layer, attribute_ta
             assert mine.target_attributions.shape[-1] == width.out_features
 
 
-# --- Captum on the Hugging Face model directly: no seqattr code in the reference ------------------------------
+# --- Captum on the Hugging Face model directly: no seqattr code in the reference ---------------------------
 
 
 def direct_forward(hf_model, target_id: int):
-    """Probability of ``target_id`` after the prefix, from embeddings, as a plain function of Captum's inputs."""
+    """Probability of ``target_id`` after the prefix: a plain function of Captum's inputs."""
 
     def forward(*embeds):
         if hf_model.config.is_encoder_decoder:
-            logits = hf_model(inputs_embeds=embeds[0], decoder_inputs_embeds=embeds[1], use_cache=False).logits
+            logits = hf_model(
+                inputs_embeds=embeds[0], decoder_inputs_embeds=embeds[1], use_cache=False
+            ).logits
         else:
             logits = hf_model(inputs_embeds=embeds[0], use_cache=False).logits
         return torch.softmax(logits[:, -1], -1)[:, target_id]
@@ -124,17 +152,25 @@ class AsModule(torch.nn.Module):
 
 
 DIRECT = {
-    "integrated_gradients": (dict(n_steps=6, baseline="zeros"), lambda f, m, layer: IntegratedGradients(f),
-                             dict(n_steps=6)),
+    "integrated_gradients": (
+        dict(n_steps=6, baseline="zeros"),
+        lambda f, m, layer: IntegratedGradients(f),
+        dict(n_steps=6),
+    ),
     "deeplift": ({}, lambda f, m, layer: DeepLift(AsModule(f, m)), {}),
-    "layer_integrated_gradients": (dict(n_steps=6), lambda f, m, layer: LayerIntegratedGradients(f, layer),
-                                   dict(n_steps=6)),
+    "layer_integrated_gradients": (
+        dict(n_steps=6),
+        lambda f, m, layer: LayerIntegratedGradients(f, layer),
+        dict(n_steps=6),
+    ),
     "layer_gradient_x_activation": ({}, lambda f, m, layer: LayerGradientXActivation(f, layer), {}),
     "layer_deeplift": ({}, lambda f, m, layer: LayerDeepLift(AsModule(f, m), layer), {}),
 }
 
 
-@pytest.mark.parametrize("architecture,layer", [("gpt2", "transformer.h.0.mlp"), ("t5", "decoder.block.0.layer.2")])
+@pytest.mark.parametrize(
+    "architecture,layer", [("gpt2", "transformer.h.0.mlp"), ("t5", "decoder.block.0.layer.2")]
+)
 @pytest.mark.parametrize("method", sorted(DIRECT))
 def test_equals_captum_on_the_model_itself(method, architecture, layer):
     """Captum's class on the real module (not our tap), the prefix given as embeddings, zeros as baseline."""
@@ -153,15 +189,22 @@ def test_equals_captum_on_the_model_itself(method, architecture, layer):
         forward = direct_forward(hf_model, seq.target_ids[position])
         captum = make(forward, hf_model, hf_model.get_submodule(layer))
         baselines = tuple(torch.zeros_like(x) for x in inputs)
-        expected = captum.attribute(tuple(inputs), baselines=baselines, **kwargs) if not method.startswith(
-            "layer_gradient") else captum.attribute(tuple(inputs))
+        expected = (
+            captum.attribute(tuple(inputs), baselines=baselines, **kwargs)
+            if not method.startswith("layer_gradient")
+            else captum.attribute(tuple(inputs))
+        )
         rtol = 1e-4 if method in CAPTUM_QUADRATURE else 1e-5
         if method.startswith("layer"):
             assert_close(seq.target_attributions[:position, step], expected[0].detach(), rtol, f"step {step}")
             continue
         if hf_model.config.is_encoder_decoder:
-            assert_close(seq.source_attributions[:, step], expected[0][0].detach(), rtol, f"step {step} source")
-        assert_close(seq.target_attributions[:position, step], expected[-1][0].detach(), rtol, f"step {step} target")
+            assert_close(
+                seq.source_attributions[:, step], expected[0][0].detach(), rtol, f"step {step} source"
+            )
+        assert_close(
+            seq.target_attributions[:position, step], expected[-1][0].detach(), rtol, f"step {step} target"
+        )
 
 
 def test_smooth_grad_equals_captum_noise_tunnel_with_the_same_seed():
@@ -175,24 +218,34 @@ def test_smooth_grad_equals_captum_noise_tunnel_with_the_same_seed():
         forward = direct_forward(model.model, seq.target_ids[position])
         torch.manual_seed(7)
         np.random.seed(7)
-        expected = NoiseTunnel(Saliency(lambda *t: forward(torch.stack(t, 1)))).attribute(
-            tokens, nt_type="smoothgrad", nt_samples=4, stdevs=0.1)
+        expected = NoiseTunnel(Saliency(lambda *t, f=forward: f(torch.stack(t, 1)))).attribute(
+            tokens, nt_type="smoothgrad", nt_samples=4, stdevs=0.1
+        )
         assert_close(seq.target_attributions[:position, step], torch.cat(expected), what=f"step {step}")
 
 
-# --- axioms and analytic cases ----------------------------------------------------------------------------------
+# --- axioms and analytic cases -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("architecture,baseline,n_steps", [("gpt2", "zeros", 200), ("llama", "unk", 300),
-                                                          ("bart", "zeros", 50), ("marian", "zeros", 50)])
+@pytest.mark.parametrize(
+    "architecture,baseline,n_steps",
+    [("gpt2", "zeros", 200), ("llama", "unk", 300), ("bart", "zeros", 50), ("marian", "zeros", 50)],
+)
 def test_integrated_gradients_completeness(architecture, baseline, n_steps):
     """Sum of a step's attributions = f(input) - f(baseline) within 1%. (The tiny T5 and Qwen2 integrands
     oscillate so much that they need ~1000 points; the linear model below checks exactness.)"""
-    model = exact_model(architecture, "integrated_gradients", n_steps=n_steps, baseline=baseline,
-                        return_convergence_delta=True)
+    model = exact_model(
+        architecture,
+        "integrated_gradients",
+        n_steps=n_steps,
+        baseline=baseline,
+        return_convergence_delta=True,
+    )
     out = model.attribute(PROMPTS, **RUN)
     for seq in out:
-        total = sum(x.nan_to_num().sum(0) for x in (seq.source_attributions, seq.target_attributions) if x is not None)
+        total = sum(
+            x.nan_to_num().sum(0) for x in (seq.source_attributions, seq.target_attributions) if x is not None
+        )
         delta = seq.step_scores["convergence_delta"]
         gap = total - delta  # f(input) - f(baseline)
         assert (delta.abs() <= 0.01 * gap.abs()).all(), (delta, gap)
@@ -200,11 +253,13 @@ def test_integrated_gradients_completeness(architecture, baseline, n_steps):
 
 
 class LinearObjective:
-    """Step ``t`` scores ``sum_{p < position_t} <w_t, x_p>``: linear in the embeddings, causal like the models."""
+    """Step ``t`` scores ``sum_{p < position_t} <w_t, x_p>``: linear in the embeddings; causal."""
 
     def __init__(self, batch, hidden: int) -> None:
         self.batch = batch
-        self.weights = torch.randn(batch.num_steps, hidden, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        self.weights = torch.randn(
+            batch.num_steps, hidden, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+        )
 
     def __call__(self, source, target, steps=slice(None), rows=None):
         positions = self.batch.step_positions[steps]
@@ -224,23 +279,36 @@ class VocabularyModel:
         return self.vocabulary[ids]
 
 
-@pytest.mark.parametrize("method,options", [
-    ("integrated_gradients", dict(n_steps=3, integration_method="riemann_left", return_convergence_delta=True)),
-    ("integrated_gradients", dict(n_steps=1)),
-    ("sequential_integrated_gradients", dict(n_steps=2)),
-    ("discretized_integrated_gradients", dict(n_steps=4, n_neighbors=5)),
-    ("gradient_shap", dict(n_samples=2)),
-    ("expected_gradients", dict(n_steps=2, n_baselines=3, references=torch.full((1, 8), 0.5, dtype=torch.float64))),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        (
+            "integrated_gradients",
+            dict(n_steps=3, integration_method="riemann_left", return_convergence_delta=True),
+        ),
+        ("integrated_gradients", dict(n_steps=1)),
+        ("sequential_integrated_gradients", dict(n_steps=2)),
+        ("discretized_integrated_gradients", dict(n_steps=4, n_neighbors=5)),
+        ("gradient_shap", dict(n_samples=2)),
+        (
+            "expected_gradients",
+            dict(n_steps=2, n_baselines=3, references=torch.full((1, 8), 0.5, dtype=torch.float64)),
+        ),
+    ],
+)
 def test_path_methods_are_exact_on_a_linear_model(method, options):
     from seqattr.methods.base import MethodInputs, get_method_class
     from seqattr.models.batch import AttributionBatch, EncodedExample
 
     vocabulary = torch.randn(30, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     examples = [EncodedExample([], [3, 4, 5, 6, 7, 8], 3, 6), EncodedExample([], [9, 10, 11, 12], 2, 4)]
-    batch = AttributionBatch.from_examples(examples, pad_token_id=0, is_encoder_decoder=False, device=torch.device("cpu"))
+    batch = AttributionBatch.from_examples(
+        examples, pad_token_id=0, is_encoder_decoder=False, device=torch.device("cpu")
+    )
     objective = LinearObjective(batch, 8)
-    inputs = MethodInputs(batch, objective, None, vocabulary[batch.target_ids], attribute_source=False, attribute_target=True)
+    inputs = MethodInputs(
+        batch, objective, None, vocabulary[batch.target_ids], attribute_source=False, attribute_target=True
+    )
     baseline = options.get("references", torch.zeros(1, 8, dtype=torch.float64))[0]
     cls = get_method_class(method)
     output = cls(VocabularyModel(vocabulary)).attribute_fused(inputs, cls.parse_options(**options))
@@ -267,25 +335,32 @@ def test_monotonic_paths_run_from_the_baseline_to_the_word():
 
 def test_expected_gradients_with_one_reference_is_integrated_gradients():
     vector = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    expected = exact_model("gpt2", "integrated_gradients", n_steps=4, baseline=vector).attribute(PROMPTS, **RUN)
+    expected = exact_model("gpt2", "integrated_gradients", n_steps=4, baseline=vector).attribute(
+        PROMPTS, **RUN
+    )
     pooled = exact_model("gpt2", "expected_gradients", n_steps=4, n_baselines=3, references=vector[None])
-    for mine, reference in zip(pooled.attribute(PROMPTS, **RUN), expected):
+    for mine, reference in zip(pooled.attribute(PROMPTS, **RUN), expected, strict=True):
         assert_close(mine.target_attributions, reference.target_attributions)
 
 
 def test_noise_tunnel_variants_fit_together():
     options = dict(nt_samples=4, stdevs=0.05, seed=3, hidden_reduction=None)
-    smooth, square, var = (exact_model("bart", m, **options).attribute(PROMPTS[0], attribute_target=True, **RUN)[0]
-                           for m in ("smooth_grad", "square_grad", "var_grad"))
+    smooth, square, var = (
+        exact_model("bart", m, **options).attribute(PROMPTS[0], attribute_target=True, **RUN)[0]
+        for m in ("smooth_grad", "square_grad", "var_grad")
+    )
     for side in ("source_attributions", "target_attributions"):
         mean, mean_sq = getattr(smooth, side).double(), getattr(square, side).double()
-        assert_close(getattr(var, side), mean_sq - mean * mean, what=side, scale=float(mean_sq.nan_to_num().max()))
+        assert_close(
+            getattr(var, side), mean_sq - mean * mean, what=side, scale=float(mean_sq.nan_to_num().max())
+        )
     noiseless = exact_model("gpt2", "smooth_grad", stdevs=0.0, nt_samples=2).attribute(PROMPTS, **RUN)
-    for mine, reference in zip(noiseless, exact_model("gpt2", "saliency").attribute(PROMPTS, **RUN)):
+    saliency = exact_model("gpt2", "saliency").attribute(PROMPTS, **RUN)
+    for mine, reference in zip(noiseless, saliency, strict=True):
         assert_close(mine.target_attributions, reference.target_attributions)
 
 
-# --- invariants: batching, internal batch size, seeds ---------------------------------------------------------
+# --- invariants: batching, internal batch size, seeds ------------------------------------------------------
 
 DETERMINISTIC = {
     "integrated_gradients": dict(n_steps=4),
@@ -307,21 +382,36 @@ def test_batched_equals_single(method, architecture):
     if architecture == "gpt2" and "target_layer" in options:
         options["target_layer"] = "transformer.h.1"
     if method == "expected_gradients":
-        options["references"] = torch.randn(1, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        options["references"] = torch.randn(
+            1, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
     model = exact_model(architecture, method, **options)
     batched = model.attribute(PROMPTS, attribute_target=True, **RUN)
-    for text, mine in zip(PROMPTS, batched):
+    for text, mine in zip(PROMPTS, batched, strict=True):
         assert_sequences_close(mine, model.attribute(text, attribute_target=True, **RUN)[0])
 
 
-@pytest.mark.parametrize("method", ["integrated_gradients", "sequential_integrated_gradients", "expected_gradients",
-                                    "gradient_shap", "smooth_grad", "discretized_integrated_gradients",
-                                    "layer_integrated_gradients"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "integrated_gradients",
+        "sequential_integrated_gradients",
+        "expected_gradients",
+        "gradient_shap",
+        "smooth_grad",
+        "discretized_integrated_gradients",
+        "layer_integrated_gradients",
+    ],
+)
 def test_internal_batch_size_does_not_change_results(method):
     model = exact_model("t5", method, **OPTIONS[method])
     whole = model.attribute(PROMPTS, attribute_target=True, **RUN)
     for size in (2, 5):  # one copy of the batch per block; an odd size rounds down to whole copies
-        for mine, reference in zip(model.attribute(PROMPTS, attribute_target=True, internal_batch_size=size, **RUN), whole):
+        for mine, reference in zip(
+            model.attribute(PROMPTS, attribute_target=True, internal_batch_size=size, **RUN),
+            whole,
+            strict=True,
+        ):
             assert_sequences_close(mine, reference)
 
 
@@ -332,21 +422,32 @@ def test_seeds_reproduce_and_leave_the_global_rng_alone(method):
     numpy_state = np.random.get_state()[1].copy()
     first, again = (model.attribute(PROMPTS[0], fused=fused, seed=5, **RUN)[0] for fused in (True, False))
     assert_sequences_close(first, again)
-    assert torch.equal(torch.random.get_rng_state(), state) and (np.random.get_state()[1] == numpy_state).all()
+    assert (
+        torch.equal(torch.random.get_rng_state(), state) and (np.random.get_state()[1] == numpy_state).all()
+    )
     other = model.attribute(PROMPTS[0], seed=6, **RUN)[0]
     assert not torch.allclose(other.target_attributions.nan_to_num(), first.target_attributions.nan_to_num())
 
 
-# --- errors -----------------------------------------------------------------------------------------------------
+# --- errors ------------------------------------------------------------------------------------------------
 
-BASELINE_METHODS = ["integrated_gradients", "deeplift", "gradient_shap", "sequential_integrated_gradients",
-                    "discretized_integrated_gradients", "layer_integrated_gradients", "layer_deeplift"]
+BASELINE_METHODS = [
+    "integrated_gradients",
+    "deeplift",
+    "gradient_shap",
+    "sequential_integrated_gradients",
+    "discretized_integrated_gradients",
+    "layer_integrated_gradients",
+    "layer_deeplift",
+]
 
 
 @pytest.mark.parametrize("method", BASELINE_METHODS)
 def test_impossible_baselines_are_refused(method):
     model = exact_model("t5", method)
-    with pytest.raises(ValueError, match=r"baseline tensor of shape \[3, 5\] does not broadcast .* give one \[64\]"):
+    with pytest.raises(
+        ValueError, match=r"baseline tensor of shape \[3, 5\] does not broadcast .* give one \[64\]"
+    ):
         model.attribute(PROMPTS[0], baseline=torch.zeros(3, 5, dtype=torch.float64), **RUN)
     with pytest.raises(ValueError, match="unknown baseline 'mask'"):
         model.attribute(PROMPTS[0], baseline="mask", **RUN)
@@ -356,7 +457,9 @@ def test_impossible_baselines_are_refused(method):
 
 def test_layer_errors_are_clear_and_leave_no_hook():
     model = exact_model("gpt2", "layer_integrated_gradients", n_steps=2)
-    with pytest.raises(ValueError, match=r"no layer named 'transformer\.h\.O\.mlp'; close names: .*transformer\.h\.0\.mlp"):
+    with pytest.raises(
+        ValueError, match=r"no layer named 'transformer\.h\.O\.mlp'; close names: .*transformer\.h\.0\.mlp"
+    ):
         model.attribute(PROMPTS[0], target_layer="transformer.h.O.mlp", **RUN)
     with pytest.raises(ValueError, match="one vector per token"):
         model.attribute(PROMPTS[0], target_layer="lm_head", **RUN)
@@ -365,15 +468,19 @@ def test_layer_errors_are_clear_and_leave_no_hook():
     with pytest.raises(ValueError, match="in the decoder.*pass attribute_target=True"):
         t5.attribute(PROMPTS[0], target_layer="decoder.block.0", **RUN)
     with pytest.raises(ValueError, match="in the encoder.*source positions only"):
-        t5.attribute(PROMPTS[0], target_layer=t5.model.get_submodule("encoder.block.0"), attribute_target=True, **RUN)
+        t5.attribute(
+            PROMPTS[0], target_layer=t5.model.get_submodule("encoder.block.0"), attribute_target=True, **RUN
+        )
     with pytest.raises(ValueError, match="integration_method"):
-        seqattr.load_model(model.model, "integrated_gradients", tokenizer=model.tokenizer, integration_method="simpson")
+        seqattr.load_model(
+            model.model, "integrated_gradients", tokenizer=model.tokenizer, integration_method="simpson"
+        )
 
 
 def test_deeplift_without_hooked_nonlinearities_is_input_x_gradient():
-    """GPT-2 has no module Captum's DeepLIFT rewrites (its GELU is a custom module): with the zero baseline the
-    rescale rule leaves (x - 0) * gradient at x, input x gradient."""
+    """GPT-2 has no module Captum's DeepLIFT rewrites (its GELU is a custom module): with the zero baseline
+    the rescale rule leaves (x - 0) * gradient at x, input x gradient."""
     deeplift = exact_model("gpt2", "deeplift", hidden_reduction=None).attribute(PROMPTS, **RUN)
     reference = exact_model("gpt2", "input_x_gradient", hidden_reduction=None).attribute(PROMPTS, **RUN)
-    for mine, expected in zip(deeplift, reference):
+    for mine, expected in zip(deeplift, reference, strict=True):
         assert_close(mine.target_attributions, expected.target_attributions)

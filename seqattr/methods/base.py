@@ -115,7 +115,8 @@ def describe_options(options, model=None) -> dict[str, Any]:
     module its dotted name in ``model`` (never a copy of it).
 
     Example:
-        >>> describe_options(IntegratedGradients.parse_options(baseline=torch.zeros(64)))["baseline"]  # doctest: +SKIP
+        >>> options = IntegratedGradients.parse_options(baseline=torch.zeros(64))  # doctest: +SKIP
+        >>> describe_options(options)["baseline"]
         'tensor(shape=[64], dtype=float32)'
     """
     import torch

@@ -42,8 +42,9 @@ class DeepLiftOptions(GradientOptions):
         check_baseline(self.baseline)
 
 
-def run_captum_deeplift(captum_class, forward, attributed, additional, baselines: Baselines, options,
-                        *children, **init) -> RowsResult:
+def run_captum_deeplift(
+    captum_class, forward, attributed, additional, baselines: Baselines, options, *children, **init
+) -> RowsResult:
     """One call of Captum's (layer) DeepLIFT class on ``forward`` wrapped as a module around ``children``."""
     module = ForwardModule(forward, *children)
     with warnings.catch_warnings():  # Captum warns at every call that it sets hooks (it removes them too)
@@ -86,14 +87,19 @@ class DeepLift(AttributionMethod):
         baselines = resolve_baselines(self.model, inputs, options.baseline)
 
         def run(forward, attributed, additional) -> RowsResult:
-            return run_captum_deeplift(CaptumDeepLift, forward, attributed, additional, baselines, options,
-                                       self.model.model)
+            return run_captum_deeplift(
+                CaptumDeepLift, forward, attributed, additional, baselines, options, self.model.model
+            )
 
         return run
 
     def attribute_fused(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
         reduce = lambda a: reduce_hidden(a, options.hidden_reduction)  # noqa: E731
-        return captum_step_rows(inputs, self._runner(inputs, options), reduce, rows_per_step=2 * inputs.batch.size)
+        return captum_step_rows(
+            inputs, self._runner(inputs, options), reduce, rows_per_step=2 * inputs.batch.size
+        )
 
     def attribute_stepwise(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
-        return stepwise_with_deltas(inputs, self._runner(inputs, options), lambda a: reduce_hidden(a, options.hidden_reduction))
+        return stepwise_with_deltas(
+            inputs, self._runner(inputs, options), lambda a: reduce_hidden(a, options.hidden_reduction)
+        )

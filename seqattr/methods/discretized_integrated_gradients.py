@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import torch
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, GradientOptions, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.gradient import (
+    AttributionWriter,
+    GradientOptions,
+    captum_stepwise,
+    reduce_hidden,
+    step_chunks,
+)
 from seqattr.methods.monotonic_paths import STRATEGIES, monotonic_paths
 from seqattr.methods.path_base import (
     DEFAULT_BASELINE,
@@ -38,7 +44,7 @@ class DiscretizedIntegratedGradientsOptions(GradientOptions):
     n_steps: int = 30
     """Path segments (gradient evaluations) per token; the paper's default."""
     strategy: str = "greedy"
-    """Anchor choice: 'greedy' (anchor closest to its monotonized point) or 'maxcount' (most monotonic dims)."""
+    """Anchor choice: 'greedy' (closest to its monotonized point) or 'maxcount' (most monotonic dims)."""
     n_neighbors: int = 50
     """Nearest vocabulary words considered as the next anchor."""
     baseline: str | int | Tensor = DEFAULT_BASELINE
@@ -64,9 +70,17 @@ def token_paths(
     keys = torch.cat([ids[..., None].to(baseline.dtype), baseline], -1).reshape(-1, hidden + 1)
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
     with torch.no_grad():
-        vocabulary = model.embed(torch.arange(model.model.get_input_embeddings().num_embeddings, device=ids.device))
-        paths = monotonic_paths(vocabulary.to(baseline.dtype), unique[:, 0].long(), unique[:, 1:], options.n_steps,
-                                options.strategy, options.n_neighbors)
+        vocabulary = model.embed(
+            torch.arange(model.model.get_input_embeddings().num_embeddings, device=ids.device)
+        )
+        paths = monotonic_paths(
+            vocabulary.to(baseline.dtype),
+            unique[:, 0].long(),
+            unique[:, 1:],
+            options.n_steps,
+            options.strategy,
+            options.n_neighbors,
+        )
     return paths[:, inverse].view(paths.shape[0], *baseline.shape)
 
 
@@ -89,14 +103,16 @@ class DiscretizedIntegratedGradients(AttributionMethod):
             paths.append(token_paths(self.model, ids[:, :length], baseline[:, :length], options))
         return paths
 
-    def attribute_fused(self, inputs: MethodInputs, options: DiscretizedIntegratedGradientsOptions) -> MethodOutput:
+    def attribute_fused(
+        self, inputs: MethodInputs, options: DiscretizedIntegratedGradientsOptions
+    ) -> MethodOutput:
         paths = self._paths(inputs, options)
         embeds = (inputs.source_embeds, inputs.target_embeds)
 
         def blocks():
             for block in point_blocks(options.n_steps, inputs.batch.size, options.internal_batch_size):
                 points, factors = [], []
-                for path, embed in zip(paths, embeds):
+                for path, embed in zip(paths, embeds, strict=True):
                     if path is None:
                         points.append(None if embed is None else embed.repeat(len(block), 1, 1))
                         factors.append(None)
@@ -107,11 +123,15 @@ class DiscretizedIntegratedGradients(AttributionMethod):
                 yield PointBlock(points[0], points[1], factors[0], factors[1])
 
         writer = AttributionWriter(inputs)
-        for steps in step_chunks(inputs, n_points=options.internal_batch_size or options.n_steps * inputs.batch.size):
+        for steps in step_chunks(
+            inputs, n_points=options.internal_batch_size or options.n_steps * inputs.batch.size
+        ):
             write_sums(writer, steps, path_sums(inputs, steps, blocks()), options.hidden_reduction)
         return writer.output()
 
-    def attribute_stepwise(self, inputs: MethodInputs, options: DiscretizedIntegratedGradientsOptions) -> MethodOutput:
+    def attribute_stepwise(
+        self, inputs: MethodInputs, options: DiscretizedIntegratedGradientsOptions
+    ) -> MethodOutput:
         def attribute_step(forward, attributed, additional):
             # The step's own paths (its prefix's tokens), then a plain Riemann loop, one path point at a time.
             prefix_len = attributed[-1].shape[1] if inputs.attribute_target else None
@@ -121,7 +141,7 @@ class DiscretizedIntegratedGradients(AttributionMethod):
                 points = [p[k].detach().requires_grad_() for p in paths]
                 with torch.enable_grad():
                     grads = torch.autograd.grad(forward(*points, *additional).sum(), points)
-                for total, grad, path in zip(totals, grads, paths):
+                for total, grad, path in zip(totals, grads, paths, strict=True):
                     total += grad * (path[k + 1] - path[k])
             return tuple(totals)
 

@@ -1,4 +1,4 @@
-"""Expected gradients (Erion et al. 2021, with IG's quadrature): integrated gradients averaged over random baselines.
+"""Expected gradients (Erion et al. 2021, with IG's quadrature): IG averaged over random baselines.
 
 Each of ``n_baselines`` baselines is a sequence whose vector at every position is drawn independently and
 uniformly from a reference pool: the input vocabulary's embeddings (default), the tokens of user-given
@@ -7,8 +7,9 @@ integrated gradients from that baseline (``n_steps`` points of Captum's ``integr
 ``gradient_shap`` (one random alpha per sample), every baseline gets a full quadrature.
 
 Fused: every (baseline, alpha) point of the whole sequence is evaluated once for all steps, in blocks of at
-most ``internal_batch_size`` rows, each block within one baseline. The draws depend only on ``seed`` and the padded batch shape, and a step's
-prefix uses the first positions of the sequence's draws, so fused and stepwise see the same baselines.
+most ``internal_batch_size`` rows, each block within one baseline. The draws depend only on ``seed`` and
+the padded batch shape, and a step's prefix uses the first positions of the sequence's draws, so fused and
+stepwise see the same baselines.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
@@ -58,24 +58,33 @@ class ExpectedGradientsOptions(IntegrationOptions):
         if isinstance(references, Tensor):
             if not references.is_floating_point() or references.dim() != 2 or references.shape[0] == 0:
                 raise ValueError(
-                    f"references as a tensor must be float vectors of shape [n, hidden], got {references.dtype} "
+                    f"references as a tensor must be float vectors [n, hidden], got {references.dtype} "
                     f"of shape {list(references.shape)}"
                 )
         elif references is not None:
-            if isinstance(references, str) or not isinstance(references, Sequence) or not references or not all(
-                isinstance(text, str) and text.strip() for text in references
+            if (
+                isinstance(references, str)
+                or not isinstance(references, Sequence)
+                or not references
+                or not all(isinstance(text, str) and text.strip() for text in references)
             ):
-                raise ValueError("references must be None, a non-empty list of non-empty texts, or a float tensor")
+                raise ValueError(
+                    "references must be None, a non-empty list of non-empty texts, or a float tensor"
+                )
 
 
-def _reference_pool(model, options: ExpectedGradientsOptions, hidden: int) -> tuple[Tensor | None, Tensor | None]:
+def _reference_pool(
+    model, options: ExpectedGradientsOptions, hidden: int
+) -> tuple[Tensor | None, Tensor | None]:
     """``(token ids, None)`` or ``(None, vectors)``: what baseline positions are drawn from."""
     references = options.references
     if references is None:
         return torch.arange(model.model.get_input_embeddings().num_embeddings), None
     if isinstance(references, Tensor):
         if references.shape[1] != hidden:
-            raise ValueError(f"reference vectors have {references.shape[1]} dimensions, the embeddings {hidden}")
+            raise ValueError(
+                f"reference vectors have {references.shape[1]} dimensions, the embeddings {hidden}"
+            )
         return None, references
     ids = [i for text in references for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
     if not ids:
@@ -84,13 +93,15 @@ def _reference_pool(model, options: ExpectedGradientsOptions, hidden: int) -> tu
 
 
 def draw_baselines(model, inputs: MethodInputs, options: ExpectedGradientsOptions) -> list[Baselines]:
-    """``n_baselines`` full-size baselines; each attributed position draws a reference uniformly (CPU generator)."""
+    """``n_baselines`` full-size baselines; each attributed position draws a reference uniformly (on CPU)."""
     ids, vectors = _reference_pool(model, options, inputs.target_embeds.shape[-1])
     pool_size = len(ids) if ids is not None else len(vectors)
     generator = torch.Generator().manual_seed(options.seed)
     drawn = {}
-    for role, embeds, attributed in (("source", inputs.source_embeds, inputs.attribute_source),
-                                     ("target", inputs.target_embeds, inputs.attribute_target)):
+    for role, embeds, attributed in (
+        ("source", inputs.source_embeds, inputs.attribute_source),
+        ("target", inputs.target_embeds, inputs.attribute_target),
+    ):
         if embeds is None or not attributed:
             drawn[role] = None
             continue
@@ -98,8 +109,10 @@ def draw_baselines(model, inputs: MethodInputs, options: ExpectedGradientsOption
         with torch.no_grad():
             values = model.embed(ids[index].to(embeds.device)) if ids is not None else vectors[index]
         drawn[role] = values.to(embeds)
-    return [Baselines(*(None if drawn[r] is None else drawn[r][b] for r in ("source", "target")))
-            for b in range(options.n_baselines)]
+    return [
+        Baselines(*(None if drawn[r] is None else drawn[r][b] for r in ("source", "target")))
+        for b in range(options.n_baselines)
+    ]
 
 
 class ExpectedGradients(AttributionMethod):
@@ -114,11 +127,15 @@ class ExpectedGradients(AttributionMethod):
         weights = [w / len(baselines) for w in weights]  # the mean over baselines
         writer = AttributionWriter(inputs)
         totals = []
-        for steps in step_chunks(inputs, n_points=options.internal_batch_size or len(alphas) * inputs.batch.size):
+        for steps in step_chunks(
+            inputs, n_points=options.internal_batch_size or len(alphas) * inputs.batch.size
+        ):
             sums = None
             # Blocks hold one baseline's points (at most internal_batch_size rows), as in IG.
             for baseline in baselines:
-                part = path_sums(inputs, steps, straight_path_blocks(inputs, baseline, options, alphas, weights))
+                part = path_sums(
+                    inputs, steps, straight_path_blocks(inputs, baseline, options, alphas, weights)
+                )
                 sums = part if sums is None else sums + part
             totals.append(sums.total())
             write_sums(writer, steps, sums, options.hidden_reduction)
@@ -135,7 +152,9 @@ class ExpectedGradients(AttributionMethod):
         def attribute_step(forward, attributed, additional):
             total, delta = None, 0.0
             for baseline in baselines:  # Captum's IG from each drawn baseline, then the mean
-                result = CaptumIntegratedGradients(forward, multiply_by_inputs=options.multiply_by_inputs).attribute(
+                result = CaptumIntegratedGradients(
+                    forward, multiply_by_inputs=options.multiply_by_inputs
+                ).attribute(
                     attributed,
                     baselines=baseline.for_step(attributed),
                     additional_forward_args=additional,
@@ -147,7 +166,7 @@ class ExpectedGradients(AttributionMethod):
                 if options.return_convergence_delta:
                     result, step_delta = result
                     delta = delta + step_delta.detach() / len(baselines)
-                total = result if total is None else tuple(t + r for t, r in zip(total, result))
+                total = result if total is None else tuple(t + r for t, r in zip(total, result, strict=True))
             deltas.append(delta)
             return tuple(t / len(baselines) for t in total)
 
@@ -155,4 +174,3 @@ class ExpectedGradients(AttributionMethod):
         if options.return_convergence_delta:
             output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
         return output
-

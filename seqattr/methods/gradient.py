@@ -181,7 +181,7 @@ class PointwiseGradientMethod(AttributionMethod):
         raise NotImplementedError
 
     def captum_method(self, forward: Callable[..., Tensor], options) -> tuple[Any, dict[str, Any]]:
-        """Captum's class for the same method on ``forward``, and the keyword arguments of its ``attribute``."""
+        """Captum's class for the same method on ``forward``, and the keyword arguments of ``attribute``."""
         raise NotImplementedError
 
 
@@ -225,9 +225,11 @@ def captum_stepwise(
             if not split_positions:
                 return values
             bounds = [sum(_sizes[:i]) for i in range(len(_sizes) + 1)]
-            return [torch.stack(values[a:b], dim=1) for a, b in zip(bounds, bounds[1:])]
+            return [torch.stack(values[a:b], dim=1) for a, b in zip(bounds, bounds[1:], strict=False)]
 
-        def forward(*args: Tensor, _roles=roles, _steps=steps, _count=len(attributed), _join=join) -> Tensor:
+        def forward(
+            *args: Tensor, _roles=roles, _steps=steps, _count=len(attributed), _join=join  # noqa: B008
+        ) -> Tensor:
             attributed_args, constant_args = _join(list(args[:_count])), list(args[_count:-1])
             embeds = {role: (attributed_args if flag else constant_args).pop(0) for role, _, flag in _roles}
             return objective(embeds.get("source"), embeds["target"], _steps, args[-1])[:, 0]

@@ -1,4 +1,4 @@
-"""GradientSHAP (Lundberg & Lee 2017, Captum's form): gradients at random points between a baseline and noisy inputs.
+"""GradientSHAP (Lundberg & Lee 2017, Captum's form): random points between baseline and noisy input.
 
 Each of ``n_samples`` samples adds Gaussian noise (``stdevs``) to the input, picks a random ``alpha`` in
 [0, 1], and takes ``(noisy - baseline) * grad f(baseline + alpha (noisy - baseline))``; the samples are
@@ -14,7 +14,13 @@ import torch
 from captum.attr import GradientShap as CaptumGradientShap
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, GradientOptions, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.gradient import (
+    AttributionWriter,
+    GradientOptions,
+    captum_stepwise,
+    reduce_hidden,
+    step_chunks,
+)
 from seqattr.methods.noise import (
     attributed_embeds,
     check_seed,
@@ -40,7 +46,7 @@ from seqattr.typing import Tensor
 @dataclass
 class GradientShapOptions(GradientOptions):
     baseline: str | int | Tensor = DEFAULT_BASELINE
-    """The reference: 'zeros', 'unk', 'pad', a token id, or a float tensor (one baseline for every example)."""
+    """The reference: 'zeros', 'unk', 'pad', a token id, or a float tensor (one baseline for all examples)."""
     n_samples: int = 5
     """Random samples (noise + alpha) per example."""
     stdevs: float = 0.0
@@ -66,7 +72,7 @@ def _shared_baselines(model, inputs: MethodInputs, options: GradientShapOptions)
     for baseline in (baselines.source, baselines.target):
         if baseline is not None and not torch.equal(baseline, baseline[:1].expand_as(baseline)):
             raise ValueError(
-                "gradient_shap uses one baseline shared by every example (Captum draws it from a distribution): "
+                "gradient_shap uses one baseline shared by all examples (Captum draws from a distribution): "
                 "give a [hidden] vector, a token id or a named baseline, not one baseline per example"
             )
     return baselines
@@ -87,10 +93,12 @@ class GradientShap(AttributionMethod):
         # Captum draws the alphas after the noise, one per (example, sample) row, example-major.
         alphas = torch.tensor(numpy_generator.uniform(0.0, 1.0, batch * samples), dtype=dtype, device=device)
         alphas = alphas.view(batch, samples).T
-        attributed = iter(zip(attributed_embeds(inputs), noises))
+        attributed = iter(zip(attributed_embeds(inputs), noises, strict=True))
         roles = {}
-        for role, embeds, baseline in (("source", inputs.source_embeds, baselines.source),
-                                       ("target", inputs.target_embeds, baselines.target)):
+        for role, embeds, baseline in (
+            ("source", inputs.source_embeds, baselines.source),
+            ("target", inputs.target_embeds, baselines.target),
+        ):
             roles[role] = (embeds, None, None) if baseline is None else (*next(attributed), baseline)
 
         def blocks():
@@ -105,12 +113,15 @@ class GradientShap(AttributionMethod):
                     noisy = (embeds + noise[block.start : block.stop]).flatten(0, 1)
                     base = baseline.repeat(len(block), 1, 1)
                     points[role] = alpha * noisy + (1 - alpha) * base
-                    factors[role] = (noisy - base) / samples if options.multiply_by_inputs else torch.full_like(
-                        alpha, 1 / samples)
+                    factors[role] = (
+                        (noisy - base) / samples
+                        if options.multiply_by_inputs
+                        else torch.full_like(alpha, 1 / samples)
+                    )
                 yield PointBlock(points["source"], points["target"], factors["source"], factors["target"])
 
         writer = AttributionWriter(inputs)
-        rows = (options.internal_batch_size or samples * batch)
+        rows = options.internal_batch_size or samples * batch
         for steps in step_chunks(inputs, n_points=rows):
             write_sums(writer, steps, path_sums(inputs, steps, blocks()), options.hidden_reduction)
         return writer.output()

@@ -1,4 +1,4 @@
-"""Integrated gradients (Sundararajan et al. 2017): gradients integrated along the straight path from a baseline.
+"""Integrated gradients (Sundararajan et al. 2017): gradients integrated on the straight path from a baseline.
 
 Fused: the ``n_steps`` interpolations of the whole sequence are evaluated once each, in blocks of
 ``internal_batch_size`` rows, and every step's gradient comes from the batched backward. Exact, because a
@@ -42,10 +42,12 @@ def straight_path_blocks(inputs: MethodInputs, baselines: Baselines, options, al
     ends = {"source": inputs.source_embeds, "target": inputs.target_embeds}
     starts = {"source": baselines.source, "target": baselines.target}
     for block in point_blocks(len(alphas), batch, options.internal_batch_size):
-        alpha = torch.tensor([alphas[i] for i in block], dtype=inputs.target_embeds.dtype,
-                             device=inputs.target_embeds.device).repeat_interleave(batch)[:, None, None]
-        weight = torch.tensor([weights[i] for i in block], dtype=alpha.dtype,
-                              device=alpha.device).repeat_interleave(batch)[:, None, None]
+        alpha = torch.tensor(
+            [alphas[i] for i in block], dtype=inputs.target_embeds.dtype, device=inputs.target_embeds.device
+        ).repeat_interleave(batch)[:, None, None]
+        weight = torch.tensor(
+            [weights[i] for i in block], dtype=alpha.dtype, device=alpha.device
+        ).repeat_interleave(batch)[:, None, None]
         points, factors = {}, {}
         for role, end in ends.items():
             start = starts[role]
@@ -87,7 +89,9 @@ class IntegratedGradients(AttributionMethod):
         deltas = []
 
         def attribute_step(forward, attributed, additional):
-            result = CaptumIntegratedGradients(forward, multiply_by_inputs=options.multiply_by_inputs).attribute(
+            result = CaptumIntegratedGradients(
+                forward, multiply_by_inputs=options.multiply_by_inputs
+            ).attribute(
                 attributed,
                 baselines=baselines.for_step(attributed),
                 additional_forward_args=additional,

@@ -54,7 +54,9 @@ class LayerTap(nn.Module):
 
 def check_target_layer(target_layer) -> None:
     if target_layer is not None and not isinstance(target_layer, (str, nn.Module)):
-        raise TypeError(f"target_layer must be a module, its dotted name or None, got {type(target_layer).__name__}")
+        raise TypeError(
+            f"target_layer must be a module, its dotted name or None, got {type(target_layer).__name__}"
+        )
 
 
 def resolve_layer(hf_model: nn.Module, target_layer: str | nn.Module | None) -> tuple[str, nn.Module | None]:
@@ -103,15 +105,20 @@ class LayerRun:
         else:
             self.side = "target"
         if self.side == "source" and inputs.attribute_target:
-            raise ValueError(f"layer {self.name!r} is in the encoder: it has source positions only; "
-                             "call attribute() without attribute_target=True")
+            raise ValueError(
+                f"layer {self.name!r} is in the encoder: it has source positions only; "
+                "call attribute() without attribute_target=True"
+            )
         if self.side == "target" and not inputs.attribute_target:
-            raise ValueError(f"layer {self.name!r} is in the decoder: its positions are target positions; "
-                             "pass attribute_target=True")
+            raise ValueError(
+                f"layer {self.name!r} is in the decoder: its positions are target positions; "
+                "pass attribute_target=True"
+            )
         self._hook = None
 
     def __enter__(self) -> LayerRun:
         if self.module is not None:
+
             def through_tap(module, args, output):
                 if isinstance(output, tuple):
                     return (self.tap(output[0]), *output[1:])
@@ -135,7 +142,9 @@ class LayerRun:
             return None, values
         source_len = self.inputs.source_embeds.shape[1] if self.inputs.attribute_source else 0
         source, target = values.split([source_len, values.shape[dim] - source_len], dim)
-        return (source if self.inputs.attribute_source else None), (target if self.inputs.attribute_target else None)
+        return (source if self.inputs.attribute_source else None), (
+            target if self.inputs.attribute_target else None
+        )
 
     def truncate(self, values: Tensor, prefix_len: int) -> Tensor:
         """Activations ``[n, positions, ...]`` of the whole sequence cut to a target prefix."""
@@ -165,8 +174,11 @@ class LayerRun:
 
     def objective(self, source: Tensor | None, target: Tensor, steps: slice = slice(None)) -> Tensor:
         """Scores ``[n, steps]`` with the layer's output going through the tap."""
-        attributed = [x for x, flag in ((source, self.inputs.attribute_source), (target, self.inputs.attribute_target))
-                      if flag and x is not None]
+        attributed = [
+            x
+            for x, flag in ((source, self.inputs.attribute_source), (target, self.inputs.attribute_target))
+            if flag and x is not None
+        ]
 
         def forward(*args: Tensor) -> Tensor:
             roles = iter(args)
@@ -188,17 +200,20 @@ class LayerRun:
             self.objective(source, target)
         if len(seen) != 1:
             raise ValueError(
-                f"layer {self.name!r} ran {len(seen)} times in one forward pass; a layer method needs a layer that "
-                "runs exactly once (embedding modules other than the input embeddings are bypassed: seqattr feeds "
-                "embeddings, use target_layer=None for them)"
+                f"layer {self.name!r} ran {len(seen)} times in one forward pass; a layer method needs a "
+                "layer that runs exactly once (embedding modules other than the input embeddings are "
+                "bypassed: seqattr feeds embeddings; use target_layer=None for those)"
             )
         activations = seen[0]
-        expected = target.shape[1] if self.side == "target" else (
-            source.shape[1] if self.side == "source" else activations.shape[1])
+        expected = (
+            target.shape[1]
+            if self.side == "target"
+            else (source.shape[1] if self.side == "source" else activations.shape[1])
+        )
         if activations.dim() != 3 or activations.shape[:2] != (target.shape[0], expected):
             raise ValueError(
-                f"layer {self.name!r} outputs shape {list(activations.shape)}; a layer method needs one vector per "
-                f"token, [batch, {expected}, dims]: choose a layer inside the encoder or decoder stack"
+                f"layer {self.name!r} outputs shape {list(activations.shape)}; a layer method needs one "
+                f"vector per token, [batch, {expected}, dims]: choose a layer inside the encoder or decoder"
             )
         return activations
 
@@ -214,7 +229,9 @@ class LayerRun:
 
         def replace(x: Tensor) -> Tensor:
             if x.shape != leaf.shape:
-                raise ValueError(f"layer {self.name!r} produced shape {list(x.shape)}, expected {list(leaf.shape)}")
+                raise ValueError(
+                    f"layer {self.name!r} produced shape {list(x.shape)}, expected {list(leaf.shape)}"
+                )
             return leaf
 
         with torch.enable_grad(), self.tap.acting(replace):

@@ -2,7 +2,7 @@
 
 Attributions are ``(activation - activation on the baseline inputs) * DeepLIFT multipliers`` at the layer.
 Positions: see ``methods/layer_base.py``; the rules and their limits on transformers: see
-``methods/deeplift.py``. Fused by rows like DeepLIFT (``methods/step_rows.py``): one copy of the batch per step
+``methods/deeplift.py``. Fused by rows like DeepLIFT (``methods/step_rows.py``): a copy of the batch per step
 of a chunk, one Captum call per chunk; exact.
 """
 
@@ -41,18 +41,34 @@ class LayerDeepLift(AttributionMethod):
         baselines = resolve_baselines(self.model, inputs, options.baseline)
 
         def call(forward, attributed, additional) -> RowsResult:
-            result = run_captum_deeplift(CaptumLayerDeepLift, run.wrap(forward, len(attributed)), attributed,
-                                         additional, baselines, options, self.model.model, run.tap, layer=run.tap)
+            result = run_captum_deeplift(
+                CaptumLayerDeepLift,
+                run.wrap(forward, len(attributed)),
+                attributed,
+                additional,
+                baselines,
+                options,
+                self.model.model,
+                run.tap,
+                layer=run.tap,
+            )
             return RowsResult(run.per_role(result.attributions[0]), result.delta)
 
         return call
 
     def attribute_fused(self, inputs: MethodInputs, options: LayerDeepLiftOptions) -> MethodOutput:
         with LayerRun(self.model, inputs, options.target_layer) as run:
-            return captum_step_rows(inputs, self._runner(inputs, options, run),
-                                    lambda a: reduce_hidden(a, options.hidden_reduction), rows_per_step=2 * inputs.batch.size)
+            return captum_step_rows(
+                inputs,
+                self._runner(inputs, options, run),
+                lambda a: reduce_hidden(a, options.hidden_reduction),
+                rows_per_step=2 * inputs.batch.size,
+            )
 
     def attribute_stepwise(self, inputs: MethodInputs, options: LayerDeepLiftOptions) -> MethodOutput:
         with LayerRun(self.model, inputs, options.target_layer) as run:
-            return stepwise_with_deltas(inputs, self._runner(inputs, options, run),
-                                        lambda a: reduce_hidden(a, options.hidden_reduction))
+            return stepwise_with_deltas(
+                inputs,
+                self._runner(inputs, options, run),
+                lambda a: reduce_hidden(a, options.hidden_reduction),
+            )

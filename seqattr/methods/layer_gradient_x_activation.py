@@ -13,7 +13,13 @@ from captum.attr import LayerGradientXActivation as CaptumLayerGradientXActivati
 from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, GradientOptions, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.gradient import (
+    AttributionWriter,
+    GradientOptions,
+    captum_stepwise,
+    reduce_hidden,
+    step_chunks,
+)
 from seqattr.methods.layer_base import LayerRun, check_target_layer
 
 
@@ -44,15 +50,26 @@ class LayerGradientXActivation(AttributionMethod):
                 gradient = run.step_gradients(values, steps)
                 attribution = gradient * values if options.multiply_by_inputs else gradient
                 source, target = run.split(attribution, 2)
-                writer.write(steps, *(None if x is None else reduce_hidden(x, options.hidden_reduction) for x in (source, target)))
+                writer.write(
+                    steps,
+                    *(
+                        None if x is None else reduce_hidden(x, options.hidden_reduction)
+                        for x in (source, target)
+                    ),
+                )
         return writer.output()
 
-    def attribute_stepwise(self, inputs: MethodInputs, options: LayerGradientXActivationOptions) -> MethodOutput:
+    def attribute_stepwise(
+        self, inputs: MethodInputs, options: LayerGradientXActivationOptions
+    ) -> MethodOutput:
         with LayerRun(self.model, inputs, options.target_layer) as run:
 
             def attribute_step(forward, attributed, additional):
-                captum = CaptumLayerGradientXActivation(run.wrap(forward, len(attributed)), run.tap,
-                                                        multiply_by_inputs=options.multiply_by_inputs)
+                captum = CaptumLayerGradientXActivation(
+                    run.wrap(forward, len(attributed)), run.tap, multiply_by_inputs=options.multiply_by_inputs
+                )
                 return run.per_role(captum.attribute(attributed, additional_forward_args=additional))
 
-            return captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+            return captum_stepwise(
+                inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction)
+            )

@@ -22,7 +22,13 @@ from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
 from seqattr.methods.integrated_gradients import CONVERGENCE_DELTA
 from seqattr.methods.layer_base import LayerRun, check_target_layer
-from seqattr.methods.path_base import PathOptions, integration_rule, point_blocks, resolve_baselines, step_scores_at
+from seqattr.methods.path_base import (
+    PathOptions,
+    integration_rule,
+    point_blocks,
+    resolve_baselines,
+    step_scores_at,
+)
 
 
 @dataclass
@@ -58,29 +64,47 @@ class LayerIntegratedGradients(AttributionMethod):
                 difference = run.truncate(actual, prefix_len) - start
                 total = 0
                 for block in point_blocks(len(alphas), batch, options.internal_batch_size):
-                    alpha = torch.tensor([alphas[i] for i in block]).to(start).repeat_interleave(batch)[:, None, None]
-                    weight = torch.tensor([weights[i] for i in block]).to(start).repeat_interleave(batch)[:, None, None]
+                    alpha = (
+                        torch.tensor([alphas[i] for i in block])
+                        .to(start)
+                        .repeat_interleave(batch)[:, None, None]
+                    )
+                    weight = (
+                        torch.tensor([weights[i] for i in block])
+                        .to(start)
+                        .repeat_interleave(batch)[:, None, None]
+                    )
                     copies = difference.repeat(len(block), 1, 1)
                     gradient = run.step_gradients(start.repeat(len(block), 1, 1) + alpha * copies, steps)
                     factor = weight * copies if options.multiply_by_inputs else weight
                     total = total + (gradient * factor).unflatten(1, (len(block), batch)).sum(1)
                 totals.append(total.sum((2, 3)).T)
                 source, target = run.split(total, 2)
-                writer.write(steps, *(None if x is None else reduce_hidden(x, options.hidden_reduction) for x in (source, target)))
+                writer.write(
+                    steps,
+                    *(
+                        None if x is None else reduce_hidden(x, options.hidden_reduction)
+                        for x in (source, target)
+                    ),
+                )
         if options.return_convergence_delta:
             gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - step_scores_at(
-                inputs, *baselines.for_roles(inputs))
+                inputs, *baselines.for_roles(inputs)
+            )
             writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
         return writer.output()
 
-    def attribute_stepwise(self, inputs: MethodInputs, options: LayerIntegratedGradientsOptions) -> MethodOutput:
+    def attribute_stepwise(
+        self, inputs: MethodInputs, options: LayerIntegratedGradientsOptions
+    ) -> MethodOutput:
         baselines = resolve_baselines(self.model, inputs, options.baseline)
         deltas = []
         with LayerRun(self.model, inputs, options.target_layer) as run:
 
             def attribute_step(forward, attributed, additional):
-                captum = CaptumLayerIntegratedGradients(run.wrap(forward, len(attributed)), run.tap,
-                                                        multiply_by_inputs=options.multiply_by_inputs)
+                captum = CaptumLayerIntegratedGradients(
+                    run.wrap(forward, len(attributed)), run.tap, multiply_by_inputs=options.multiply_by_inputs
+                )
                 result = captum.attribute(
                     attributed,
                     baselines=baselines.for_step(attributed),
@@ -95,7 +119,9 @@ class LayerIntegratedGradients(AttributionMethod):
                     deltas.append(delta.detach())
                 return run.per_role(result)
 
-            output = captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+            output = captum_stepwise(
+                inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction)
+            )
         if options.return_convergence_delta:
             output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
         return output

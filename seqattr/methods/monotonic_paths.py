@@ -32,7 +32,7 @@ def monotonic_paths(
     strategy: str = "greedy",
     n_neighbors: int = 50,
 ) -> Float[Tensor, "points n hidden"]:
-    """Paths ``p_0 = baseline, ..., p_{n_steps} = vocabulary[token]`` of ``n_steps + 1`` points, one per token.
+    """Paths ``p_0 = baseline, ..., p_{n_steps} = vocabulary[token]``, one per token.
 
     Example:
         >>> paths = monotonic_paths(embeddings, torch.tensor([5, 9]), torch.zeros(2, hidden), n_steps=10)

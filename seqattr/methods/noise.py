@@ -27,7 +27,9 @@ def check_seed(seed) -> None:
 
 def check_stdevs(stdevs) -> None:
     if isinstance(stdevs, bool) or not isinstance(stdevs, (int, float)) or stdevs < 0:
-        raise ValueError(f"stdevs must be a non-negative number (the noise's standard deviation), got {stdevs!r}")
+        raise ValueError(
+            f"stdevs must be a non-negative number (the noise's standard deviation), got {stdevs!r}"
+        )
 
 
 @contextlib.contextmanager

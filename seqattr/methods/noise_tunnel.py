@@ -1,4 +1,4 @@
-"""Noise tunnels (Smilkov et al. 2017; Adebayo et al. 2018): a base gradient method averaged over noisy inputs.
+"""Noise tunnels (Smilkov et al. 2017; Adebayo et al. 2018): a gradient method averaged over noisy inputs.
 
 `NoiseTunnel` composes a pointwise gradient method (``base_method``: saliency or input x gradient); it does
 not inherit from it. Each of ``nt_samples`` samples adds Gaussian noise of standard deviation ``stdevs`` to
@@ -38,7 +38,7 @@ BASE_METHODS = ("saliency", "input_x_gradient")
 @dataclass
 class NoiseTunnelOptions(GradientOptions):
     base_method: str = "saliency"
-    """The method averaged over noise: 'saliency' (absolute gradient, as Captum's default) or 'input_x_gradient'."""
+    """The method averaged: 'saliency' (absolute gradient, Captum's default) or 'input_x_gradient'."""
     nt_samples: int = 5
     """Noisy samples per example."""
     stdevs: float = 1.0
@@ -52,7 +52,9 @@ class NoiseTunnelOptions(GradientOptions):
     def validate(self) -> None:
         super().validate()
         if self.base_method not in BASE_METHODS:
-            raise ValueError(f"base_method must be one of {', '.join(map(repr, BASE_METHODS))}, got {self.base_method!r}")
+            raise ValueError(
+                f"base_method must be one of {', '.join(map(repr, BASE_METHODS))}, got {self.base_method!r}"
+            )
         check_positive_int("nt_samples", self.nt_samples)
         check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
         check_stdevs(self.stdevs)
@@ -60,7 +62,7 @@ class NoiseTunnelOptions(GradientOptions):
 
 
 class NoiseTunnel(AttributionMethod):
-    """A base gradient method combined over noisy copies of the inputs (abstract: the variants fix ``nt_type``)."""
+    """A gradient method combined over noisy copies of the inputs (abstract: the variants fix ``nt_type``)."""
 
     nt_type: ClassVar[str]
     """Captum's name of the combination: smoothgrad, smoothgrad_sq or vargrad."""
@@ -84,7 +86,10 @@ class NoiseTunnel(AttributionMethod):
         batch, samples = inputs.batch.size, options.nt_samples
         torch_generator, _ = tunnel_generators(options.seed, inputs.target_embeds.device)
         noises = iter(tunnel_noise(inputs, options.stdevs, samples, torch_generator))
-        roles = [(inputs.source_embeds, inputs.attribute_source), (inputs.target_embeds, inputs.attribute_target)]
+        roles = [
+            (inputs.source_embeds, inputs.attribute_source),
+            (inputs.target_embeds, inputs.attribute_target),
+        ]
         noise = [next(noises) if attributed and embeds is not None else None for embeds, attributed in roles]
         writer = AttributionWriter(inputs)
         for steps in step_chunks(inputs, n_points=options.internal_batch_size or samples * batch):
@@ -92,8 +97,10 @@ class NoiseTunnel(AttributionMethod):
             squares: list = [None, None]
             for block in point_blocks(samples, batch, options.internal_batch_size):
                 points = [
-                    expand_rows(embeds, len(block)) if n is None else (embeds + n[block.start : block.stop]).flatten(0, 1)
-                    for (embeds, _), n in zip(roles, noise)
+                    expand_rows(embeds, len(block))
+                    if n is None
+                    else (embeds + n[block.start : block.stop]).flatten(0, 1)
+                    for (embeds, _), n in zip(roles, noise, strict=True)
                 ]
                 grads = step_gradients(inputs, points[0], points[1], steps)
                 for i, gradient in enumerate((grads.source, grads.target)):
@@ -106,8 +113,10 @@ class NoiseTunnel(AttributionMethod):
                     sums[i] = part if sums[i] is None else sums[i] + part
                     squares[i] = part_sq if squares[i] is None else squares[i] + part_sq
             combined = [
-                None if total is None else reduce_hidden(self._combine(total, total_sq, samples), options.hidden_reduction)
-                for total, total_sq in zip(sums, squares)
+                None
+                if total is None
+                else reduce_hidden(self._combine(total, total_sq, samples), options.hidden_reduction)
+                for total, total_sq in zip(sums, squares, strict=True)
             ]
             writer.write(steps, *combined)
         return writer.output()

@@ -34,7 +34,9 @@ def check_positive_int(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
+        )
 
 
 def check_baseline(baseline) -> None:
@@ -47,10 +49,12 @@ def check_baseline(baseline) -> None:
             )
     elif isinstance(baseline, Tensor):
         if not baseline.is_floating_point():
-            raise ValueError(f"a baseline tensor holds embeddings and must be floating point, got {baseline.dtype}")
+            raise ValueError(
+                f"a baseline tensor holds embeddings and must be floating point, got {baseline.dtype}"
+            )
     elif isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 0:
         raise ValueError(
-            f"baseline must be 'zeros', 'unk', 'pad', a token id (int >= 0) or a float tensor, got {baseline!r}"
+            f"baseline must be 'zeros', 'unk', 'pad', a token id (int >= 0) or a float tensor: {baseline!r}"
         )
 
 
@@ -75,7 +79,8 @@ class IntegrationOptions(GradientOptions):
         check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
         if self.integration_method not in INTEGRATION_METHODS:
             raise ValueError(
-                f"unknown integration_method {self.integration_method!r}; valid: {', '.join(INTEGRATION_METHODS)}"
+                f"unknown integration_method {self.integration_method!r}; "
+                f"valid: {', '.join(INTEGRATION_METHODS)}"
             )
 
 
@@ -113,7 +118,10 @@ class Baselines:
         """Baselines matching Captum's inputs of one step (the target cut to the step's prefix), repeated
         block-wise when the inputs hold several copies of the batch (one per step, see ``step_rows``)."""
         present = [b for b in (self.source, self.target) if b is not None]
-        return tuple(b[:, : x.shape[1]].repeat(x.shape[0] // b.shape[0], 1, 1) for b, x in zip(present, attributed))
+        return tuple(
+            b[:, : x.shape[1]].repeat(x.shape[0] // b.shape[0], 1, 1)
+            for b, x in zip(present, attributed, strict=True)
+        )
 
 
 def _token_baseline(model, baseline: str | int) -> int:
@@ -125,7 +133,8 @@ def _token_baseline(model, baseline: str | int) -> int:
     token_id = model.tokenizer.unk_token_id if baseline == "unk" else model.tokenizer.pad_token_id
     if token_id is None:
         raise ValueError(
-            f"baseline={baseline!r}: the tokenizer has no {baseline} token; use 'zeros', another token id, or a tensor"
+            f"baseline={baseline!r}: the tokenizer has no {baseline} token; "
+            "use 'zeros', another token id, or a tensor"
         )
     return token_id
 
@@ -138,8 +147,10 @@ def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor)
         >>> baselines.target.shape == inputs.target_embeds.shape
         True
     """
-    roles = {"source": inputs.source_embeds if inputs.attribute_source else None,
-             "target": inputs.target_embeds if inputs.attribute_target else None}
+    roles = {
+        "source": inputs.source_embeds if inputs.attribute_source else None,
+        "target": inputs.target_embeds if inputs.attribute_target else None,
+    }
     if isinstance(baseline, Tensor):
         resolved = {}
         for role, embeds in roles.items():
@@ -152,8 +163,9 @@ def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor)
                 shape = None
             if shape != embeds.shape:
                 raise ValueError(
-                    f"baseline tensor of shape {list(baseline.shape)} does not broadcast to the {role} embeddings "
-                    f"of shape [batch={embeds.shape[0]}, positions={embeds.shape[1]}, hidden={embeds.shape[2]}]; "
+                    f"baseline tensor of shape {list(baseline.shape)} does not broadcast to the {role} "
+                    f"embeddings of shape [batch={embeds.shape[0]}, positions={embeds.shape[1]}, "
+                    f"hidden={embeds.shape[2]}]; "
                     f"give one [{embeds.shape[2]}] vector (used at every position) or a token baseline"
                 )
             resolved[role] = baseline.to(embeds).expand_as(embeds)
@@ -167,7 +179,7 @@ def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor)
 
 
 def point_blocks(num_points: int, batch_size: int, internal_batch_size: int | None) -> Iterator[range]:
-    """Ranges of point indices, each at most ``internal_batch_size`` rows (and at least one copy of the batch)."""
+    """Ranges of point indices, each at most ``internal_batch_size`` rows (at least one copy of the batch)."""
     per_block = num_points if internal_batch_size is None else max(1, internal_batch_size // batch_size)
     for start in range(0, num_points, per_block):
         yield range(start, min(start + per_block, num_points))
@@ -195,7 +207,12 @@ class PathSums:
     target: Tensor | None
 
     def __add__(self, other: PathSums) -> PathSums:
-        return PathSums(*(None if a is None else a + b for a, b in ((self.source, other.source), (self.target, other.target))))
+        return PathSums(
+            *(
+                None if a is None else a + b
+                for a, b in ((self.source, other.source), (self.target, other.target))
+            )
+        )
 
     def total(self) -> Float[Tensor, "batch steps"]:
         """Sum over positions and hidden units: what completeness compares with ``f(x) - f(baseline)``."""
@@ -207,7 +224,8 @@ def path_sums(inputs: MethodInputs, steps: slice, blocks: Iterator[PointBlock]) 
     """``sum over blocks and copies of factor * gradient`` for the steps of ``steps``, one forward per block.
 
     Example:
-        >>> sums = path_sums(inputs, slice(0, 4), iter([PointBlock(None, points, None, weights)]))  # doctest: +SKIP
+        >>> block = PointBlock(None, points, None, weights)
+        >>> sums = path_sums(inputs, slice(0, 4), iter([block]))  # doctest: +SKIP
     """
     batch = inputs.batch.size
     source_sum = target_sum = None
@@ -225,10 +243,15 @@ def path_sums(inputs: MethodInputs, steps: slice, blocks: Iterator[PointBlock]) 
 
 
 def write_sums(writer: AttributionWriter, steps: slice, sums: PathSums, hidden_reduction: str | None) -> None:
-    writer.write(steps, *(None if x is None else reduce_hidden(x, hidden_reduction) for x in (sums.source, sums.target)))
+    writer.write(
+        steps,
+        *(None if x is None else reduce_hidden(x, hidden_reduction) for x in (sums.source, sums.target)),
+    )
 
 
-def step_scores_at(inputs: MethodInputs, source: Tensor | None, target: Tensor) -> Float[Tensor, "batch steps"]:
+def step_scores_at(
+    inputs: MethodInputs, source: Tensor | None, target: Tensor
+) -> Float[Tensor, "batch steps"]:
     """Every step's score at one point (no gradient), for completeness checks."""
     with torch.no_grad():
         return inputs.objective(source, target).detach()

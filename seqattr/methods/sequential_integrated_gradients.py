@@ -31,32 +31,50 @@ from seqattr.methods.path_base import (
 )
 
 
-def _single_token_blocks(inputs: MethodInputs, baselines: Baselines, options: PathOptions, prefix_len: int,
-                         alphas: list[float], weights: list[float]):
+def _single_token_blocks(
+    inputs: MethodInputs,
+    baselines: Baselines,
+    options: PathOptions,
+    prefix_len: int,
+    alphas: list[float],
+    weights: list[float],
+):
     """Blocks of points that each move one token along its path, the other tokens staying at the input."""
     batch = inputs.batch.size
     target = inputs.target_embeds[:, :prefix_len]
     roles = [("source", inputs.source_embeds, baselines.source), ("target", target, baselines.target)]
-    tokens = [(r, i) for r, (_, embeds, base) in enumerate(roles) if base is not None for i in range(embeds.shape[1])]
+    tokens = [
+        (r, i)
+        for r, (_, embeds, base) in enumerate(roles)
+        if base is not None
+        for i in range(embeds.shape[1])
+    ]
     device, dtype = target.device, target.dtype
     for block in point_blocks(len(tokens) * len(alphas), batch, options.internal_batch_size):
         copies = len(block)
         points = [expand_rows(embeds, copies) for _, embeds, _ in roles]
-        factors = [None if base is None else torch.zeros_like(p) for p, (_, _, base) in zip(points, roles)]
+        factors = [
+            None if base is None else torch.zeros_like(p)
+            for p, (_, _, base) in zip(points, roles, strict=True)
+        ]
         for r, (_, embeds, base) in enumerate(roles):
-            chosen = [(k, tokens[q // len(alphas)][1], q % len(alphas)) for k, q in enumerate(block)
-                      if tokens[q // len(alphas)][0] == r]
+            chosen = [
+                (k, tokens[q // len(alphas)][1], q % len(alphas))
+                for k, q in enumerate(block)
+                if tokens[q // len(alphas)][0] == r
+            ]
             if not chosen:
                 continue
-            copy, position, alpha_index = (torch.tensor(v, device=device) for v in zip(*chosen))
+            copy, position, alpha_index = (torch.tensor(v, device=device) for v in zip(*chosen, strict=True))
             alpha = torch.tensor(alphas, dtype=dtype, device=device)[alpha_index][:, None, None]
             weight = torch.tensor(weights, dtype=dtype, device=device)[alpha_index][:, None, None]
             start = base[:, : embeds.shape[1]][:, position].transpose(0, 1)  # [chosen, batch, hidden]
             difference = embeds[:, position].transpose(0, 1) - start
             view = points[r].view(copies, batch, *embeds.shape[1:])
             view[copy, :, position] = start + alpha * difference
-            factors[r].view_as(view)[copy, :, position] = weight * difference if options.multiply_by_inputs else (
-                weight.expand_as(difference))
+            factors[r].view_as(view)[copy, :, position] = (
+                weight * difference if options.multiply_by_inputs else (weight.expand_as(difference))
+            )
         yield PointBlock(points[0], points[1], factors[0], factors[1])
 
 
@@ -84,25 +102,29 @@ class SequentialIntegratedGradients(AttributionMethod):
             # One Captum input per token (split_positions): Captum's IG on token i alone, the others constant.
             token_baselines = list(baselines.source.unbind(1)) if baselines.source is not None else []
             if baselines.target is not None:
-                token_baselines += list(baselines.target[:, : len(attributed) - len(token_baselines)].unbind(1))
+                token_baselines += list(
+                    baselines.target[:, : len(attributed) - len(token_baselines)].unbind(1)
+                )
             results = []
             for i, token in enumerate(attributed):
                 others = tuple(x.detach() for j, x in enumerate(attributed) if j != i)
 
-                def forward_one(x, *rest, _i=i, _others=len(others)):
+                def forward_one(x, *rest, _i=i, _others=len(others)):  # noqa: B008 (bound per token, on purpose)
                     tokens = list(rest[:_others])
                     tokens.insert(_i, x)
                     return forward(*tokens, *rest[_others:])
 
                 ig = CaptumIntegratedGradients(forward_one, multiply_by_inputs=options.multiply_by_inputs)
-                results.append(ig.attribute(
-                    token,
-                    baselines=token_baselines[i],
-                    additional_forward_args=(*others, *additional),
-                    n_steps=options.n_steps,
-                    method=options.integration_method,
-                    internal_batch_size=options.internal_batch_size,
-                ))
+                results.append(
+                    ig.attribute(
+                        token,
+                        baselines=token_baselines[i],
+                        additional_forward_args=(*others, *additional),
+                        n_steps=options.n_steps,
+                        method=options.integration_method,
+                        internal_batch_size=options.internal_batch_size,
+                    )
+                )
             return tuple(results)
 
         return captum_stepwise(

@@ -61,7 +61,8 @@ def captum_step_rows(
     one step costs, e.g. 2 x batch for DeepLIFT's input and baseline halves) sizes the chunks.
 
     Example:
-        >>> out = captum_step_rows(inputs, lambda f, x, extra: RowsResult(tuple(x)), reduce, 2)  # doctest: +SKIP
+        >>> call = lambda forward, attributed, extra: RowsResult(tuple(attributed))
+        >>> out = captum_step_rows(inputs, call, reduce, 2)  # doctest: +SKIP
     """
     batch, objective = inputs.batch, inputs.objective
     writer = AttributionWriter(inputs)
@@ -71,12 +72,17 @@ def captum_step_rows(
         prefix = inputs.target_embeds[:, : int(batch.step_positions[steps].max())]
         rows = torch.arange(batch.size, device=device).repeat(copies)
         columns = torch.arange(copies, device=device).repeat_interleave(batch.size)
-        roles = [("source", inputs.source_embeds, inputs.attribute_source), ("target", prefix, inputs.attribute_target)]
-        roles = [(role, embeds.repeat(copies, 1, 1), flag) for role, embeds, flag in roles if embeds is not None]
+        roles = [
+            ("source", inputs.source_embeds, inputs.attribute_source),
+            ("target", prefix, inputs.attribute_target),
+        ]
+        roles = [
+            (role, embeds.repeat(copies, 1, 1), flag) for role, embeds, flag in roles if embeds is not None
+        ]
         attributed = tuple(embeds.detach().requires_grad_() for _, embeds, flag in roles if flag)
         constant = tuple(embeds for _, embeds, flag in roles if not flag)
 
-        def forward(*args: Tensor, _roles=roles, _steps=steps, _count=len(attributed)) -> Tensor:
+        def forward(*args: Tensor, _roles=roles, _steps=steps, _count=len(attributed)) -> Tensor:  # noqa: B008
             attributed_args, constant_args = list(args[:_count]), list(args[_count:-2])
             embeds = {role: (attributed_args if flag else constant_args).pop(0) for role, _, flag in _roles}
             scores = objective(embeds.get("source"), embeds["target"], _steps, args[-2])
@@ -88,7 +94,11 @@ def captum_step_rows(
         source = results.pop(0) if inputs.attribute_source else None
         target = results.pop(0) if inputs.attribute_target else None
         writer.write(
-            steps, *(None if r is None else reduce(r.detach().unflatten(0, (copies, batch.size))) for r in (source, target))
+            steps,
+            *(
+                None if r is None else reduce(r.detach().unflatten(0, (copies, batch.size)))
+                for r in (source, target)
+            ),
         )
         if result.delta is not None:
             writer.write_step_score(delta_name, steps, result.delta.detach().view(copies, batch.size).T)
