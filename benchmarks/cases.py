@@ -111,9 +111,14 @@ def _corpus_sentences() -> list[str]:
 
 
 def make_texts(
-    tokenizer, is_encoder_decoder: bool, batch: int, steps: int, seed: int = 0
+    tokenizer,
+    is_encoder_decoder: bool,
+    batch: int,
+    steps: int,
+    seed: int = 0,
+    prompt_tokens: int = PROMPT_TOKENS,
 ) -> list[tuple[str, str]]:
-    """``batch`` (input, forced output) pairs, each with exactly ``PROMPT_TOKENS`` input tokens and ``steps``
+    """``batch`` (input, forced output) pairs, each with exactly ``prompt_tokens`` input tokens and ``steps``
     explained steps, whose texts survive the tokenizer round trip (so both tools see the same token ids).
 
     Decoder-only: the output is prompt + continuation. Encoder-decoder: the output is the target text; the
@@ -129,32 +134,32 @@ def make_texts(
             raise RuntimeError(f"could not build {batch} inputs of {steps} steps that survive tokenization")
         order = sentences[:]
         rng.shuffle(order)
-        text = " ".join(order * (1 + steps // 200))
+        text = " ".join(order * (1 + (steps + prompt_tokens) // 200))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if is_encoder_decoder:
             n_special_source = len(tokenizer("a")["input_ids"]) - len(
                 tokenizer("a", add_special_tokens=False)["input_ids"]
             )
             n_special_target = len(tokenizer(text_target="a")["input_ids"]) - 1
-            source_ids = ids[: PROMPT_TOKENS - n_special_source]
+            source_ids = ids[: prompt_tokens - n_special_source]
             target_ids = ids[len(source_ids) : len(source_ids) + steps - n_special_target]
             source, target = tokenizer.decode(source_ids).strip(), tokenizer.decode(target_ids).strip()
             ok = (
                 len(target_ids) == steps - n_special_target
-                and len(tokenizer(source)["input_ids"]) == PROMPT_TOKENS
+                and len(tokenizer(source)["input_ids"]) == prompt_tokens
                 and len(tokenizer(text_target=target)["input_ids"]) == steps
                 and tokenizer(text_target=target, add_special_tokens=False)["input_ids"] == target_ids
             )
             if ok:
                 pairs.append((source, target))
             continue
-        prompt_ids = ids[:PROMPT_TOKENS]
-        full_ids = ids[: PROMPT_TOKENS + steps]
+        prompt_ids = ids[:prompt_tokens]
+        full_ids = ids[: prompt_tokens + steps]
         prompt, full = tokenizer.decode(prompt_ids), tokenizer.decode(full_ids)
         encoded_prompt = tokenizer(prompt)["input_ids"]
         encoded_full = tokenizer(full)["input_ids"]
         ok = (
-            len(full_ids) == PROMPT_TOKENS + steps
+            len(full_ids) == prompt_tokens + steps
             and full.startswith(prompt)
             and encoded_full[: len(encoded_prompt)] == encoded_prompt
             and len(encoded_full) - len(encoded_prompt) == steps
@@ -217,6 +222,9 @@ METHOD_SPECS: dict[str, MethodSpec] = {
 }
 """Methods whose conventions were matched by hand. A method not listed here runs with its defaults on
 both sides (Inseq only if it has a method of the same name) and without an agreement check."""
+
+HEADLINE_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "occlusion", "lime", "attention")
+"""The methods of the quick grid (those the targets name)."""
 
 INSEQ_METHODS = (
     "attention",

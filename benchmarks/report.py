@@ -17,7 +17,7 @@ from rich.table import Table
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 ROOT = Path(__file__).resolve().parent.parent
-AGREEMENT_TOLERANCE = 1e-4
+AGREEMENT_TOLERANCE = 1e-3
 """Largest allowed |seqattr - reference| relative to the largest |reference| value of the sequence."""
 TARGET_STEPS = 40
 TARGET_MODELS = ("smollm2", "gpt2-small")
@@ -253,13 +253,47 @@ def _targets(rows: list[dict]) -> list[dict]:
     return targets
 
 
-def build(configs, args, elapsed_s: float) -> dict:
-    rows = [_row(config) for config in configs]
+def _key(row: dict) -> tuple:
+    return row["model"], row["method"], row["steps"], row["batch"], row["scenario"]
+
+
+def build(configs, args, elapsed_s: float, previous: dict | None = None) -> dict:
+    """The JSON document; with ``previous`` (``--update``), its rows that were not re-measured are kept (each
+    row's ratios still come from one invocation, whose date the row records)."""
+    date = machine(args)["date"]
+    rows = [{**_row(config), "measured": date} for config in configs]
+    invocations = [{"date": date, "command": machine(args)["command"], "rows": len(rows)}]
+    if previous is not None:
+        fresh = {_key(row) for row in rows}
+        kept = [row for row in previous["rows"] if _key(row) not in fresh]
+        for row in kept:
+            row.setdefault("measured", previous["meta"]["date"])
+            for result in row["agreement"].values():  # the tolerance may have changed since
+                error = result.get("relative_error")
+                result["ok"] = bool(
+                    result["ids_match"] and error is not None and error <= AGREEMENT_TOLERANCE
+                )
+        order = {key: i for i, key in enumerate(_key(row) for row in previous["rows"])}
+        rows = sorted(kept + rows, key=lambda row: order.get(_key(row), len(order)))
+        invocations = (
+            previous["meta"].get(
+                "invocations",
+                [
+                    {
+                        "date": previous["meta"]["date"],
+                        "command": previous["meta"]["command"],
+                        "rows": len(previous["rows"]),
+                    }
+                ],
+            )
+            + invocations
+        )
     return {
         "meta": {
             **machine(args),
             "elapsed_s": elapsed_s,
             "grid": "full" if args.full else "quick",
+            "invocations": invocations,
             "agreement_tolerance": AGREEMENT_TOLERANCE,
             "memory": "peak resident set (VmHWM, reset before each run) above the resident size before it",
             "models": {name: spec.description for name, spec in cases.MODELS.items()},
@@ -411,6 +445,12 @@ def markdown(document: dict) -> str:
         f"Inseq {meta['versions'].get('inseq_env', {}).get('inseq', '?')}; `{meta['command']}` "
         f"({meta['grid']} grid, {meta['elapsed_s'] / 60:.0f} min, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in meta['load_average'])}).",
+        "",
+        *(
+            f"- {inv['date']}: `{inv['command']}` ({inv['rows']} rows)"
+            for inv in meta.get("invocations", [])
+            if len(meta.get("invocations", [])) > 1
+        ),
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" if c in ("model", "method") else "---:" for c in COLUMNS) + "|",

@@ -11,5 +11,6 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION"
-"$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "inseq==0.7.1" "transformers==5.23.0" "captum==0.9.0"
+"$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "inseq==0.7.1" "transformers==5.23.0" "captum==0.9.0" \
+    "scikit-learn==1.9.1"  # Inseq's LIME needs it and does not declare it
 "$VENV/bin/python" -c "import importlib.metadata as m; print('inseq env:', *(p + ' ' + m.version(p) for p in ('inseq', 'torch', 'transformers', 'captum')))"
