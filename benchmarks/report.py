@@ -356,10 +356,11 @@ def table_cells(row: dict) -> list[str]:
         for e in ("fused", "stepwise", "inseq")
     )
     overhead = engines.get("fused", {}).get("overhead")
+    steps = str(row["steps"]) if row["scenario"] == "speed" else f"{row['steps']} of 1,000 tokens"
     return [
         row["model"],
         row["method"],
-        str(row["steps"]),
+        steps,
         str(row["batch"]),
         _seconds(engines.get("fused")),
         _seconds(engines.get("stepwise")),
@@ -439,8 +440,14 @@ def print_sweep(rows: list[dict]) -> None:
 
 def markdown(document: dict) -> str:
     meta = document["meta"]
+    invocations = meta.get("invocations", [])
+    when = (
+        f"Measured in {len(invocations)} invocations (below), the last"
+        if len(invocations) > 1
+        else "Measured"
+    )
     lines = [
-        f"Measured {meta['date']} on {meta['nproc']} x {meta['cpu']} ({meta['threads']} torch threads), "
+        f"{when} {meta['date']} on {meta['nproc']} x {meta['cpu']} ({meta['threads']} torch threads), "
         f"torch {meta['versions']['torch']}, transformers {meta['versions']['transformers']}, "
         f"Inseq {meta['versions'].get('inseq_env', {}).get('inseq', '?')}; `{meta['command']}` "
         f"({meta['grid']} grid, {meta['elapsed_s'] / 60:.0f} min, load average at the end "
