@@ -23,7 +23,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -46,8 +45,9 @@ def cache_dir() -> Path:
     """seqattr's cache folder: ``$SEQATTR_CACHE`` if set, else ``~/.cache/seqattr``.
 
     Example:
-        >>> import os; os.environ["SEQATTR_CACHE"] = "/tmp/sa"; str(cache_dir())
-        '/tmp/sa'
+        >>> cache_dir() == (Path(os.environ["SEQATTR_CACHE"]) if "SEQATTR_CACHE" in os.environ
+        ...                 else Path.home() / ".cache" / "seqattr")
+        True
     """
     env = os.environ.get("SEQATTR_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "seqattr"
@@ -127,7 +127,6 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         file=sys.stderr,
         flush=True,
     )
-    start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -157,7 +156,6 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"seqattr: converted in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def _move_into_place(tmp: Path, target: Path) -> None:
@@ -248,4 +246,11 @@ def _sync_special_tokens(model, tokenizer) -> None:
         setattr(model.generation_config, name, value)
 
 
-__all__ = ["DEFAULT_MODEL", "cache_dir", "convert_gguf", "converted_model_dir", "default_model_path", "gguf_path"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "cache_dir",
+    "convert_gguf",
+    "converted_model_dir",
+    "default_model_path",
+    "gguf_path",
+]

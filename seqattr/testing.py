@@ -1,0 +1,570 @@
+"""Tiny random-weight models with offline tokenizers, one per supported architecture family.
+
+Tests of an attribution toolkit need real model classes (their embedding layers, caches, generation
+quirks) and real tokenizers (their subword markers and special tokens), but neither the Hub nor large
+weights. :func:`tiny_model` builds both in-process, in well under a second each:
+
+- the tokenizer is trained on a small corpus embedded below, with the family's own tokenizer style:
+  byte-level BPE with the ``Ġ`` space marker for gpt2 / qwen2 / bart, SentencePiece-style ``▁`` pieces for
+  llama / t5 / marian (Marian with the real sentencepiece-based ``MarianTokenizer``), and the family's
+  special tokens at the family's usual ids;
+- the model is the family's real class with 2 layers, a hidden size of 32-64 and random weights whose
+  scale is raised above the usual 0.02 so that next-token distributions are far from uniform (gradients
+  and greedy generations are then non-degenerate).
+
+Results are cached per process: treat the returned model and tokenizer as read-only (do not train the
+model in place or add tokens to the tokenizer; ``copy.deepcopy`` them first if you must).
+
+Example:
+    >>> from seqattr.testing import tiny_model
+    >>> model, tok = tiny_model("gpt2")
+    >>> enc = tok("The cat sat on the mat.", return_tensors="pt")
+    >>> out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    >>> out.shape[1] <= enc["input_ids"].shape[1] + 4
+    True
+    >>> tok.convert_ids_to_tokens(tok("the cat")["input_ids"])[-1].startswith("Ġ")
+    True
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import io
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DECODER_ONLY = ("gpt2", "llama", "qwen2")
+ENCODER_DECODER = ("t5", "bart", "marian")
+ARCHITECTURES = DECODER_ONLY + ENCODER_DECODER
+
+MAX_POSITIONS = 128
+"""Context length of the tiny models (and ``model_max_length`` of their tokenizers), kept small so that
+code paths for over-long inputs can be tested cheaply."""
+
+# Standard deviation of the random weights of the decoder-only models. Hugging Face's default (0.02)
+# makes a 64-wide model's logits almost constant (all probabilities ~1/V, gradients ~0); 0.3 gives
+# peaked, varied next-token distributions while the layer norms keep activations bounded.
+_INIT_STD = 0.3
+# The encoder-decoders need another recipe (see _decorrelate_tied_head): a small init (0.05; T5 uses its
+# own factor) and random-signed gains on the decoder's last norm, scaled so logits have std ~1.5-2.
+_SEQ2SEQ_INIT_STD = 0.05
+_T5_INIT_FACTOR = 2.0
+_LAST_NORM_STD = {"t5": 1.0, "bart": 4.0, "marian": 4.0}
+
+# --------------------------------------------------------------------------------------------------
+# Training corpus. Varied English (questions, numbers, contractions, punctuation, capitalised words) so
+# that the tokenizers learn whole-word pieces for common words and split rarer ones into subwords;
+# French and German lines so the translation-style tokenizers (t5, marian, bart) see accented letters.
+# --------------------------------------------------------------------------------------------------
+ENGLISH_CORPUS = (
+    "The cat sat on the mat.",
+    "The dog sat on the mat, and the cat ran away.",
+    "A quick brown fox jumps over the lazy dog.",
+    "The capital of France is Paris.",
+    "The capital of Germany is Berlin.",
+    "Paris is a beautiful city in the north of France.",
+    "My name is Alice and I live in London.",
+    "Bob is my friend, and he lives in New York.",
+    "What is the weather like today?",
+    "It is sunny today, but it will rain tomorrow.",
+    "I don't think that's a good idea.",
+    "She said that she would come back at 5 o'clock.",
+    "There are 12 months in a year and 7 days in a week.",
+    "In 2024, the team won the final match 3 to 1.",
+    "Water boils at 100 degrees Celsius.",
+    "The sun rises in the east and sets in the west.",
+    "Could you please pass me the salt?",
+    "He reads a book every evening before going to bed.",
+    "The children are playing in the garden.",
+    "We went to the market to buy apples, bread and cheese.",
+    "Music makes people happy.",
+    "The movie was long, but the ending was wonderful.",
+    "Learning a new language takes time and patience.",
+    "The old man walked slowly along the river.",
+    "Computers can translate text from one language to another.",
+    "The teacher asked the students a difficult question.",
+    "Why is the sky blue?",
+    "Because sunlight is scattered by the air.",
+    "Once upon a time, there was a little girl who lived in a village.",
+    "The meeting starts at nine and ends at noon.",
+    "Please write your answer in the box below.",
+    "This is a test of the tokenizer.",
+    "The model predicts the next word in the sentence.",
+    "Attribution methods explain which input words matter.",
+    "Good morning! How are you?",
+    "I am fine, thank you.",
+    "The train to Berlin leaves from platform 4.",
+    "They have been working on this project for two years.",
+    "Dogs and cats are the most popular pets.",
+    "The price of the coffee was 3.50 dollars.",
+    "Summer is warm and winter is cold.",
+    "The library is open from Monday to Friday.",
+    "You can't always get what you want.",
+    "The scientist measured the temperature of the water.",
+    "Translate English to German: The house is wonderful.",
+    "Translate English to French: The cat is on the table.",
+)
+
+FRENCH_CORPUS = (
+    "Le chat est assis sur le tapis.",
+    "La capitale de la France est Paris.",
+    "Je m'appelle Alice et j'habite à Londres.",
+    "Il fait beau aujourd'hui, mais il pleuvra demain.",
+    "Les enfants jouent dans le jardin.",
+    "Nous sommes allés au marché pour acheter du pain.",
+    "Le chat est sur la table.",
+    "Où est la gare, s'il vous plaît ?",
+    "Ce film était très long, mais la fin était belle.",
+    "L'été est chaud et l'hiver est froid.",
+)
+
+GERMAN_CORPUS = (
+    "Die Katze sitzt auf der Matte.",
+    "Die Hauptstadt von Deutschland ist Berlin.",
+    "Ich heiße Alice und wohne in London.",
+    "Heute ist es sonnig, aber morgen wird es regnen.",
+    "Die Kinder spielen im Garten.",
+    "Das Haus ist wunderbar.",
+    "Wir sind zum Markt gegangen, um Äpfel und Brot zu kaufen.",
+    "Der Zug nach Berlin fährt von Gleis 4 ab.",
+    "Der Sommer ist warm und der Winter ist kalt.",
+    "Warum ist der Himmel blau? Weil das Licht gestreut wird.",
+)
+
+CORPUS = ENGLISH_CORPUS + FRENCH_CORPUS + GERMAN_CORPUS
+"""Everything the tiny tokenizers are trained on (every architecture sees all of it)."""
+
+# Minimal ChatML template, as Qwen2 tokenizers ship one (other families' tiny tokenizers have none).
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer training helpers
+# --------------------------------------------------------------------------------------------------
+def _train_bpe(
+    pre_tokenizer, vocab_size: int, *, byte_level: bool, normalizer=None, special_tokens: tuple[str, ...] = ()
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train a BPE model on CORPUS with the given pre-tokenization; return (vocab, merges).
+
+    The family's tokenizer class is then built from vocab and merges, so training only has to match the
+    family's pre-tokenization (merges never cross its word boundaries).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,  # a merge seen once is noise; this keeps rare words split into subwords
+        special_tokens=list(special_tokens),
+        # Byte-level: all 256 byte symbols in the vocab so that any text tokenizes. Otherwise only the
+        # corpus's characters (llama adds the 256 <0xNN> byte-fallback tokens itself).
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_level else [],
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def _byte_level_pre_tokenizer():
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.ByteLevel(add_prefix_space=False)
+
+
+def _tokenizer_gpt2() -> PreTrainedTokenizerBase:
+    """GPT-2: byte-level BPE, ``<|endoftext|>`` (last id) as bos/eos/unk, no pad token, nothing added."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = _train_bpe(_byte_level_pre_tokenizer(), 420, byte_level=True)
+    vocab["<|endoftext|>"] = len(vocab)  # GPT-2 keeps it at the very end (50256)
+    return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=MAX_POSITIONS)
+
+
+def _tokenizer_qwen2() -> PreTrainedTokenizerBase:
+    """Qwen2: byte-level BPE with Qwen's digit/regex split and NFC, ``<|endoftext|>`` eos/pad, no bos."""
+    from tokenizers import Regex, normalizers, pre_tokenizers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    # Same pre-tokenization as Qwen2Tokenizer applies, so the learnt merges fit it.
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    vocab, merges = _train_bpe(pre, 420, byte_level=True, normalizer=normalizers.NFC())
+    # Qwen2 puts its special tokens after the BPE vocabulary: <|endoftext|>, <|im_start|>, <|im_end|>.
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        model_max_length=MAX_POSITIONS,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        chat_template=_CHATML_TEMPLATE,
+    )
+
+
+def _tokenizer_bart() -> PreTrainedTokenizerBase:
+    """BART: RoBERTa's byte-level BPE; ``<s>``=0 ``<pad>``=1 ``</s>``=2 ``<unk>``=3, ``<mask>`` last."""
+    from transformers import BartTokenizer
+
+    specials = ("<s>", "<pad>", "</s>", "<unk>")
+    vocab, merges = _train_bpe(_byte_level_pre_tokenizer(), 420, byte_level=True, special_tokens=specials)
+    vocab["<mask>"] = len(vocab)  # as in facebook/bart-*: the mask token is the last id
+    return BartTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_POSITIONS)
+
+
+def _tokenizer_llama() -> PreTrainedTokenizerBase:
+    """Llama (SentencePiece BPE): ``<unk>``=0 ``<s>``=1 ``</s>``=2, 256 ``<0xNN>`` byte-fallback tokens,
+    then ``▁``-prefixed pieces; ``<s>`` is prepended to every encoding, nothing appended, no pad."""
+    from tokenizers import pre_tokenizers
+    from transformers import LlamaTokenizer
+
+    # Train on words carrying the metaspace marker, exactly like sentencepiece's BPE (merges stay inside
+    # a word, the marker sticks to the word's start).
+    pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    trained, merges = _train_bpe(pre, 260, byte_level=False)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})  # byte fallback for unseen characters
+    for piece, _ in sorted(trained.items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    # add_bos_token must be explicit: built directly (not from a tokenizer.json) transformers 5 defaults
+    # it to False, although real Llama tokenizers prepend <s>.
+    return LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, model_max_length=MAX_POSITIONS)
+
+
+def _train_sentencepiece(vocab_size: int, **ids: int) -> bytes:
+    """Train a real SentencePiece unigram model on CORPUS in memory and return its serialized proto."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=buffer,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # the corpus is tiny: let sentencepiece stop short of vocab_size
+        character_coverage=1.0,  # keep every accented letter of the corpus
+        num_threads=1,  # deterministic, and the machine is small
+        minloglevel=2,  # sentencepiece logs every training step to stderr otherwise
+        **ids,
+    )
+    return buffer.getvalue()
+
+
+def _tokenizer_t5() -> PreTrainedTokenizerBase:
+    """T5: SentencePiece unigram, ``<pad>``=0 ``</s>``=1 ``<unk>``=2, ``</s>`` appended, no byte fallback.
+
+    Built like transformers' own T5 converter does it: the (piece, score) list and the normalizer's
+    precompiled char map from a real sentencepiece model. The 100 ``<extra_id_N>`` sentinels of the real
+    T5 are left out (they would be a fifth of this vocabulary and only matter for span corruption).
+    """
+    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
+    from transformers import T5Tokenizer
+
+    proto_bytes = _train_sentencepiece(400, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+    sp = SentencePieceProcessor(model_proto=proto_bytes)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(proto_bytes)
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    return T5Tokenizer(
+        vocab=vocab,
+        extra_ids=0,
+        _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap,
+        model_max_length=MAX_POSITIONS,
+    )
+
+
+_TEMP_DIRS: list[str] = []
+
+
+@atexit.register
+def _remove_temp_dirs() -> None:
+    for folder in _TEMP_DIRS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _tokenizer_marian() -> PreTrainedTokenizerBase:
+    """Marian (opus-mt): the real, sentencepiece-based ``MarianTokenizer``.
+
+    ``</s>``=0 ``<unk>``=1, pieces, ``<pad>`` last (opus-mt layout; pad doubles as decoder start); eos
+    appended, no bos. One spm model serves as both source.spm and target.spm (shared vocabulary).
+    """
+    from transformers import MarianTokenizer
+
+    proto_bytes = _train_sentencepiece(400, eos_id=0, unk_id=1, bos_id=-1, pad_id=-1)
+    # MarianTokenizer reads its files from paths (and save_pretrained copies them from there), so they
+    # live in a temp folder kept for the life of the process.
+    folder = Path(tempfile.mkdtemp(prefix="seqattr-tiny-marian-"))
+    _TEMP_DIRS.append(str(folder))
+    for name in ("source.spm", "target.spm"):
+        (folder / name).write_bytes(proto_bytes)
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor(model_proto=proto_bytes)
+    # vocab.json ids equal the spm ids, so Marian's spm-id fallback in _convert_id_to_token agrees too.
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    vocab["<pad>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    with warnings.catch_warnings():
+        # "Recommended: pip install sacremoses." -- Moses punctuation normalization is optional and
+        # would only rewrite quotes/dashes, which this corpus does not use.
+        warnings.simplefilter("ignore", UserWarning)
+        return MarianTokenizer(
+            source_spm=str(folder / "source.spm"),
+            target_spm=str(folder / "target.spm"),
+            vocab=str(folder / "vocab.json"),
+            source_lang="en",
+            target_lang="de",
+            model_max_length=MAX_POSITIONS,
+        )
+
+
+_TOKENIZER_BUILDERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {
+    "gpt2": _tokenizer_gpt2,
+    "llama": _tokenizer_llama,
+    "qwen2": _tokenizer_qwen2,
+    "t5": _tokenizer_t5,
+    "bart": _tokenizer_bart,
+    "marian": _tokenizer_marian,
+}
+
+
+@functools.cache  # an unbounded lru_cache
+def tiny_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
+    """The tiny tokenizer of ``architecture`` alone (cached; read-only). See :func:`tiny_model`.
+
+    Example:
+        >>> tok = tiny_tokenizer("llama")
+        >>> tok.convert_ids_to_tokens(tok("the cat")["input_ids"])[:2]
+        ['<s>', '▁the']
+    """
+    _check_architecture(architecture)
+    with _quiet_transformers():
+        return _TOKENIZER_BUILDERS[architecture]()
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+def _config(architecture: str, tok: PreTrainedTokenizerBase):
+    """The tiny config, with every special-token id taken from the tokenizer (so they always agree)."""
+    from transformers import BartConfig, GPT2Config, LlamaConfig, MarianConfig, Qwen2Config, T5Config
+
+    vocab_size = len(tok)
+    if architecture == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=MAX_POSITIONS,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=None,
+            initializer_range=_INIT_STD,
+        )
+    if architecture in ("llama", "qwen2"):
+        config_class = LlamaConfig if architecture == "llama" else Qwen2Config
+        return config_class(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,  # grouped-query attention, as in the real ones
+            max_position_embeddings=MAX_POSITIONS,
+            tie_word_embeddings=False,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            initializer_range=_INIT_STD,
+        )
+    if architecture == "t5":
+        return T5Config(
+            vocab_size=vocab_size,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=MAX_POSITIONS,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            dropout_rate=0.0,
+            # T5 scales its whole init by this factor (embeddings get std = factor)
+            initializer_factor=_T5_INIT_FACTOR,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    if architecture == "bart":
+        return BartConfig(
+            vocab_size=vocab_size,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=MAX_POSITIONS,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            init_std=_SEQ2SEQ_INIT_STD,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            decoder_start_token_id=tok.eos_token_id,  # BART starts decoding from </s>
+            forced_eos_token_id=None,
+            forced_bos_token_id=None,
+        )
+    if architecture == "marian":
+        return MarianConfig(
+            vocab_size=vocab_size,
+            decoder_vocab_size=vocab_size,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=MAX_POSITIONS,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            init_std=_SEQ2SEQ_INIT_STD,
+            scale_embedding=True,
+            share_encoder_decoder_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            decoder_start_token_id=tok.pad_token_id,  # opus-mt starts decoding from <pad>
+            forced_eos_token_id=None,
+        )
+    raise AssertionError(architecture)
+
+
+def _model_class(architecture: str) -> type[PreTrainedModel]:
+    from transformers import (
+        BartForConditionalGeneration,
+        GPT2LMHeadModel,
+        LlamaForCausalLM,
+        MarianMTModel,
+        Qwen2ForCausalLM,
+        T5ForConditionalGeneration,
+    )
+
+    return {
+        "gpt2": GPT2LMHeadModel,
+        "llama": LlamaForCausalLM,
+        "qwen2": Qwen2ForCausalLM,
+        "t5": T5ForConditionalGeneration,
+        "bart": BartForConditionalGeneration,
+        "marian": MarianMTModel,
+    }[architecture]
+
+
+@functools.cache  # an unbounded lru_cache
+def tiny_model(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny random-weight model of ``architecture`` and its offline tokenizer (cached; read-only).
+
+    ``architecture`` is one of :data:`ARCHITECTURES`. The model is float32, in eval mode, with
+    ``vocab_size == len(tokenizer)`` and its config and generation config holding the tokenizer's
+    bos/eos/pad (and decoder start) ids. Tokenizers without a pad token (gpt2, llama) keep none, as the
+    real ones; their models' ``generation_config.pad_token_id`` is the eos id, so ``generate`` is quiet.
+    The same seed gives the same weights; the global torch RNG is left untouched.
+
+    Example:
+        >>> model, tok = tiny_model("t5")
+        >>> enc = tok("Translate English to German: The house is wonderful.", return_tensors="pt")
+        >>> model.generate(**enc, max_new_tokens=5, do_sample=False)[0, 0].item() == tok.pad_token_id
+        True
+    """
+    tok = tiny_tokenizer(architecture)
+    config = _config(architecture, tok)
+    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _model_class(architecture)(config)
+        _decorrelate_tied_head(model, architecture)
+    model = model.float().eval()
+    generation = model.generation_config
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        value = getattr(config, name, None)
+        if value is not None or name != "decoder_start_token_id":
+            setattr(generation, name, value)
+    if generation.pad_token_id is None:
+        # What generate() would otherwise do with a warning, for tokenizers without a pad token.
+        generation.pad_token_id = tok.eos_token_id
+    return model, tok
+
+
+def _decorrelate_tied_head(model: PreTrainedModel, architecture: str) -> None:
+    """Give the decoder's last norm random-signed gains (encoder-decoders only), in place.
+
+    These models tie their output projection to the input embeddings, as the real ones do. With random
+    weights the decoder's final hidden state is then mostly the embedding of its current input token, whose
+    logit (its squared norm) wins: greedy decoding repeats one token forever. Gains of random sign on the
+    last normalization layer decorrelate the hidden state from that embedding, so each input token maps to
+    a different, pseudo-random next token, while the embeddings stay tied like in the real models. (Untying
+    instead is awkward in transformers 5: ``tie_word_embeddings=False`` also unties the encoder's and the
+    decoder's input embeddings from ``shared``, and T5Config forces it back to True.)
+    """
+    if architecture not in _LAST_NORM_STD:
+        return
+    if architecture == "t5":
+        norm = model.decoder.final_layer_norm
+    else:  # BART and Marian are post-LN and have no final decoder norm: use the last layer's
+        norm = model.model.decoder.layers[-1].final_layer_norm
+    with torch.no_grad():
+        norm.weight.normal_(0.0, _LAST_NORM_STD[architecture])
+
+
+def _check_architecture(architecture: str) -> None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+
+
+class _quiet_transformers:
+    """Silence transformers' logger while building (config/init chatter is about defaults we chose)."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("transformers")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "CORPUS",
+    "DECODER_ONLY",
+    "ENCODER_DECODER",
+    "MAX_POSITIONS",
+    "tiny_model",
+    "tiny_tokenizer",
+]

@@ -1,0 +1,38 @@
+"""The public namespace is small and stable; importing seqattr does nothing visible."""
+
+import subprocess
+import sys
+
+import seqattr
+
+
+def test_public_names_are_pinned():
+    assert sorted(seqattr.__all__) == sorted(
+        [
+            "AttributionModel",
+            "AttributionOutput",
+            "SequenceAttribution",
+            "StepFunctionArgs",
+            "__version__",
+            "list_methods",
+            "list_step_functions",
+            "load",
+            "load_model",
+            "register_step_function",
+        ]
+    )
+    for name in seqattr.__all__:
+        assert hasattr(seqattr, name), name
+
+
+def test_import_prints_nothing_and_loads_no_views():
+    code = "import sys, seqattr; print(sorted(m for m in sys.modules if m.startswith('seqattr.viz')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert result.stderr == ""
+
+
+def test_every_method_and_step_function_has_a_description():
+    assert seqattr.list_methods()
+    assert all(description for description in seqattr.list_methods().values())
+    assert all(description for description in seqattr.list_step_functions().values())
