@@ -191,3 +191,16 @@ def test_errors_leave_the_model_usable(gpt2):
     assert out[0].num_steps == 2 and not gpt2.model.training
     assert all(p.grad is None for p in gpt2.model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_a_loaded_model_and_tokenizer_are_used_in_place_as_documented():
+    """docs/usage.md: no copy is made; eval mode, dtype and a missing pad token are set on the user's objects."""
+    import copy
+
+    model, tokenizer = (copy.deepcopy(obj) for obj in tiny_model("gpt2"))
+    assert tokenizer.pad_token is None
+    model.train()
+    attribution = seqattr.load_model(model, tokenizer=tokenizer, dtype="float64")
+    assert attribution.model is model and attribution.tokenizer is tokenizer
+    assert not model.training and model.dtype == torch.float64
+    assert tokenizer.pad_token == tokenizer.eos_token
