@@ -2,7 +2,8 @@
 
 Example:
     >>> import seqattr
-    >>> out = seqattr.load_model("gpt2", "integrated_gradients").attribute("Hello everyone, today")  # doctest: +SKIP
+    >>> model = seqattr.load_model("gpt2", "integrated_gradients")  # doctest: +SKIP
+    >>> out = model.attribute("Hello everyone, today")  # doctest: +SKIP
     >>> out.show()
 """
 

@@ -26,7 +26,7 @@ def _option_value(text: str):
 
 
 def _import_plugin(name: str) -> None:
-    """Import a module (dotted name) or a ``.py`` file, so its ``register_step_function`` calls take effect."""
+    """Import a module (dotted name) or a ``.py`` file, so that its ``register_step_function`` calls run."""
     if name.endswith(".py") or Path(name).is_file():
         spec = importlib.util.spec_from_file_location(Path(name).stem, name)
         if spec is None or spec.loader is None:
@@ -39,7 +39,11 @@ def _import_plugin(name: str) -> None:
 
 def _add_import_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
         help="import a module or .py file first (e.g. one that registers step functions), repeatable",
     )
 
@@ -56,37 +60,78 @@ def _pairs(items: list[str], flag: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqattr", description="Explain generative language models token by token.")
+    parser = argparse.ArgumentParser(
+        prog="seqattr", description="Explain generative language models token by token."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    attribute = commands.add_parser("attribute", help="attribute a generation (or a forced output) to its inputs")
-    attribute.add_argument("-m", "--model", default=None, help="hub id, folder or .gguf file (default: SmolLM2-135M-Instruct)")
-    attribute.add_argument("-a", "--method", default="saliency", help="attribution method (see `seqattr methods`)")
+    attribute = commands.add_parser(
+        "attribute", help="attribute a generation (or a forced output) to its inputs"
+    )
+    attribute.add_argument(
+        "-m", "--model", default=None, help="hub id, folder or .gguf file (default: SmolLM2-135M-Instruct)"
+    )
+    attribute.add_argument(
+        "-a", "--method", default="saliency", help="attribution method (see `seqattr methods`)"
+    )
     attribute.add_argument("-i", "--input-texts", nargs="+", required=True, help="input text(s)")
     attribute.add_argument("-g", "--generated-texts", nargs="+", default=None, help="forced output text(s)")
     attribute.add_argument("-o", "--output", default=None, help="save the output to this JSON file")
     attribute.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 20)")
-    attribute.add_argument("--step-scores", nargs="+", default=[], help="step functions to score at every step")
-    attribute.add_argument("--attributed-fn", default=None, help="step function to attribute (default probability)")
-    attribute.add_argument("--step-scores-args", nargs="+", default=[], metavar="NAME=VALUE",
-                           help="options of the step scores, e.g. top_p=0.8")
-    attribute.add_argument("--attributed-fn-args", nargs="+", default=[], metavar="NAME=VALUE",
-                           help="options of the attributed function")
-    attribute.add_argument("--contrast-targets", nargs="+", default=None,
-                           help="alternative output text(s) for contrastive step functions")
-    attribute.add_argument("--contrast-sources", nargs="+", default=None,
-                           help="alternative input text(s) for contrastive step functions")
-    attribute.add_argument("--contrast-alignments", default=None,
-                           help="'auto' or JSON pairs of continuation indices, e.g. '[[0,0],[1,2]]'")
-    attribute.add_argument("--trace-top-k", type=int, default=5, help="alternatives per step in the trace (default 5)")
-    attribute.add_argument("--attribute-target", action="store_true", help="also attribute to the target prefix")
+    attribute.add_argument(
+        "--step-scores", nargs="+", default=[], help="step functions to score at every step"
+    )
+    attribute.add_argument(
+        "--attributed-fn", default=None, help="step function to attribute (default probability)"
+    )
+    attribute.add_argument(
+        "--step-scores-args",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="options of the step scores, e.g. top_p=0.8",
+    )
+    attribute.add_argument(
+        "--attributed-fn-args",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="options of the attributed function",
+    )
+    attribute.add_argument(
+        "--contrast-targets",
+        nargs="+",
+        default=None,
+        help="alternative output text(s) for contrastive step functions",
+    )
+    attribute.add_argument(
+        "--contrast-sources",
+        nargs="+",
+        default=None,
+        help="alternative input text(s) for contrastive step functions",
+    )
+    attribute.add_argument(
+        "--contrast-alignments",
+        default=None,
+        help="'auto' or JSON pairs of continuation indices, e.g. '[[0,0],[1,2]]'",
+    )
+    attribute.add_argument(
+        "--trace-top-k", type=int, default=5, help="alternatives per step in the trace (default 5)"
+    )
+    attribute.add_argument(
+        "--attribute-target", action="store_true", help="also attribute to the target prefix"
+    )
     attribute.add_argument("--attr-pos-start", type=int, default=None)
     attribute.add_argument("--attr-pos-end", type=int, default=None)
     attribute.add_argument("--batch-size", type=int, default=None)
     attribute.add_argument("--device", default=None)
     attribute.add_argument("--dtype", default=None)
-    attribute.add_argument("--stepwise", action="store_true", help="run the stepwise reference instead of the fused engine")
-    attribute.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a method option, repeatable")
+    attribute.add_argument(
+        "--stepwise", action="store_true", help="run the stepwise reference instead of the fused engine"
+    )
+    attribute.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE", help="a method option, repeatable"
+    )
     attribute.add_argument("--no-show", action="store_true", help="do not print the heatmap")
     _add_import_argument(attribute)
 
@@ -132,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                 ) from err
         step_scores_args = _pairs(args.step_scores_args, "--step-scores-args")
         attributed_fn_args = _pairs(args.attributed_fn_args, "--attributed-fn-args")
-        model = seqattr.load_model(args.model, args.method, device=args.device, dtype=args.dtype, **method_options)
+        model = seqattr.load_model(
+            args.model, args.method, device=args.device, dtype=args.dtype, **method_options
+        )
         generation_args = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
         out = model.attribute(
             args.input_texts,

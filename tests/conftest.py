@@ -30,8 +30,10 @@ def encoder_decoder_architecture(request) -> str:
     return request.param
 
 
-def attribution_model(architecture: str, method: str = "saliency", **method_kwargs) -> seqattr.AttributionModel:
-    """A tiny model of ``architecture`` wrapped with ``method`` (the HF model itself is shared and read-only)."""
+def attribution_model(
+    architecture: str, method: str = "saliency", **method_kwargs
+) -> seqattr.AttributionModel:
+    """A tiny model of ``architecture`` wrapped with ``method`` (the HF model is shared and read-only)."""
     model, tokenizer = tiny_model(architecture)
     return seqattr.load_model(model, method, tokenizer=tokenizer, **method_kwargs)
 

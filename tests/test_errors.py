@@ -194,11 +194,12 @@ def test_errors_leave_the_model_usable(gpt2):
 
 
 def test_a_loaded_model_and_tokenizer_are_used_in_place_as_documented():
-    """docs/usage.md: no copy is made; eval mode, dtype and a missing pad token are set on the user's objects."""
+    """docs/usage.md: no copy is made; eval mode, dtype and a missing pad token are set on the user's
+    objects."""
     import copy
 
     model, tokenizer = (copy.deepcopy(obj) for obj in tiny_model("gpt2"))
-    assert tokenizer.pad_token is None
+    tokenizer.pad_token = None  # the shared tokenizer may have got one from an earlier load_model
     model.train()
     attribution = seqattr.load_model(model, tokenizer=tokenizer, dtype="float64")
     assert attribution.model is model and attribution.tokenizer is tokenizer

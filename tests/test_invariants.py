@@ -38,8 +38,10 @@ METHODS: list[tuple[str, dict]] = [
     # quadrature weights to; random methods are run without randomness here (their draws depend on the batch:
     # gradient_shap and var_grad are checked in tests/test_gradient_methods.py).
     ("integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
-    ("integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left", "baseline": "unk",
-                              "hidden_reduction": None}),
+    (
+        "integrated_gradients",
+        {"n_steps": 4, "integration_method": "riemann_left", "baseline": "unk", "hidden_reduction": None},
+    ),
     ("deeplift", {}),
     ("smooth_grad", {"stdevs": 0.0, "nt_samples": 2}),
     ("square_grad", {"stdevs": 0.0, "nt_samples": 2, "base_method": "input_x_gradient"}),
@@ -48,8 +50,15 @@ METHODS: list[tuple[str, dict]] = [
     ("layer_deeplift", {"baseline": "unk"}),
     ("sequential_integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
     ("discretized_integrated_gradients", {"n_steps": 3}),
-    ("expected_gradients", {"n_steps": 4, "integration_method": "riemann_left", "n_baselines": 2,
-                            "references": torch.full((1, 64), 0.1, dtype=torch.float64)}),
+    (
+        "expected_gradients",
+        {
+            "n_steps": 4,
+            "integration_method": "riemann_left",
+            "n_baselines": 2,
+            "references": torch.full((1, 64), 0.1, dtype=torch.float64),
+        },
+    ),
     # Perturbation and internals methods of issue 5 (few samples: these are invariants, not estimates; a
     # missing seed is drawn from torch's generator, which each call here seeds).
     ("occlusion", {}),

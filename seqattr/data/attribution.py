@@ -271,7 +271,9 @@ class AttributionOutput:
         )
 
     def detach(self) -> AttributionOutput:
-        return dataclasses.replace(self, sequence_attributions=[s.detach() for s in self.sequence_attributions])
+        return dataclasses.replace(
+            self, sequence_attributions=[s.detach() for s in self.sequence_attributions]
+        )
 
     # Aggregation: each applies to every example and returns a new output whose info["aggregations"] lists
     # what was done, in order.

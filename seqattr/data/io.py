@@ -49,7 +49,9 @@ def _trace_to_json(trace: GenerationTrace) -> dict[str, Any]:
 
 
 def _trace_from_json(obj: dict[str, Any]) -> GenerationTrace:
-    return GenerationTrace(**{name: tensor_from_json(v) if isinstance(v, dict) else v for name, v in obj.items()})
+    return GenerationTrace(
+        **{name: tensor_from_json(v) if isinstance(v, dict) else v for name, v in obj.items()}
+    )
 
 
 def _sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:

@@ -51,7 +51,8 @@ class MethodOutput:
     """How the method ran (e.g. the attention implementation used); recorded in the output's
     ``info["method_info"]``, later batches updating earlier ones."""
     example_info: list[dict[str, Any]] | None = None
-    """One JSON-able dict per example of the batch (e.g. feature spans); ``info["method_info"]["examples"]``."""
+    """One JSON-able dict per example of the batch (e.g. feature spans): ``info["method_info"]["examples"]``.
+    """
 
 
 @dataclass
@@ -86,12 +87,14 @@ class AttributionMethod:
 
     @classmethod
     def parse_options(cls, **kwargs: Any):
-        """The method's options from keyword arguments; an unknown one raises an error naming the valid ones."""
+        """The method's options from keyword arguments; an unknown one is refused with the valid names."""
         valid = {f.name for f in dataclasses.fields(cls.Options)}
         unknown = sorted(set(kwargs) - valid)
         if unknown:
             listed = ", ".join(sorted(valid)) or "none"
-            raise TypeError(f"{cls.name} got unknown option(s) {', '.join(unknown)}; its options are: {listed}")
+            raise TypeError(
+                f"{cls.name} got unknown option(s) {', '.join(unknown)}; its options are: {listed}"
+            )
         options = cls.Options(**kwargs)
         validate = getattr(options, "validate", None)
         if validate is not None:

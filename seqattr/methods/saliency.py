@@ -34,12 +34,17 @@ class Saliency(PointwiseGradientMethod):
         writer = AttributionWriter(inputs)
         for steps in step_chunks(inputs, n_points=inputs.batch.size):
             grads = step_gradients(inputs, inputs.source_embeds, inputs.target_embeds, steps)
-            writer.write(steps, *(None if g is None else self._finish(g, options) for g in (grads.source, grads.target)))
+            writer.write(
+                steps,
+                *(None if g is None else self._finish(g, options) for g in (grads.source, grads.target)),
+            )
         return writer.output()
 
     def attribute_stepwise(self, inputs: MethodInputs, options: SaliencyOptions) -> MethodOutput:
         def attribute_step(forward, attributed, additional):
-            return CaptumSaliency(forward).attribute(attributed, additional_forward_args=additional, abs=options.abs)
+            return CaptumSaliency(forward).attribute(
+                attributed, additional_forward_args=additional, abs=options.abs
+            )
 
         return captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
 

@@ -1,7 +1,8 @@
 """`AttributionModel`: a Hugging Face generative model with its tokenizer and a bound attribution method.
 
 Conventions (documented once, in docs/usage.md):
-- decoder-only: the target is prompt + continuation; ``generated_texts`` must start with the prompt; by default
+- decoder-only: the target is prompt + continuation; ``generated_texts`` must start with the prompt; by
+  default
   the continuation's tokens are explained (``attr_pos_start`` = prompt length);
 - encoder-decoder: the source is the input text; the target starts with the decoder start token, which is
   never explained (``attr_pos_start`` = 1); ``attribute_target`` adds attributions over the target prefix.
@@ -43,7 +44,9 @@ def _as_text_list(texts: str | Sequence[str], argument: str) -> list[str]:
     return list(texts)
 
 
-def _batch_spans(examples: list[EncodedExample], batch_size: int, is_encoder_decoder: bool) -> list[tuple[int, int]]:
+def _batch_spans(
+    examples: list[EncodedExample], batch_size: int, is_encoder_decoder: bool
+) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges of consecutive examples run together: at most ``batch_size`` each, and for
     encoder-decoder models cut where ``attr_pos_start`` changes (a negative start resolves per example), since
     their decoder positions cannot be shifted to align different first steps (decoder-only ones are)."""
@@ -51,9 +54,13 @@ def _batch_spans(examples: list[EncodedExample], batch_size: int, is_encoder_dec
     for start in range(0, len(examples), batch_size):
         stop = min(start + batch_size, len(examples))
         if is_encoder_decoder:
-            cuts = [i for i in range(start + 1, stop) if examples[i].attr_pos_start != examples[i - 1].attr_pos_start]
+            cuts = [
+                i
+                for i in range(start + 1, stop)
+                if examples[i].attr_pos_start != examples[i - 1].attr_pos_start
+            ]
             bounds = [start, *cuts, stop]
-            spans += list(zip(bounds[:-1], bounds[1:]))
+            spans += list(zip(bounds[:-1], bounds[1:], strict=True))
         else:
             spans.append((start, stop))
     return spans
@@ -106,7 +113,11 @@ class AttributionModel:
     @property
     def max_positions(self) -> int | None:
         """The longest sequence the model's position embeddings cover (None when unbounded, e.g. T5)."""
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        config = (
+            self.model.config.get_text_config()
+            if hasattr(self.model.config, "get_text_config")
+            else self.model.config
+        )
         for name in ("max_position_embeddings", "n_positions"):
             value = getattr(config, name, None)
             if isinstance(value, int) and value > 0:
@@ -135,8 +146,8 @@ class AttributionModel:
         target_embeds: Float[Tensor, "n prefix_len hidden"],
         **kwargs: Any,
     ):
-        """The Hugging Face output of one pass over ``n`` rows (batch examples ``rows``) of embeddings, the target
-        possibly cut to a prefix; ``kwargs`` go to the model (e.g. ``output_attentions=True``).
+        """The Hugging Face output of one pass over ``n`` rows (batch examples ``rows``) of embeddings, the
+        target possibly cut to a prefix; ``kwargs`` go to the model (e.g. ``output_attentions=True``).
 
         Example:
             >>> out = model.forward(batch, rows, source, target, output_attentions=True)   # doctest: +SKIP
@@ -168,8 +179,13 @@ class AttributionModel:
 
     def _needs_own_mask(self, mask: Int[Tensor, "n length"]) -> bool:
         """Whether transformers' own mask would turn left padding into NaN: eager attention in float64 (see
-        `additive_causal_mask`). Not with a sliding window shorter than the batch, which the 4D mask would lift."""
-        if self.model.config._attn_implementation != "eager" or self.dtype != torch.float64 or bool(mask.all()):
+        `additive_causal_mask`). Not with a sliding window shorter than the batch, which the 4D mask would
+        lift."""
+        if (
+            self.model.config._attn_implementation != "eager"
+            or self.dtype != torch.float64
+            or bool(mask.all())
+        ):
             return False
         window = getattr(self.model.config.get_text_config(), "sliding_window", None)
         return not (isinstance(window, int) and window < mask.shape[1])
@@ -182,12 +198,18 @@ class AttributionModel:
         target_embeds: Float[Tensor, "n prefix_len hidden"],
         positions: Int[Tensor, " steps"],
     ) -> Float[Tensor, "n steps vocab"]:
-        """Next-token logits predicting the target tokens at ``positions`` (padded indices), for ``n`` rows."""
+        """Next-token logits predicting the target tokens at ``positions`` (padded indices) for ``n`` rows."""
         prefix_len = target_embeds.shape[1]
         if int(positions.max()) > prefix_len:
-            raise ValueError(f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings")
-        if self._has_logits_to_keep and not self.is_encoder_decoder:  # the LM head runs only where a step is explained
-            return self.forward(batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1).logits
+            raise ValueError(
+                f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings"
+            )
+        if (
+            self._has_logits_to_keep and not self.is_encoder_decoder
+        ):  # the LM head runs only where a step is explained
+            return self.forward(
+                batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1
+            ).logits
         return self.forward(batch, rows, source_embeds, target_embeds).logits[:, positions - 1]
 
     # --- encoding and generation ------------------------------------------------------------------
@@ -230,7 +252,9 @@ class AttributionModel:
         """Continuations of each prompt (decoder-only) or target sequences after the start token."""
         input_ids, attention_mask = self._pad(prompts, left=not self.is_encoder_decoder)
         with torch.no_grad():
-            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_args)
+            sequences = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **generation_args
+            )
         skip = input_ids.shape[1] if not self.is_encoder_decoder else 1
         return [self._cut_at_eos(seq[skip:].tolist(), generation_args) for seq in sequences]
 
@@ -246,7 +270,10 @@ class AttributionModel:
         for i, prompt in enumerate(prompts):
             self._check_length(len(prompt), f"input_texts[{i}]")
         if generated_texts is not None:
-            return [self._encode_forced(i, p, t, input_texts[i]) for i, (p, t) in enumerate(zip(prompts, generated_texts))]
+            return [
+                self._encode_forced(i, p, t, input_texts[i])
+                for i, (p, t) in enumerate(zip(prompts, generated_texts, strict=True))
+            ]
 
         generation_args = dict(generation_args)
         if "max_new_tokens" not in generation_args and "max_length" not in generation_args:
@@ -265,8 +292,8 @@ class AttributionModel:
             generations += self._generate(prompts[start : start + batch_size], generation_args)
         if self.is_encoder_decoder:
             start_id = self.model.generation_config.decoder_start_token_id
-            return [(p, [start_id, *g], 1) for p, g in zip(prompts, generations)]
-        return [([], p + g, len(p)) for p, g in zip(prompts, generations)]
+            return [(p, [start_id, *g], 1) for p, g in zip(prompts, generations, strict=True)]
+        return [([], p + g, len(p)) for p, g in zip(prompts, generations, strict=True)]
 
     def _encode_forced(
         self, i: int, prompt: list[int], text: str, input_text: str, argument: str = "generated_texts"
@@ -357,7 +384,9 @@ class AttributionModel:
         if generated_texts is not None:
             forced = _as_text_list(generated_texts, "generated_texts")
             if len(forced) != len(texts):
-                raise ValueError(f"got {len(texts)} input_texts but {len(forced)} generated_texts; give one per input")
+                raise ValueError(
+                    f"got {len(texts)} input_texts but {len(forced)} generated_texts; give one per input"
+                )
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if attribute_target not in (True, False):
@@ -391,13 +420,21 @@ class AttributionModel:
         encoded = self.encode(texts, forced, dict(generation_args or {}), batch_size)
         generated_at = time.perf_counter()
         examples = [
-            EncodedExample(source, target, *self._window(i, len(target), default_start, attr_pos_start, attr_pos_end))
+            EncodedExample(
+                source, target, *self._window(i, len(target), default_start, attr_pos_start, attr_pos_end)
+            )
             for i, (source, target, default_start) in enumerate(encoded)
         ]
         contrasts = None
         if has_contrast:
             contrasts = encode_contrasts(
-                self, texts, encoded, examples, contrast_targets, contrast_sources, contrast_targets_alignments
+                self,
+                texts,
+                encoded,
+                examples,
+                contrast_targets,
+                contrast_sources,
+                contrast_targets_alignments,
             )
 
         method_instance: AttributionMethod = method_cls(self)
@@ -425,8 +462,17 @@ class AttributionModel:
             example_info += result.example_info or [{} for _ in batch.examples]
             sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
         finished = time.perf_counter()
-        info = self._info(method_name, options, attributed_fn, step_score_names, fused and method_cls.fusable,
-                          attribute_target, batch_size, generation_args, forced is not None)
+        info = self._info(
+            method_name,
+            options,
+            attributed_fn,
+            step_score_names,
+            fused and method_cls.fusable,
+            attribute_target,
+            batch_size,
+            generation_args,
+            forced is not None,
+        )
         info["step_scores_args"] = dict(step_scores_args or {})
         info["attributed_fn_args"] = dict(attributed_fn_args or {})
         if contrasts is not None:
@@ -459,8 +505,18 @@ class AttributionModel:
             )
         return resolved_start, resolved_end
 
-    def _info(self, method_name, options, attributed_fn, step_score_names, fused, attribute_target, batch_size,
-              generation_args, forced) -> dict[str, Any]:
+    def _info(
+        self,
+        method_name,
+        options,
+        attributed_fn,
+        step_score_names,
+        fused,
+        attribute_target,
+        batch_size,
+        generation_args,
+        forced,
+    ) -> dict[str, Any]:
         import captum
         import transformers
 

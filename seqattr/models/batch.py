@@ -18,7 +18,8 @@ from seqattr.typing import Bool, Float, Int, Tensor
 
 @dataclass
 class EncodedExample:
-    """One example's token ids and the window of target positions to explain, ``[attr_pos_start, attr_pos_end)``."""
+    """One example's token ids and the window of target positions to explain,
+    ``[attr_pos_start, attr_pos_end)``."""
 
     source_ids: list[int]
     target_ids: list[int]
@@ -73,13 +74,13 @@ class AttributionBatch:
             offsets = [0] * len(examples)
         else:
             offsets = [first_step - s for s in starts]
-        target_len = max(o + len(e.target_ids) for o, e in zip(offsets, examples))
+        target_len = max(o + len(e.target_ids) for o, e in zip(offsets, examples, strict=True))
         num_steps = max(e.attr_pos_end - e.attr_pos_start for e in examples)
 
         target_ids = torch.full((len(examples), target_len), pad_token_id, dtype=torch.long)
         target_mask = torch.zeros_like(target_ids)
         step_mask = torch.zeros(len(examples), num_steps, dtype=torch.bool)
-        for i, (offset, example) in enumerate(zip(offsets, examples)):
+        for i, (offset, example) in enumerate(zip(offsets, examples, strict=True)):
             n = len(example.target_ids)
             target_ids[i, offset : offset + n] = torch.tensor(example.target_ids)
             target_mask[i, offset : offset + n] = 1

@@ -22,7 +22,8 @@ from seqattr.models.default_model import default_model_path
 def _not_generative(what: str) -> TypeError:
     return TypeError(
         f"{what} is not a generative language model (it has no language-modelling head); seqattr explains "
-        "models that AutoModelForCausalLM or AutoModelForSeq2SeqLM load, e.g. GPT-2, Llama, Qwen, T5, Bart, Marian"
+        "models that AutoModelForCausalLM or AutoModelForSeq2SeqLM load,"
+        " e.g. GPT-2, Llama, Qwen, T5, Bart, Marian"
     )
 
 
@@ -32,7 +33,9 @@ def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrain
         kwargs["dtype"] = dtype
     config_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
     config = AutoConfig.from_pretrained(name, **config_kwargs)
-    auto_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    auto_class = (
+        AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    )
     try:
         return auto_class.from_pretrained(name, **kwargs)
     except ValueError as err:
@@ -95,7 +98,8 @@ def load_model(
         hf_model = _load_pretrained(name, dtype, model_kwargs)
     else:
         raise TypeError(
-            f"model must be a hub id, a local path or a transformers PreTrainedModel, got {type(model).__name__}"
+            "model must be a hub id, a local path or a transformers PreTrainedModel,"
+            f" got {type(model).__name__}"
         )
     if hf_model.get_output_embeddings() is None or not hf_model.can_generate():
         raise _not_generative(type(hf_model).__name__)
@@ -112,7 +116,9 @@ def load_model(
         # Batching needs a pad token; padded positions are masked, so any existing special token will do.
         fallback = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
         if fallback is None:
-            raise ValueError("the tokenizer has no pad, eos, unk or bos token to pad batches with; set tokenizer.pad_token")
+            raise ValueError(
+                "the tokenizer has no pad, eos, unk or bos token to pad batches with; set tokenizer.pad_token"
+            )
         tokenizer.pad_token = fallback
     if hf_model.generation_config.pad_token_id is None:
         hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
