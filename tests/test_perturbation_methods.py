@@ -14,9 +14,17 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
-from exact import assert_close, assert_sequences_close, exact_model, float64_model, probability64
+from exact import (
+    assert_close,
+    assert_identical,
+    assert_sequences_close,
+    exact_model,
+    float64_model,
+    probability64,
+)
 
 import seqattr
+from seqattr.methods import perturbation
 from seqattr.methods.kernel_shap import shapley_size_distribution
 from seqattr.methods.lime import fit_linear
 from seqattr.methods.occlusion import Occlusion, window_count
@@ -121,6 +129,86 @@ def test_occlusion_costs_one_row_per_feature_plus_one(monkeypatch):
     assert counting["calls"] <= 2  # one chunk for the clean rows, one for the occluded copies
     # The stepwise loop runs each step's occlusions on its own: far more rows.
     counting.update(on=False, rows=0)
+
+
+CHUNK_CASES = [
+    # (architecture, method, options, contrast): decoder-only models chunk rows and steps (the forward keeps
+    # only the steps' logits), encoder-decoder models chunk rows; a contrast doubles the logits per call.
+    ("gpt2", "occlusion", {}, False),
+    ("llama", "lime", {"n_samples": 12, "seed": 1}, False),
+    ("gpt2", "sobol", {"n_designs": 4, "seed": 3}, True),
+    ("bart", "occlusion", {"window": 2}, False),
+    ("t5", "kernel_shap", {"n_samples": 12, "seed": 2}, False),
+]
+
+
+@pytest.mark.parametrize(("architecture", "method", "options", "contrast"), CHUNK_CASES)
+def test_fused_scores_are_chunked_within_the_byte_budget(
+    monkeypatch, architecture, method, options, contrast
+):
+    """With a tiny ``_CHUNK_BYTES`` the fused run scores one row of 2 steps (decoder-only) or 2 rows of all
+    steps (encoder-decoder) per forward call: the step function never sees more logits than the budget
+    allows, and the results are bit for bit those of the unchunked run."""
+    model = exact_model(architecture, method, **options)
+    seen = []
+
+    def step_function(args):
+        seen.append(tuple(args.logits.shape))
+        score = probability64(args)
+        return score - args.contrast_logits.softmax(-1).amax(-1) if contrast else score
+
+    kwargs = {"attributed_fn": step_function}
+    if contrast:
+        kwargs["contrast_targets"] = [p + " The cat ran" for p in PROMPTS]
+    if model.is_encoder_decoder:
+        generated = TRANSLATIONS
+    else:
+        generated = [p + c for p, c in zip(PROMPTS, CONTINUATIONS, strict=True)]
+
+    def run():
+        seen.clear()
+        out = model.attribute(PROMPTS, generated, attribute_target=True, show_progress=False, **kwargs)
+        return out, list(seen)
+
+    monkeypatch.setattr(perturbation, "_CHUNK_BYTES", 2**40)
+    whole, whole_calls = run()
+
+    budgets = []
+    original = perturbation.score_chunks
+
+    def tiny_budget(setup, steps=slice(None)):
+        batch, embeds = setup.batch, setup.inputs.target_embeds
+        source_len = batch.source_ids.shape[1] if batch.source_ids is not None else 0
+        per_row = (batch.target_ids.shape[1] + source_len) * embeds.shape[-1] * embeds.element_size()
+        vocab = model.model.get_output_embeddings().weight.shape[0]
+        per_logits = vocab * embeds.element_size() * (2 if contrast else 1)
+        if model.is_encoder_decoder:  # logits at every target position of the prefix, for 2 rows
+            vectors = int(batch.step_positions.max())
+            budget = 2 * (per_row + vectors * per_logits)
+        else:  # one row's embeddings and the logits of 2 steps
+            vectors = 2
+            budget = per_row + vectors * per_logits
+        monkeypatch.setattr(perturbation, "_CHUNK_BYTES", budget)
+        budgets.append((budget, per_row, per_logits, vectors, batch.num_steps))
+        return original(setup, steps)
+
+    monkeypatch.setattr(perturbation, "score_chunks", tiny_budget)
+    chunked, chunked_calls = run()
+    budget, per_row, per_logits, vectors, num_steps = budgets[0]
+    assert all(steps == num_steps for _, steps, _ in whole_calls)
+    rows_run = sum(rows for rows, _, _ in whole_calls)
+    assert sum(rows * steps for rows, steps, _ in chunked_calls) == rows_run * num_steps  # each score once
+    assert len(chunked_calls) > len(whole_calls)
+    for rows, steps, _ in chunked_calls:
+        if model.is_encoder_decoder:
+            assert rows <= 2 and steps == num_steps
+        else:
+            assert rows == 1 and steps <= 2
+            vectors = steps
+        assert rows * (per_row + vectors * per_logits) <= budget
+    for a, b in zip(chunked, whole, strict=True):
+        assert_identical(a, b)
+    assert chunked.info["method_info"] == whole.info["method_info"]
 
 
 def test_occluding_a_token_after_the_step_gives_zero():

@@ -16,12 +16,20 @@ features it can see (`StepPrefix`); Captum's own classes run there where Captum 
 
 Cost is counted in sequences run through the model (rows of its forward calls; rows are batched in chunks
 that bound memory and never change results).
+
+Memory: a forward call's logits (``[rows, steps, vocab]``; 49,152 words for SmolLM2) outweigh everything else
+a perturbed row costs, so each chunk of rows is scored at once and only its scores (``[rows, steps]``) are
+kept: `score_chunks` sizes the chunks so that a call's input embeddings and logits (twice with a contrast,
+whose forward gives logits of the same shape) stay within ``_CHUNK_BYTES``. When a single row's logits of
+every step exceed it (long generations), the steps are scored in chunks too, each on the prefix its steps
+need. Decoder-only models only: an encoder-decoder model's forward computes the logits of every target
+position, so its rows are chunked and its steps are not.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +37,7 @@ import torch
 
 from seqattr.features import GRANULARITIES, FeatureMap, build_feature_map
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.gradient import _vocab_size
 from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
 from seqattr.step_functions import get_step_function
 from seqattr.typing import Float, Int, Tensor
@@ -38,7 +47,9 @@ if TYPE_CHECKING:
 
 INFERENCE_MODES = {"logits": "logit", "softmax": "probability", "log_softmax": "logprob"}
 """What ``inference_mode`` measures the perturbation effect on (Interpreto's names) → our step function."""
-_CHUNK_BYTES = 32 * 2**20  # perturbed input embeddings per forward call
+_CHUNK_BYTES = 32 * 2**20
+"""Memory per forward call: the perturbed rows' input embeddings and the logits they score steps from
+(``[rows, steps, vocab]``, the contrast's too when there is one); see `score_chunks`."""
 
 
 @dataclass
@@ -135,25 +146,72 @@ def full_gates(
     return gates
 
 
-def _chunk_rows(setup: PerturbationSetup) -> int:
-    """Perturbed copies per forward call: their input embeddings stay within the chunk memory budget."""
+def _keeps_step_logits(setup: PerturbationSetup) -> bool:
+    """Whether a forward call computes logits only at the explained steps (decoder-only models whose forward
+    takes ``logits_to_keep``) rather than at every target position of the prefix."""
+    model = getattr(setup.objective, "model", None)
+    return bool(getattr(model, "_has_logits_to_keep", False)) and not model.is_encoder_decoder
+
+
+@dataclass
+class ScoreChunks:
+    """How perturbed rows are scored: ``rows`` rows per forward call, each chunk of rows once per slice of
+    ``step_slices`` (a single slice unless one row's logits of every step exceed the budget)."""
+
+    rows: int
+    step_slices: list[slice]
+
+    def row_slices(self, n: int) -> Iterator[slice]:
+        for start in range(0, n, self.rows):
+            yield slice(start, min(start + self.rows, n))
+
+
+def score_chunks(setup: PerturbationSetup, steps: slice = slice(None)) -> ScoreChunks:
+    """Chunks of rows and steps whose forward call stays within ``_CHUNK_BYTES``: the rows' input embeddings
+    (``[rows, positions, hidden]``) plus the logits of their steps (``[rows, steps, vocab]``, times two with a
+    contrast), at least one row and one step per call. Chunking never changes results."""
     batch = setup.batch
+    embeds = setup.inputs.target_embeds
+    element = embeds.element_size()
     positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
-    per_row = positions * setup.inputs.target_embeds.shape[-1] * setup.inputs.target_embeds.element_size()
-    return max(1, _CHUNK_BYTES // max(per_row, 1))
+    per_row = positions * embeds.shape[-1] * element
+    contrast = getattr(setup.objective, "contrast", None)
+    per_logits = _vocab_size(setup.inputs) * element * (2 if contrast is not None else 1)
+    first, stop, _ = steps.indices(batch.num_steps)
+    count = max(stop - first, 0)
+    if count == 0:
+        return ScoreChunks(max(1, _CHUNK_BYTES // max(per_row, 1)), [slice(first, stop)])
+    if _keeps_step_logits(setup):
+        # One logit vector per step: as many steps per call as fit next to one row's embeddings.
+        size = min(count, max(1, (_CHUNK_BYTES - per_row) // max(per_logits, 1)))
+        logit_vectors = size
+    else:
+        # Logits at every target position of the prefix: chunking steps would not bound the last chunk.
+        size = count
+        logit_vectors = int(batch.step_positions[first:stop].max())
+    rows = max(1, _CHUNK_BYTES // max(per_row + logit_vectors * per_logits, 1))
+    return ScoreChunks(rows, [slice(start, min(start + size, stop)) for start in range(first, stop, size)])
 
 
 def run_rows(
     setup: PerturbationSetup, rows: Int[Tensor, " n"], gates: Float[Tensor, "n features"]
 ) -> Float[Tensor, "n steps"]:
-    """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks."""
-    chunk = _chunk_rows(setup)
+    """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and
+    of steps): only one chunk's logits exist at a time."""
+    chunks = score_chunks(setup)
     scores = []
     with torch.no_grad():
-        for start in range(0, rows.shape[0], chunk):
-            part = slice(start, start + chunk)
+        for part in chunks.row_slices(rows.shape[0]):
             source, target = perturbed_embeddings(setup, rows[part], gates[part])
-            scores.append(setup.objective(source, target, slice(None), rows[part]))
+            if len(chunks.step_slices) == 1:
+                scores.append(setup.objective(source, target, chunks.step_slices[0], rows[part]))
+                continue
+            row_scores = []
+            for steps in chunks.step_slices:
+                # The prefix the chunk's steps need: their logits are those of the whole sequence.
+                prefix = target[:, : int(setup.batch.step_positions[steps].max())]
+                row_scores.append(setup.objective(source, prefix, steps, rows[part]))
+            scores.append(torch.cat(row_scores, dim=1))
     if not scores:
         return torch.zeros(0, setup.batch.num_steps)
     return torch.cat(scores)
@@ -182,20 +240,17 @@ class StepPrefix:
         return self.setup.features.num_source[self.b]
 
     def __call__(self, gates: Float[Tensor, "n visible"]) -> Float[Tensor, " n"]:
-        setup, chunk = self.setup, _chunk_rows(self.setup)
+        setup = self.setup
+        steps = slice(self.column, self.column + 1)
         prefix_len = int(setup.batch.step_positions[self.column])
         scores = []
-        for start in range(0, gates.shape[0], chunk):
-            part = gates[start : start + chunk].float()
+        for rows_part in score_chunks(setup, steps).row_slices(gates.shape[0]):
+            part = gates[rows_part].float()
             rows = torch.full(
                 (part.shape[0],), self.b, dtype=torch.long, device=setup.batch.target_ids.device
             )
             source, target = perturbed_embeddings(setup, rows, full_gates(setup, rows, part))
-            scores.append(
-                setup.objective(source, target[:, :prefix_len], slice(self.column, self.column + 1), rows)[
-                    :, 0
-                ]
-            )
+            scores.append(setup.objective(source, target[:, :prefix_len], steps, rows)[:, 0])
         return torch.cat(scores)
 
 
