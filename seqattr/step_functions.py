@@ -337,6 +337,26 @@ def kl_divergence(args: StepFunctionArgs, *, top_k: int = 0, top_p: float = 1.0)
     return (original.exp() * keep * (original - contrast)).sum(-1)
 
 
+CONTRASTIVE_STEP_FUNCTIONS = frozenset(
+    {contrast_prob, contrast_logprob, contrast_logits, contrast_prob_diff, contrast_logits_diff, pcxmi,
+     kl_divergence}
+)  # fmt: skip
+"""The built-in step functions that read the contrast sequence (``args.contrast_logits``)."""
+
+
+def is_contrastive(fn: StepFunction) -> bool:
+    """True for a built-in contrastive step function (bound with options or not); False for any other,
+    custom functions included (whether those read ``contrast_logits`` is only known when they run).
+
+    Example:
+        >>> is_contrastive(contrast_prob_diff), is_contrastive(probability)
+        (True, False)
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn in CONTRASTIVE_STEP_FUNCTIONS
+
+
 for _fn in (
     probability, logprob, logit, crossentropy, perplexity, rank, entropy, top_p_size, mc_dropout_prob_avg,
     contrast_prob, contrast_logprob, contrast_logits, contrast_prob_diff, contrast_logits_diff, pcxmi,

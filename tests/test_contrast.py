@@ -332,3 +332,70 @@ def test_contrast_errors_are_clear():
         am.attribute(prompt, output, contrast_targets=substituted, contrast_targets_alignments=[(0, 99)])
     with pytest.raises(ValueError, match="attr_pos_start=2 is inside the prompt"):
         am.attribute(prompt, output, contrast_targets=substituted, attr_pos_start=2)
+
+
+# --- methods that cannot attribute a contrastive function -----------------------------------------------
+
+
+def contrast_margin(args):
+    """A custom contrastive function: the registry cannot tell it reads the contrast until it runs."""
+    return (
+        args.logits.gather(-1, args.target_ids[..., None])[..., 0]
+        - args.contrast_logits.gather(-1, args.contrast_target_ids[..., None])[..., 0]
+    )
+
+
+@pytest.mark.parametrize("method", ["deeplift", "layer_deeplift"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_deeplift_refuses_a_contrastive_function(method, fused, monkeypatch):
+    """Before: a raw Captum RuntimeError ("module is being used more than once") on T5's ReLU."""
+    import seqattr.methods.deeplift as deeplift
+
+    def no_captum(*args, **kwargs):
+        raise AssertionError("Captum ran before the contrastive function was refused")
+
+    monkeypatch.setattr(deeplift, "run_captum_deeplift", no_captum)
+    monkeypatch.setattr("seqattr.methods.layer_deeplift.run_captum_deeplift", no_captum)
+    prompt, output, substituted, _ = CASES["t5"]
+    with pytest.raises(
+        ValueError, match=rf"{method} cannot attribute a contrastive function.*integrated_gradients"
+    ):
+        attribution_model("t5", method).attribute(
+            prompt,
+            output,
+            contrast_targets=substituted,
+            attributed_fn="contrast_prob_diff",
+            fused=fused,
+            show_progress=False,
+        )
+
+
+def test_deeplift_refuses_a_custom_contrastive_function_and_keeps_contrastive_scores():
+    """GPT-2 has no module Captum's rescale rule hooks, so a custom contrastive function used to run
+    silently; it now meets the same refusal, while a plain attributed function with contrastive step scores
+    works and gives the attributions of a run without contrast."""
+    prompt, output, substituted, _ = CASES["gpt2"]
+    am = attribution_model("gpt2", "deeplift")
+    with pytest.raises(
+        ValueError, match="deeplift cannot attribute a contrastive function.*'contrast_margin'"
+    ):
+        am.attribute(
+            prompt, output, contrast_targets=substituted, attributed_fn=contrast_margin, show_progress=False
+        )
+    with_scores = am.attribute(
+        prompt, output, contrast_targets=substituted, step_scores=["contrast_prob_diff"], show_progress=False
+    )[0]
+    plain = am.attribute(prompt, output, show_progress=False)[0]
+    torch.testing.assert_close(with_scores.target_attributions, plain.target_attributions, equal_nan=True)
+    assert with_scores.step_scores["contrast_prob_diff"].isfinite().all()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_layer_methods_refuse_a_contrastive_function_inside_the_model(fused):
+    """Before: fused said "layer ran 2 times" without the cause; stepwise (Captum) ran silently."""
+    prompt, output, substituted, _ = CASES["t5"]
+    am = attribution_model("t5", "layer_integrated_gradients", target_layer="decoder.block.0", n_steps=2)
+    kwargs = dict(contrast_targets=substituted, attribute_target=True, fused=fused, show_progress=False)
+    for fn, name in (("contrast_prob_diff", "contrast_prob_diff"), (contrast_margin, "contrast_margin")):
+        with pytest.raises(ValueError, match=rf"decoder.block.0.*contrastive.*'{name}'.*target_layer=None"):
+            am.attribute(prompt, output, attributed_fn=fn, **kwargs)

@@ -153,3 +153,36 @@ def list_methods() -> dict[str, str]:
         True
     """
     return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in sorted(_METHODS.items())}
+
+
+def refuse_contrast(inputs: MethodInputs, why: str, fix: str) -> MethodInputs:
+    """``inputs`` for a method that cannot attribute a contrastive function: raises a ValueError saying
+    ``why`` and ``fix`` before any model work when the attributed function is a built-in contrastive one,
+    and returns inputs whose objective raises the same error where a custom function reads the contrast's
+    logits (before the contrast's forward pass runs). Step scores are computed elsewhere: contrastive
+    ``step_scores=`` still work.
+    """
+    from seqattr.engine import StepObjective
+    from seqattr.step_functions import is_contrastive, step_function_name
+
+    objective = inputs.objective
+    if objective.contrast is None:
+        return inputs
+    step_function = objective.step_function
+    name = step_function_name(getattr(step_function, "func", step_function))
+    message = (
+        f"{why}: attributed_fn={name!r} reads the contrast sequence, which runs the model a second time in "
+        f"each forward pass; {fix} (contrastive step_scores= still work with this method)"
+    )
+    if is_contrastive(step_function):
+        raise ValueError(message)
+
+    def refuse() -> Tensor:
+        raise ValueError(message)
+
+    def guarded(args):
+        args.contrast_forward = refuse
+        return step_function(args)
+
+    guarded_objective = StepObjective(objective.model, objective.batch, guarded, objective.contrast)
+    return dataclasses.replace(inputs, objective=guarded_objective)

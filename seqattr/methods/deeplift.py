@@ -19,13 +19,27 @@ from dataclasses import dataclass
 import torch
 from captum.attr import DeepLift as CaptumDeepLift
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, refuse_contrast
 from seqattr.methods.gradient import GradientOptions, captum_stepwise, reduce_hidden
 from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
 from seqattr.methods.step_rows import ForwardModule, RowsResult, captum_step_rows
 from seqattr.typing import Tensor
 
 CONVERGENCE_DELTA = "convergence_delta"
+
+
+def refuse_deeplift_contrast(inputs: MethodInputs, name: str) -> MethodInputs:
+    """Contrastive attributed functions are refused (see `refuse_contrast`): the contrast's forward pass runs
+    every module a second time, and Captum's rescale rule keeps one input and output per module (it fails
+    with "module is being used more than once"); on models without such modules it would silently be
+    gradient x (input - baseline) of a function whose two passes need two references."""
+    return refuse_contrast(
+        inputs,
+        f"{name} cannot attribute a contrastive function (Captum's DeepLIFT rescale rule needs each module "
+        "to run once per forward pass)",
+        "use saliency, input_x_gradient or integrated_gradients for contrastive attribution, or "
+        "attributed_fn='probability'",
+    )
 
 
 @dataclass
@@ -94,12 +108,14 @@ class DeepLift(AttributionMethod):
         return run
 
     def attribute_fused(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
+        inputs = refuse_deeplift_contrast(inputs, self.name)
         reduce = lambda a: reduce_hidden(a, options.hidden_reduction)  # noqa: E731
         return captum_step_rows(
             inputs, self._runner(inputs, options), reduce, rows_per_step=2 * inputs.batch.size
         )
 
     def attribute_stepwise(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
+        inputs = refuse_deeplift_contrast(inputs, self.name)
         return stepwise_with_deltas(
             inputs, self._runner(inputs, options), lambda a: reduce_hidden(a, options.hidden_reduction)
         )

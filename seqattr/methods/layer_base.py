@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from seqattr.methods.base import MethodInputs
+from seqattr.methods.base import MethodInputs, refuse_contrast
 from seqattr.methods.gradient import batched_step_backward
 from seqattr.methods.path_base import expand_rows
 from seqattr.typing import Float, Tensor
@@ -114,9 +114,22 @@ class LayerRun:
                 f"layer {self.name!r} is in the decoder: its positions are target positions; "
                 "pass attribute_target=True"
             )
+        # A layer inside the model would run again in the contrast's forward pass: a built-in contrastive
+        # function is refused here; a custom one that reads the contrast meets the same error while the run
+        # is entered (its objective is swapped in `inputs` and restored on exit).
+        self._objectives = (inputs.objective, inputs.objective)
+        if self.side != "embeddings" and inputs.objective.contrast is not None:
+            guarded = refuse_contrast(
+                inputs,
+                f"layer {self.name!r} cannot be attributed for a contrastive function (the layer would run "
+                "twice, on the original and on the contrast sequence, with different activations)",
+                "use target_layer=None (the input embeddings) or attributed_fn='probability'",
+            )
+            self._objectives = (inputs.objective, guarded.objective)
         self._hook = None
 
     def __enter__(self) -> LayerRun:
+        self.inputs.objective = self._objectives[1]
         if self.module is not None:
 
             def through_tap(module, args, output):
@@ -128,6 +141,7 @@ class LayerRun:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.inputs.objective = self._objectives[0]
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -199,10 +213,19 @@ class LayerRun:
         with torch.no_grad(), self.tap.acting(record):
             self.objective(source, target)
         if len(seen) != 1:
+            cause = (
+                "embedding modules other than the input embeddings are bypassed: seqattr feeds embeddings; "
+                "use target_layer=None for those"
+            )
+            if len(seen) > 1 and self.inputs.objective.contrast is not None:
+                cause = (
+                    "the attributed function reads the contrast sequence, which runs the model (and the "
+                    "layer) a second time; use target_layer=None (the input embeddings) or a "
+                    f"non-contrastive attributed_fn such as 'probability', or else {cause}"
+                )
             raise ValueError(
                 f"layer {self.name!r} ran {len(seen)} times in one forward pass; a layer method needs a "
-                "layer that runs exactly once (embedding modules other than the input embeddings are "
-                "bypassed: seqattr feeds embeddings; use target_layer=None for those)"
+                f"layer that runs exactly once ({cause})"
             )
         activations = seen[0]
         expected = (

@@ -14,7 +14,12 @@ from captum.attr import LayerDeepLift as CaptumLayerDeepLift
 from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.deeplift import DeepLiftOptions, run_captum_deeplift, stepwise_with_deltas
+from seqattr.methods.deeplift import (
+    DeepLiftOptions,
+    refuse_deeplift_contrast,
+    run_captum_deeplift,
+    stepwise_with_deltas,
+)
 from seqattr.methods.gradient import reduce_hidden
 from seqattr.methods.layer_base import LayerRun, check_target_layer
 from seqattr.methods.path_base import resolve_baselines
@@ -57,6 +62,7 @@ class LayerDeepLift(AttributionMethod):
         return call
 
     def attribute_fused(self, inputs: MethodInputs, options: LayerDeepLiftOptions) -> MethodOutput:
+        inputs = refuse_deeplift_contrast(inputs, self.name)
         with LayerRun(self.model, inputs, options.target_layer) as run:
             return captum_step_rows(
                 inputs,
@@ -66,6 +72,7 @@ class LayerDeepLift(AttributionMethod):
             )
 
     def attribute_stepwise(self, inputs: MethodInputs, options: LayerDeepLiftOptions) -> MethodOutput:
+        inputs = refuse_deeplift_contrast(inputs, self.name)
         with LayerRun(self.model, inputs, options.target_layer) as run:
             return stepwise_with_deltas(
                 inputs,
