@@ -170,6 +170,17 @@ def bind_step_functions(
 # --- helpers -----------------------------------------------------------------------------------------
 
 
+def promote(logits: Float[Tensor, "*dims"]) -> Float[Tensor, "*dims"]:
+    """``logits`` in the precision a softmax needs: float32 and float64 stay as they are, half precision
+    (float16, bfloat16) is computed in float32 (its softmax would lose the small probabilities).
+
+    Example:
+        >>> [promote(torch.zeros(2, dtype=d)).dtype for d in (torch.bfloat16, torch.float64)]
+        [torch.float32, torch.float64]
+    """
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
 def _gather(values: Float[Tensor, "n steps vocab"], ids: Int[Tensor, "n steps"]) -> StepScores:
     return values.gather(-1, ids[..., None])[..., 0]
 
@@ -186,7 +197,7 @@ def nucleus_mask(logits: Float[Tensor, "*dims vocab"], top_p: float) -> Bool[Ten
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if top_p == 1:  # everything: a float32 cumulative sum can reach 1 before the tail and drop it
         return torch.ones_like(logits, dtype=torch.bool)
-    probs, order = torch.softmax(logits.detach().float(), dim=-1).sort(dim=-1, descending=True)
+    probs, order = torch.softmax(promote(logits.detach()), dim=-1).sort(dim=-1, descending=True)
     mass_before = probs.cumsum(-1) - probs
     keep_sorted = mass_before < top_p
     keep_sorted[..., 0] = True
@@ -227,7 +238,7 @@ def probability(args: StepFunctionArgs) -> StepScores:
 
 def logprob(args: StepFunctionArgs) -> StepScores:
     """Log-probability of the target token."""
-    return _gather(torch.log_softmax(args.logits.float(), dim=-1), args.target_ids)
+    return _gather(torch.log_softmax(promote(args.logits), dim=-1), args.target_ids)
 
 
 def logit(args: StepFunctionArgs) -> StepScores:
@@ -256,7 +267,7 @@ def rank(args: StepFunctionArgs) -> StepScores:
 
 def entropy(args: StepFunctionArgs) -> StepScores:
     """Entropy of the next-token distribution (nats)."""
-    logprobs = torch.log_softmax(args.logits.float(), dim=-1)
+    logprobs = torch.log_softmax(promote(args.logits), dim=-1)
     return -(logprobs.exp() * logprobs).sum(-1)
 
 
@@ -297,7 +308,7 @@ def contrast_prob(args: StepFunctionArgs) -> StepScores:
 
 def contrast_logprob(args: StepFunctionArgs) -> StepScores:
     """Log-probability of the contrast token given the contrast sequence's prefix."""
-    return _gather(torch.log_softmax(args.contrast_logits.float(), dim=-1), _contrast_ids(args))
+    return _gather(torch.log_softmax(promote(args.contrast_logits), dim=-1), _contrast_ids(args))
 
 
 def contrast_logits(args: StepFunctionArgs) -> StepScores:
@@ -330,7 +341,7 @@ def kl_divergence(args: StepFunctionArgs, *, top_k: int = 0, top_p: float = 1.0)
 
     def restricted_logprobs(logits: Tensor) -> Tensor:
         # Masked entries are zeroed after the softmax: no -inf * 0 to poison the values or the gradients.
-        logprobs = torch.log_softmax(logits.float().masked_fill(~keep, float("-inf")), dim=-1)
+        logprobs = torch.log_softmax(promote(logits).masked_fill(~keep, float("-inf")), dim=-1)
         return logprobs.masked_fill(~keep, 0.0)
 
     original, contrast = restricted_logprobs(args.logits), restricted_logprobs(args.contrast_logits)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seqattr.step_functions import promote
 from seqattr.typing import Float, Int, Tensor
 
 DEFAULT_TOP_K = 5
@@ -102,18 +103,18 @@ class BatchTrace:
             >>> trace.top_ids.shape
             torch.Size([1, 3, 2])
         """
-        logits = logits.detach().float()
+        logits = promote(logits.detach())  # computed in float64 for float64 logits, stored as float32
         logprobs = torch.log_softmax(logits, dim=-1)
         probs = logprobs.exp()
         chosen_logit = logits.gather(-1, target_ids[..., None])
         top_probabilities, top_ids = probs.topk(min(top_k, logits.shape[-1]), dim=-1)
         return cls(
             token_ids=target_ids.detach().cpu(),
-            probabilities=probs.gather(-1, target_ids[..., None])[..., 0].cpu(),
+            probabilities=probs.gather(-1, target_ids[..., None])[..., 0].float().cpu(),
             ranks=(logits > chosen_logit).sum(-1).cpu(),
-            entropy=-(probs * logprobs).sum(-1).cpu(),
+            entropy=-(probs * logprobs).sum(-1).float().cpu(),
             top_ids=top_ids.cpu(),
-            top_probabilities=top_probabilities.cpu(),
+            top_probabilities=top_probabilities.float().cpu(),
         )
 
     def example(

@@ -9,9 +9,9 @@ agree to ~1e-12, so a 1e-5 tolerance separates rounding from real errors by seve
 wrong mask, position or step shows as an O(1) difference). Outputs are float32 (seqattr stores them so),
 whose own rounding (6e-8 relative) is far below the tolerance.
 
-The built-in step functions compute the softmax in float32 (right for half-precision models, but in a
-float64 model it caps precision at 1e-7, which input x gradient's cancellation amplifies), so the exactness
-tests attribute `probability64`, the same quantity computed in the model's precision.
+The exactness tests attribute `probability64`, the target's probability computed in the model's precision.
+(The built-in step functions once computed the softmax in float32, capping a float64 model at 1e-7, which
+input x gradient's cancellation amplifies; they now keep float64, so `probability` is equivalent.)
 """
 
 from __future__ import annotations

@@ -311,3 +311,86 @@ def test_kl_divergence_filters_and_top_p_edges():
     assert (seqattr.step_functions.top_p_size(args, top_p=1.0) == 11).all()
     with pytest.raises(ValueError, match="top_p must be in"):
         kl(args, top_p=0.0)
+
+
+# --- precision: the softmax in the logits' own precision -------------------------------------------------
+
+
+def float64_step_args(top_k: int = 0):
+    """StepFunctionArgs of the float64 tiny GPT-2 (original and a contrast text) and the direct values."""
+    from seqattr.step_functions import StepFunctionArgs
+    from tests.exact import float64_model
+
+    model, tok = float64_model("gpt2")
+    ids = torch.tensor([tok("the cat sat on the mat and the dog ran")["input_ids"]])
+    c_ids = ids.clone()
+    c_ids[0, -2] = ids[0, 2]  # one token substituted
+    with torch.no_grad():
+        logits, c_logits = model(input_ids=ids).logits[:, :-1], model(input_ids=c_ids).logits[:, :-1]
+    assert logits.dtype == torch.float64
+    targets, c_targets = ids[:, 1:], c_ids[:, 1:]
+    args = StepFunctionArgs(logits, targets, c_targets, contrast_forward=lambda: c_logits)
+    logprobs, c_logprobs = logits.log_softmax(-1), c_logits.log_softmax(-1)
+    logprob = logprobs.gather(-1, targets[..., None])[..., 0]
+    c_logprob = c_logprobs.gather(-1, c_targets[..., None])[..., 0]
+    kept = logits.topk(top_k, -1).indices if top_k else None
+
+    def restricted(values):
+        return values if kept is None else values.gather(-1, kept)
+
+    p, q = restricted(logits).log_softmax(-1), restricted(c_logits).log_softmax(-1)
+    expected = {
+        "probability": logprob.exp(),
+        "logprob": logprob,
+        "crossentropy": -logprob,
+        "perplexity": (-logprob).exp(),
+        "entropy": -(logprobs.exp() * logprobs).sum(-1),
+        "contrast_prob": c_logprob.exp(),
+        "contrast_logprob": c_logprob,
+        "contrast_prob_diff": logprob.exp() - c_logprob.exp(),
+        "pcxmi": logprob - c_logprob,
+        "kl_divergence": (p.exp() * (p - q)).sum(-1),
+    }
+    return args, expected
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_step_functions_keep_float64_precision(top_k):
+    """Before: the softmax was cast to float32, ~1e-7 away from the float64 values."""
+    from seqattr.step_functions import get_step_function
+
+    args, expected = float64_step_args(top_k)
+    for name, value in expected.items():
+        fn = get_step_function(name)
+        actual = fn(args, top_k=top_k) if name == "kl_divergence" else fn(args)
+        torch.testing.assert_close(
+            actual.double(),
+            value,
+            rtol=1e-12,
+            atol=1e-12 * float(value.abs().max()),
+            msg=lambda m, n=name: f"{n}: {m}",
+        )
+        assert actual.dtype == torch.float64, name
+
+
+def test_half_precision_logits_are_computed_in_float32():
+    from seqattr.step_functions import StepFunctionArgs, entropy, logprob, probability
+
+    args, expected = float64_step_args()
+    half = StepFunctionArgs(args.logits.to(torch.bfloat16), args.target_ids)
+    for fn in (probability, logprob, entropy):
+        actual = fn(half)
+        assert actual.dtype == torch.float32
+        reference = fn(StepFunctionArgs(args.logits.to(torch.bfloat16).double(), args.target_ids))
+        torch.testing.assert_close(actual.double(), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_trace_of_float64_logits_is_computed_in_float64():
+    """The trace is stored in float32, rounded from float64 values (not computed in float32)."""
+    from seqattr.trace import BatchTrace
+
+    args, expected = float64_step_args()
+    trace = BatchTrace.from_logits(args.logits, args.target_ids, top_k=3)
+    assert trace.probabilities.dtype == torch.float32
+    assert torch.equal(trace.probabilities, expected["probability"].float())
+    assert torch.equal(trace.entropy, expected["entropy"].float())
