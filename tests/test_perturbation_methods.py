@@ -29,6 +29,7 @@ from seqattr.methods.kernel_shap import shapley_size_distribution
 from seqattr.methods.lime import fit_linear
 from seqattr.methods.occlusion import Occlusion, window_count
 from seqattr.methods.sobol import sobol_design, total_indices
+from seqattr.testing import tiny_model
 
 PROMPTS = ["The cat sat on the mat.", "Paris is a city"]
 CONTINUATIONS = [" The dog ran", " in France"]
@@ -357,6 +358,57 @@ def test_sobol_estimators_follow_the_reference_formulas():
     score = lambda x: x[..., 0] ** 2  # noqa: E731
     indices = total_indices(score(design_a), score(design_c), "jansen")
     assert abs(float(indices[0]) - 1) < 0.2 and indices[1] == 0  # analytically 1 and 0
+
+
+@pytest.mark.parametrize("estimator", ["jansen", "homma", "janon", "glen"])
+def test_sobol_indices_of_a_constant_step_are_zero(estimator):
+    """A score constant up to rounding (relative spread ~eps) used to give indices of pure noise (up to
+    ~2); a small real effect next to it (relative spread 1e-4, in float32) keeps its indices."""
+    design_a, design_c = sobol_design(3, 32, seed=0)
+    generator = torch.Generator().manual_seed(0)
+
+    def rounding(shape):  # ~1 float32 eps of relative noise around 0.7
+        return 0.7 * (1 + torch.finfo(torch.float32).eps * torch.randn(shape, generator=generator))
+
+    real = lambda x: 0.7 * (1 + 1e-4 * (x[..., 0] + x[..., 1] * x[..., 2]))  # noqa: E731
+    a = torch.stack([rounding(32), real(design_a)], -1).float()  # [n, steps]: a constant and a real step
+    c = torch.stack([rounding((3, 32)), real(design_c)], -1).float()
+    indices = total_indices(a, c, estimator)
+    assert indices[:, 0].abs().max() == 0
+    unguarded = total_indices(a[:, 1:], c[..., 1:], estimator)[:, 0]
+    assert unguarded.abs().max() > 0.1
+    torch.testing.assert_close(indices[:, 1], unguarded, rtol=1e-12, atol=0)
+    # The same noise in float64 is a real spread (700 million eps): not treated as a constant.
+    assert total_indices(a.double(), c.double(), estimator)[:, 0].abs().max() > 0.01
+    # A model's epsilon coarser than the scores' dtype (float16 model, float32 scores) widens the guard.
+    half = torch.finfo(torch.float16).eps
+    assert total_indices(a, c, estimator, eps=half)[:, 1].abs().max() == 0
+
+
+def total_probability(args):
+    """sum(softmax(logits)) = 1 whatever the input: only rounding varies between perturbed sequences."""
+    return args.logits.softmax(-1).sum(-1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("exact", [False, True])
+def test_sobol_of_a_constant_objective_is_zero(fused, exact):
+    """Before: indices up to ~1.9 (float32) and ~1.4 (float64) from dividing rounding by rounding."""
+    if exact:
+        model = exact_model("t5", "sobol", n_designs=8, seed=0)
+    else:
+        hf_model, tokenizer = tiny_model("t5")
+        model = seqattr.load_model(hf_model, "sobol", tokenizer=tokenizer, n_designs=8, seed=0)
+    seq = model.attribute(
+        "The cat sat on the mat.",
+        "Le chat est sur la table.",
+        attributed_fn=total_probability,
+        attribute_target=True,
+        fused=fused,
+        show_progress=False,
+    )[0]
+    for attributions in (seq.source_attributions, seq.target_attributions):
+        assert attributions.nan_to_num().abs().max() == 0
 
 
 def test_window_count_follows_captum():

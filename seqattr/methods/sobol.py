@@ -7,7 +7,8 @@ a feature where its mask is >= 0.5 and replaces it otherwise). Masks come from a
 the designs ``A`` and ``B``, and ``C_i`` = ``A`` with column ``i`` taken from ``B``. The total index of
 feature ``i`` compares the scores of ``A`` and ``C_i``: with ``jansen`` (default, recommended by the paper)
 ``ST_i = sum((f(A) - f(C_i))**2) / (2 n Var f(A))``; ``homma``, ``janon`` and ``glen`` are the other
-estimators of Fel et al.'s reference implementation (xplique). An index is 0 where its variance is 0.
+estimators of Fel et al.'s reference implementation (xplique). An index is 0 where its variance is 0, and
+every index of a step is 0 where the step's score is constant up to rounding (`CONSTANT_TOLERANCE`).
 
 No estimator reads ``f(B)``, so it is not run: the cost is ``n_designs * (M + 1)`` sequences per example,
 for all steps together. A step that sees ``m`` features uses the design's first ``m`` columns and ``C_i`` for
@@ -62,6 +63,15 @@ class SobolOptions(PerturbationOptions):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
 
 
+CONSTANT_TOLERANCE = 32
+"""A step's scores are constant, and all its indices 0, where their standard deviation over the design's
+sequences (``A`` and every ``C_i``) is at most ``CONSTANT_TOLERANCE * eps * max |score|``, ``eps`` the
+machine epsilon of the computation (the model's dtype, or the scores' if coarser). Rounding makes a constant
+score vary by about one ``eps`` of its magnitude (measured: ``softmax(logits).sum()`` on the tiny test
+models, 0.6-1 eps in float32 and float64); dividing by that variance gave indices of pure noise (up to 2.3).
+A real effect 32 times the rounding is already hard to resolve (rounding is ~0.1% of its variance)."""
+
+
 def sobol_design(num_features: int, n_designs: int, seed: int) -> tuple[Tensor, Tensor]:
     """Designs ``A`` [n, M] and ``C`` [M, n, M] (``C[i]`` = ``A`` with column ``i`` from ``B``), float64.
 
@@ -78,16 +88,32 @@ def sobol_design(num_features: int, n_designs: int, seed: int) -> tuple[Tensor, 
     return a, c
 
 
-def total_indices(a: Float[Tensor, "n ..."], c: Float[Tensor, "features n ..."], estimator: str) -> Tensor:
+def total_indices(
+    a: Float[Tensor, "n ..."], c: Float[Tensor, "features n ..."], estimator: str, eps: float | None = None
+) -> Tensor:
     """Total Sobol index of each feature (``[features, *rest]``) from the scores of ``A`` and each ``C_i``.
+
+    ``eps``: the machine epsilon of the computation that gave the scores (their dtype's where that is
+    coarser); where the scores are constant up to rounding (see `CONSTANT_TOLERANCE`) every index is 0.
 
     Example:
         >>> a = torch.tensor([0., 1., 2., 3.])            # f depends on feature 0 only
         >>> c = torch.stack([torch.tensor([3., 2., 1., 0.]), a])
         >>> total_indices(a, c, "jansen")
         tensor([1.5000, 0.0000], dtype=torch.float64)
+        >>> total_indices(1 + 1e-9 * a, 1 + 1e-9 * c, "jansen")     # constant in float32 terms: no noise
+        tensor([0., 0.], dtype=torch.float64)
     """
-    a, c = a.double(), c.double()
+    if a.dtype.is_floating_point:
+        eps = max(eps or 0.0, torch.finfo(a.dtype).eps)
+    indices = _total_indices(a.double(), c.double(), estimator)
+    values = torch.cat([a[None].double(), c.double()])  # [1 + features, n, ...]
+    spread = values.flatten(0, 1).std(0)
+    constant = spread <= CONSTANT_TOLERANCE * eps * values.abs().flatten(0, 1).amax(0)
+    return indices.masked_fill(constant, 0.0)
+
+
+def _total_indices(a: Tensor, c: Tensor, estimator: str) -> Tensor:
     n = a.shape[0]
     mean_a = a.mean(0)
 
@@ -108,6 +134,11 @@ def total_indices(a: Float[Tensor, "n ..."], c: Float[Tensor, "features n ..."],
         scale = (a.var(0, unbiased=False) * c.var(1, unbiased=False)).sqrt()
         return torch.where(scale != 0, 1 - ratio(covariance, scale), 0.0)
     raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+
+
+def computation_eps(inputs: MethodInputs) -> float:
+    """The machine epsilon of the model's computation (its embeddings' dtype)."""
+    return torch.finfo(inputs.target_embeds.dtype).eps
 
 
 class Sobol(AttributionMethod):
@@ -135,6 +166,7 @@ class Sobol(AttributionMethod):
         seed = resolve_seed(options.seed)
         batch, width = setup.batch, max(setup.features.max_features, 1)
         device = batch.target_ids.device
+        eps = computation_eps(inputs)
         scores = torch.zeros(batch.size, width, batch.num_steps)
         for b, design in enumerate(self._designs(setup, options, seed)):
             if design is None:
@@ -149,7 +181,7 @@ class Sobol(AttributionMethod):
             n = a.shape[0]
             # Features a step cannot see are zeroed by feature_output; the others need only A and C_i.
             scores[b, :count] = total_indices(
-                outputs[:n], outputs[n:].reshape(count, n, -1), options.estimator
+                outputs[:n], outputs[n:].reshape(count, n, -1), options.estimator, eps
             ).float()
         setup.info["seed"] = seed
         return feature_output(setup, scores)
@@ -158,13 +190,14 @@ class Sobol(AttributionMethod):
         setup = setup_perturbation(self, inputs, options)
         seed = resolve_seed(options.seed)
         designs = self._designs(setup, options, seed)
+        eps = computation_eps(inputs)
 
         def explain(step: StepPrefix) -> Tensor:
             a, c = designs[step.b]
             visible = step.num_visible
             n = a.shape[0]
             outputs = step(torch.cat([a[:, :visible], c[:visible, :, :visible].reshape(-1, visible)]))
-            return total_indices(outputs[:n], outputs[n:].reshape(visible, n), options.estimator)
+            return total_indices(outputs[:n], outputs[n:].reshape(visible, n), options.estimator, eps)
 
         output = feature_output(setup, stepwise_feature_scores(setup, explain))
         output.info["seed"] = seed
