@@ -289,6 +289,7 @@ class VocabularyModel:
         ("integrated_gradients", dict(n_steps=1)),
         ("sequential_integrated_gradients", dict(n_steps=2)),
         ("discretized_integrated_gradients", dict(n_steps=4, n_neighbors=5)),
+        ("discretized_integrated_gradients", dict(n_steps=4, n_neighbors=5, rule="left")),
         ("gradient_shap", dict(n_samples=2)),
         (
             "expected_gradients",
@@ -317,6 +318,33 @@ def test_path_methods_are_exact_on_a_linear_model(method, options):
     assert_close(output.target_attributions[visible], expected[visible], what=method)
     if "convergence_delta" in output.step_scores:
         assert output.step_scores["convergence_delta"][batch.step_mask].abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("architecture", ["t5", "llama"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_discretized_integrated_gradients_is_bounded_at_a_zero_baseline(architecture, fused):
+    """RMSNorm models without absolute positions have a near-singular gradient at the zero embedding (each
+    norm scales a zero vector by 1/sqrt(eps)): the gradient at the baseline, taken by DIG's reference (left)
+    rule, gave attributions of ~1e7 (Llama) to ~1e15 (T5) for a probability. The midpoint rule never
+    evaluates there: attributions stay of the order of the probability, like IG's."""
+    kwargs = dict(attribute_target=True, fused=fused, **RUN)
+    dig = exact_model(architecture, "discretized_integrated_gradients", n_steps=8).attribute(
+        PROMPTS, **kwargs
+    )
+    ig = exact_model(architecture, "integrated_gradients", n_steps=8).attribute(PROMPTS, **kwargs)
+
+    def largest(out):
+        return max(
+            float(x.nan_to_num().abs().max())
+            for seq in out
+            for x in (seq.source_attributions, seq.target_attributions)
+            if x is not None
+        )
+
+    assert largest(dig) < max(2.0, 20 * largest(ig)), (largest(dig), largest(ig))
+    if fused:  # the reference rule still exists, and is what blows up
+        left = exact_model(architecture, "discretized_integrated_gradients", n_steps=8, rule="left")
+        assert largest(left.attribute(PROMPTS, **kwargs)) > 1e4
 
 
 def test_monotonic_paths_run_from_the_baseline_to_the_word():
