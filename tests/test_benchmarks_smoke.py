@@ -55,7 +55,7 @@ def test_probe_counts_forward_calls_rows_and_backward():
     ids = tokenizer(["the cat sat", "a dog ran"], return_tensors="pt")["input_ids"]
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
     with probe.attached():
-        model(inputs_embeds=embeds).logits.sum().backward()
+        model(inputs_embeds=embeds).logits.sum().backward(inputs=[embeds])  # shared model: no param .grad
         with torch.no_grad():
             model(input_ids=ids)
     counters = probe.counters
