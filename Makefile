@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-chromium test test-all lint bench docs demo
+.PHONY: install install-chromium test test-fast lint bench demo
 
 install:
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -17,12 +17,13 @@ install:
 install-chromium:
 	apt-get update && apt-get install -y chromium
 
-# The default run: everything but the tests that need the real SmolLM2 weights (see test-all).
+# The whole suite, the real SmolLM2-135M-Instruct tests included (its first run converts the GGUF once, ~25 s).
 test:
-	$(PYTHON) -m pytest -q -m "not slow"
-
-test-all:
 	$(PYTHON) -m pytest -q
+
+# Without the tests marked slow (those that need the real SmolLM2 weights): the tiny offline models only.
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check seqattr tests benchmarks examples
