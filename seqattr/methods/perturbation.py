@@ -51,8 +51,8 @@ INFERENCE_MODES = {"logits": "logit", "softmax": "probability", "log_softmax": "
 _CHUNK_BYTES = _GRADIENT_CHUNK_BYTES
 """Memory per forward call, the gradient engine's budget (16 MiB): the perturbed rows' input embeddings and
 the logits they score steps from (``[rows, steps, vocab]``, the contrast's too when there is one); see
-`score_chunks`. Measured on SmolLM2 (docs/benchmarks.md): 32 MiB (4 rows of 40 steps per call) left 296 MB
-peak for occlusion, 16 MiB 53 MB, at the same speed."""
+`score_chunks`. Measured on SmolLM2, 40 steps (docs/benchmarks.md): occlusion's peak was 1,012 MB unchunked,
+296 MB at 32 MiB (4 rows per call), 53-237 MB at 16 MiB (2 rows), at about the same speed."""
 
 
 @dataclass
