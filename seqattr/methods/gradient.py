@@ -1,4 +1,4 @@
-"""Shared machinery of gradient methods: every step's gradient from one forward pass, and the Captum reference.
+"""Shared machinery of gradient methods: every step's gradient from one forward pass; the Captum reference.
 
 Fused path (DESIGN.md §2): the target side is causal, so one forward pass over a whole (possibly interpolated
 or noised) sequence yields the score of every step; one batched backward (``is_grads_batched``: a vmap over
@@ -103,10 +103,11 @@ def step_gradients(
     target_points: Float[Tensor, "n target_len hidden"],
     steps: slice,
 ) -> StepGradients:
-    """One forward pass at ``n`` points (copies of the batch, block-wise) and the gradient of each step's score.
+    """One forward pass at ``n`` points (copies of the batch, block-wise), the gradient of each step's score.
 
     Example:
-        >>> chunk = step_gradients(inputs, inputs.source_embeds, inputs.target_embeds, slice(0, 4))  # doctest: +SKIP
+        >>> points = inputs.target_embeds  # doctest: +SKIP
+        >>> chunk = step_gradients(inputs, inputs.source_embeds, points, slice(0, 4))  # doctest: +SKIP
         >>> chunk.target.shape   # [4 steps, batch, prefix_len, hidden]
     """
     prefix_len = int(inputs.batch.step_positions[steps].max())
@@ -114,7 +115,11 @@ def step_gradients(
     if source_points is not None:
         source = source_points.detach().requires_grad_(inputs.attribute_source)
     target = target_points[:, :prefix_len].detach().requires_grad_(inputs.attribute_target)
-    wrt = [x for x, attributed in ((source, inputs.attribute_source), (target, inputs.attribute_target)) if attributed]
+    wrt = [
+        x
+        for x, attributed in ((source, inputs.attribute_source), (target, inputs.attribute_target))
+        if attributed
+    ]
     with torch.enable_grad():
         scores = inputs.objective(source, target, steps)
         grads = list(batched_step_backward(scores, wrt))
@@ -134,7 +139,9 @@ def batched_step_backward(scores: Float[Tensor, "n steps"], wrt: list[Tensor]) -
     """
     num_steps, n = scores.shape[1], scores.shape[0]
     # Row t of the batched backward seeds step t's score of every point.
-    seeds = torch.eye(num_steps, dtype=scores.dtype, device=scores.device)[:, None, :].expand(num_steps, n, num_steps)
+    seeds = torch.eye(num_steps, dtype=scores.dtype, device=scores.device)[:, None, :].expand(
+        num_steps, n, num_steps
+    )
     return torch.autograd.grad(scores, wrt, seeds, is_grads_batched=True)
 
 
@@ -150,10 +157,12 @@ class AttributionWriter:
     def _allocate(self, like: Tensor, positions: int) -> Tensor:
         batch = self.inputs.batch
         extra = like.shape[3:]
-        return torch.zeros(batch.size, positions, batch.num_steps, *extra, dtype=like.dtype, device=like.device)
+        return torch.zeros(
+            batch.size, positions, batch.num_steps, *extra, dtype=like.dtype, device=like.device
+        )
 
     def write(self, steps: slice, source: Tensor | None, target: Tensor | None) -> None:
-        """``source``: ``[steps, batch, source_len, *extra]``; ``target``: ``[steps, batch, prefix_len, *extra]``."""
+        """Source ``[steps, batch, source_len, ...]``, target ``[steps, batch, prefix_len, ...]``."""
         if source is not None:
             if self.source is None:
                 self.source = self._allocate(source, source.shape[2])
@@ -165,7 +174,9 @@ class AttributionWriter:
 
     def write_step_score(self, name: str, steps: slice, values: Float[Tensor, "batch steps"]) -> None:
         if name not in self.step_scores:
-            self.step_scores[name] = torch.zeros(self.inputs.batch.size, self.inputs.batch.num_steps, dtype=values.dtype)
+            self.step_scores[name] = torch.zeros(
+                self.inputs.batch.size, self.inputs.batch.num_steps, dtype=values.dtype
+            )
         self.step_scores[name][:, steps] = values.cpu()
 
     def output(self) -> MethodOutput:
@@ -213,7 +224,10 @@ def captum_stepwise(
     for column in range(batch.num_steps):
         steps = slice(column, column + 1)
         prefix = inputs.target_embeds[:, : int(batch.step_positions[column])]
-        roles = [("source", inputs.source_embeds, inputs.attribute_source), ("target", prefix, inputs.attribute_target)]
+        roles = [
+            ("source", inputs.source_embeds, inputs.attribute_source),
+            ("target", prefix, inputs.attribute_target),
+        ]
         roles = [(role, embeds, attributed) for role, embeds, attributed in roles if embeds is not None]
         attributed_embeds = [embeds for _, embeds, is_attributed in roles if is_attributed]
         sizes = [embeds.shape[1] if split_positions else 1 for embeds in attributed_embeds]
@@ -228,7 +242,11 @@ def captum_stepwise(
             return [torch.stack(values[a:b], dim=1) for a, b in zip(bounds, bounds[1:], strict=False)]
 
         def forward(
-            *args: Tensor, _roles=roles, _steps=steps, _count=len(attributed), _join=join  # noqa: B008
+            *args: Tensor,
+            _roles=roles,
+            _steps=steps,
+            _count=len(attributed),  # noqa: B008
+            _join=join,
         ) -> Tensor:
             attributed_args, constant_args = _join(list(args[:_count])), list(args[_count:-1])
             embeds = {role: (attributed_args if flag else constant_args).pop(0) for role, _, flag in _roles}
