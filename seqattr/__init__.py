@@ -3,8 +3,11 @@
 Example:
     >>> import seqattr
     >>> model = seqattr.load_model("gpt2", "integrated_gradients")  # doctest: +SKIP
-    >>> out = model.attribute("Hello everyone, today")  # doctest: +SKIP
-    >>> out.show()
+    >>> model = seqattr.load_model(hf_model, "integrated_gradients", tokenizer=hf_tokenizer)  # offline
+    >>> out = model.attribute("Hello everyone, today", generation_args={"max_new_tokens": 3})
+    >>> out.show()                              # a heatmap per example, then its generation trace
+    ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    #0 integrated_gradients ...
 """
 
 __version__ = "0.1.0"

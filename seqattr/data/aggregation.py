@@ -10,8 +10,12 @@
 The methods of `SequenceAttribution` and `AttributionOutput` (``seq.reduce("l2").normalize()``) call these.
 
 Example:
-    >>> seq = out[0].reduce("l2").normalize()              # doctest: +SKIP
-    >>> seq.target_attributions[:, 0].nansum()            # each step's scores sum to 1 in absolute value
+    >>> raw = model.attribute("The capital of France is", hidden_reduction=None)[0]   # keep [hidden]
+    >>> raw.target_attributions.shape                     # [len(target), steps, hidden]
+    torch.Size([26, 20, 64])
+    >>> seq = raw.reduce("l2").normalize()
+    >>> round(seq.target_attributions[:, 0].nansum().item(), 5)   # each step's scores sum to 1 in absolute value
+    1.0
 """
 
 from __future__ import annotations
@@ -79,8 +83,14 @@ def reduce(
     To keep one slice instead (e.g. the last layer), pass a callable: ``fn=lambda t, d: t.select(d, -1)``.
 
     Example:
-        >>> seq.reduce("l2")                       # [len, steps, hidden] -> [len, steps]   # doctest: +SKIP
-        >>> seq.reduce("mean", dim=1).reduce("max", dim=0)   # [len, steps, layers, heads]: heads, then layers
+        >>> raw = model.attribute("The capital of France is", hidden_reduction=None)[0]
+        >>> raw.reduce("l2").target_attributions.shape         # [len, steps, hidden] -> [len, steps]
+        torch.Size([26, 20])
+        >>> att = model.attribute("The capital of France is", method="attention")[0]
+        >>> att.target_attributions.shape                      # [len, steps, layers, heads]
+        torch.Size([26, 20, 2, 4])
+        >>> att.reduce("mean", dim=1).reduce("max", dim=0).target_attributions.shape   # heads, then layers
+        torch.Size([26, 20])
     """
     reduction = get_reduction(fn)
     extra = seq.extra_dims
@@ -125,8 +135,8 @@ def normalize(seq: SequenceAttribution) -> SequenceAttribution:
     Masked tokens are divided by the same norm but do not count in it, so they stay comparable.
 
     Example:
-        >>> seq.normalize().target_attributions[:, 0].abs().nansum()     # doctest: +SKIP
-        tensor(1.)
+        >>> round(seq.normalize().target_attributions[:, 0].abs().nansum().item(), 5)
+        1.0
     """
     _require_token_scores(seq, "normalize")
     rows, keep = _stacked(seq)
@@ -139,7 +149,7 @@ def rescale(seq: SequenceAttribution, per_step: bool = False) -> SequenceAttribu
     """Divide by the largest absolute unmasked score (of the sequence, or of each step with ``per_step``).
 
     Example:
-        >>> seq.rescale().target_attributions.abs().nan_to_num().max()   # doctest: +SKIP
+        >>> seq.rescale().target_attributions.abs().nan_to_num().max()
         tensor(1.)
     """
     _require_token_scores(seq, "rescale")
@@ -166,7 +176,9 @@ def mask(
     Tokens are chosen by text (``tokens``), id (``ids``) or position on either side.
 
     Example:
-        >>> seq.mask(tokens=["<|im_start|>"], target_positions=[1, 2]).normalize()  # doctest: +SKIP
+        >>> masked = seq.mask(tokens=["<|im_start|>", "Ġof"], target_positions=[1, 2]).normalize()
+        >>> masked.target[3], masked.masked_target                # "Ġof" by text, 1 and 2 by position
+        ('Ġof', (1, 2, 3))
     """
     tokens, ids = set(tokens), set(ids)
 
@@ -197,7 +209,8 @@ def mask_special(seq: SequenceAttribution, special_ids: Iterable[int] | None = N
     """Mask special tokens: ids in ``special_ids`` and tokens shaped like one (``<s>``, ``[CLS]``).
 
     Example:
-        >>> seq.mask_special(tokenizer.all_special_ids)      # doctest: +SKIP
+        >>> seq.mask_special(tokenizer.all_special_ids).masked_target   # this tokenizer adds no BOS: none
+        ()
     """
     special = set(special_ids or ())
     return mask(
@@ -218,7 +231,12 @@ def subtract(a: SequenceAttribution, b: SequenceAttribution) -> SequenceAttribut
     Step scores present in both are subtracted too; masks are united.
 
     Example:
-        >>> diff = ig_out[0] - saliency_out[0]             # doctest: +SKIP
+        >>> forced = ("The capital of France is", "The capital of France is Paris.")   # the same tokens
+        >>> ig_out = model.attribute(*forced, method="integrated_gradients")
+        >>> saliency_out = model.attribute(*forced)
+        >>> diff = ig_out[0] - saliency_out[0]
+        >>> diff.target_attributions.shape == ig_out[0].target_attributions.shape
+        True
     """
     for what, mine, theirs in [
         ("source tokens", (a.source, a.source_ids), (b.source, b.source_ids)),
@@ -261,7 +279,9 @@ def slice_steps(seq: SequenceAttribution, index: int | slice) -> SequenceAttribu
     """Keep a contiguous range of steps (``seq[2:5]``, ``seq[-1]``); target tokens after the last are dropped.
 
     Example:
-        >>> first_three = seq[:3]                          # doctest: +SKIP
+        >>> first_three = seq[:3]
+        >>> first_three.num_steps, first_three.steps == seq.steps[:3]
+        (3, True)
     """
     if isinstance(index, int):
         position = index + seq.num_steps if index < 0 else index

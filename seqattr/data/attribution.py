@@ -29,9 +29,15 @@ class SequenceAttribution:
     """Attributions of every explained step of one sequence.
 
     Example:
-        >>> seq = out.sequence_attributions[0]          # doctest: +SKIP
+        >>> seq = out.sequence_attributions[0]          # also out[0]
+        >>> seq.target                                  # prompt + generated tokens (random weights: gibberish)
+        ['The', 'Ġcapit', 'al', 'Ġof', 'ĠFrance', 'Ġis', 'ic', ']', 'z', '¢']
         >>> seq.steps                                   # the explained (generated) tokens
-        >>> seq.target_attributions[:, 0]               # scores of step 0 over the target prefix
+        ['ic', ']', 'z', '¢']
+        >>> seq.target_attributions.shape               # [len(target), steps]
+        torch.Size([10, 4])
+        >>> seq.target_attributions[:, 0].isnan().tolist()   # step 0 sees the prompt only: NaN after it
+        [False, False, False, False, False, False, True, True, True, True]
     """
 
     source: list[str]
@@ -113,7 +119,8 @@ class SequenceAttribution:
         """Merge tokens into words, sentences, regex matches or spans (`seqattr.data.granularity.aggregate`).
 
         Example:
-            >>> seq.aggregate("words").normalize()            # doctest: +SKIP
+            >>> seq.aggregate("words").normalize().target[:4]     # "Ġcapit" + "al" is one word
+            ['The', 'Ġcapital', 'Ġof', 'ĠFrance']
         """
         from seqattr.data.granularity import aggregate
 
@@ -245,9 +252,14 @@ class AttributionOutput:
     (one pass for all steps) or the stepwise engine ran.
 
     Example:
-        >>> out = model.attribute("The capital of France is")    # doctest: +SKIP
-        >>> out.show()
-        >>> out.save("out.json"); same = seqattr.load("out.json")
+        >>> out = model.attribute("The capital of France is", generation_args={"max_new_tokens": 4})
+        >>> out.info["method"], out.info["engine"], len(out)
+        ('saliency', 'fused', 1)
+        >>> out.show()                                        # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+        #0 saliency ...
+        >>> out.save(tmp / "out.json"); same = seqattr.load(tmp / "out.json")
+        >>> torch.equal(same[0].target_attributions.nan_to_num(), out[0].target_attributions.nan_to_num())
+        True
     """
 
     sequence_attributions: list[SequenceAttribution]
@@ -310,7 +322,9 @@ class AttributionOutput:
         """Merge tokens of every example into words, sentences, regex matches or spans.
 
         Example:
-            >>> out.aggregate("words").normalize().show()          # doctest: +SKIP
+            >>> words = out.aggregate("words").normalize()
+            >>> words.info["aggregations"], words[0].target[:4]
+            (['aggregate(words)', 'normalize'], ['The', 'Ġcapital', 'Ġof', 'ĠFrance'])
         """
         options.setdefault("special_ids", self.info.get("special_token_ids"))
         return self._each(f"aggregate({granularity})", lambda seq: seq.aggregate(granularity, **options))
@@ -329,7 +343,11 @@ class AttributionOutput:
         ``info`` keeps the entries all outputs agree on, and every original info under ``"merged_from"``.
 
         Example:
-            >>> both = AttributionOutput.merge([out_a, out_b])     # doctest: +SKIP
+            >>> out_a = model.attribute("The capital of France is", generation_args={"max_new_tokens": 2})
+            >>> out_b = model.attribute("The cat", generation_args={"max_new_tokens": 2})
+            >>> both = seqattr.AttributionOutput.merge([out_a, out_b])
+            >>> len(both), both[1].target[:2], len(both.info["merged_from"])
+            (2, ['The', 'Ġcat'], 2)
         """
         outputs = list(outputs)
         if not outputs or not all(isinstance(o, AttributionOutput) for o in outputs):

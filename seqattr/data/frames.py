@@ -13,8 +13,11 @@ Cells a step cannot see (NaN) have no row. `from_dataframe` rebuilds the score t
 round-trip exactly.
 
 Example:
-    >>> df = out.to_dataframe()                                                  # doctest: +SKIP
-    >>> df[df.side == "source"].pivot_table("score", "token", "step_token")     # a heatmap table
+    >>> df = out.to_dataframe()
+    >>> df.columns.tolist()[-4:]                 # ..., then one column per step score
+    ['token', 'masked', 'score', 'probability']
+    >>> df[df.side == "target"].pivot_table("score", "token", "step_token").shape   # a heatmap table
+    (9, 4)
 """
 
 from __future__ import annotations
@@ -73,8 +76,9 @@ def to_dataframe(attributions: AttributionOutput | SequenceAttribution) -> pd.Da
     """The long-format frame of an output or of one example (see the module docstring for the columns).
 
     Example:
-        >>> df = out.to_dataframe()                               # doctest: +SKIP
-        >>> df.groupby(["example", "step"]).score.sum()            # total attribution per step
+        >>> df = out.to_dataframe()
+        >>> df.groupby(["example", "step"]).score.sum().shape      # total attribution per step
+        (4,)
     """
     import pandas as pd
 
@@ -95,7 +99,9 @@ def scores_from_dataframe(
     analyses done in pandas and brought back (the tokens come from ``seq``).
 
     Example:
-        >>> scores_from_dataframe(out.to_dataframe(), out[0])["target"]     # doctest: +SKIP
+        >>> target = scores_from_dataframe(out.to_dataframe(), out[0])["target"]
+        >>> torch.equal(target.nan_to_num(), out[0].target_attributions.nan_to_num())   # NaN where no row
+        True
     """
     rows = frame[frame["example"] == example]
     rebuilt: dict[str, torch.Tensor | None] = {}
@@ -125,8 +131,12 @@ def scores_dict(seq: SequenceAttribution) -> dict[str, dict]:
     first). Unseen target tokens are left out.
 
     Example:
-        >>> d = out[0].get_scores_dict()                         # doctest: +SKIP
-        >>> d["target_attributions"][(5, "ĠParis")][(4, "Ġis")]
+        >>> d = out[0].get_scores_dict()
+        >>> out[0].target[4:7]
+        ['ĠFrance', 'Ġis', 'ic']
+        >>> score = d["target_attributions"][(6, "ic")][(5, "Ġis")]   # step "ic" (position 6) on "Ġis"
+        >>> score == out[0].target_attributions[5, 0].item()
+        True
     """
     _check_reduced(seq)
     result: dict[str, dict] = {"source_attributions": {}, "target_attributions": {}, "step_scores": {}}

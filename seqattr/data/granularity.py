@@ -21,8 +21,11 @@ matched over the joined text and each token joins the match holding its first no
 that are only whitespace join the next group. Special and masked tokens always stay alone.
 
 Example:
-    >>> words = out[0].aggregate("words")                         # doctest: +SKIP
-    >>> words.aggregate("spans", source_spans=[(0, 3)])           # merge source tokens 0..2 into one row
+    >>> words = out[0].aggregate("words")         # the generated pieces have no space: one "word"
+    >>> words.target
+    ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġisic]z¢']
+    >>> words.aggregate("spans", target_spans=[(0, 3)]).target   # merge target rows 0..2 into one
+    ['TheĠcapitalĠof', 'ĠFrance', 'Ġisic]z¢']
 """
 
 from __future__ import annotations
@@ -246,9 +249,12 @@ def aggregate(
     alone.
 
     Example:
-        >>> seq.aggregate("words").normalize()                            # doctest: +SKIP
-        >>> seq.aggregate("regex", pattern=r"\\w+|[^\\w\\s]")               # punctuation apart from words
-        >>> seq.aggregate("spans", target_spans=[(5, 8)], step_fn="mean")
+        >>> seq.aggregate("words").normalize().target
+        ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġisic]z¢']
+        >>> seq.aggregate("regex", pattern=r"\\w+|[^\\w\\s]").target   # punctuation apart from words
+        ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġisic', ']', 'z', '¢']
+        >>> seq.aggregate("spans", target_spans=[(6, 8)], step_fn="mean").steps   # two steps become one
+        ['ic]', 'z', '¢']
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")

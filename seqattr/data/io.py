@@ -109,8 +109,10 @@ def load(path: str | Path) -> AttributionOutput:
     """Read an output written by `AttributionOutput.save`.
 
     Example:
-        >>> out.save("out.json")                        # doctest: +SKIP
-        >>> same = seqattr.load("out.json")
+        >>> out.save(tmp / "out.json")
+        >>> same = seqattr.load(tmp / "out.json")
+        >>> same[0].target == out[0].target, same.info["method"]
+        (True, 'saliency')
     """
     try:
         payload = json.loads(Path(path).read_text())
