@@ -35,7 +35,7 @@ class StepObjective:
 
     Example:
         >>> scores = objective(source_embeds, target_embeds)        # [n, steps]  # doctest: +SKIP
-        >>> first = objective(None, target_embeds[:, :p], slice(0, 1))   # step 0 alone on its prefix
+        >>> first = objective(None, target_embeds[:, :p], slice(0, 1))  # step 0 alone  # doctest: +SKIP
     """
 
     def __init__(

@@ -14,7 +14,7 @@ Example:
     >>> raw.target_attributions.shape                     # [len(target), steps, hidden]
     torch.Size([26, 20, 64])
     >>> seq = raw.reduce("l2").normalize()
-    >>> round(seq.target_attributions[:, 0].nansum().item(), 5)   # each step's scores sum to 1 in absolute value
+    >>> round(seq.target_attributions[:, 0].nansum().item(), 5)   # every step sums to 1 in absolute value
     1.0
 """
 

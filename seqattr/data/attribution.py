@@ -30,7 +30,7 @@ class SequenceAttribution:
 
     Example:
         >>> seq = out.sequence_attributions[0]          # also out[0]
-        >>> seq.target                                  # prompt + generated tokens (random weights: gibberish)
+        >>> seq.target                                  # prompt + generated (random weights: gibberish)
         ['The', 'Ġcapit', 'al', 'Ġof', 'ĠFrance', 'Ġis', 'ic', ']', 'z', '¢']
         >>> seq.steps                                   # the explained (generated) tokens
         ['ic', ']', 'z', '¢']

@@ -118,7 +118,8 @@ def describe_options(options, model=None) -> dict[str, Any]:
     module its dotted name in ``model`` (never a copy of it).
 
     Example:
-        >>> options = IntegratedGradients.parse_options(baseline=torch.zeros(64))  # doctest: +SKIP
+        >>> from seqattr.methods.integrated_gradients import IntegratedGradients
+        >>> options = IntegratedGradients.parse_options(baseline=torch.zeros(64))
         >>> describe_options(options)["baseline"]
         'tensor(shape=[64], dtype=float32)'
     """

@@ -108,7 +108,7 @@ def step_gradients(
     Example:
         >>> points = inputs.target_embeds  # doctest: +SKIP
         >>> chunk = step_gradients(inputs, inputs.source_embeds, points, slice(0, 4))  # doctest: +SKIP
-        >>> chunk.target.shape   # [4 steps, batch, prefix_len, hidden]
+        >>> chunk.target.shape   # [4 steps, batch, prefix_len, hidden]  # doctest: +SKIP
     """
     prefix_len = int(inputs.batch.step_positions[steps].max())
     source = None

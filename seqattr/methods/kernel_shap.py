@@ -30,7 +30,7 @@ def shapley_size_distribution(num_features: int) -> Float[Tensor, " num_features
 
     Example:
         >>> shapley_size_distribution(4)
-        tensor([0.3750, 0.2500, 0.3750], dtype=torch.float64)
+        tensor([0.3636, 0.2727, 0.3636], dtype=torch.float64)
     """
     k = torch.arange(1, num_features, dtype=torch.float64)
     weights = (num_features - 1) / (k * (num_features - k))

@@ -35,8 +35,12 @@ def monotonic_paths(
     """Paths ``p_0 = baseline, ..., p_{n_steps} = vocabulary[token]``, one per token.
 
     Example:
-        >>> paths = monotonic_paths(embeddings, torch.tensor([5, 9]), torch.zeros(2, hidden), n_steps=10)
+        >>> embeddings = hf_model.get_input_embeddings().weight.detach()      # [vocab, hidden=64]
+        >>> paths = monotonic_paths(embeddings, torch.tensor([5, 9]), torch.zeros(2, 64), n_steps=10)
         >>> paths.shape   # [11, 2, hidden]; paths[0] is the baseline, paths[-1] the words' embeddings
+        torch.Size([11, 2, 64])
+        >>> bool((paths[0] == 0).all()), torch.equal(paths[-1], embeddings[[5, 9]])
+        (True, True)
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")

@@ -144,7 +144,7 @@ def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor)
 
     Example:
         >>> baselines = resolve_baselines(model, inputs, "pad")   # doctest: +SKIP
-        >>> baselines.target.shape == inputs.target_embeds.shape
+        >>> baselines.target.shape == inputs.target_embeds.shape  # doctest: +SKIP
         True
     """
     roles = {
@@ -224,7 +224,7 @@ def path_sums(inputs: MethodInputs, steps: slice, blocks: Iterator[PointBlock]) 
     """``sum over blocks and copies of factor * gradient`` for the steps of ``steps``, one forward per block.
 
     Example:
-        >>> block = PointBlock(None, points, None, weights)
+        >>> block = PointBlock(None, points, None, weights)  # doctest: +SKIP
         >>> sums = path_sums(inputs, slice(0, 4), iter([block]))  # doctest: +SKIP
     """
     batch = inputs.batch.size
