@@ -7,9 +7,14 @@ generation went astray (a low-probability or non-top-ranked token, a flat distri
 ask a contrastive question about.
 
 Example:
-    >>> seq = model.attribute("The capital of France is").sequence_attributions[0]     # doctest: +SKIP
-    >>> seq.trace.tokens[3], float(seq.trace.probabilities[3]), seq.trace.top_tokens[3]
+    >>> seq = model.attribute("The capital of France is").sequence_attributions[0]
+    >>> seq.trace.tokens == seq.steps, seq.trace.probabilities.shape, len(seq.trace.top_tokens[3])
+    (True, torch.Size([20]), 5)
     >>> seq.trace.off_greedy_steps()        # steps whose token was not the model's first choice
+    []
+    >>> forced = model.attribute("The capital of France is", "The capital of France is Paris.")[0]
+    >>> forced.steps, forced.trace.off_greedy_steps()       # random weights: no forced token is first
+    (['Ġ', 'Paris', '.'], [0, 1, 2])
 """
 
 from __future__ import annotations
@@ -51,8 +56,8 @@ class GenerationTrace:
         """Steps whose chosen token was not the most probable one (rank > 0).
 
         Example:
-            >>> seq.trace.off_greedy_steps()          # doctest: +SKIP
-            [4]
+            >>> seq.trace.off_greedy_steps()          # greedy generation: every token was the first choice
+            []
         """
         return [int(step) for step in torch.nonzero(self.ranks > 0).flatten()]
 

@@ -71,8 +71,12 @@ class AttributionModel:
 
     Example:
         >>> model = seqattr.load_model("gpt2", "saliency")               # doctest: +SKIP
+        >>> model = seqattr.load_model(hf_model, "saliency", tokenizer=hf_tokenizer)   # offline
         >>> out = model.attribute("Hello everyone, today", generation_args={"max_new_tokens": 5})
-        >>> out.show()
+        >>> out[0].steps == out[0].target[-5:]
+        True
+        >>> out.show()                                    # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+        #0 saliency ...
     """
 
     def __init__(

@@ -70,6 +70,8 @@ def load_model(
     Example:
         >>> model = seqattr.load_model("gpt2", "integrated_gradients")         # doctest: +SKIP
         >>> model = seqattr.load_model(hf_model, "saliency", tokenizer=hf_tokenizer)
+        >>> model
+        AttributionModel('GPT2LMHeadModel', decoder-only, method='saliency')
     """
     model_kwargs = dict(model_kwargs or {})
     tokenizer_kwargs = dict(tokenizer_kwargs or {})

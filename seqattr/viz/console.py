@@ -12,8 +12,10 @@ columns are the explained steps, headed by the token each step produced. Cells a
 - Attributions with extra dimensions (raw hidden vectors, layers/heads) are summed over them for display.
 
 Example:
-    >>> out.show()                                   # doctest: +SKIP
-    >>> out[0][:10].show()                           # the first ten steps only
+    >>> out.show()                                   # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    #0 saliency ...
+    >>> out[0][:2].show()                            # two steps  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    ┏... token ... The ... probability ... generation trace ...
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ The numbers travel as JSON inside the page (NaN, i.e. unseen, as ``null``); attr
 dimensions are summed over them, as in the terminal view.
 
 Example:
-    >>> out.save_html("attributions.html")            # doctest: +SKIP
+    >>> out.save_html(tmp / "attributions.html")
     >>> html = out[0].aggregate("words").to_html()
+    >>> html.startswith("<!DOCTYPE html>")
+    True
 """
 
 from __future__ import annotations
@@ -119,8 +121,10 @@ def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | 
     """The page for an output (every example) or for one example, as a string.
 
     Example:
-        >>> page = out.to_html(title="IG on GPT-2")                     # doctest: +SKIP
-        >>> Path("page.html").write_text(page)
+        >>> page = out.to_html(title="Saliency on GPT-2")
+        >>> "<title>Saliency on GPT-2</title>" in page
+        True
+        >>> n = (tmp / "page.html").write_text(page)
     """
     if isinstance(attributions, SequenceAttribution):
         output = AttributionOutput([attributions])

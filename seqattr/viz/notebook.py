@@ -11,8 +11,11 @@ Nothing here is imported by ``import seqattr``: the output classes import this m
 
 Example:
     >>> import treescope; treescope.basic_interactive_setup()     # doctest: +SKIP
-    >>> out                                                       # rendered by treescope
-    >>> array_figure(out[0], "target")                            # the labelled heatmap alone
+    >>> out                                                       # rendered by treescope in a notebook
+    AttributionOutput(1 sequence(s), method='saliency', model='GPT2LMHeadModel')
+    >>> figure = array_figure(out[0], "target")                   # the labelled heatmap alone
+    >>> type(figure).__name__
+    'TreescopeFigure'
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def array_figure(seq: SequenceAttribution, side: str = "target"):
     Extra dimensions (raw hidden vectors, layers, heads) become sliders. Unseen cells are shown as invalid.
 
     Example:
-        >>> array_figure(out[0], "source")             # doctest: +SKIP
+        >>> type(array_figure(out[0], "target")).__name__       # displayed as a heatmap in a notebook
+        'TreescopeFigure'
     """
     import treescope
 

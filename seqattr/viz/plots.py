@@ -10,8 +10,8 @@ is ``figure.get_size_inches() * dpi`` pixels (no tight cropping), predictable fo
 Attributions with extra dimensions are summed over them, as in the other views.
 
 Example:
-    >>> fig = out[0].aggregate("words").plot(title="IG, words")        # doctest: +SKIP
-    >>> out[0].save_plot("heatmap.pdf", cell_size=0.35)
+    >>> fig = out[0].aggregate("words").plot(title="saliency, words")
+    >>> out[0].save_plot(tmp / "heatmap.pdf", cell_size=0.35)
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def plot(
     ``annotate`` writes each score in its cell (default: when there are at most 400 cells).
 
     Example:
-        >>> fig = seq.plot(title="saliency")                # doctest: +SKIP
-        >>> fig.savefig("saliency.svg")
+        >>> fig = seq.plot(title="saliency")
+        >>> fig.get_size_inches().round(2).tolist()       # cell_size inches per cell, plus margins
+        [4.0, 5.92]
+        >>> fig.savefig(tmp / "saliency.svg")
     """
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -154,6 +156,6 @@ def save_plot(seq: SequenceAttribution, path: str | Path, *, dpi: int = 200, **o
     """Save `plot`'s figure; the format follows the suffix (``.png``, ``.svg``, ``.pdf``).
 
     Example:
-        >>> save_plot(out[0], "heatmap.png", dpi=300, title="IG")      # doctest: +SKIP
+        >>> save_plot(out[0], tmp / "heatmap.png", dpi=300, title="saliency")
     """
     plot(seq, **options).savefig(path, dpi=dpi)
