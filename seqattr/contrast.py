@@ -22,9 +22,11 @@ embeddings, constant. Without ``contrast_sources``, an encoder-decoder's whole s
 decoder-only prompt is shared wherever its tokens are unchanged.
 
 Example:
-    >>> model.attribute(                                            # doctest: +SKIP
-    ...     "The capital of France is", "The capital of France is Paris",
-    ...     contrast_targets="The capital of France is Berlin", attributed_fn="contrast_prob_diff")
+    >>> out = model.attribute(
+    ...     "The capital of Germany is", "The capital of Germany is Berlin",
+    ...     contrast_targets="The capital of Germany is Paris", attributed_fn="contrast_prob_diff")
+    >>> out[0].steps, out.info["attributed_fn"]     # why "Berlin" rather than "Paris"
+    (['ĠBerlin'], 'contrast_prob_diff')
 """
 
 from __future__ import annotations

@@ -30,8 +30,13 @@ def eager_attention(model: PreTrainedModel) -> Iterator[str]:
     """Run the model with eager attention inside the block; yields a note for the output's info.
 
     Example:
-        >>> with eager_attention(hf_model) as note:        # doctest: +SKIP
-        ...     out = hf_model(**inputs, output_attentions=True)
+        >>> inputs = hf_tokenizer("The cat", return_tensors="pt")
+        >>> with eager_attention(hf_model) as note:
+        ...     result = hf_model(**inputs, output_attentions=True)
+        >>> len(result.attentions), result.attentions[0].shape      # layers; [batch, heads, len, len]
+        (2, torch.Size([1, 4, 2, 2]))
+        >>> note
+        "eager (attention weights need it; the model's 'sdpa' was restored after the call)"
     """
     original = model.config._attn_implementation
     if original == "eager":

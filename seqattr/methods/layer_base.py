@@ -63,8 +63,9 @@ def resolve_layer(hf_model: nn.Module, target_layer: str | nn.Module | None) -> 
     """``(name, module)`` of the attributed layer; ``(EMBEDDINGS, None)`` for the input embeddings.
 
     Example:
-        >>> resolve_layer(gpt2, "transformer.h.0.mlp")           # doctest: +SKIP
-        ('transformer.h.0.mlp', GPT2MLP(...))
+        >>> name, layer = resolve_layer(hf_model, "transformer.h.0.mlp")
+        >>> name, type(layer).__name__
+        ('transformer.h.0.mlp', 'GPT2MLP')
     """
     check_target_layer(target_layer)
     names = {module: name for name, module in hf_model.named_modules()}

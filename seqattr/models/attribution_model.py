@@ -380,7 +380,9 @@ class AttributionModel:
 
         Example:
             >>> out = model.attribute("The capital of France is", generation_args={"max_new_tokens": 8},
-            ...                       step_scores=["probability"])       # doctest: +SKIP
+            ...                       step_scores=["probability"])
+            >>> out[0].num_steps, out[0].target_attributions.shape, out[0].step_scores["probability"].shape
+            (8, torch.Size([14, 8]), torch.Size([8]))
         """
         started = time.perf_counter()
         texts = _as_text_list(input_texts, "input_texts")
