@@ -1,7 +1,7 @@
 """The namespace of the docstring examples, which run as doctests (``make test``, ``pytest seqattr``).
 
 Every example in ``seqattr/`` may use the names below without defining them; they are small real objects built
-offline from `seqattr.testing.tiny_model` (a tiny random-weight GPT-2 and T5), once per session and only when
+offline from `seqattr.testing.tiny_model` (a tiny random-weight GPT-2), once per session and only when
 a doctest runs, so the tests in ``tests/`` are not affected (their fixtures live in ``tests/conftest.py``).
 
 - ``seqattr``, ``torch``, ``Path``;
