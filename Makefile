@@ -26,7 +26,8 @@ install-chromium:
 test:
 	$(PYTHON) -m pytest -q
 
-# Without the tests marked slow (those that need the real SmolLM2 weights): the tiny offline models only.
+# Without the tests marked slow (those that need the real SmolLM2 weights); the default_model doctests still
+# convert its GGUF once per machine (~25 s).
 test-fast:
 	$(PYTHON) -m pytest -q -m "not slow"
 
