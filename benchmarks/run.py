@@ -6,7 +6,7 @@ seqattr's in this environment (`seqattr_runner.py`), Inseq's in its own virtual 
 one invocation, so ratios hold even on a busy machine better than absolute times do.
 
 Usage:
-    python3 benchmarks/run.py                        # the quick grid (about 10-15 minutes on 2 cores)
+    python3 benchmarks/run.py                        # the quick grid (about an hour on 2 cores)
     python3 benchmarks/run.py --full --docs          # the whole grid; also rewrites docs/benchmarks.md
     python3 benchmarks/run.py --methods saliency,occlusion --models gpt2-small --lengths 10,40 --batches 1
     python3 benchmarks/run.py --no-inseq             # seqattr only (fused vs stepwise)
