@@ -7,8 +7,8 @@ a doctest runs, so the tests in ``tests/`` are not affected (their fixtures live
 - ``seqattr``, ``torch``, ``Path``;
 - ``hf_model``, ``hf_tokenizer`` (also ``tokenizer``): the tiny GPT-2 and its tokenizer;
 - ``model``: ``seqattr.load_model(hf_model, "saliency", tokenizer=hf_tokenizer)``;
-- ``out``: ``model.attribute("The capital of France is", generation_args={"max_new_tokens": 4},
-  step_scores=["probability"])``, and ``seq = out[0]``;
+- ``out``: ``model.attribute("The capital of France is", "The capital of France is the city",
+  step_scores=["probability"])`` (4 forced steps: "Ġthe", "Ġc", "it", "y"), and ``seq = out[0]``;
 - ``tmp``: an empty temporary folder (one per example); examples run with it as the working directory, so
   nothing they write lands in the repository.
 
@@ -34,9 +34,11 @@ def _shared_namespace() -> dict:
     torch.set_num_threads(1)
     hf_model, hf_tokenizer = tiny_model("gpt2")
     model = seqattr.load_model(hf_model, "saliency", tokenizer=hf_tokenizer)
+    # A forced continuation: its tokens come from the tokenizer, not from the random weights, so the examples
+    # that print tokens stay true whatever the weights (" city" is three tokens: word aggregation shows).
     out = model.attribute(
         "The capital of France is",
-        generation_args={"max_new_tokens": 4},
+        "The capital of France is the city",
         step_scores=["probability"],
         show_progress=False,
     )

@@ -13,8 +13,10 @@ Example:
     >>> seq.trace.off_greedy_steps()        # steps whose token was not the model's first choice
     []
     >>> forced = model.attribute("The capital of France is", "The capital of France is Paris.")[0]
-    >>> forced.steps, forced.trace.off_greedy_steps()       # random weights: no forced token is first
-    (['Ġ', 'Paris', '.'], [0, 1, 2])
+    >>> forced.steps, forced.trace.ranks.shape          # rank 0: the model's first choice
+    (['Ġ', 'Paris', '.'], torch.Size([3]))
+    >>> forced.trace.off_greedy_steps() == [i for i, r in enumerate(forced.trace.ranks) if r > 0]
+    True
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class GenerationTrace:
         """Steps whose chosen token was not the most probable one (rank > 0).
 
         Example:
-            >>> seq.trace.off_greedy_steps()          # greedy generation: every token was the first choice
+            >>> greedy = model.attribute("The capital of France is", generation_args={"max_new_tokens": 3})[0]
+            >>> greedy.trace.off_greedy_steps()       # greedy generation: every token was the first choice
             []
         """
         return [int(step) for step in torch.nonzero(self.ranks > 0).flatten()]

@@ -30,10 +30,10 @@ class SequenceAttribution:
 
     Example:
         >>> seq = out.sequence_attributions[0]          # also out[0]
-        >>> seq.target                                  # prompt + generated (random weights: gibberish)
-        ['The', 'Ġcapit', 'al', 'Ġof', 'ĠFrance', 'Ġis', 'ic', ']', 'z', '¢']
-        >>> seq.steps                                   # the explained (generated) tokens
-        ['ic', ']', 'z', '¢']
+        >>> seq.target                                  # prompt + continuation (here a forced one)
+        ['The', 'Ġcapit', 'al', 'Ġof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġc', 'it', 'y']
+        >>> seq.steps                                   # the explained (generated or forced) tokens
+        ['Ġthe', 'Ġc', 'it', 'y']
         >>> seq.target_attributions.shape               # [len(target), steps]
         torch.Size([10, 4])
         >>> seq.target_attributions[:, 0].isnan().tolist()   # step 0 sees the prompt only: NaN after it

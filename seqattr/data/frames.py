@@ -133,8 +133,8 @@ def scores_dict(seq: SequenceAttribution) -> dict[str, dict]:
     Example:
         >>> d = out[0].get_scores_dict()
         >>> out[0].target[4:7]
-        ['ĠFrance', 'Ġis', 'ic']
-        >>> score = d["target_attributions"][(6, "ic")][(5, "Ġis")]   # step "ic" (position 6) on "Ġis"
+        ['ĠFrance', 'Ġis', 'Ġthe']
+        >>> score = d["target_attributions"][(6, "Ġthe")][(5, "Ġis")]   # step "Ġthe" (position 6) on "Ġis"
         >>> score == out[0].target_attributions[5, 0].item()
         True
     """

@@ -21,11 +21,11 @@ matched over the joined text and each token joins the match holding its first no
 that are only whitespace join the next group. Special and masked tokens always stay alone.
 
 Example:
-    >>> words = out[0].aggregate("words")         # the generated pieces have no space: one "word"
+    >>> words = out[0].aggregate("words")         # "Ġc" "it" "y" (three steps) become "Ġcity"
     >>> words.target
-    ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġisic]z¢']
+    ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġcity']
     >>> words.aggregate("spans", target_spans=[(0, 3)]).target   # merge target rows 0..2 into one
-    ['TheĠcapitalĠof', 'ĠFrance', 'Ġisic]z¢']
+    ['TheĠcapitalĠof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġcity']
 """
 
 from __future__ import annotations
@@ -250,11 +250,11 @@ def aggregate(
 
     Example:
         >>> seq.aggregate("words").normalize().target
-        ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġisic]z¢']
-        >>> seq.aggregate("regex", pattern=r"\\w+|[^\\w\\s]").target   # punctuation apart from words
-        ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġisic', ']', 'z', '¢']
+        ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġcity']
+        >>> seq.aggregate("regex", pattern=r"capital of|\\w+").target   # a multi-word group of your own
+        ['The', 'ĠcapitalĠof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġcity']
         >>> seq.aggregate("spans", target_spans=[(6, 8)], step_fn="mean").steps   # two steps become one
-        ['ic]', 'z', '¢']
+        ['ĠtheĠc', 'it', 'y']
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
