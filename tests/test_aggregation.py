@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import attribution_model
 
+from conftest import attribution_model
 from seqattr import AttributionOutput, SequenceAttribution
 from seqattr.data.tokens import detect_scheme, token_texts
 from seqattr.testing import tiny_model

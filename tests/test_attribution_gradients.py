@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from exact import assert_close, exact_model, float64_model, probability64
 
 import seqattr
+from exact import assert_close, exact_model, float64_model, probability64
 from seqattr.testing import ARCHITECTURES, ENCODER_DECODER, tiny_model
 
 PROMPTS = ["the cat sat on the mat", "Paris is a beautiful city"]

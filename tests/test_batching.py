@@ -13,9 +13,9 @@ import copy
 
 import pytest
 import torch
-from exact import assert_sequences_close, exact_model, float64_model, probability64
 
 import seqattr
+from exact import assert_sequences_close, exact_model, float64_model, probability64
 from seqattr.testing import ARCHITECTURES, DECODER_ONLY, ENCODER_DECODER, tiny_model
 
 # Lengths differ a lot (one prompt is a single word) so that pad rows are fully masked.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from exact import assert_sequences_close
 
 import seqattr
+from exact import assert_sequences_close
 from seqattr.cli import main
 from seqattr.testing import tiny_model
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import attribution_model
 from transformers import BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2Model
 
 import seqattr
+from conftest import attribution_model
 from seqattr.testing import MAX_POSITIONS, tiny_model
 
 PROMPT = "The cat sat on the mat."

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import attribution_model
 
+from conftest import attribution_model
 from seqattr.testing import ARCHITECTURES, DECODER_ONLY, ENCODER_DECODER, tiny_model
 
 PROMPTS = ["The cat sat on the mat.", "Paris is a beautiful city in the north of France.", "Why"]

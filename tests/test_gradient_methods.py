@@ -25,9 +25,9 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
-from exact import assert_close, assert_sequences_close, exact_model, probability64
 
 import seqattr
+from exact import assert_close, assert_sequences_close, exact_model, probability64
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor", "ignore:Setting forward, backward hooks")
 

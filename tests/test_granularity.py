@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from exact import assert_close, exact_model, float64_model, probability64
 
+from exact import assert_close, exact_model, float64_model, probability64
 from seqattr.features import sentence_groups, token_groups, word_groups
 from seqattr.testing import ARCHITECTURES, ENCODER_DECODER
 

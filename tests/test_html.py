@@ -13,9 +13,9 @@ import re
 
 import pytest
 import torch
+
 from browser import browser_page, chromium_or_skip
 from conftest import attribution_model
-
 from seqattr import AttributionOutput, SequenceAttribution
 from seqattr.trace import GenerationTrace
 from seqattr.viz.html import example_payload

@@ -11,9 +11,9 @@ import copy
 
 import pytest
 import torch
-from exact import assert_close, assert_sequences_close, exact_model, float64_model
 
 import seqattr
+from exact import assert_close, assert_sequences_close, exact_model, float64_model
 from seqattr.methods.attention_rollout import rollout
 from seqattr.methods.value_zeroing import decoder_layers
 from seqattr.models.attribution_model import AttributionModel

@@ -24,9 +24,9 @@ import functools
 
 import pytest
 import torch
-from exact import assert_identical, assert_sequences_close, exact_model, probability64
 
 import seqattr
+from exact import assert_identical, assert_sequences_close, exact_model, probability64
 from seqattr.testing import ENCODER_DECODER
 
 METHODS: list[tuple[str, dict]] = [

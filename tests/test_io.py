@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from conftest import attribution_model
-from exact import assert_identical
 from rich.console import Console
 
 import seqattr
+from conftest import attribution_model
+from exact import assert_identical
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.data.io import FORMAT_VERSION
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
+
+import seqattr
 from exact import (
     assert_close,
     assert_identical,
@@ -22,8 +24,6 @@ from exact import (
     float64_model,
     probability64,
 )
-
-import seqattr
 from seqattr.methods import perturbation
 from seqattr.methods.kernel_shap import shapley_size_distribution
 from seqattr.methods.lime import fit_linear

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import attribution_model
 
+from conftest import attribution_model
 from seqattr import AttributionOutput, SequenceAttribution
 from seqattr.data.frames import COLUMNS, scores_from_dataframe
 from seqattr.viz import plots

@@ -12,9 +12,9 @@ import time
 
 import pytest
 import torch
-from exact import assert_close, probability64
 
 import seqattr
+from exact import assert_close, probability64
 
 pytestmark = [
     pytest.mark.slow,

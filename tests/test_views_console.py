@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 import torch
-from conftest import attribution_model
 from rich.console import Console
 
+from conftest import attribution_model
 from seqattr import AttributionOutput, SequenceAttribution
 from seqattr.trace import GenerationTrace
 from seqattr.viz.console import HeatmapView, cell_style
