@@ -23,6 +23,7 @@ from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
 from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
+from seqattr.models.causality import check_causal
 from seqattr.models.embedding_scale import input_embedding_scales
 from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
 from seqattr.trace import DEFAULT_TOP_K, check_top_k
@@ -91,6 +92,8 @@ class AttributionModel:
         self.tokenizer = tokenizer
         self.model_name = model_name or getattr(model, "name_or_path", None) or type(model).__name__
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        # A bidirectional model would run and return wrong numbers: refused before anything else.
+        check_causal(model)
         self.method_name = method
         self.method_kwargs = method_kwargs
         # Fail now, not at the first attribute() call, on an unknown method or option.

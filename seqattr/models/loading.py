@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from seqattr.models.attribution_model import AttributionModel
+from seqattr.models.causality import check_head_loaded
 from seqattr.models.default_model import default_model_path
 
 
@@ -37,11 +38,13 @@ def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrain
         AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     )
     try:
-        return auto_class.from_pretrained(name, **kwargs)
+        model, info = auto_class.from_pretrained(name, output_loading_info=True, **kwargs)
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
             raise _not_generative(f"{name!r} ({type(config).__name__})") from err
         raise
+    check_head_loaded(name, model, list(info.get("missing_keys", ())))
+    return model
 
 
 def load_model(
