@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import io
 import json
@@ -38,13 +39,11 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-DECODER_ONLY = ("gpt2", "llama", "qwen2")
-ENCODER_DECODER = ("t5", "bart", "marian")
-ARCHITECTURES = DECODER_ONLY + ENCODER_DECODER
 
 MAX_POSITIONS = 128
 """Context length of the tiny models (and ``model_max_length`` of their tokenizers), kept small so that
@@ -58,7 +57,6 @@ _INIT_STD = 0.3
 # own factor) and random-signed gains on the decoder's last norm, scaled so logits have std ~1.5-2.
 _SEQ2SEQ_INIT_STD = 0.05
 _T5_INIT_FACTOR = 2.0
-_LAST_NORM_STD = {"t5": 1.0, "bart": 4.0, "marian": 4.0}
 
 # --------------------------------------------------------------------------------------------------
 # Training corpus. Varied English (questions, numbers, contractions, punctuation, capitalised words) so
@@ -339,16 +337,6 @@ def _tokenizer_marian() -> PreTrainedTokenizerBase:
         )
 
 
-_TOKENIZER_BUILDERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {
-    "gpt2": _tokenizer_gpt2,
-    "llama": _tokenizer_llama,
-    "qwen2": _tokenizer_qwen2,
-    "t5": _tokenizer_t5,
-    "bart": _tokenizer_bart,
-    "marian": _tokenizer_marian,
-}
-
-
 @functools.cache  # an unbounded lru_cache
 def tiny_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
     """The tiny tokenizer of ``architecture`` alone (cached; read-only). See :func:`tiny_model`.
@@ -360,131 +348,167 @@ def tiny_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
     """
     _check_architecture(architecture)
     with _quiet_transformers():
-        return _TOKENIZER_BUILDERS[architecture]()
+        return RECIPES[architecture].tokenizer()
 
 
 # --------------------------------------------------------------------------------------------------
-# Models
+# Models: one recipe per architecture
 # --------------------------------------------------------------------------------------------------
-def _config(architecture: str, tok: PreTrainedTokenizerBase):
-    """The tiny config, with every special-token id taken from the tokenizer (so they always agree)."""
-    from transformers import BartConfig, GPT2Config, LlamaConfig, MarianConfig, Qwen2Config, T5Config
+def _gpt2_config(tok: PreTrainedTokenizerBase):
+    from transformers import GPT2Config
 
-    vocab_size = len(tok)
-    if architecture == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=MAX_POSITIONS,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=None,
-            initializer_range=_INIT_STD,
-        )
-    if architecture in ("llama", "qwen2"):
-        config_class = LlamaConfig if architecture == "llama" else Qwen2Config
-        return config_class(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,  # grouped-query attention, as in the real ones
-            max_position_embeddings=MAX_POSITIONS,
-            tie_word_embeddings=False,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            initializer_range=_INIT_STD,
-        )
-    if architecture == "t5":
-        return T5Config(
-            vocab_size=vocab_size,
-            d_model=64,
-            d_kv=16,
-            d_ff=128,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=MAX_POSITIONS,
-            feed_forward_proj="relu",
-            tie_word_embeddings=True,
-            dropout_rate=0.0,
-            # T5 scales its whole init by this factor (embeddings get std = factor)
-            initializer_factor=_T5_INIT_FACTOR,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            decoder_start_token_id=tok.pad_token_id,
-        )
-    if architecture == "bart":
-        return BartConfig(
-            vocab_size=vocab_size,
-            d_model=64,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=128,
-            decoder_ffn_dim=128,
-            max_position_embeddings=MAX_POSITIONS,
-            dropout=0.0,
-            attention_dropout=0.0,
-            activation_dropout=0.0,
-            init_std=_SEQ2SEQ_INIT_STD,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            decoder_start_token_id=tok.eos_token_id,  # BART starts decoding from </s>
-            forced_eos_token_id=None,
-            forced_bos_token_id=None,
-        )
-    if architecture == "marian":
-        return MarianConfig(
-            vocab_size=vocab_size,
-            decoder_vocab_size=vocab_size,
-            d_model=64,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=128,
-            decoder_ffn_dim=128,
-            max_position_embeddings=MAX_POSITIONS,
-            dropout=0.0,
-            attention_dropout=0.0,
-            activation_dropout=0.0,
-            init_std=_SEQ2SEQ_INIT_STD,
-            scale_embedding=True,
-            share_encoder_decoder_embeddings=True,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            decoder_start_token_id=tok.pad_token_id,  # opus-mt starts decoding from <pad>
-            forced_eos_token_id=None,
-        )
-    raise AssertionError(architecture)
-
-
-def _model_class(architecture: str) -> type[PreTrainedModel]:
-    from transformers import (
-        BartForConditionalGeneration,
-        GPT2LMHeadModel,
-        LlamaForCausalLM,
-        MarianMTModel,
-        Qwen2ForCausalLM,
-        T5ForConditionalGeneration,
+    return GPT2Config(
+        vocab_size=len(tok),
+        n_positions=MAX_POSITIONS,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=None,
+        initializer_range=_INIT_STD,
     )
 
-    return {
-        "gpt2": GPT2LMHeadModel,
-        "llama": LlamaForCausalLM,
-        "qwen2": Qwen2ForCausalLM,
-        "t5": T5ForConditionalGeneration,
-        "bart": BartForConditionalGeneration,
-        "marian": MarianMTModel,
-    }[architecture]
+
+def _llama_style_config(config_name: str, tok: PreTrainedTokenizerBase):
+    import transformers
+
+    return getattr(transformers, config_name)(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention, as in the real ones
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        initializer_range=_INIT_STD,
+    )
+
+
+def _t5_config(tok: PreTrainedTokenizerBase):
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=len(tok),
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=MAX_POSITIONS,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+        dropout_rate=0.0,
+        # T5 scales its whole init by this factor (embeddings get std = factor)
+        initializer_factor=_T5_INIT_FACTOR,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
+
+
+def _bart_style_config(config_name: str, tok: PreTrainedTokenizerBase, **specific):
+    """BART and Marian share their layout (post-LN, learned or sinusoidal positions, tied embeddings)."""
+    import transformers
+
+    return getattr(transformers, config_name)(
+        vocab_size=len(tok),
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=MAX_POSITIONS,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        init_std=_SEQ2SEQ_INIT_STD,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        forced_eos_token_id=None,
+        **specific,
+    )
+
+
+def _bart_config(tok: PreTrainedTokenizerBase):
+    return _bart_style_config(
+        "BartConfig",
+        tok,
+        bos_token_id=tok.bos_token_id,
+        decoder_start_token_id=tok.eos_token_id,  # BART starts decoding from </s>
+        forced_bos_token_id=None,
+    )
+
+
+def _marian_config(tok: PreTrainedTokenizerBase):
+    return _bart_style_config(
+        "MarianConfig",
+        tok,
+        decoder_vocab_size=len(tok),
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        decoder_start_token_id=tok.pad_token_id,  # opus-mt starts decoding from <pad>
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one architecture's tiny model is built: adding an architecture to the zoo is one recipe here.
+
+    ``last_norm`` (encoder-decoders) names the decoder norm whose gains get random signs of std
+    ``last_norm_std`` (see `_decorrelate_tied_head`).
+    """
+
+    model_class: str
+    tokenizer: Callable[[], PreTrainedTokenizerBase]
+    config: Callable[[PreTrainedTokenizerBase], Any]
+    encoder_decoder: bool = False
+    last_norm: str | None = None
+    last_norm_std: float = 0.0
+
+
+RECIPES: dict[str, Recipe] = {
+    "gpt2": Recipe("GPT2LMHeadModel", _tokenizer_gpt2, _gpt2_config),
+    "llama": Recipe(
+        "LlamaForCausalLM", _tokenizer_llama, functools.partial(_llama_style_config, "LlamaConfig")
+    ),
+    "qwen2": Recipe(
+        "Qwen2ForCausalLM", _tokenizer_qwen2, functools.partial(_llama_style_config, "Qwen2Config")
+    ),
+    "t5": Recipe(
+        "T5ForConditionalGeneration", _tokenizer_t5, _t5_config, True, "decoder.final_layer_norm", 1.0
+    ),
+    # BART and Marian are post-LN and have no final decoder norm: their last layer's is used.
+    "bart": Recipe(
+        "BartForConditionalGeneration",
+        _tokenizer_bart,
+        _bart_config,
+        True,
+        "model.decoder.layers.1.final_layer_norm",
+        4.0,
+    ),
+    "marian": Recipe(
+        "MarianMTModel",
+        _tokenizer_marian,
+        _marian_config,
+        True,
+        "model.decoder.layers.1.final_layer_norm",
+        4.0,
+    ),
+}
+"""The architectures of the zoo, by name."""
+
+DECODER_ONLY = tuple(name for name, recipe in RECIPES.items() if not recipe.encoder_decoder)
+ENCODER_DECODER = tuple(name for name, recipe in RECIPES.items() if recipe.encoder_decoder)
+ARCHITECTURES = DECODER_ONLY + ENCODER_DECODER
 
 
 @functools.cache  # an unbounded lru_cache
@@ -504,11 +528,12 @@ def tiny_model(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, PreTr
         True
     """
     tok = tiny_tokenizer(architecture)
-    config = _config(architecture, tok)
+    recipe = RECIPES[architecture]
+    config = recipe.config(tok)
     with _quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _model_class(architecture)(config)
-        _decorrelate_tied_head(model, architecture)
+        model = getattr(transformers, recipe.model_class)(config)
+        _decorrelate_tied_head(model, recipe)
     model = model.float().eval()
     generation = model.generation_config
     for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
@@ -521,7 +546,7 @@ def tiny_model(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, PreTr
     return model, tok
 
 
-def _decorrelate_tied_head(model: PreTrainedModel, architecture: str) -> None:
+def _decorrelate_tied_head(model: PreTrainedModel, recipe: Recipe) -> None:
     """Give the decoder's last norm random-signed gains (encoder-decoders only), in place.
 
     These models tie their output projection to the input embeddings, as the real ones do. With random
@@ -532,14 +557,10 @@ def _decorrelate_tied_head(model: PreTrainedModel, architecture: str) -> None:
     instead is awkward in transformers 5: ``tie_word_embeddings=False`` also unties the encoder's and the
     decoder's input embeddings from ``shared``, and T5Config forces it back to True.)
     """
-    if architecture not in _LAST_NORM_STD:
+    if recipe.last_norm is None:
         return
-    if architecture == "t5":
-        norm = model.decoder.final_layer_norm
-    else:  # BART and Marian are post-LN and have no final decoder norm: use the last layer's
-        norm = model.model.decoder.layers[-1].final_layer_norm
     with torch.no_grad():
-        norm.weight.normal_(0.0, _LAST_NORM_STD[architecture])
+        model.get_submodule(recipe.last_norm).weight.normal_(0.0, recipe.last_norm_std)
 
 
 def _check_architecture(architecture: str) -> None:
@@ -565,6 +586,8 @@ __all__ = [
     "DECODER_ONLY",
     "ENCODER_DECODER",
     "MAX_POSITIONS",
+    "RECIPES",
+    "Recipe",
     "tiny_model",
     "tiny_tokenizer",
 ]
