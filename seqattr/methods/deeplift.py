@@ -20,7 +20,7 @@ import torch
 from captum.attr import DeepLift as CaptumDeepLift
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, refuse_contrast
-from seqattr.methods.gradient import GradientOptions, captum_stepwise, reduce_hidden
+from seqattr.methods.gradient import GradientOptions, captum_stepwise
 from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
 from seqattr.methods.step_rows import ForwardModule, RowsResult, captum_step_rows
 from seqattr.typing import Tensor
@@ -109,13 +109,11 @@ class DeepLift(AttributionMethod):
 
     def attribute_fused(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
         inputs = refuse_deeplift_contrast(inputs, self.name)
-        reduce = lambda a: reduce_hidden(a, options.hidden_reduction)  # noqa: E731
+        reduce = options.reduce  # noqa: E731
         return captum_step_rows(
             inputs, self._runner(inputs, options), reduce, rows_per_step=2 * inputs.batch.size
         )
 
     def attribute_stepwise(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
         inputs = refuse_deeplift_contrast(inputs, self.name)
-        return stepwise_with_deltas(
-            inputs, self._runner(inputs, options), lambda a: reduce_hidden(a, options.hidden_reduction)
-        )
+        return stepwise_with_deltas(inputs, self._runner(inputs, options), options.reduce)

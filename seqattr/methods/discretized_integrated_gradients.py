@@ -29,7 +29,6 @@ from seqattr.methods.gradient import (
     AttributionWriter,
     GradientOptions,
     captum_stepwise,
-    reduce_hidden,
     step_chunks,
 )
 from seqattr.methods.monotonic_paths import STRATEGIES, monotonic_paths
@@ -168,4 +167,4 @@ class DiscretizedIntegratedGradients(AttributionMethod):
                     total += grad * (path[k + 1] - path[k])
             return tuple(totals)
 
-        return captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+        return captum_stepwise(inputs, attribute_step, options.reduce)

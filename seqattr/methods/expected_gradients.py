@@ -21,7 +21,7 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
 from seqattr.methods.integrated_gradients import CONVERGENCE_DELTA, straight_path_blocks
 from seqattr.methods.noise import check_seed
 from seqattr.methods.path_base import (
@@ -170,7 +170,7 @@ class ExpectedGradients(AttributionMethod):
             deltas.append(delta)
             return tuple(t / len(baselines) for t in total)
 
-        output = captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+        output = captum_stepwise(inputs, attribute_step, options.reduce)
         if options.return_convergence_delta:
             output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
         return output

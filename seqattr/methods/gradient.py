@@ -65,6 +65,10 @@ class GradientOptions:
                 f"valid: {', '.join(map(repr, HIDDEN_REDUCTIONS))}"
             )
 
+    def reduce(self, values: Float[Tensor, "*dims hidden"]) -> Tensor:
+        """``values`` with the hidden dimension reduced as these options say (see `reduce_hidden`)."""
+        return reduce_hidden(values, self.hidden_reduction)
+
 
 @dataclass
 class StepGradients:
@@ -184,8 +188,13 @@ class AttributionWriter:
 
 
 class PointwiseGradientMethod(AttributionMethod):
-    """A gradient method whose attribution at a point needs only the gradient there (and the point): what a
-    noise tunnel (``methods/noise_tunnel.py``) averages over noisy copies of the inputs."""
+    """A gradient method whose attribution at a point needs only the gradient there (and the point).
+
+    A subclass declares `point_attribution` and `captum_method`; this base runs both paths from them: fused,
+    every step's gradient from one forward pass and a batched backward; stepwise, Captum's class on each
+    step's prefix. A noise tunnel (``methods/noise_tunnel.py``) averages `point_attribution` over noisy
+    copies of the inputs.
+    """
 
     def point_attribution(self, gradient: Tensor, points: Tensor, options) -> Tensor:
         """The raw (per-hidden) attribution from ``gradient`` at ``points`` (same shape)."""
@@ -194,6 +203,26 @@ class PointwiseGradientMethod(AttributionMethod):
     def captum_method(self, forward: Callable[..., Tensor], options) -> tuple[Any, dict[str, Any]]:
         """Captum's class for the same method on ``forward``, and the keyword arguments of ``attribute``."""
         raise NotImplementedError
+
+    def attribute_fused(self, inputs: MethodInputs, options: GradientOptions) -> MethodOutput:
+        writer = AttributionWriter(inputs)
+        for steps in step_chunks(inputs, n_points=inputs.batch.size):
+            grads = step_gradients(inputs, inputs.source_embeds, inputs.target_embeds, steps)
+            source = target = None
+            if grads.source is not None:
+                source = options.reduce(self.point_attribution(grads.source, inputs.source_embeds, options))
+            if grads.target is not None:
+                prefix = inputs.target_embeds[:, : grads.target.shape[2]]
+                target = options.reduce(self.point_attribution(grads.target, prefix, options))
+            writer.write(steps, source, target)
+        return writer.output()
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: GradientOptions) -> MethodOutput:
+        def attribute_step(forward, attributed, additional):
+            captum, kwargs = self.captum_method(forward, options)
+            return captum.attribute(attributed, additional_forward_args=additional, **kwargs)
+
+        return captum_stepwise(inputs, attribute_step, options.reduce)
 
 
 CaptumStep = Callable[[Callable[..., Tensor], tuple[Tensor, ...], tuple], tuple[Tensor, ...]]

@@ -18,7 +18,6 @@ from seqattr.methods.gradient import (
     AttributionWriter,
     GradientOptions,
     captum_stepwise,
-    reduce_hidden,
     step_chunks,
 )
 from seqattr.methods.noise import (
@@ -143,6 +142,4 @@ class GradientShap(AttributionMethod):
                     additional_forward_args=additional,
                 )
 
-        return captum_stepwise(
-            inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction), split_positions=True
-        )
+        return captum_stepwise(inputs, attribute_step, options.reduce, split_positions=True)

@@ -13,7 +13,7 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
 from seqattr.methods.path_base import (
     Baselines,
     PathOptions,
@@ -105,7 +105,7 @@ class IntegratedGradients(AttributionMethod):
                 deltas.append(delta.detach())
             return result
 
-        output = captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
+        output = captum_stepwise(inputs, attribute_step, options.reduce)
         if options.return_convergence_delta:
             output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
         return output

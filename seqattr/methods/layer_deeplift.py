@@ -20,7 +20,6 @@ from seqattr.methods.deeplift import (
     run_captum_deeplift,
     stepwise_with_deltas,
 )
-from seqattr.methods.gradient import reduce_hidden
 from seqattr.methods.layer_base import LayerRun, check_target_layer
 from seqattr.methods.path_base import resolve_baselines
 from seqattr.methods.step_rows import RowsResult, captum_step_rows
@@ -67,7 +66,7 @@ class LayerDeepLift(AttributionMethod):
             return captum_step_rows(
                 inputs,
                 self._runner(inputs, options, run),
-                lambda a: reduce_hidden(a, options.hidden_reduction),
+                options.reduce,
                 rows_per_step=2 * inputs.batch.size,
             )
 
@@ -77,5 +76,5 @@ class LayerDeepLift(AttributionMethod):
             return stepwise_with_deltas(
                 inputs,
                 self._runner(inputs, options, run),
-                lambda a: reduce_hidden(a, options.hidden_reduction),
+                options.reduce,
             )

@@ -17,7 +17,6 @@ from seqattr.methods.gradient import (
     AttributionWriter,
     GradientOptions,
     captum_stepwise,
-    reduce_hidden,
     step_chunks,
 )
 from seqattr.methods.layer_base import LayerRun, check_target_layer
@@ -52,10 +51,7 @@ class LayerGradientXActivation(AttributionMethod):
                 source, target = run.split(attribution, 2)
                 writer.write(
                     steps,
-                    *(
-                        None if x is None else reduce_hidden(x, options.hidden_reduction)
-                        for x in (source, target)
-                    ),
+                    *(None if x is None else options.reduce(x) for x in (source, target)),
                 )
         return writer.output()
 
@@ -70,6 +66,4 @@ class LayerGradientXActivation(AttributionMethod):
                 )
                 return run.per_role(captum.attribute(attributed, additional_forward_args=additional))
 
-            return captum_stepwise(
-                inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction)
-            )
+            return captum_stepwise(inputs, attribute_step, options.reduce)

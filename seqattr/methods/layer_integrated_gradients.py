@@ -19,7 +19,7 @@ from captum.attr import LayerIntegratedGradients as CaptumLayerIntegratedGradien
 from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
 from seqattr.methods.integrated_gradients import CONVERGENCE_DELTA
 from seqattr.methods.layer_base import LayerRun, check_target_layer
 from seqattr.methods.path_base import (
@@ -82,10 +82,7 @@ class LayerIntegratedGradients(AttributionMethod):
                 source, target = run.split(total, 2)
                 writer.write(
                     steps,
-                    *(
-                        None if x is None else reduce_hidden(x, options.hidden_reduction)
-                        for x in (source, target)
-                    ),
+                    *(None if x is None else options.reduce(x) for x in (source, target)),
                 )
         if options.return_convergence_delta:
             gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - step_scores_at(
@@ -119,9 +116,7 @@ class LayerIntegratedGradients(AttributionMethod):
                     deltas.append(delta.detach())
                 return run.per_role(result)
 
-            output = captum_stepwise(
-                inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction)
-            )
+            output = captum_stepwise(inputs, attribute_step, options.reduce)
         if options.return_convergence_delta:
             output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
         return output

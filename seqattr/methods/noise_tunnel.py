@@ -25,7 +25,6 @@ from seqattr.methods.gradient import (
     GradientOptions,
     PointwiseGradientMethod,
     captum_stepwise,
-    reduce_hidden,
     step_chunks,
     step_gradients,
 )
@@ -113,9 +112,7 @@ class NoiseTunnel(AttributionMethod):
                     sums[i] = part if sums[i] is None else sums[i] + part
                     squares[i] = part_sq if squares[i] is None else squares[i] + part_sq
             combined = [
-                None
-                if total is None
-                else reduce_hidden(self._combine(total, total_sq, samples), options.hidden_reduction)
+                None if total is None else options.reduce(self._combine(total, total_sq, samples))
                 for total, total_sq in zip(sums, squares, strict=True)
             ]
             writer.write(steps, *combined)
@@ -136,9 +133,7 @@ class NoiseTunnel(AttributionMethod):
                     **kwargs,
                 )
 
-        return captum_stepwise(
-            inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction), split_positions=True
-        )
+        return captum_stepwise(inputs, attribute_step, options.reduce, split_positions=True)
 
 
 class SmoothGrad(NoiseTunnel):

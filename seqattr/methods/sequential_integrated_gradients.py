@@ -17,7 +17,7 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
+from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
 from seqattr.methods.path_base import (
     Baselines,
     PathOptions,
@@ -127,6 +127,4 @@ class SequentialIntegratedGradients(AttributionMethod):
                 )
             return tuple(results)
 
-        return captum_stepwise(
-            inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction), split_positions=True
-        )
+        return captum_stepwise(inputs, attribute_step, options.reduce, split_positions=True)
