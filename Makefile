@@ -34,6 +34,7 @@ test-fast:
 lint:
 	$(PYTHON) -m ruff check seqattr tests benchmarks examples
 	$(PYTHON) -m ruff format --check seqattr tests benchmarks examples
+	lint-imports  # the import layers of pyproject.toml's [tool.importlinter]
 
 bench:
 	$(PYTHON) benchmarks/run.py

@@ -10,13 +10,12 @@ Example:
     #0 integrated_gradients ...
 """
 
-__version__ = "0.1.0"
-
 from seqattr import methods as _methods  # noqa: F401  (registers the built-in methods)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
 from seqattr.methods import list_methods
 from seqattr.models import AttributionModel, load_model
 from seqattr.step_functions import StepFunctionArgs, list_step_functions, register_step_function
+from seqattr.version import __version__
 
 __all__ = [
     "AttributionModel",

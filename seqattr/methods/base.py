@@ -13,6 +13,7 @@ Two paths, held equal by the tests:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -163,7 +164,6 @@ def refuse_contrast(inputs: MethodInputs, why: str, fix: str) -> MethodInputs:
     logits (before the contrast's forward pass runs). Step scores are computed elsewhere: contrastive
     ``step_scores=`` still work.
     """
-    from seqattr.engine import StepObjective
     from seqattr.step_functions import is_contrastive, step_function_name
 
     objective = inputs.objective
@@ -185,5 +185,6 @@ def refuse_contrast(inputs: MethodInputs, why: str, fix: str) -> MethodInputs:
         args.contrast_forward = refuse
         return step_function(args)
 
-    guarded_objective = StepObjective(objective.model, objective.batch, guarded, objective.contrast)
+    guarded_objective = copy.copy(objective)  # the same objective with the guarded step function
+    guarded_objective.step_function = guarded
     return dataclasses.replace(inputs, objective=guarded_objective)

@@ -529,7 +529,7 @@ class AttributionModel:
         import captum
         import transformers
 
-        import seqattr
+        from seqattr.version import __version__
 
         return {
             "method": method_name,
@@ -549,7 +549,7 @@ class AttributionModel:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "versions": {
-                "seqattr": seqattr.__version__,
+                "seqattr": __version__,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "captum": captum.__version__,
