@@ -303,6 +303,13 @@ def _check_before_loading(
 def _unloadable_model_message(model: str | None, err: Exception) -> str:
     """One paragraph for a model that is neither on this machine nor obtainable from the hub."""
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if model is not None and Path(model).expanduser().exists():  # found, but not a loadable checkpoint
+        return (
+            f"could not load the model from {model!r}: {reason}. A model folder holds what save_pretrained "
+            "writes (config.json, the weights, the tokenizer files); a .gguf file needs the gguf package."
+        )
+    if isinstance(err, ImportError):  # e.g. a .gguf file without the gguf package
+        return f"could not load the model {model or 'SmolLM2-135M-Instruct'!r}: {reason}"
     if model is None:
         from seqattr.models.default_model import converted_model_dir
 
@@ -340,8 +347,6 @@ def _attribute(args) -> int:
         model = seqattr.load_model(
             args.model, args.method, device=args.device, dtype=args.dtype, **method_options
         )
-    except (ValueError, TypeError) as err:
-        raise UsageError(str(err)) from err
     except (OSError, ImportError) as err:  # FileNotFoundError included: a path that does not exist
         if isinstance(err, FileNotFoundError) and "no model folder or file" in str(err):
             raise UsageError(

@@ -242,6 +242,15 @@ def test_a_missing_model_folder_says_what_to_pass(tmp_path, capsys):
     assert "no model folder or file at" in err and "pass a local folder saved with save_pretrained" in err
 
 
+def test_a_folder_without_weights_is_reported_as_such(tmp_path, capsys):
+    model, _ = tiny_model("gpt2")
+    model.config.save_pretrained(tmp_path)  # config.json only
+    assert main(["attribute", "-m", str(tmp_path), "-i", PROMPT]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqattr: error: could not load the model from {str(tmp_path)!r}: ")
+    assert "no file named model.safetensors" in err and "what save_pretrained writes" in err
+
+
 # --- show, html, plot -----------------------------------------------------------------------------------
 
 
