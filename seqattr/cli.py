@@ -145,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("-i", "--input-texts", nargs="+", required=True, help="input text(s)")
     attribute.add_argument("-g", "--generated-texts", nargs="+", default=None, help="forced output text(s)")
     attribute.add_argument(
-        "-o", "--output", default=None, help="save the output to this JSON file (its folder must exist)"
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="save the output to this JSON file (its folder must exist)",
     )
     attribute.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 20)")
     attribute.add_argument(
@@ -238,13 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     html = command("html", "write a saved output as one self-contained interactive HTML page")
     _add_saved_output_argument(html)
-    html.add_argument("-o", "--output-file", default=None, help="the page to write (default: OUT.html)")
+    html.add_argument(
+        "-o", "--output-file", default=None, metavar="FILE", help="the page to write (default: OUT.html)"
+    )
     html.add_argument("--title", default=None, help="page title (default: seqattr · METHOD)")
 
     plot = command("plot", "draw one example of a saved output as a matplotlib heatmap figure")
     _add_saved_output_argument(plot)
     plot.add_argument(
-        "-o", "--output-file", default=None, help="the figure to write, .png/.svg/.pdf (default: OUT.png)"
+        "-o",
+        "--output-file",
+        default=None,
+        metavar="FILE",
+        help="the figure to write, .png/.svg/.pdf (default: OUT.png)",
     )
     plot.add_argument("--example", type=int, default=0, metavar="N", help="which example to draw (default 0)")
     plot.add_argument("--title", default=None, help="figure title (default: none)")
