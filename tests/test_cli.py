@@ -132,5 +132,3 @@ def test_arguments_are_required():
     with pytest.raises(SystemExit) as exit_info:
         main(["attribute", "-m", "x"])  # no -i
     assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
-        main([])

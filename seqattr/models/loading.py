@@ -47,6 +47,44 @@ def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrain
     return model
 
 
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse a device that this machine or this PyTorch build does not have, before anything loads.
+
+    Without it, ``device="cuda"`` on a CPU-only build fails with an AssertionError from inside torch, after
+    the model has been read from disk.
+
+    Example:
+        >>> check_device("cpu")
+        >>> check_device("gpu")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: unknown device 'gpu' (...); use e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'
+    """
+    if device is None:
+        return
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"unknown device {device!r} ({err}); use e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'"
+        ) from err
+    # torch.cuda, torch.xpu, torch.backends.mps...: each accelerator's module says whether it can be used.
+    backend_name = "backends.mps" if resolved.type == "mps" else resolved.type
+    backend = torch.backends.mps if resolved.type == "mps" else getattr(torch, resolved.type, None)
+    if backend is None or not callable(getattr(backend, "is_available", None)):
+        return  # cpu, meta, or a device type with no availability check: let torch decide
+    if not backend.is_available():
+        raise ValueError(
+            f"device {str(device)!r} is not available: torch.{backend_name}.is_available() is False on this "
+            f"machine (PyTorch {torch.__version__}); leave the device unset to run on the CPU"
+        )
+    count = getattr(backend, "device_count", None)
+    if resolved.index is not None and callable(count) and resolved.index >= count():
+        raise ValueError(
+            f"device {str(device)!r} is not available: this machine has {count()} {resolved.type} device(s), "
+            f"numbered from 0"
+        )
+
+
 def load_model(
     model: str | os.PathLike | PreTrainedModel | None = None,
     method: str = "saliency",
@@ -66,7 +104,8 @@ def load_model(
             hub is unreachable, converted once into ``~/.cache/seqattr``).
         method: a name from `seqattr.list_methods()`.
         tokenizer: a tokenizer or its name; default: the model's own.
-        device, dtype: where and in which precision the model runs (default: as loaded, on CPU).
+        device, dtype: where and in which precision the model runs (default: as loaded, on CPU); a device
+            this machine does not have is refused (`check_device`) before anything loads.
         model_kwargs, tokenizer_kwargs: passed to ``from_pretrained``.
         **method_kwargs: the method's options, e.g. ``n_steps=50`` for integrated gradients.
 
@@ -76,6 +115,7 @@ def load_model(
         >>> model
         AttributionModel('GPT2LMHeadModel', decoder-only, method='saliency')
     """
+    check_device(device)
     model_kwargs = dict(model_kwargs or {})
     tokenizer_kwargs = dict(tokenizer_kwargs or {})
     if isinstance(dtype, str):
