@@ -157,8 +157,9 @@ def test_attributed_entropy_gradient_matches_autograd():
         embeds = model.get_input_embeddings()(ids[:, :position]).detach().requires_grad_()
         logits = model(inputs_embeds=embeds).logits[0, -1]
         (grad,) = torch.autograd.grad(torch.distributions.Categorical(logits=logits).entropy(), embeds)
+        # float32 sums over 64 hidden units of terms up to ~0.1 round to ~1e-6: atol 1e-5 (1.4e-6 was seen).
         torch.testing.assert_close(
-            seq.target_attributions[:position, step], grad[0].sum(-1), rtol=1e-4, atol=1e-6
+            seq.target_attributions[:position, step], grad[0].sum(-1), rtol=1e-4, atol=1e-5
         )
 
 
