@@ -55,6 +55,10 @@ class SequenceAttribution:
     """Source positions hidden from normalisation and display; their scores stay in the data (see `mask`)."""
     masked_target: tuple[int, ...] = ()
     """Target positions hidden from normalisation and display (see `mask_special`)."""
+    features: dict | None = None
+    """Feature-level scores: the perturbation features whose every token repeats the feature's one score,
+    ``{"granularity": "word", "source": [[start, end], ...], "target": [[start, end], ...]}``; aggregation
+    (`aggregate`, `normalize`) counts such a feature once, not once per token. ``None``: per-token scores."""
 
     @property
     def steps(self) -> list[str]:
