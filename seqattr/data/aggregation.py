@@ -120,6 +120,21 @@ def _repeats(seq: SequenceAttribution, side: str) -> set[int]:
     return {i for a, b in spans for i in range(a + 1, b)}
 
 
+def unperturbed(seq: SequenceAttribution, side: str) -> set[int]:
+    """Positions of ``side`` that no perturbation feature held (special tokens, under ``granularity="token"``,
+    ``"word"`` or ``"sentence"``): their 0 is no measurement, and the views show them blank.
+
+    Example:
+        >>> unperturbed(seq, "target")        # gradient scores: every token has a measured score
+        set()
+    """
+    tokens = seq.source if side == "source" else seq.target
+    if seq.features is None or getattr(seq, f"{side}_attributions") is None:
+        return set()
+    covered = {i for a, b in seq.features.get(side, []) for i in range(a, b)}
+    return set(range(len(tokens))) - covered
+
+
 def _stacked(seq: SequenceAttribution) -> tuple[Tensor, Tensor]:
     """All rows (source then target) as one ``[rows, steps]`` tensor, and which rows count: not masked, and
     one row per feature for feature-level scores (a feature's score counts once, not once per token)."""

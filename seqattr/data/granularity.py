@@ -123,7 +123,7 @@ def _merge(values: Tensor, groups: Sequence[Span], dim: int, fn: Reduction) -> T
     return torch.stack([fn(values.narrow(dim, a, b - a), dim) for a, b in groups], dim)
 
 
-def _merge_rows(values: Tensor, groups: Sequence[Span], features: Sequence[Sequence[int]]) -> list[list[int]]:
+def _merge_rows(groups: Sequence[Span], features: Sequence[Sequence[int]]) -> list[list[int]]:
     """The rows each group combines: one row per feature in it (its first token there), every other token."""
     feature_of = {i: f for f, (a, b) in enumerate(features) for i in range(a, b)}
     rows = []
@@ -141,9 +141,15 @@ def _merge_rows(values: Tensor, groups: Sequence[Span], features: Sequence[Seque
 
 
 def _merged_features(features: Sequence[Sequence[int]], groups: Sequence[Span]) -> list[list[int]]:
-    """Feature spans in merged rows: those still spread over several rows (each repeating the score)."""
+    """Feature spans in merged rows (a feature inside one group is that row; rows outside every feature, such
+    as special tokens, stay unperturbed: views show them as not measured)."""
     group_of = {i: g for g, (a, b) in enumerate(groups) for i in range(a, b)}
-    return [[group_of[a], group_of[b - 1] + 1] for a, b in features if group_of[b - 1] > group_of[a]]
+    spans: list[list[int]] = []
+    for a, b in features:
+        span = [group_of[a], group_of[b - 1] + 1]
+        if not spans or spans[-1] != span:  # several features merged into one row: that row once
+            spans.append(span)
+    return spans
 
 
 def _split_at(groups: Sequence[Span], cuts: Iterable[int]) -> list[Span]:
@@ -182,7 +188,7 @@ def merge_groups(
 
     def merge_rows(values: Tensor, groups: Sequence[Span], side_features) -> Tensor:
         values = values.float()
-        rows = _merge_rows(values, groups, side_features)
+        rows = _merge_rows(groups, side_features)
         return torch.stack([fn(values[torch.tensor(kept)], 0) for kept in rows], 0)
 
     source_attributions = target_attributions = None
@@ -220,8 +226,6 @@ def merge_groups(
             "source": _merged_features(source_features, source_groups),
             "target": _merged_features(target_features, target_groups),
         }
-        if not merged_features["source"] and not merged_features["target"]:
-            merged_features = None  # every row now holds its own score
 
     source, source_ids = tokens_ids(seq.source, seq.source_ids, source_groups)
     target, target_ids = tokens_ids(seq.target, seq.target_ids, target_groups)
