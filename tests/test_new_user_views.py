@@ -12,6 +12,7 @@ import torch
 
 from conftest import attribution_model
 from seqattr import SequenceAttribution
+from seqattr.data.aggregation import unperturbed
 from seqattr.data.tokens import token_labels, token_texts
 from seqattr.testing import ARCHITECTURES, ENCODER_DECODER, tiny_tokenizer
 
@@ -159,3 +160,71 @@ def test_prompt_ending_inside_a_word_keeps_its_row_and_steps_of_generated_pieces
     first_step = words.target_attributions[:, 0]
     assert not math.isnan(float(first_step[3]))  # the prompt's "Fra" row is seen by the first step
     assert float(first_step[3]) == pytest.approx(float(seq.target_attributions[3, 0]))
+
+
+def record(renderable, width: int = 100) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor")
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_terminal_title_states_units_and_keeps_the_aggregation_history():
+    from seqattr import AttributionOutput
+
+    seq = decoder_only(["The", "Ġ[/b]", "Ġ[red]", "Ġcat", "Ġsat"], prompt_len=3)
+    out = AttributionOutput([seq], {"method": "saliency", "attributed_fn": "probability"})
+    text = record(out.mask_special().aggregate("word").normalize().__rich__())
+    assert (
+        "#0 saliency of probability, normalised per step (L1 = 1) [mask_special, aggregate(word), normalize]"
+        in (text)
+    )
+    assert "[/b]" in text and "[red]" in text  # token text is text, not markup
+    assert "raw scores" in record(out.__rich__())
+    # Split tables: the title is one line of its own, not wrapped to a narrow table's width.
+    long = decoder_only(["The", *[f"Ġw{i}" for i in range(30)]], prompt_len=1)
+    text = record(AttributionOutput([long], {"method": "saliency"}).__rich__(), width=60)
+    assert "#0 saliency, raw scores" in text.splitlines()[0]
+    assert record(long.__rich__()).splitlines()[0].startswith("sequence of 31 tokens, 30 steps")
+
+
+def test_unsigned_scores_and_unperturbed_tokens_are_shown_as_such():
+    model = attribution_model("llama", "occlusion", granularity="word")
+    out = model.attribute("The cat sat", "The cat sat on the mat", show_progress=False)
+    seq = out[0]
+    assert seq.target[0] == "<s>" and 0 in unperturbed(seq, "target")
+    text = record(out.__rich__())
+    bos_row = next(line for line in text.splitlines() if line.startswith("│ <s>"))
+    assert "–" in bos_row and "0.000" not in bos_row  # not a measured zero
+    saliency = attribution_model("gpt2", "saliency").attribute("The cat sat", show_progress=False)
+    assert "colour scale: 0 to" in record(saliency.__rich__())  # norms: no negative score
+    page = saliency.to_html()
+    assert 'class="ramp unsigned"' in page
+    figure = saliency[0].plot()
+    assert figure.axes[0].images[0].get_cmap().name.startswith("Reds")
+    assert figure.axes[0].images[0].norm.vmin == 0.0
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert len(labels) == len(saliency[0].target) - 1  # the last token, seen by no step, has no empty row
+
+
+def test_generation_args_record_the_default_max_new_tokens():
+    from seqattr.models.attribution_model import DEFAULT_MAX_NEW_TOKENS
+
+    out = attribution_model("gpt2").attribute("The cat", show_progress=False)
+    assert out.info["generation_args"] == {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+
+
+@pytest.mark.slow
+def test_quickstart_shows_what_its_comments_say(monkeypatch, tmp_path, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["quickstart.py"])
+    monkeypatch.setenv("COLUMNS", "200")
+    runpy.run_path(str(Path(__file__).parent.parent / "examples" / "quickstart.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.count("generation trace") == 1  # below the token-level heatmap
+    assert "raw scores" in printed and "normalised per step (L1 = 1)" in printed
