@@ -123,7 +123,7 @@ class SequenceAttribution:
         """Merge tokens into words, sentences, regex matches or spans (`seqattr.data.granularity.aggregate`).
 
         Example:
-            >>> seq.aggregate("words").normalize().target[:4]     # "Ġcapit" + "al" is one word
+            >>> seq.aggregate("word").normalize().target[:4]     # "Ġcapit" + "al" is one word
             ['The', 'Ġcapital', 'Ġof', 'ĠFrance']
         """
         from seqattr.data.granularity import aggregate
@@ -326,12 +326,18 @@ class AttributionOutput:
         """Merge tokens of every example into words, sentences, regex matches or spans.
 
         Example:
-            >>> words = out.aggregate("words").normalize()
+            >>> words = out.aggregate("word").normalize()
             >>> words.info["aggregations"], words[0].target[:4]
-            (['aggregate(words)', 'normalize'], ['The', 'Ġcapital', 'Ġof', 'ĠFrance'])
+            (['aggregate(word)', 'normalize'], ['The', 'Ġcapital', 'Ġof', 'ĠFrance'])
         """
+        from seqattr.data.segmentation import canonical_granularity
+
         options.setdefault("special_ids", self.info.get("special_token_ids"))
-        return self._each(f"aggregate({granularity})", lambda seq: seq.aggregate(granularity, **options))
+        # Recorded under its canonical name: "words" (an alias) and "word" are the same aggregation.
+        return self._each(
+            f"aggregate({canonical_granularity(granularity)})",
+            lambda seq: seq.aggregate(granularity, **options),
+        )
 
     def __sub__(self, other: AttributionOutput) -> AttributionOutput:
         """Example-wise difference of two outputs over the same tokens: ``out_ig - out_saliency``."""

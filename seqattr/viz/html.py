@@ -10,7 +10,7 @@ dimensions are summed over them, as in the terminal view.
 
 Example:
     >>> out.save_html(tmp / "attributions.html")
-    >>> html = out[0].aggregate("words").to_html()
+    >>> html = out[0].aggregate("word").to_html()
     >>> html.startswith("<!DOCTYPE html>")
     True
 """

@@ -12,7 +12,7 @@ is ``figure.get_size_inches() * dpi`` pixels (no tight cropping), predictable fo
 Attributions with extra dimensions are summed over them, as in the other views.
 
 Example:
-    >>> fig = out[0].aggregate("words").plot(title="saliency, words")
+    >>> fig = out[0].aggregate("word").plot(title="saliency, words")
     >>> out[0].save_plot(tmp / "heatmap.pdf", cell_size=0.35)
 """
 
