@@ -19,8 +19,9 @@ def main() -> None:
         step_scores=["probability", "entropy"],
         show_progress=False,
     )
-    words = out.mask_special().aggregate("words").normalize()
-    words.show()  # heatmap: one column per generated token, the generation trace below it
+    out.show()  # heatmap of raw scores: one column per generated token, the generation trace below it
+    words = out.mask_special().aggregate("word").normalize()
+    words.show()  # one column per generated word, each step's shares summing to 1 (no trace: it is per token)
 
     seq = out[0]
     print("generated:", seq.steps)

@@ -201,6 +201,8 @@ def assemble(
                 attr_pos_start=example.attr_pos_start,
                 attr_pos_end=example.attr_pos_end,
                 trace=None if trace is None else trace.example(i, num_steps, model.convert_ids_to_tokens),
+                # Perturbation features: each token of one carries the feature's score (for aggregation).
+                features=(output.example_info[i].get("features") if output.example_info else None),
             )
         )
     return sequences

@@ -5,20 +5,21 @@ A *feature* is a group of tokens that a perturbation method replaces as one unit
 
 - ``all_tokens``: every token, special tokens included (BOS, EOS, decoder start, chat scaffolding);
 - ``token`` (the default): every token except special tokens, which are never perturbed;
-- ``word``: whitespace-delimited words (subword pieces joined; punctuation stays with its word, so ``mat.``
-  is one word; whitespace-only tokens such as a newline join the word before them);
-- ``sentence``: runs of words ending with ``.``, ``!`` or ``?`` (closing quotes/brackets allowed after it)
-  or with a line break.
+- ``word``: whitespace-delimited words, ``sentence``: sentences, as `seqattr.data.segmentation` makes them
+  (the same words and sentences as ``aggregate("word")`` / ``aggregate("sentence")``): subword pieces
+  joined, punctuation stays with its word (``mat.`` is one word), a line break ends the word before it and
+  lone spaces lead into the next word.
 
 Special tokens are never part of a word or sentence feature (they also end the word/sentence before them).
 Features of one example are numbered source first, then target, each in token order; target features start
 at their first token, so the features a step can see are always the first ``visible[b, step]`` ones: all
-sourcefeatures plus the target features that start before the predicted token. A word that a step sees only in
-part is perturbed in the part the step sees (later tokens cannot influence it).
+source features plus the target features that start before the predicted token. A word that a step sees
+only in part is perturbed in the part the step sees (later tokens cannot influence it).
 
 Scores come back per token: every token of a feature carries the feature's score, and tokens that belong to
 no feature (special tokens under ``token``/``word``/``sentence``, target tokens no step can see) carry 0. The
-spans are recorded in the output's ``info["method_info"]["examples"][i]["features"]``.
+spans are recorded in the output's ``info["method_info"]["examples"][i]["features"]`` and on each example
+(``SequenceAttribution.features``), so that aggregation counts a feature's score once, not once per token.
 
 Example:
     >>> word_groups([" The", " c", "at", " sat", ".", "\\n"], special=[False] * 6)
@@ -29,14 +30,14 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from seqattr.data.tokens import token_texts
+from seqattr.data.segmentation import UNITS, segment
+from seqattr.data.tokens import Scheme, detect_scheme, token_texts
 from seqattr.typing import Int, Tensor
 
 if TYPE_CHECKING:
@@ -44,68 +45,46 @@ if TYPE_CHECKING:
     from seqattr.models.batch import AttributionBatch
 
 GRANULARITIES = ("all_tokens", "token", "word", "sentence")
-_SENTENCE_END = re.compile(r"[.!?][\"')\]»”’]*$")
 
 
 def word_groups(texts: Sequence[str], special: Sequence[bool]) -> list[list[int]]:
-    """Token indices of each whitespace-delimited word; special tokens belong to no word and end one.
+    """Token indices of each word (`seqattr.data.segmentation`); special tokens belong to no word and end one.
 
     Example:
         >>> word_groups([" play", "ing", " now"], special=[False, False, False])
         [[0, 1], [2]]
     """
-    groups: list[list[int]] = []
-    current: list[int] | None = None
-    for i, (text, is_special) in enumerate(zip(texts, special, strict=True)):
-        if is_special:
-            current = None
-            continue
-        if current is not None and not text.strip():
-            current.append(i)  # trailing whitespace (a newline token) stays with its word
-        elif current is None or text[:1].isspace() or texts[i - 1][-1:].isspace():
-            current = [i]
-            groups.append(current)
-        else:
-            current.append(i)
-    return groups
+    return _unit_groups(texts, special, "word")
 
 
 def sentence_groups(texts: Sequence[str], special: Sequence[bool]) -> list[list[int]]:
-    """Token indices of each sentence: words up to one ending with ``.``/``!``/``?`` or holding a line break.
+    """Token indices of each sentence (`seqattr.data.segmentation`); special tokens end a sentence.
 
     Example:
         >>> sentence_groups([" Yes", "!", " No", "\\n", " Maybe"], special=[False] * 5)
         [[0, 1], [2, 3], [4]]
     """
-    groups: list[list[int]] = []
-    current: list[int] = []
-    previous_end = -1
-    for word in word_groups(texts, special):
-        if current and any(special[previous_end + 1 : word[0]]):
-            groups.append(current)  # a special token between two words ends the sentence
-            current = []
-        current = current + word
-        previous_end = word[-1]
-        text = "".join(texts[i] for i in word)
-        if _SENTENCE_END.search(text.strip()) or "\n" in text:
-            groups.append(current)
-            current = []
-    if current:
-        groups.append(current)
-    return groups
+    return _unit_groups(texts, special, "sentence")
 
 
-def token_groups(tokens: Sequence[str], special: Sequence[bool], granularity: str) -> list[list[int]]:
-    """Token indices of each feature of one sequence at ``granularity`` (see the module docstring)."""
+def _unit_groups(texts: Sequence[str], special: Sequence[bool], unit: str) -> list[list[int]]:
+    alone = {i for i, is_special in enumerate(special) if is_special}
+    return [list(range(a, b)) for a, b in segment(texts, alone, unit) if a not in alone]
+
+
+def token_groups(
+    tokens: Sequence[str], special: Sequence[bool], granularity: str, scheme: Scheme | None = None
+) -> list[list[int]]:
+    """Token indices of each feature of one sequence at ``granularity`` (see the module docstring).
+
+    ``scheme`` (the tokenizer family, `seqattr.data.tokens.detect_scheme`) is detected when not given.
+    """
     if granularity == "all_tokens":
         return [[i] for i in range(len(tokens))]
     if granularity == "token":
         return [[i] for i, is_special in enumerate(special) if not is_special]
-    texts = token_texts(list(tokens))
-    if granularity == "word":
-        return word_groups(texts, special)
-    if granularity == "sentence":
-        return sentence_groups(texts, special)
+    if granularity in UNITS:
+        return _unit_groups(token_texts(list(tokens), scheme), special, granularity)
     raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(map(repr, GRANULARITIES))}")
 
 
@@ -151,15 +130,19 @@ def build_feature_map(
     num_source, num_features, spans = [], [], []
     visible = torch.zeros(batch.size, batch.num_steps, dtype=torch.long, device=device)
     for b, example in enumerate(batch.examples):
+        # One tokenizer family for both sides, detected as aggregation detects it (from all the tokens).
+        scheme = detect_scheme(model.convert_ids_to_tokens([*example.source_ids, *example.target_ids]))
         source_groups: list[list[int]] = []
         if attribute_source and source_map is not None:
-            source_groups = _groups(model, example.source_ids, special_ids, granularity)
+            source_groups = _groups(model, example.source_ids, special_ids, granularity, scheme)
         target_groups: list[list[int]] = []
         if attribute_target:
             # Tokens from the last predicted one on are seen by no step: perturbing them changes nothing.
             last_seen = example.attr_pos_end - 1
             target_groups = [
-                g for g in _groups(model, example.target_ids, special_ids, granularity) if g[0] < last_seen
+                g
+                for g in _groups(model, example.target_ids, special_ids, granularity, scheme)
+                if g[0] < last_seen
             ]
         for index, group in enumerate(source_groups):
             source_map[b, group] = index
@@ -184,7 +167,7 @@ def build_feature_map(
 
 
 def _groups(
-    model: AttributionModel, ids: list[int], special_ids: set[int], granularity: str
+    model: AttributionModel, ids: list[int], special_ids: set[int], granularity: str, scheme: Scheme
 ) -> list[list[int]]:
     tokens = model.convert_ids_to_tokens(ids)
-    return token_groups(tokens, [i in special_ids for i in ids], granularity)
+    return token_groups(tokens, [i in special_ids for i in ids], granularity, scheme)

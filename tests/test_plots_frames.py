@@ -57,7 +57,8 @@ def test_png_has_the_expected_size_and_cell_colours(tmp_path):
     path = tmp_path / "heatmap.png"
     seq.save_plot(path, dpi=dpi, cell_size=cell, annotate=False, title="test")
     image = Image.open(path).convert("RGB")
-    rows, scores = len(seq.source) + len(seq.target), len(seq.step_scores)
+    # The last target token is seen by no step: it gets no (empty) row.
+    rows, scores = len(seq.source) + len(seq.target) - 1, len(seq.step_scores)
     width = plots.LEFT + plots.RIGHT + cell * seq.num_steps
     height = plots.TOP + plots.BOTTOM + cell * (rows + scores + 0.3)
     assert image.size == (round(width * dpi), round(height * dpi))
@@ -88,7 +89,7 @@ def test_svg_and_masked_rows(tmp_path):
     assert "<svg" in text
     figure = seq.plot()
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
-    assert labels == ["the", "cat", "the", "w0", "w1", "w2", "w3"]  # </s> and <pad> masked
+    assert labels == ["the", "cat", "the", "w0", "w1", "w2"]  # </s> and <pad> masked; w3: no step sees it
     raw = SequenceAttribution(**{**seq.__dict__, "source_attributions": torch.randn(4, 4, 3)})
     raw.plot()  # extra dimensions are summed, no error
 

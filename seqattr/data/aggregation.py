@@ -114,15 +114,39 @@ def _require_token_scores(seq: SequenceAttribution, what: str) -> None:
         )
 
 
+def _repeats(seq: SequenceAttribution, side: str) -> set[int]:
+    """Rows that repeat the score of a feature shown on an earlier row (all tokens of it but the first)."""
+    spans = (seq.features or {}).get(side, [])
+    return {i for a, b in spans for i in range(a + 1, b)}
+
+
+def unperturbed(seq: SequenceAttribution, side: str) -> set[int]:
+    """Positions of ``side`` that no perturbation feature held (special tokens, under ``granularity="token"``,
+    ``"word"`` or ``"sentence"``): their 0 is no measurement, and the views show them blank.
+
+    Example:
+        >>> unperturbed(seq, "target")        # gradient scores: every token has a measured score
+        set()
+    """
+    tokens = seq.source if side == "source" else seq.target
+    if seq.features is None or getattr(seq, f"{side}_attributions") is None:
+        return set()
+    covered = {i for a, b in seq.features.get(side, []) for i in range(a, b)}
+    return set(range(len(tokens))) - covered
+
+
 def _stacked(seq: SequenceAttribution) -> tuple[Tensor, Tensor]:
-    """All rows (source then target) as one ``[rows, steps]`` tensor, and which rows count (not masked)."""
+    """All rows (source then target) as one ``[rows, steps]`` tensor, and which rows count: not masked, and
+    one row per feature for feature-level scores (a feature's score counts once, not once per token)."""
     blocks, keep = [], []
     if seq.source_attributions is not None:
         blocks.append(seq.source_attributions.float())
-        keep += [i not in seq.masked_source for i in range(len(seq.source))]
+        repeats = _repeats(seq, "source")
+        keep += [i not in seq.masked_source and i not in repeats for i in range(len(seq.source))]
     if seq.target_attributions is not None:
         blocks.append(seq.target_attributions.float())
-        keep += [i not in seq.masked_target for i in range(len(seq.target))]
+        repeats = _repeats(seq, "target")
+        keep += [i not in seq.masked_target and i not in repeats for i in range(len(seq.target))]
     if not blocks:
         raise ValueError("this sequence has no attributions (source and target are both None)")
     return torch.cat(blocks), torch.tensor(keep, dtype=torch.bool)
@@ -132,7 +156,8 @@ def normalize(seq: SequenceAttribution) -> SequenceAttribution:
     """Divide each step by the sum of absolute scores over its visible, unmasked source and prefix tokens.
 
     Afterwards the unmasked scores of every step have an L1 norm of 1 (a step whose scores are all 0 stays 0).
-    Masked tokens are divided by the same norm but do not count in it, so they stay comparable.
+    Masked tokens are divided by the same norm but do not count in it, so they stay comparable. With
+    feature-level scores (`SequenceAttribution.features`) each feature counts once in the norm.
 
     Example:
         >>> round(seq.normalize().target_attributions[:, 0].abs().nansum().item(), 5)
@@ -272,6 +297,8 @@ def subtract(a: SequenceAttribution, b: SequenceAttribution) -> SequenceAttribut
         step_scores={k: a.step_scores[k] - b.step_scores[k] for k in a.step_scores if k in b.step_scores},
         masked_source=tuple(sorted(set(a.masked_source) | set(b.masked_source))),
         masked_target=tuple(sorted(set(a.masked_target) | set(b.masked_target))),
+        # Feature-level only when both are, over the same features: otherwise tokens of a feature differ.
+        features=a.features if a.features == b.features else None,
     )
 
 
@@ -306,7 +333,14 @@ def slice_steps(seq: SequenceAttribution, index: int | slice) -> SequenceAttribu
         attr_pos_end=end,
         masked_target=tuple(p for p in seq.masked_target if p < end),
         trace=None if seq.trace is None else _slice_trace(seq.trace, steps),
+        features=None if seq.features is None else _slice_features(seq.features, end),
     )
+
+
+def _slice_features(features: dict, end: int) -> dict:
+    """Feature spans of the kept target tokens (a feature cut at ``end`` keeps its first part)."""
+    target = [[a, min(b, end)] for a, b in features.get("target", []) if a < end]
+    return {**features, "target": target}
 
 
 def _slice_trace(trace, steps: slice):

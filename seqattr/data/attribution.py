@@ -55,6 +55,10 @@ class SequenceAttribution:
     """Source positions hidden from normalisation and display; their scores stay in the data (see `mask`)."""
     masked_target: tuple[int, ...] = ()
     """Target positions hidden from normalisation and display (see `mask_special`)."""
+    features: dict | None = None
+    """Feature-level scores: the perturbation features whose every token repeats the feature's one score,
+    ``{"granularity": "word", "source": [[start, end], ...], "target": [[start, end], ...]}``; aggregation
+    (`aggregate`, `normalize`) counts such a feature once, not once per token. ``None``: per-token scores."""
 
     @property
     def steps(self) -> list[str]:
@@ -119,7 +123,7 @@ class SequenceAttribution:
         """Merge tokens into words, sentences, regex matches or spans (`seqattr.data.granularity.aggregate`).
 
         Example:
-            >>> seq.aggregate("words").normalize().target[:4]     # "Ġcapit" + "al" is one word
+            >>> seq.aggregate("word").normalize().target[:4]     # "Ġcapit" + "al" is one word
             ['The', 'Ġcapital', 'Ġof', 'ĠFrance']
         """
         from seqattr.data.granularity import aggregate
@@ -322,12 +326,18 @@ class AttributionOutput:
         """Merge tokens of every example into words, sentences, regex matches or spans.
 
         Example:
-            >>> words = out.aggregate("words").normalize()
+            >>> words = out.aggregate("word").normalize()
             >>> words.info["aggregations"], words[0].target[:4]
-            (['aggregate(words)', 'normalize'], ['The', 'Ġcapital', 'Ġof', 'ĠFrance'])
+            (['aggregate(word)', 'normalize'], ['The', 'Ġcapital', 'Ġof', 'ĠFrance'])
         """
+        from seqattr.data.segmentation import canonical_granularity
+
         options.setdefault("special_ids", self.info.get("special_token_ids"))
-        return self._each(f"aggregate({granularity})", lambda seq: seq.aggregate(granularity, **options))
+        # Recorded under its canonical name: "words" (an alias) and "word" are the same aggregation.
+        return self._each(
+            f"aggregate({canonical_granularity(granularity)})",
+            lambda seq: seq.aggregate(granularity, **options),
+        )
 
     def __sub__(self, other: AttributionOutput) -> AttributionOutput:
         """Example-wise difference of two outputs over the same tokens: ``out_ig - out_saliency``."""

@@ -16,12 +16,22 @@ entropy of each piece given the pieces before it, summed: the chain rule with th
 of an expectation); ranks take the worst (max); unknown names take the mean. Pass ``step_score_fns`` to
 choose others.
 
-Grouping uses each token's text (`seqattr.data.tokens.token_texts`): a pattern (``\\S+`` for words) is
-matched over the joined text and each token joins the match holding its first non-space character; tokens
-that are only whitespace join the next group. Special and masked tokens always stay alone.
+Words and sentences are those of `seqattr.data.segmentation`, the segmentation perturbation features use
+(``granularity="word"`` perturbs exactly the words ``aggregate("word")`` merges); ``regex`` groups follow a
+pattern's matches with the same rules for whitespace-only and special tokens. Special and masked tokens
+always stay alone.
+
+On the target side, groups never cross the boundary between the prompt and the explained steps: a word that
+the prompt ends inside (``"The capital of Fra"`` + ``"nce"``) stays two rows, its prompt part a row of the
+prompt and its generated part a step, so every step is made of generated pieces only.
+
+Feature-level scores (perturbation methods with ``granularity="word"``/``"sentence"``, where every token of a
+feature carries the feature's one score; recorded in `SequenceAttribution.features`) are combined per
+feature, not per token: a group holding a whole feature takes the feature's score once (``fn="sum"`` does
+not multiply it by the feature's token count), a group of several features combines their scores.
 
 Example:
-    >>> words = out[0].aggregate("words")         # "Ġc" "it" "y" (three steps) become "Ġcity"
+    >>> words = out[0].aggregate("word")          # "Ġc" "it" "y" (three steps) become "Ġcity"
     >>> words.target
     ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġcity']
     >>> words.aggregate("spans", target_spans=[(0, 3)]).target   # merge target rows 0..2 into one
@@ -39,17 +49,20 @@ import torch
 from torch import Tensor
 
 from seqattr.data.aggregation import Reduction, _is_special, get_reduction
+from seqattr.data.segmentation import (
+    GRANULARITY_ALIASES,
+    Span,
+    canonical_granularity,
+    pattern_spans,
+    segment,
+)
 from seqattr.data.tokens import Scheme, detect_scheme, token_texts
 
 if TYPE_CHECKING:
     from seqattr.data.attribution import SequenceAttribution
 
-Span = tuple[int, int]
-
-WORD_PATTERN = r"\S+"
-# A sentence runs to the first . ! or ? followed by whitespace or the end, or to a line break.
-SENTENCE_PATTERN = r"\S.*?(?:[.!?]+(?=\s|$)|(?=\n)|$)"
-GRANULARITIES = ("words", "subwords", "sentences", "regex", "spans")
+GRANULARITIES = ("word", "sentence", "regex", "spans")
+"""What `aggregate` merges into; the plural names of `GRANULARITY_ALIASES` are accepted too."""
 
 STEP_SCORE_MERGE: dict[str, str] = {
     "probability": "prod",
@@ -74,62 +87,14 @@ STEP_SCORE_MERGE: dict[str, str] = {
 def pattern_groups(
     tokens: Sequence[str], pattern: str | re.Pattern, scheme: Scheme, alone: set[int] = frozenset()
 ) -> list[Span]:
-    """Contiguous spans of ``tokens`` following the matches of ``pattern`` over their text.
+    """Contiguous spans of ``tokens`` following the matches of ``pattern`` over their text
+    (`seqattr.data.segmentation.pattern_spans` on the tokens' texts).
 
     Example:
         >>> pattern_groups(["ĠThe", "Ġcapit", "al", "."], r"\\S+", "bpe")
         [(0, 1), (1, 4)]
     """
-    regex = re.compile(pattern)
-    texts = token_texts(tokens, scheme)
-    unit_of: list[object] = [None] * len(tokens)
-    run: list[int] = []
-    for i in [*range(len(tokens)), None]:
-        if i is not None and i not in alone:
-            run.append(i)
-            continue
-        if run:
-            _assign_units(run, texts, regex, unit_of)
-            run = []
-        if i is not None:
-            unit_of[i] = ("alone", i)
-    spans: list[Span] = []
-    for i, unit in enumerate(unit_of):
-        if spans and unit_of[spans[-1][0]] == unit:
-            spans[-1] = (spans[-1][0], i + 1)
-        else:
-            spans.append((i, i + 1))
-    return spans
-
-
-def _assign_units(run: list[int], texts: list[str], regex: re.Pattern, unit_of: list[object]) -> None:
-    """Label each token of a run (no special token inside) with the pattern match it belongs to."""
-    text, starts = "", []
-    for i in run:
-        starts.append(len(text))
-        text += texts[i]
-    matches = [(m.start(), m.end()) for m in regex.finditer(text) if m.end() > m.start()]
-    labels: list[object] = []
-    for i, start in zip(run, starts, strict=True):
-        stripped = len(texts[i]) - len(texts[i].lstrip())
-        if stripped == len(texts[i]):
-            labels.append(None)  # only whitespace: decided below
-            continue
-        first = start + stripped
-        match = next((k for k, (a, b) in enumerate(matches) if a <= first < b), None)
-        labels.append(("match", match) if match is not None else ("unmatched", i))
-    # Whitespace-only tokens lead into the next group (like a "Ġ" or "▁" prefix); at the end, they trail.
-    following = None
-    for k in range(len(labels) - 1, -1, -1):
-        if labels[k] is None:
-            labels[k] = following
-        following = labels[k]
-    preceding = ("whitespace", run[0])
-    for k, i in enumerate(run):
-        if labels[k] is None:
-            labels[k] = preceding
-        preceding = labels[k]
-        unit_of[i] = labels[k]
+    return pattern_spans(token_texts(tokens, scheme), pattern, alone)
 
 
 def _check_spans(spans: Iterable[Span], length: int, side: str) -> list[Span]:
@@ -158,6 +123,44 @@ def _merge(values: Tensor, groups: Sequence[Span], dim: int, fn: Reduction) -> T
     return torch.stack([fn(values.narrow(dim, a, b - a), dim) for a, b in groups], dim)
 
 
+def _merge_rows(groups: Sequence[Span], features: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The rows each group combines: one row per feature in it (its first token there), every other token."""
+    feature_of = {i: f for f, (a, b) in enumerate(features) for i in range(a, b)}
+    rows = []
+    for a, b in groups:
+        seen: set[int] = set()
+        kept = []
+        for i in range(a, b):
+            feature = feature_of.get(i)
+            if feature is None or feature not in seen:
+                kept.append(i)
+                if feature is not None:
+                    seen.add(feature)
+        rows.append(kept)
+    return rows
+
+
+def _merged_features(features: Sequence[Sequence[int]], groups: Sequence[Span]) -> list[list[int]]:
+    """Feature spans in merged rows (a feature inside one group is that row; rows outside every feature, such
+    as special tokens, stay unperturbed: views show them as not measured)."""
+    group_of = {i: g for g, (a, b) in enumerate(groups) for i in range(a, b)}
+    spans: list[list[int]] = []
+    for a, b in features:
+        span = [group_of[a], group_of[b - 1] + 1]
+        if not spans or spans[-1] != span:  # several features merged into one row: that row once
+            spans.append(span)
+    return spans
+
+
+def _split_at(groups: Sequence[Span], cuts: Iterable[int]) -> list[Span]:
+    """Groups split at the given positions (a group crossing a cut becomes two)."""
+    result = []
+    for a, b in groups:
+        inner = sorted({c for c in cuts if a < c < b})
+        result += list(zip([a, *inner], [*inner, b], strict=True))
+    return result
+
+
 def merge_groups(
     seq: SequenceAttribution,
     source_groups: Sequence[Span] | None,
@@ -167,22 +170,33 @@ def merge_groups(
     step_score_fns: dict[str, str | Reduction] | None = None,
     scheme: Scheme | None = None,
 ) -> SequenceAttribution:
-    """Merge the given groups (contiguous spans covering a side in order; ``None`` keeps a side as it is)."""
+    """Merge the given groups (contiguous spans covering a side in order; ``None`` keeps a side as it is).
+
+    Target groups crossing the start or end of the explained steps are split there (see the module docstring).
+    """
     fn, step_fn = get_reduction(fn), get_reduction(step_fn)
     scheme = scheme or detect_scheme([*seq.source, *seq.target])
-    source_groups = list(source_groups or [(i, i + 1) for i in range(len(seq.source))])
-    target_groups = list(target_groups or [(i, i + 1) for i in range(len(seq.target))])
     start, end = seq.attr_pos_start, seq.attr_pos_end
-    step_groups = [g for g in target_groups if g[1] > start and g[0] < end]
-    step_spans = [(max(a, start) - start, min(b, end) - start) for a, b in step_groups]
+    source_groups = list(source_groups or [(i, i + 1) for i in range(len(seq.source))])
+    target_groups = _split_at(target_groups or [(i, i + 1) for i in range(len(seq.target))], (start, end))
+    step_groups = [g for g in target_groups if start <= g[0] and g[1] <= end]
+    step_spans = [(a - start, b - start) for a, b in step_groups]
     first_step = target_groups.index(step_groups[0])
+    features = seq.features or {}
+    source_features = [tuple(f) for f in features.get("source", [])]
+    target_features = [tuple(f) for f in features.get("target", [])]
+
+    def merge_rows(values: Tensor, groups: Sequence[Span], side_features) -> Tensor:
+        values = values.float()
+        rows = _merge_rows(groups, side_features)
+        return torch.stack([fn(values[torch.tensor(kept)], 0) for kept in rows], 0)
 
     source_attributions = target_attributions = None
     if seq.source_attributions is not None:
-        rows = _merge(seq.source_attributions.float(), source_groups, 0, fn)
+        rows = merge_rows(seq.source_attributions, source_groups, source_features)
         source_attributions = _merge(rows, step_spans, 1, step_fn)
     if seq.target_attributions is not None:
-        rows = _merge(seq.target_attributions.float(), target_groups, 0, fn)
+        rows = merge_rows(seq.target_attributions, target_groups, target_features)
         merged = _merge(rows, step_spans, 1, step_fn)
         row_ends = torch.tensor([b for _, b in target_groups])
         step_starts = torch.tensor([a for a, _ in step_groups])
@@ -205,6 +219,14 @@ def merge_groups(
     def masked(groups, positions):
         return tuple(g for g, (a, b) in enumerate(groups) if all(p in positions for p in range(a, b)))
 
+    merged_features = None
+    if seq.features is not None:
+        merged_features = {
+            **seq.features,
+            "source": _merged_features(source_features, source_groups),
+            "target": _merged_features(target_features, target_groups),
+        }
+
     source, source_ids = tokens_ids(seq.source, seq.source_ids, source_groups)
     target, target_ids = tokens_ids(seq.target, seq.target_ids, target_groups)
     trace = getattr(seq, "trace", None)
@@ -222,6 +244,7 @@ def merge_groups(
         attr_pos_end=first_step + len(step_groups),
         masked_source=masked(source_groups, set(seq.masked_source)),
         masked_target=masked(target_groups, set(seq.masked_target)),
+        features=merged_features,
         **changes,
     )
 
@@ -241,23 +264,28 @@ def aggregate(
 ) -> SequenceAttribution:
     """Merge tokens into coarser units on both sides; see the module docstring for the conventions.
 
-    ``granularity``: ``"words"`` (alias ``"subwords"``, Inseq's name: subwords are merged into words),
-    ``"sentences"``, ``"regex"`` (with ``pattern``: each match is one unit) or ``"spans"`` (with
-    ``source_spans`` / ``target_spans``: half-open ``(start, end)`` token ranges; other tokens stay alone).
-    ``scheme`` (``"bpe"``, ``"sentencepiece"``, ``"wordpiece"``, ``"plain"``) is detected from the tokens when
-    not given. Tokens with an id in ``special_ids``, tokens shaped like special tokens and masked tokens stay
-    alone.
+    ``granularity``: ``"word"``, ``"sentence"`` (`seqattr.data.segmentation`; the plural names ``"words"``,
+    ``"subwords"`` and ``"sentences"`` of earlier versions are accepted), ``"regex"`` (with ``pattern``: each
+    match is one unit) or ``"spans"`` (with ``source_spans`` / ``target_spans``: half-open ``(start, end)``
+    token ranges; other tokens stay alone). ``scheme`` (``"bpe"``, ``"sentencepiece"``, ``"wordpiece"``,
+    ``"plain"``) is detected from the tokens when not given. Tokens with an id in ``special_ids``, tokens
+    shaped like special tokens and masked tokens stay alone.
 
     Example:
-        >>> seq.aggregate("words").normalize().target
+        >>> seq.aggregate("word").normalize().target
         ['The', 'Ġcapital', 'Ġof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġcity']
         >>> seq.aggregate("regex", pattern=r"capital of|\\w+").target   # a multi-word group of your own
         ['The', 'ĠcapitalĠof', 'ĠFrance', 'Ġis', 'Ġthe', 'Ġcity']
         >>> seq.aggregate("spans", target_spans=[(6, 8)], step_fn="mean").steps   # two steps become one
         ['ĠtheĠc', 'it', 'y']
     """
+    granularity = canonical_granularity(granularity)
     if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+        aliases = ", ".join(f"{alias!r} (= {name!r})" for alias, name in GRANULARITY_ALIASES.items())
+        raise ValueError(
+            f"unknown granularity {granularity!r}; valid: {', '.join(map(repr, GRANULARITIES))}; "
+            f"also accepted: {aliases}"
+        )
     if (pattern is not None) != (granularity == "regex"):
         raise ValueError("pass pattern= with granularity 'regex' (and only then)")
     if granularity != "spans" and (source_spans is not None or target_spans is not None):
@@ -271,18 +299,15 @@ def aggregate(
             None if target_spans is None else _check_spans(target_spans, len(seq.target), "target")
         )
     else:
-        pattern = {"words": WORD_PATTERN, "subwords": WORD_PATTERN, "sentences": SENTENCE_PATTERN}.get(
-            granularity, pattern
-        )
         special = set(special_ids or ())
 
-        def alone(tokens, ids, masked):
-            return {i for i, t in enumerate(tokens) if i in masked or _is_special(t, ids[i], special)}
+        def groups(tokens, ids, masked):
+            alone = {i for i, t in enumerate(tokens) if i in masked or _is_special(t, ids[i], special)}
+            texts = token_texts(tokens, scheme)
+            if granularity == "regex":
+                return pattern_spans(texts, pattern, alone)
+            return segment(texts, alone, granularity)
 
-        source_groups = pattern_groups(
-            seq.source, pattern, scheme, alone(seq.source, seq.source_ids, seq.masked_source)
-        )
-        target_groups = pattern_groups(
-            seq.target, pattern, scheme, alone(seq.target, seq.target_ids, seq.masked_target)
-        )
+        source_groups = groups(seq.source, seq.source_ids, seq.masked_source)
+        target_groups = groups(seq.target, seq.target_ids, seq.masked_target)
     return merge_groups(seq, source_groups, target_groups, fn, step_fn, step_score_fns, scheme)

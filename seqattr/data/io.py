@@ -71,6 +71,7 @@ def _sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
         "trace": None if seq.trace is None else _trace_to_json(seq.trace),
         "masked_source": list(seq.masked_source),
         "masked_target": list(seq.masked_target),
+        "features": seq.features,
     }
 
 
@@ -92,6 +93,7 @@ def _sequence_from_json(obj: dict[str, Any]) -> SequenceAttribution:
         trace=None if obj.get("trace") is None else _trace_from_json(obj["trace"]),
         masked_source=tuple(obj.get("masked_source", ())),
         masked_target=tuple(obj.get("masked_target", ())),
+        features=obj.get("features"),  # files of earlier versions: per-token scores
     )
 
 

@@ -540,7 +540,12 @@ class AttributionModel:
             "attribute_target": attribute_target,
             "batch_size": batch_size,
             "forced_targets": forced,
-            "generation_args": dict(generation_args or {}),
+            # The arguments generate() ran with: encode() adds the default max_new_tokens when none is given.
+            "generation_args": (
+                dict(generation_args or {})
+                if forced or {"max_new_tokens", "max_length"} & set(generation_args or {})
+                else {**(generation_args or {}), "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+            ),
             "model": self.model_name,
             "model_class": type(self.model).__name__,
             "is_encoder_decoder": self.is_encoder_decoder,

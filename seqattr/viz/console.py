@@ -1,21 +1,28 @@
-"""Terminal view (rich): a signed heatmap per example, then its step scores and its generation trace.
+"""Terminal view (rich): a heatmap per example, then its step scores and its generation trace.
 
 Rows are the source tokens (encoder-decoder models) and the target tokens (prompt and generated prefix);
 columns are the explained steps, headed by the token each step produced. Cells a step cannot see are blank.
 
-- Colours: red for positive, blue for negative scores, scaled by the largest absolute score of the example.
+- The title says what the numbers are: the method, the attributed function and whether the scores are raw
+  or normalised (``#0 saliency of probability, raw scores``), then the aggregations applied, in order.
+  ``out.show()`` shows the scores as they are; ``out.normalize().show()`` shows each step's share
+  (L1 norm 1 per step).
+- Colours: red for positive, blue for negative scores, scaled by the largest absolute score of the example;
+  when no score is negative (e.g. saliency's norms) the scale runs from 0 to that score in one hue.
   Every coloured cell sets its own background and a contrasting text colour, and scores near zero keep the
   terminal's own colours, so the table reads the same on dark and light terminals.
 - Wide outputs are split into several tables of consecutive steps that fit the console width, never cut.
 - Tokens are shown as text: byte-level ``Ġ``/``Ċ`` and SentencePiece ``▁`` decoded, ``Ã©`` shown as ``é``.
 - Masked tokens (`SequenceAttribution.mask_special`) are left out of the rows and of the colour scale.
+- Tokens a perturbation method did not perturb (special tokens) show ``–``: their 0 is no measurement.
+- Token text and titles are printed as text, never read as rich markup (``[/b]`` in a token stays as is).
 - Attributions with extra dimensions (raw hidden vectors, layers/heads) are summed over them for display.
 
 Example:
     >>> out.show()                                   # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
     #0 saliency ...
     >>> out[0][:2].show()                            # two steps  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
-    ┏... token ... The ... probability ... generation trace ...
+    sequence of ... tokens, 2 steps ┏... token ... The ... probability ... generation trace ...
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from seqattr.data.aggregation import unperturbed
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.data.tokens import detect_scheme, token_labels
 
@@ -38,6 +46,8 @@ _FAINT = 0.08  # below this fraction of the scale a cell keeps the terminal's co
 
 _POSITIVE = ((252, 222, 214), (178, 24, 43))  # pale -> strong red
 _NEGATIVE = ((214, 230, 244), (33, 102, 172))  # pale -> strong blue
+NOT_MEASURED = "–"
+"""Shown for a token a perturbation method did not perturb (its stored 0 is no measurement)."""
 
 
 def display_token(token: str) -> str:
@@ -95,6 +105,8 @@ class HeatmapView:
         ]
         # Rows shown: (kind, label, values), masked tokens left out.
         self.rows: list[tuple[str, str, list[float]]] = []
+        self.not_measured: set[int] = set()
+        """Indices into ``rows`` of tokens no perturbation feature held: shown as `NOT_MEASURED`."""
         for side, labels, values, masked in [
             ("source", self.source_labels, seq.source_attributions, set(seq.masked_source)),
             ("target", self.target_labels, seq.target_attributions, set(seq.masked_target)),
@@ -102,9 +114,22 @@ class HeatmapView:
             if values is None:
                 continue
             flat = _flatten(values.float()).tolist()
-            self.rows += [(side, labels[i], flat[i]) for i in range(len(labels)) if i not in masked]
-        finite = [abs(v) for _, _, row in self.rows for v in row if not math.isnan(v)]
-        self.scale = max(finite, default=0.0)
+            skipped = unperturbed(seq, side)
+            for i in range(len(labels)):
+                if i in masked:
+                    continue
+                if i in skipped:
+                    self.not_measured.add(len(self.rows))
+                self.rows.append((side, labels[i], flat[i]))
+        finite = [
+            v
+            for r, (_, _, row) in enumerate(self.rows)
+            if r not in self.not_measured
+            for v in row
+            if not math.isnan(v)
+        ]
+        self.scale = max((abs(v) for v in finite), default=0.0)
+        self.unsigned = all(v >= 0 for v in finite)
         self.hidden = len(seq.masked_source) + len(seq.masked_target)
 
     def _column_width(self, step: int) -> int:
@@ -132,20 +157,26 @@ class HeatmapView:
         return chunks
 
     def table(self, steps: range, part: str) -> Table:
-        title = " ".join(t for t in (self.title, part) if t) or None
-        table = Table(title=title, header_style="bold", title_style="bold", pad_edge=True)
+        # The example's title is printed above the tables (a line of its own, never wrapped to the width
+        # of a narrow table); a split table's caption says which steps it holds.
+        table = Table(title=part or None, header_style="bold", title_style="dim", pad_edge=True)
         table.add_column("token", no_wrap=True)
         for step in steps:
-            table.add_column(self.step_labels[step], justify="right", no_wrap=True)
+            table.add_column(Text(self.step_labels[step]), justify="right", no_wrap=True)
         previous_side = None
-        for side, label, values in self.rows:
+        for row, (side, label, values) in enumerate(self.rows):
             if side == "target" and all(math.isnan(values[s]) for s in steps):
                 continue  # a token after the last step of this table: no step here sees it
             if previous_side is not None and side != previous_side:
                 table.add_section()
             previous_side = side
             style = "cyan" if side == "source" else "magenta"
-            cells = [Text(format_score(values[s]), style=cell_style(values[s], self.scale)) for s in steps]
+            if row in self.not_measured:
+                cells = [Text("" if math.isnan(values[s]) else NOT_MEASURED, style="dim") for s in steps]
+            else:
+                cells = [
+                    Text(format_score(values[s]), style=cell_style(values[s], self.scale)) for s in steps
+                ]
             table.add_row(Text(label, style=style), *cells)
         if self.seq.step_scores:
             table.add_section()
@@ -157,9 +188,11 @@ class HeatmapView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         chunks = self.chunks(options.max_width)
+        title = self.title or f"sequence of {len(self.seq.target)} tokens, {self.seq.num_steps} steps"
         if not chunks:
-            yield Text(f"{self.title or 'sequence'}: no explained steps")
+            yield Text(f"{title}: no explained steps")
             return
+        yield Text(title, style="bold")
         for chunk in chunks:
             part = (
                 "" if len(chunks) == 1 else f"(steps {chunk.start}-{chunk.stop - 1} of {self.seq.num_steps})"
@@ -170,7 +203,10 @@ class HeatmapView:
             notes.append(f"{self.hidden} masked token(s) not shown")
         if self.seq.extra_dims:
             notes.append(f"scores summed over extra dimensions {self.seq.attribution_shape[2:]}")
-        notes.append(f"colour scale: ±{format_score(self.scale) or 0}")
+        if self.not_measured:
+            notes.append(f"{NOT_MEASURED}: not perturbed")
+        top = format_score(self.scale) or "0"
+        notes.append(f"colour scale: 0 to {top}" if self.unsigned else f"colour scale: ±{top}")
         yield Text("; ".join(notes), style="dim")
         if self.seq.trace is not None:
             yield trace_table(self.seq)
@@ -199,16 +235,18 @@ def trace_table(seq: SequenceAttribution) -> Table:
         alternatives = ", ".join(
             f"{label} {float(p):.2f}"
             for label, p in zip(
-                token_labels(trace.top_tokens[step], scheme), trace.top_probabilities[step], strict=True
+                token_labels(trace.top_tokens[step], scheme, sequence=False),
+                trace.top_probabilities[step],
+                strict=True,
             )
         )
         table.add_row(
             str(step),
-            token_labels([trace.tokens[step]], scheme)[0],
+            Text(token_labels([trace.tokens[step]], scheme)[0]),
             f"{float(trace.probabilities[step]):.3f}",
             str(rank),
             f"{float(trace.entropy[step]):.2f}",
-            alternatives,
+            Text(alternatives),
             style="bold yellow" if rank > 0 else None,
         )
     return table
@@ -219,13 +257,33 @@ def render_sequence(seq: SequenceAttribution, title: str | None = None) -> Heatm
     return HeatmapView(seq, title)
 
 
-def render_output(output: AttributionOutput) -> Group:
-    method = output.info.get("method", "?")
-    aggregations = output.info.get("aggregations")
+def scores_description(info: dict) -> str:
+    """What the numbers of an output are: method, attributed function, raw or normalised, aggregations.
+
+    Example:
+        >>> scores_description({"method": "saliency", "attributed_fn": "probability",
+        ...                     "aggregations": ["mask_special", "normalize"]})
+        'saliency of probability, normalised per step (L1 = 1) [mask_special, normalize]'
+    """
+    aggregations = [str(a) for a in info.get("aggregations") or []]
+    units = "raw scores"
+    for step in aggregations:  # the last normalisation applied decides what the numbers are
+        if step == "normalize":
+            units = "normalised per step (L1 = 1)"
+        elif step.startswith("rescale"):
+            units = "rescaled to [-1, 1]"
+    what = str(info.get("method", "?"))
+    if info.get("attributed_fn"):
+        what += f" of {info['attributed_fn']}"
     suffix = f" [{', '.join(aggregations)}]" if aggregations else ""
+    return f"{what}, {units}{suffix}"
+
+
+def render_output(output: AttributionOutput) -> Group:
+    description = scores_description(output.info)
     return Group(
         *(
-            render_sequence(seq, title=f"#{i} {method}{suffix}")
+            render_sequence(seq, title=f"#{i} {description}")
             for i, seq in enumerate(output.sequence_attributions)
         )
     )

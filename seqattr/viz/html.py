@@ -10,7 +10,7 @@ dimensions are summed over them, as in the terminal view.
 
 Example:
     >>> out.save_html(tmp / "attributions.html")
-    >>> html = out[0].aggregate("words").to_html()
+    >>> html = out[0].aggregate("word").to_html()
     >>> html.startswith("<!DOCTYPE html>")
     True
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from seqattr.data.aggregation import unperturbed
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.data.tokens import detect_scheme, token_labels
 from seqattr.viz.html_assets import CSS, JS
@@ -63,9 +64,12 @@ def example_payload(seq: SequenceAttribution) -> dict[str, Any]:
     """What the page's script reads for one example (labels, scores, step scores, trace, colour scale)."""
     scheme = detect_scheme([*seq.source, *seq.target])
     scores = {"source": _values(seq.source_attributions), "target": _values(seq.target_attributions)}
+    for side, rows in scores.items():  # tokens no perturbation feature held: a stored 0, not a measurement
+        for position in unperturbed(seq, side):
+            rows[position] = [None] * len(rows[position])
     masked = {"source": list(seq.masked_source), "target": list(seq.masked_target)}
-    magnitudes = [
-        abs(v)
+    values = [
+        v
         for side, rows in scores.items()
         if rows is not None
         for pos, row in enumerate(rows)
@@ -80,7 +84,8 @@ def example_payload(seq: SequenceAttribution) -> dict[str, Any]:
         "end": seq.attr_pos_end,
         "scores": scores,
         "masked": masked,
-        "scale": max(magnitudes, default=0.0),
+        "scale": max((abs(v) for v in values), default=0.0),
+        "unsigned": all(v >= 0 for v in values),
         "step_scores": {
             name: [_number(v) for v in s.float().tolist()] for name, s in seq.step_scores.items()
         },
@@ -101,7 +106,7 @@ def _info_line(info: dict[str, Any]) -> str:
 _EXAMPLE = """
 <section class="example" id="example-{index}">
   <h2>{heading}</h2>
-  <div class="legend"><span>−{scale}</span><span class="ramp"></span><span>+{scale}</span>
+  <div class="legend"><span>{low}</span><span class="{ramp}"></span><span>+{scale}</span>
     <span>· hover or click a generated (outlined) token</span></div>
   <div class="layout">
     <div class="main">
@@ -137,6 +142,9 @@ def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | 
             index=i,
             heading=f"Example {i}" + (f" · {len(seq.steps)} steps" if seq.num_steps else ""),
             scale=f"{examples[i]['scale']:.3g}",
+            # No negative score: the scale runs from 0 in one hue (the diverging half would stay unused).
+            low="0" if examples[i]["unsigned"] else f"−{examples[i]['scale']:.3g}",
+            ramp="ramp unsigned" if examples[i]["unsigned"] else "ramp",
         )
         for i, seq in enumerate(output.sequence_attributions)
     )

@@ -39,6 +39,7 @@ section.example { border-top: 1px solid var(--line); padding-top: 6px; margin-to
 .legend .ramp { width: 160px; height: 10px; border-radius: 2px; border: 1px solid var(--line);
   background: linear-gradient(to right, rgb(33,102,172), rgb(214,230,244), var(--bg), rgb(252,222,214),
   rgb(178,24,43)); }
+.legend .ramp.unsigned { background: linear-gradient(to right, var(--bg), rgb(252,222,214), rgb(178,24,43)); }
 .scroll { overflow-x: auto; max-width: 100%; }
 table.matrix, table.trace { border-collapse: collapse; font-size: 11px; }
 table.matrix th, table.matrix td, table.trace th, table.trace td { border: 1px solid var(--line); padding: 2px 4px; }

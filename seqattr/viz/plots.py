@@ -1,16 +1,18 @@
 """Heatmap figures for papers (matplotlib, imported only when a plot is asked for).
 
 Rows are the unmasked source tokens, then the unmasked target tokens (a line separates them); columns are
-the explained steps, labelled with the token each step produced; unseen cells are left blank. The colour map
-is diverging and symmetric around zero (``RdBu_r``: red positive, blue negative). Step scores, when present,
-are drawn as a strip of numbers under the heatmap.
+the explained steps, labelled with the token each step produced; unseen cells, and tokens a perturbation
+method did not perturb, are left blank, and target tokens no step sees get no row. The colour map is
+diverging and symmetric around zero (``RdBu_r``: red positive, blue negative) for signed scores, and
+sequential from zero (``Reds``) when no score is negative. Step scores, when present, are drawn as a strip
+of numbers under the heatmap.
 
 The figure's size follows from the table's: ``cell_size`` inches per cell plus fixed margins, so a saved PNG
 is ``figure.get_size_inches() * dpi`` pixels (no tight cropping), predictable for a paper's layout.
 Attributions with extra dimensions are summed over them, as in the other views.
 
 Example:
-    >>> fig = out[0].aggregate("words").plot(title="saliency, words")
+    >>> fig = out[0].aggregate("word").plot(title="saliency, words")
     >>> out[0].save_plot(tmp / "heatmap.pdf", cell_size=0.35)
 """
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from seqattr.data.aggregation import unperturbed
 from seqattr.data.tokens import detect_scheme, token_labels
 
 if TYPE_CHECKING:
@@ -46,8 +49,13 @@ def _rows(seq: SequenceAttribution) -> tuple[np.ndarray, list[str], int]:
         values = values.float()
         if values.dim() > 2:
             values = values.reshape(*values.shape[:2], -1).sum(-1)
+        values = values.clone()
+        values[sorted(unperturbed(seq, side))] = float("nan")  # a stored 0, not a measurement
+        rows = values.numpy()
         keep = [i for i in range(len(tokens)) if i not in masked]
-        blocks.append(values.numpy()[keep])
+        if side == "target":  # tokens no step sees (the last one) would be an empty row
+            keep = [i for i in keep if not np.isnan(rows[i]).all()]
+        blocks.append(rows[keep])
         side_labels = token_labels(tokens, scheme)
         labels += [side_labels[i] for i in keep]
         if side == "source":
@@ -62,16 +70,17 @@ def plot(
     title: str | None = None,
     cell_size: float = 0.4,
     annotate: bool | None = None,
-    cmap: str = "RdBu_r",
+    cmap: str | None = None,
 ) -> Figure:
     """A heatmap figure of one example (not shown: save it, or let a notebook display it).
 
-    ``annotate`` writes each score in its cell (default: when there are at most 400 cells).
+    ``annotate`` writes each score in its cell (default: when there are at most 400 cells). ``cmap``: any
+    matplotlib colour map; by default ``RdBu_r`` around zero, or ``Reds`` from zero when no score is negative.
 
     Example:
         >>> fig = seq.plot(title="saliency")
         >>> fig.get_size_inches().round(2).tolist()       # cell_size inches per cell, plus margins
-        [4.0, 5.92]
+        [4.0, 5.52]
         >>> fig.savefig(tmp / "saliency.svg")
     """
     from matplotlib import colormaps
@@ -88,8 +97,10 @@ def plot(
     height = TOP + BOTTOM + cell_size * (max(rows, 1) + len(score_names) + (0.3 if score_names else 0))
     figure = Figure(figsize=(width, height))
 
-    finite = np.abs(matrix[np.isfinite(matrix)])
-    scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    finite = matrix[np.isfinite(matrix)]
+    unsigned = bool((finite >= 0).all())
+    scale = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+    cmap = cmap or ("Reds" if unsigned else "RdBu_r")
     colours = colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))  # unseen cells: transparent
     heat_height = cell_size * max(rows, 1)
     axes = figure.add_axes(
@@ -103,7 +114,7 @@ def plot(
     image = axes.imshow(
         np.ma.masked_invalid(matrix),
         cmap=colours,
-        norm=Normalize(-scale, scale),
+        norm=Normalize(0.0 if unsigned else -scale, scale),
         aspect="auto",
         interpolation="nearest",
     )
