@@ -11,6 +11,7 @@ Example:
 """
 
 from seqattr import methods as _methods  # noqa: F401  (registers the built-in methods)
+from seqattr import viz as _viz  # noqa: F401  (registers the built-in views)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
 from seqattr.methods import list_methods
 from seqattr.models import AttributionModel, load_model

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -172,3 +173,17 @@ def test_real_output_renders_with_trace():
     assert text.count("generation trace") == 2
     assert max(len(line) for line in text.splitlines()) <= 90
     assert "Ġ" not in text
+
+
+def test_both_data_classes_have_the_same_views_from_one_registry(tmp_path):
+    from seqattr.data.views import Views, registered_views, render
+
+    out = attribution_model("gpt2").attribute("the cat", "the cat sat on", show_progress=False)
+    for obj in (out, out[0]):
+        assert isinstance(obj, Views)
+        assert obj.to_html().startswith("<!DOCTYPE html>")
+        obj.save_plot(tmp_path / "figure.png")
+        assert (tmp_path / "figure.png").stat().st_size > 0
+    assert {"terminal", "html", "plot", "notebook", "treescope", "rich"} <= set(registered_views())
+    with pytest.raises(ValueError, match="unknown view 'heatmap'; registered views: html"):
+        render("heatmap", out)

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seqattr.data.views import Views
 from seqattr.trace import GenerationTrace
 
 
 @dataclass(eq=False)
-class SequenceAttribution:
+class SequenceAttribution(Views):
     """Attributions of every explained step of one sequence.
 
     Example:
@@ -141,44 +142,7 @@ class SequenceAttribution:
 
         return subtract(self, other)
 
-    # Views and data frames (imported lazily: matplotlib, pandas and treescope load only when used).
-
-    def show(self, console=None) -> None:
-        """Print the heatmap in the terminal (rich)."""
-        from seqattr.viz.console import show
-
-        show(self, console=console)
-
-    def to_html(self, title: str | None = None) -> str:
-        """A self-contained interactive HTML page (`seqattr.viz.html`)."""
-        from seqattr.viz.html import to_html
-
-        return to_html(self, title=title)
-
-    def save_html(self, path: str | Path, title: str | None = None) -> None:
-        Path(path).write_text(self.to_html(title=title), encoding="utf-8")
-
-    def _repr_html_(self) -> str:
-        from seqattr.viz.notebook import repr_html
-
-        return repr_html(self)
-
-    def __treescope_repr__(self, path, subtree_renderer):
-        from seqattr.viz.notebook import treescope_repr
-
-        return treescope_repr(self, path, subtree_renderer)
-
-    def plot(self, **options):
-        """A matplotlib heatmap figure (`seqattr.viz.plots.plot`)."""
-        from seqattr.viz.plots import plot
-
-        return plot(self, **options)
-
-    def save_plot(self, path: str | Path, **options) -> None:
-        """Save the heatmap figure; the format follows the suffix (``.png``, ``.svg``, ``.pdf``)."""
-        from seqattr.viz.plots import save_plot
-
-        save_plot(self, path, **options)
+    # Data frames (imported lazily: pandas loads only when used). The views come from `Views`.
 
     def to_dataframe(self):
         """Long-format pandas frame, one row per visible (token, step) score (`seqattr.data.frames`)."""
@@ -242,14 +206,9 @@ class SequenceAttribution:
                 return False
         return True
 
-    def __rich__(self):
-        from seqattr.viz.console import render_sequence
-
-        return render_sequence(self)
-
 
 @dataclass(eq=False)
-class AttributionOutput:
+class AttributionOutput(Views):
     """What `AttributionModel.attribute` returns: the examples' attributions and how they were made.
 
     ``info`` records the method and its options, the model, library versions, timing, and whether the fused
@@ -367,27 +326,7 @@ class AttributionOutput:
         sequences = [seq for output in outputs for seq in output.sequence_attributions]
         return cls(sequences, {**common, "merged_from": [o.info for o in outputs]})
 
-    # Views and data frames.
-
-    def to_html(self, title: str | None = None) -> str:
-        """One self-contained interactive HTML page with every example (`seqattr.viz.html`)."""
-        from seqattr.viz.html import to_html
-
-        return to_html(self, title=title)
-
-    def save_html(self, path: str | Path, title: str | None = None) -> None:
-        """Write `to_html` to ``path``: open it in any browser, no network needed."""
-        Path(path).write_text(self.to_html(title=title), encoding="utf-8")
-
-    def _repr_html_(self) -> str:
-        from seqattr.viz.notebook import repr_html
-
-        return repr_html(self)
-
-    def __treescope_repr__(self, path, subtree_renderer):
-        from seqattr.viz.notebook import treescope_repr
-
-        return treescope_repr(self, path, subtree_renderer)
+    # Data frames and saving. The views come from `Views`.
 
     def to_dataframe(self):
         """Long-format pandas frame of every example (`seqattr.data.frames.to_dataframe`)."""
@@ -404,17 +343,6 @@ class AttributionOutput:
         from seqattr.data.io import save
 
         save(self, path)
-
-    def show(self, console=None) -> None:
-        """Print a heatmap per example in the terminal (rich)."""
-        from seqattr.viz.console import show
-
-        show(self, console=console)
-
-    def __rich__(self):
-        from seqattr.viz.console import render_output
-
-        return render_output(self)
 
     def __repr__(self) -> str:
         method = self.info.get("method", "?")

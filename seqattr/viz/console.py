@@ -289,11 +289,13 @@ def render_output(output: AttributionOutput) -> Group:
     )
 
 
+def renderable(attributions: AttributionOutput | SequenceAttribution) -> HeatmapView | Group:
+    """What rich prints for an output (every example) or one example."""
+    if isinstance(attributions, SequenceAttribution):
+        return render_sequence(attributions)
+    return render_output(attributions)
+
+
 def show(attributions: AttributionOutput | SequenceAttribution, console: Console | None = None) -> None:
     """Print an output or one example."""
-    renderable = (
-        render_sequence(attributions)
-        if isinstance(attributions, SequenceAttribution)
-        else render_output(attributions)
-    )
-    (console or Console()).print(renderable)
+    (console or Console()).print(renderable(attributions))

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seqattr.data.aggregation import unperturbed
+from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.data.tokens import detect_scheme, token_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from seqattr.data.attribution import SequenceAttribution
 
 LEFT, RIGHT, TOP, BOTTOM = 1.4, 1.0, 1.1, 0.3
 """Margins in inches: row labels, colour bar, column labels (and title), bottom edge."""
@@ -65,14 +65,16 @@ def _rows(seq: SequenceAttribution) -> tuple[np.ndarray, list[str], int]:
 
 
 def plot(
-    seq: SequenceAttribution,
+    attributions: SequenceAttribution | AttributionOutput,
     *,
+    example: int = 0,
     title: str | None = None,
     cell_size: float = 0.4,
     annotate: bool | None = None,
     cmap: str | None = None,
 ) -> Figure:
-    """A heatmap figure of one example (not shown: save it, or let a notebook display it).
+    """A heatmap figure of one example (not shown: save it, or let a notebook display it): ``attributions``
+    itself, or example ``example`` of an output.
 
     ``annotate`` writes each score in its cell (default: when there are at most 400 cells). ``cmap``: any
     matplotlib colour map; by default ``RdBu_r`` around zero, or ``Reds`` from zero when no score is negative.
@@ -87,6 +89,7 @@ def plot(
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
+    seq = attributions if isinstance(attributions, SequenceAttribution) else attributions[example]
     matrix, labels, source_rows = _rows(seq)
     steps = seq.num_steps
     scheme = detect_scheme([*seq.source, *seq.target])
@@ -163,10 +166,12 @@ def plot(
     return figure
 
 
-def save_plot(seq: SequenceAttribution, path: str | Path, *, dpi: int = 200, **options) -> None:
+def save_plot(
+    attributions: SequenceAttribution | AttributionOutput, path: str | Path, *, dpi: int = 200, **options
+) -> None:
     """Save `plot`'s figure; the format follows the suffix (``.png``, ``.svg``, ``.pdf``).
 
     Example:
         >>> save_plot(out[0], tmp / "heatmap.png", dpi=300, title="saliency")
     """
-    plot(seq, **options).savefig(path, dpi=dpi)
+    plot(attributions, **options).savefig(path, dpi=dpi)
