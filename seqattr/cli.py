@@ -88,6 +88,14 @@ def _import_plugin(name: str) -> None:
         importlib.import_module(name)
 
 
+def _add_raw_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="show raw scores (plain gradient methods are shown normalised per step by default)",
+    )
+
+
 def _add_import_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--import",
@@ -236,9 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a method option, repeatable; values: numbers, true/false, none, JSON, else text",
     )
     attribute.add_argument("--no-show", action="store_true", help="do not print the heatmap")
+    _add_raw_argument(attribute)
     _add_import_argument(attribute)
 
-    _add_saved_output_argument(command("show", "print the terminal heatmap of a saved output"))
+    show = command("show", "print the terminal heatmap of a saved output")
+    _add_saved_output_argument(show)
+    _add_raw_argument(show)
 
     html = command("html", "write a saved output as one self-contained interactive HTML page")
     _add_saved_output_argument(html)
@@ -386,7 +397,7 @@ def _attribute(args) -> int:
     if args.output:  # saved before showing, so that nothing after the attribution can lose it
         out.save(args.output)
     if not args.no_show:
-        out.show()
+        out.show(normalize=False if args.raw else None)
     if args.output:
         print(f"saved to {args.output}", file=sys.stderr)
     return 0
@@ -410,7 +421,7 @@ def _default_file(path: str, given: str | None, suffix: str) -> str:
 def _view(args) -> int:
     out = _load_saved(args.output)
     if args.command == "show":
-        out.show()
+        out.show(normalize=False if args.raw else None)
         return 0
     if args.command == "html":
         target = _default_file(args.output, args.output_file, ".html")

@@ -187,3 +187,30 @@ def test_both_data_classes_have_the_same_views_from_one_registry(tmp_path):
     assert {"terminal", "html", "plot", "notebook", "treescope", "rich"} <= set(registered_views())
     with pytest.raises(ValueError, match="unknown view 'heatmap'; registered views: html"):
         render("heatmap", out)
+
+
+def test_unitless_gradients_are_shown_normalised_by_default_and_raw_one_flag_away():
+    console = Console(width=200, record=True, color_system=None)
+    saliency = attribution_model("gpt2").attribute("the cat", "the cat sat on", show_progress=False)
+    assert saliency.info["unitless_scores"] is True
+    saliency.show(console=console)
+    assert "saliency of probability, normalised per step (L1 = 1) [normalize]" in console.export_text()
+    saliency.show(console=console, normalize=False)
+    assert "saliency of probability, raw scores" in console.export_text()
+    occlusion = attribution_model("gpt2", "occlusion").attribute(
+        "the cat", "the cat sat on", show_progress=False
+    )
+    assert occlusion.info["unitless_scores"] is False
+    occlusion.show(console=console)
+    assert "occlusion of probability, raw scores" in console.export_text()
+
+
+def test_cli_show_prints_normalised_gradients_and_raw_with_the_flag(tmp_path, capsys):
+    from seqattr.cli import main
+
+    path = tmp_path / "out.json"
+    attribution_model("gpt2").attribute("the cat", "the cat sat on", show_progress=False).save(path)
+    assert main(["show", str(path)]) == 0
+    assert "normalised per step (L1 = 1)" in capsys.readouterr().out
+    assert main(["show", str(path), "--raw"]) == 0
+    assert "saliency of probability, raw scores" in capsys.readouterr().out

@@ -53,9 +53,14 @@ def render(name: str, attributions, *args: Any, **options: Any) -> Any:
 class Views:
     """The view methods of `AttributionOutput` and `SequenceAttribution` (the same on both)."""
 
-    def show(self, console=None) -> None:
-        """Print the heatmap (one per example, with its generation trace) in the terminal."""
-        render("terminal", self, console=console)
+    def show(self, console=None, normalize: bool | None = None) -> None:
+        """Print the heatmap (one per example, with its generation trace) in the terminal.
+
+        ``normalize``: show each step's scores divided by their L1 norm; None (default) does so where raw
+        scores have no unit a reader can interpret (plain gradients: ``info["unitless_scores"]``), and the
+        title says which; False shows raw scores.
+        """
+        render("terminal", self, console=console, normalize=normalize)
 
     def to_html(self, title: str | None = None) -> str:
         """A self-contained interactive HTML page (`seqattr.viz.html`): no network needed to open it."""

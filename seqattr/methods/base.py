@@ -70,6 +70,9 @@ class AttributionMethod:
     name: ClassVar[str]
     fusable: ClassVar[bool] = True
     """False when the method cannot be fused exactly: the engine then runs it stepwise and says so in info."""
+    unitless: ClassVar[bool] = False
+    """True when the raw scores have no unit a reader can interpret (plain gradients, whose size depends on
+    the embedding scale); the terminal view then shows them normalised per step unless asked for raw."""
     Options: ClassVar[type] = NoOptions
     """A dataclass of the method's keyword options, with their defaults."""
 

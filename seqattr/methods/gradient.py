@@ -196,6 +196,8 @@ class PointwiseGradientMethod(AttributionMethod):
     copies of the inputs.
     """
 
+    unitless = True
+
     def point_attribution(self, gradient: Tensor, points: Tensor, options) -> Tensor:
         """The raw (per-hidden) attribution from ``gradient`` at ``points`` (same shape)."""
         raise NotImplementedError

@@ -38,6 +38,7 @@ class LayerGradientXActivation(AttributionMethod):
     """A layer's activations times the gradient of each step's score (default layer: the input embeddings)."""
 
     name = "layer_gradient_x_activation"
+    unitless = True
     Options = LayerGradientXActivationOptions
 
     def attribute_fused(self, inputs: MethodInputs, options: LayerGradientXActivationOptions) -> MethodOutput:

@@ -63,6 +63,7 @@ class NoiseTunnelOptions(GradientOptions):
 class NoiseTunnel(AttributionMethod):
     """A gradient method combined over noisy copies of the inputs (abstract: the variants fix ``nt_type``)."""
 
+    unitless = True
     nt_type: ClassVar[str]
     """Captum's name of the combination: smoothgrad, smoothgrad_sq or vargrad."""
     Options = NoiseTunnelOptions

@@ -534,6 +534,7 @@ class AttributionModel:
         return {
             "method": method_name,
             "method_options": describe_options(options, self.model),
+            "unitless_scores": get_method_class(method_name).unitless,
             "engine": "fused" if fused else "stepwise",
             "attributed_fn": step_function_name(attributed_fn or "probability"),
             "step_scores": step_score_names,

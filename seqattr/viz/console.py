@@ -296,6 +296,34 @@ def renderable(attributions: AttributionOutput | SequenceAttribution) -> Heatmap
     return render_output(attributions)
 
 
-def show(attributions: AttributionOutput | SequenceAttribution, console: Console | None = None) -> None:
-    """Print an output or one example."""
+def _default_normalize(attributions: AttributionOutput) -> bool:
+    """Normalise by default the scores that have no unit, unless already normalised or rescaled, or not one
+    score per token (hidden dimensions kept)."""
+    done = any(str(a).startswith(("normalize", "rescale")) for a in attributions.info.get("aggregations", []))
+    return (
+        bool(attributions.info.get("unitless_scores"))
+        and not done
+        and all(seq.extra_dims == 0 for seq in attributions)
+    )
+
+
+def show(
+    attributions: AttributionOutput | SequenceAttribution,
+    console: Console | None = None,
+    normalize: bool | None = None,
+) -> None:
+    """Print an output or one example; ``normalize``: see `seqattr.data.views.Views.show`.
+
+    Example:
+        >>> saliency = model.attribute("the cat", "the cat sat on")      # plain gradients have no unit
+        >>> show(saliency, normalize=False)                 # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+        #0 saliency of probability, raw scores ...
+    """
+    if isinstance(attributions, AttributionOutput):
+        if normalize is None:
+            normalize = _default_normalize(attributions)
+        if normalize:
+            attributions = attributions.normalize()
+    elif normalize:
+        attributions = attributions.normalize()
     (console or Console()).print(renderable(attributions))
