@@ -226,7 +226,13 @@ def mask(
     )
 
 
-def _is_special(token: str, token_id, special_ids: set[int] | None) -> bool:
+def is_special(token: str, token_id, special_ids: set[int] | None) -> bool:
+    """Whether a token is special: its id is in ``special_ids``, or its text is shaped like one (``<s>``).
+
+    Example:
+        >>> is_special("<s>", 1, None), is_special("Ġthe", 262, {50256})
+        (True, False)
+    """
     return looks_special(token) or (isinstance(token_id, int) and token_id in (special_ids or ()))
 
 
@@ -240,8 +246,8 @@ def mask_special(seq: SequenceAttribution, special_ids: Iterable[int] | None = N
     special = set(special_ids or ())
     return mask(
         seq,
-        source_positions=[i for i, t in enumerate(seq.source) if _is_special(t, seq.source_ids[i], special)],
-        target_positions=[i for i, t in enumerate(seq.target) if _is_special(t, seq.target_ids[i], special)],
+        source_positions=[i for i, t in enumerate(seq.source) if is_special(t, seq.source_ids[i], special)],
+        target_positions=[i for i, t in enumerate(seq.target) if is_special(t, seq.target_ids[i], special)],
     )
 
 

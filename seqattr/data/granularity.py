@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from seqattr.data.aggregation import Reduction, _is_special, get_reduction
+from seqattr.data.aggregation import Reduction, is_special, get_reduction
 from seqattr.data.segmentation import (
     GRANULARITY_ALIASES,
     Span,
@@ -302,7 +302,7 @@ def aggregate(
         special = set(special_ids or ())
 
         def groups(tokens, ids, masked):
-            alone = {i for i, t in enumerate(tokens) if i in masked or _is_special(t, ids[i], special)}
+            alone = {i for i, t in enumerate(tokens) if i in masked or is_special(t, ids[i], special)}
             texts = token_texts(tokens, scheme)
             if granularity == "regex":
                 return pattern_spans(texts, pattern, alone)
