@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Example:
         >>> sorted(build_parser().parse_args(["show", "out.json"]).__dict__.items())
-        [('command', 'show'), ('output', 'out.json')]
+        [('command', 'show'), ('output', 'out.json'), ('raw', False)]
     """
     parser = argparse.ArgumentParser(
         prog="seqattr",
