@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-chromium test test-fast lint bench demo
+.PHONY: install install-chromium test test-fast lint docs bench demo
 
 install:
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -34,6 +34,13 @@ test-fast:
 lint:
 	$(PYTHON) -m ruff check seqattr tests benchmarks examples
 	$(PYTHON) -m ruff format --check seqattr tests benchmarks examples
+
+# The documentation site (mkdocs-material + mkdocstrings, pinned in the dev extras) into site/ (git-ignored);
+# strict: a broken link or an unresolvable reference fails. The reference pages and tutorial pages are generated
+# from the code by docs/hooks/reference.py. `make test` builds it too (tests/test_docs_site.py).
+docs:
+	PYTHONPATH=$(CURDIR) NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir site
+	@echo "serve it: $(PYTHON) -m http.server -d site 8000, then open http://localhost:8000"
 
 bench:
 	$(PYTHON) benchmarks/run.py
