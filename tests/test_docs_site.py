@@ -74,6 +74,12 @@ def test_api_reference_documents_every_public_name(site):
     assert missing == []
     # Members are documented too, e.g. the method that does the work.
     assert "seqattr.AttributionModel.attribute" in anchors and "seqattr.AttributionOutput.show" in anchors
+    assert "seqattr.trace.GenerationTrace" in anchors
+    # The docstrings' "Example:" doctests render as code (docs/hooks/griffe_examples.py), not as ">>>" block
+    # quotes with their "#0 saliency" output turned into a heading.
+    api = page(site, "reference/api")
+    assert "<blockquote>" not in api and not any("--0-" in anchor for anchor in anchors)
+    assert ">>> out.show()" in text_of(api)
 
 
 def test_methods_reference_lists_every_method_with_its_options(site):

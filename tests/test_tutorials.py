@@ -27,6 +27,9 @@ def execute(name: str, tmp_path, monkeypatch):
         )
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail at once instead of retrying the unreachable hub
+    # One torch thread in the kernel, as in the test process (tests/conftest.py): with other processes on
+    # two cores, torch's default threads spin against each other (the SmolLM2 tutorial took 110 s, not 20).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(TUTORIALS / name, as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
