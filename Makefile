@@ -22,7 +22,8 @@ install-chromium:
 		echo "chromium: installed"; } || echo "chromium: apt-get failed; the HTML browser tests will be skipped"; \
 	else echo "chromium: not installed (needs root and apt-get); the HTML browser tests will be skipped"; fi
 
-# The whole suite, the real SmolLM2-135M-Instruct tests included (its first run converts the GGUF once, ~25 s).
+# The whole suite, the real SmolLM2-135M-Instruct tests included (its first run converts the GGUF once, ~25 s);
+# it also builds the documentation site strictly and executes the tutorial notebooks.
 test:
 	$(PYTHON) -m pytest -q
 
