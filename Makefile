@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-chromium test test-fast lint bench demo
+.PHONY: install install-chromium test test-fast lint docs bench demo
 
 install:
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -22,7 +22,8 @@ install-chromium:
 		echo "chromium: installed"; } || echo "chromium: apt-get failed; the HTML browser tests will be skipped"; \
 	else echo "chromium: not installed (needs root and apt-get); the HTML browser tests will be skipped"; fi
 
-# The whole suite, the real SmolLM2-135M-Instruct tests included (its first run converts the GGUF once, ~25 s).
+# The whole suite, the real SmolLM2-135M-Instruct tests included (its first run converts the GGUF once, ~25 s);
+# it also builds the documentation site strictly and executes the tutorial notebooks.
 test:
 	$(PYTHON) -m pytest -q
 
@@ -35,6 +36,13 @@ lint:
 	$(PYTHON) -m ruff check seqattr tests benchmarks examples
 	$(PYTHON) -m ruff format --check seqattr tests benchmarks examples
 	lint-imports  # the import layers of pyproject.toml's [tool.importlinter]
+
+# The documentation site (mkdocs-material + mkdocstrings, pinned in the dev extras) into site/ (git-ignored);
+# strict: a broken link or an unresolvable reference fails. The reference pages and tutorial pages are generated
+# from the code by docs/hooks/reference.py. `make test` builds it too (tests/test_docs_site.py).
+docs:
+	PYTHONPATH=$(CURDIR) NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir site
+	@echo "serve it: $(PYTHON) -m http.server -d site 8000, then open http://localhost:8000"
 
 bench:
 	$(PYTHON) benchmarks/run.py

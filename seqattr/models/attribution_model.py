@@ -362,15 +362,18 @@ class AttributionModel:
             method: another registered method for this call (default: the one bound by `load_model`).
             generation_args: keyword arguments of ``model.generate`` (default ``max_new_tokens=20``).
             attribute_target: also attribute to the target prefix (encoder-decoder; decoder-only always does).
-            attr_pos_start, attr_pos_end: the window of target positions to explain, ``[start, end)``;
-                negative values count from the end. Defaults: the generated tokens.
+            attr_pos_start: the first target position to explain (the window is ``[start, end)``;
+                negative values count from the end). Default: the first generated token.
+            attr_pos_end: the end of that window (exclusive). Default: after the last generated token.
             step_scores: names of step functions to score at every step (e.g. ``["probability"]``).
             attributed_fn: the step function whose value is attributed (default ``"probability"``).
-            step_scores_args, attributed_fn_args: options of the step functions (e.g. ``{"top_p": 0.8}``);
-                ``step_scores_args`` is shared by all step scores, each taking the keys it declares.
-            contrast_targets, contrast_sources: the contrast for contrastive step functions: alternative
-                outputs (decoder-only: full texts starting with the prompt) and/or inputs
-                (docs/step_functions.md).
+            step_scores_args: options of the step scores (e.g. ``{"top_p": 0.8}``), shared by all of them,
+                each taking the keys it declares.
+            attributed_fn_args: options of the attributed function.
+            contrast_targets: the contrast for contrastive step functions: alternative outputs
+                (decoder-only: full texts starting with the prompt) (docs/step_functions.md).
+            contrast_sources: alternative inputs for contrastive step functions, with or instead of
+                ``contrast_targets``.
             contrast_targets_alignments: how contrast steps face the original steps: None (position by
                 position when lengths match, else ``"auto"``), ``"auto"`` (edit distance) or ``[(i, j), ...]``
                 pairs of continuation indices (a list of such lists for several examples).

@@ -104,9 +104,11 @@ def load_model(
             hub is unreachable, converted once into ``~/.cache/seqattr``).
         method: a name from `seqattr.list_methods()`.
         tokenizer: a tokenizer or its name; default: the model's own.
-        device, dtype: where and in which precision the model runs (default: as loaded, on CPU); a device
-            this machine does not have is refused (`check_device`) before anything loads.
-        model_kwargs, tokenizer_kwargs: passed to ``from_pretrained``.
+        device: where the model runs (default: as loaded, on CPU); a device this machine does not have is
+            refused (`check_device`) before anything loads.
+        dtype: the precision it runs in (default: as loaded).
+        model_kwargs: passed to the model's ``from_pretrained``.
+        tokenizer_kwargs: passed to the tokenizer's ``from_pretrained``.
         **method_kwargs: the method's options, e.g. ``n_steps=50`` for integrated gradients.
 
     Example:
