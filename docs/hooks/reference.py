@@ -200,7 +200,8 @@ def outputs_page() -> str:
         "each with its per-step `GenerationTrace`. See [views and aggregation](../views_and_aggregation.md)",
         "for the guide.\n",
     ]
-    parts += [f"::: seqattr.{name}\n" for name in OUTPUT_CLASSES]
+    # The view methods (show, to_html, plot, ...) are inherited from seqattr.data.views.Views.
+    parts += [f"::: seqattr.{name}\n    options:\n      inherited_members: true\n" for name in OUTPUT_CLASSES]
     parts.append("::: seqattr.trace.GenerationTrace\n")
     return "\n".join(parts)
 
