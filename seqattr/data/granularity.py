@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from seqattr.data.aggregation import Reduction, is_special, get_reduction
+from seqattr.data.aggregation import Reduction, get_reduction, is_special
 from seqattr.data.segmentation import (
     GRANULARITY_ALIASES,
     Span,
