@@ -25,6 +25,7 @@ from scipy.stats import qmc
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.lime import resolve_seed
+from seqattr.methods.noise import check_seed
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     StepPrefix,
@@ -59,8 +60,8 @@ class SobolOptions(PerturbationOptions):
             raise ValueError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if self.mask_type not in MASK_TYPES:
             raise ValueError(f"unknown mask_type {self.mask_type!r}; valid: {', '.join(MASK_TYPES)}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None:
+            check_seed(self.seed)
 
 
 CONSTANT_TOLERANCE = 32

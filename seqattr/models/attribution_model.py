@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -42,6 +42,19 @@ def _as_text_list(texts: str | Sequence[str], argument: str) -> list[str]:
         if not text.strip():
             raise ValueError(f"{argument}[{i}] is empty; give text for the model to read")
     return list(texts)
+
+
+def _as_name_list(names: str | StepFunction | Sequence[str | StepFunction], argument: str) -> list:
+    """A list of step functions given by name or as callables: a single one (``step_scores="entropy"``) is a
+    one-element list, where iterating the string would give its letters."""
+    if isinstance(names, str) or callable(names):
+        return [names]
+    if not isinstance(names, Iterable):
+        raise TypeError(
+            f"{argument} must be a step function name or a list of them, e.g. ['probability', 'entropy'];"
+            f" got {type(names).__name__}"
+        )
+    return list(names)
 
 
 def _batch_spans(
@@ -337,7 +350,7 @@ class AttributionModel:
         attribute_target: bool = False,
         attr_pos_start: int | None = None,
         attr_pos_end: int | None = None,
-        step_scores: Sequence[str] = (),
+        step_scores: str | StepFunction | Sequence[str | StepFunction] = (),
         attributed_fn: str | StepFunction | None = None,
         step_scores_args: dict[str, Any] | None = None,
         attributed_fn_args: dict[str, Any] | None = None,
@@ -361,7 +374,8 @@ class AttributionModel:
             attribute_target: also attribute to the target prefix (encoder-decoder; decoder-only always does).
             attr_pos_start, attr_pos_end: the window of target positions to explain, ``[start, end)``;
                 negative values count from the end. Defaults: the generated tokens.
-            step_scores: names of step functions to score at every step (e.g. ``["probability"]``).
+            step_scores: names of step functions (or step functions) to score at every step (e.g.
+                ``["probability", "entropy"]``; a single name is a one-element list).
             attributed_fn: the step function whose value is attributed (default ``"probability"``).
             step_scores_args, attributed_fn_args: options of the step functions (e.g. ``{"top_p": 0.8}``);
                 ``step_scores_args`` is shared by all step scores, each taking the keys it declares.
@@ -412,6 +426,7 @@ class AttributionModel:
         (attributed,) = bind_step_functions(
             [attributed_fn or "probability"], attributed_fn_args, "attributed_fn_args"
         )
+        step_scores = _as_name_list(step_scores, "step_scores")
         step_score_names = [step_function_name(name) for name in step_scores]
         bound = bind_step_functions(list(step_scores), step_scores_args, "step_scores_args")
         step_functions = dict(zip(step_score_names, bound, strict=True))
