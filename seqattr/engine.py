@@ -17,6 +17,7 @@ import torch
 from seqattr.data.attribution import SequenceAttribution
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.models.batch import AttributionBatch
+from seqattr.models.model_state import left_as_found
 from seqattr.step_functions import StepFunction, StepFunctionArgs, dropout_active, get_step_function
 from seqattr.trace import BatchTrace
 from seqattr.typing import Float, Int, Tensor
@@ -154,7 +155,8 @@ def run_batch(
         attribute_source=model.is_encoder_decoder,
         attribute_target=attribute_target or not model.is_encoder_decoder,
     )
-    with method.hooked():
+    # Nothing a method or transformers attaches for this batch stays on the model (hooks, attention).
+    with left_as_found(model.model), method.hooked():
         if fused and method.fusable:
             return method.attribute_fused(inputs, options)
         return method.attribute_stepwise(inputs, options)

@@ -24,6 +24,7 @@ from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
 from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
 from seqattr.models.embedding_scale import input_embedding_scales
+from seqattr.models.model_state import left_as_found
 from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
 from seqattr.trace import DEFAULT_TOP_K, check_top_k
 from seqattr.typing import Float, Int, Tensor
@@ -268,7 +269,7 @@ class AttributionModel:
     def _generate(self, prompts: list[list[int]], generation_args: dict[str, Any]) -> list[list[int]]:
         """Continuations of each prompt (decoder-only) or target sequences after the start token."""
         input_ids, attention_mask = self._pad(prompts, left=not self.is_encoder_decoder)
-        with torch.no_grad():
+        with torch.no_grad(), left_as_found(self.model):  # e.g. output_attentions=True would hook the model
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **generation_args
             )
