@@ -15,12 +15,14 @@ __version__ = "0.1.0"
 from seqattr import methods as _methods  # noqa: F401  (registers the built-in methods)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
 from seqattr.methods import list_methods
+from seqattr.methods.convergence import ConvergenceWarning
 from seqattr.models import AttributionModel, load_model
 from seqattr.step_functions import StepFunctionArgs, list_step_functions, register_step_function
 
 __all__ = [
     "AttributionModel",
     "AttributionOutput",
+    "ConvergenceWarning",
     "SequenceAttribution",
     "StepFunctionArgs",
     "__version__",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from seqattr.data.attribution import SequenceAttribution
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.models.batch import AttributionBatch
 from seqattr.models.model_state import left_as_found
 from seqattr.step_functions import StepFunction, StepFunctionArgs, dropout_active, get_step_function
@@ -132,7 +132,7 @@ def compute_step_scores(
         source, target = model.embed_batch(batch)
         rows = torch.arange(batch.size, device=batch.target_ids.device)
         args = step_function_args(model, batch, rows, source, target, slice(None), contrast)
-        scores = {name: fn(args).float().cpu() for name, fn in step_functions.items()}
+        scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
         return StepScoring(scores, BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k))
 
 
@@ -162,9 +162,21 @@ def run_batch(
         return method.attribute_stepwise(inputs, options)
 
 
+def stored(values: Tensor) -> Tensor:
+    """``values`` as an output holds them, on the CPU: float64 stays float64 (a float64 model's attributions
+    keep their precision), anything else becomes float32 (which holds float16 and bfloat16 exactly).
+
+    Example:
+        >>> [stored(torch.zeros(1, dtype=d)).dtype for d in (torch.float64, torch.bfloat16, torch.int64)]
+        [torch.float64, torch.float32, torch.float32]
+    """
+    values = values.detach().cpu()
+    return values.to(output_dtype(values.dtype))
+
+
 def _nan_where_hidden(values: Tensor, visible: torch.Tensor) -> Tensor:
     """NaN where ``visible`` ([positions, steps]) is False, whatever extra dimensions ``values`` has."""
-    values = values.detach().float().cpu().clone()
+    values = stored(values).clone()
     mask = visible.cpu().reshape(*visible.shape, *([1] * (values.dim() - 2)))
     return values.masked_fill(~mask, float("nan"))
 
@@ -199,7 +211,7 @@ def assemble(
                 target_ids=list(example.target_ids),
                 source_attributions=source_attributions,
                 target_attributions=target_attributions,
-                step_scores={name: s[i, :num_steps].detach().float().cpu() for name, s in scores.items()},
+                step_scores={name: stored(s[i, :num_steps]) for name, s in scores.items()},
                 attr_pos_start=example.attr_pos_start,
                 attr_pos_end=example.attr_pos_end,
                 trace=None if trace is None else trace.example(i, num_steps, model.convert_ids_to_tokens),

@@ -3,10 +3,14 @@ IG convergence, progress over a method's passes, precision of the outputs, and e
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
+import seqattr
+from exact import float64_model
 from seqattr.methods.base import get_method_class, list_methods
 from tests.conftest import attribution_model
 
@@ -112,3 +116,88 @@ def test_a_loading_keyword_given_as_a_method_option_points_to_model_kwargs(keywo
         TypeError, match=rf"saliency got unknown option\(s\) {keyword}.*model_kwargs=\{{'{keyword}'"
     ):
         attribution_model("gpt2", "saliency", **{keyword: "cpu"})
+
+
+# --- precision -----------------------------------------------------------------------------------------
+
+
+def test_a_float64_model_returns_float64_attributions_beyond_float32_precision(tmp_path):
+    hf_model, tokenizer = float64_model("gpt2")
+    # The hidden dimension kept: GPT-2's LayerNorm makes each gradient sum to ~0 over it (only rounding left).
+    model = seqattr.load_model(hf_model, "saliency", tokenizer=tokenizer, abs=False, hidden_reduction=None)
+    out = model.attribute(
+        "the cat sat", "the cat sat on the mat", step_scores=["probability"], show_progress=False
+    )
+    seq = out[0]
+    assert out.info["dtype"] == "float64"
+    assert seq.target_attributions.dtype == torch.float64 == seq.step_scores["probability"].dtype
+    ids = torch.tensor([seq.target_ids])
+    for step in range(seq.num_steps):
+        position = seq.attr_pos_start + step
+        embeds = hf_model.get_input_embeddings()(ids[:, :position]).detach().requires_grad_()
+        probability = hf_model(inputs_embeds=embeds).logits[0, -1].softmax(-1)[ids[0, position]]
+        (grad,) = torch.autograd.grad(probability, embeds)
+        expected, actual = grad[0], seq.target_attributions[:position, step]
+        # float32 would be off by ~6e-8 of the largest value; float64 agrees to rounding of the sum order
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+        assert not torch.equal(actual, actual.float().double()), "the values were rounded to float32"
+        assert float(seq.step_scores["probability"][step]) == pytest.approx(probability.item(), rel=1e-12)
+    out.save(tmp_path / "out.json")
+    again = seqattr.load(tmp_path / "out.json")[0]
+    assert again.target_attributions.dtype == torch.float64
+    assert torch.equal(again.target_attributions.nan_to_num(), seq.target_attributions.nan_to_num())
+
+
+# --- convergence ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
+def test_integrated_gradients_warns_naming_the_steps_that_do_not_converge(fused):
+    hf_model, tokenizer = float64_model("gpt2")
+    prompt, forced = "the cat sat", "the cat sat on the mat"
+    # stepwise computes the delta (Captum's) only when asked
+    model = seqattr.load_model(
+        hf_model, "integrated_gradients", tokenizer=tokenizer, return_convergence_delta=not fused
+    )
+    with pytest.warns(seqattr.ConvergenceWarning) as record:
+        coarse = model.attribute(prompt, forced, n_steps=2, fused=fused, show_progress=False)
+    assert len(record) == 1, "one warning per call"
+    message = str(record[0].message)
+    assert "integrated_gradients" in message and "n_steps (now 2)" in message
+    assert "example 0 step 0 ('Ġon')" in message and "within 5%" in message
+    assert record[0].filename == __file__, "the warning points at the caller's line"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", seqattr.ConvergenceWarning)
+        fine = model.attribute(
+            prompt, forced, n_steps=128, return_convergence_delta=True, fused=fused, show_progress=False
+        )[0]
+    # the check matches its definition: every |delta| within 5% of |f(x) - f(baseline)|
+    gap = fine.target_attributions.nansum(0) - fine.step_scores["convergence_delta"]
+    assert (fine.step_scores["convergence_delta"].abs() <= 0.05 * gap.abs().clamp(min=1e-3)).all()
+    assert coarse[0].num_steps == fine.num_steps == 3
+
+
+def test_convergence_is_not_checked_without_multiply_by_inputs():
+    """Without ``multiply_by_inputs`` the attributions are not meant to add up to f(x) - f(baseline)."""
+    hf_model, tokenizer = float64_model("gpt2")
+    model = seqattr.load_model(
+        hf_model, "integrated_gradients", tokenizer=tokenizer, multiply_by_inputs=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", seqattr.ConvergenceWarning)
+        model.attribute("the cat sat", "the cat sat on the mat", n_steps=2, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("layer_integrated_gradients", {"n_steps": 2}),
+        ("expected_gradients", {"n_steps": 2, "n_baselines": 2}),
+    ],
+)
+def test_other_path_methods_warn_too(method, options):
+    hf_model, tokenizer = float64_model("gpt2")
+    model = seqattr.load_model(hf_model, method, tokenizer=tokenizer, **options)
+    with pytest.warns(seqattr.ConvergenceWarning, match=rf"^{method}: the attributions of \d+ step"):
+        model.attribute("the cat sat", "the cat sat on the mat", show_progress=False)

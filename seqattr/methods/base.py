@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import torch
 
 from seqattr.typing import Float, Tensor
 
 if TYPE_CHECKING:
     from seqattr.engine import StepObjective
+    from seqattr.methods.convergence import Completeness
     from seqattr.models.attribution_model import AttributionModel
     from seqattr.models.batch import AttributionBatch
 
@@ -55,6 +57,9 @@ class MethodOutput:
     example_info: list[dict[str, Any]] | None = None
     """One JSON-able dict per example of the batch (e.g. feature spans): ``info["method_info"]["examples"]``.
     """
+    completeness: Completeness | None = None
+    """Each step's convergence delta and ``f(input) - f(baseline)``, from path methods: the engine warns
+    where the attributions miss completeness (`seqattr.methods.convergence`)."""
 
 
 @dataclass
@@ -249,6 +254,17 @@ def describe_options(options, model=None) -> dict[str, Any]:
         return value
 
     return {f.name: plain(getattr(options, f.name)) for f in dataclasses.fields(options)}
+
+
+def output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the attributions of a computation in ``dtype``: float64 stays float64 (a float64 model's
+    attributions keep their precision), any other becomes float32 (which holds float16 and bfloat16 exactly).
+
+    Example:
+        >>> output_dtype(torch.float64), output_dtype(torch.bfloat16)
+        (torch.float64, torch.float32)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def get_method_class(name: str) -> type[AttributionMethod]:

@@ -13,21 +13,20 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.convergence import CONVERGENCE_DELTA  # noqa: F401  (re-exported, as before)
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, reduce_hidden, step_chunks
 from seqattr.methods.path_base import (
     Baselines,
     PathOptions,
     PointBlock,
+    completeness_gap,
     integration_rule,
     path_sums,
     point_blocks,
     resolve_baselines,
-    step_scores_at,
+    with_completeness,
     write_sums,
 )
-
-CONVERGENCE_DELTA = "convergence_delta"
-"""Step score holding ``sum of a step's attributions - (f(input) - f(baseline))`` (Captum's sign)."""
 
 
 @dataclass
@@ -77,12 +76,10 @@ class IntegratedGradients(AttributionMethod):
             sums = path_sums(inputs, steps, straight_path_blocks(inputs, baselines, options, alphas, weights))
             totals.append(sums.total())
             write_sums(writer, steps, sums, options.hidden_reduction)
-        if options.return_convergence_delta:
-            gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - step_scores_at(
-                inputs, *baselines.for_roles(inputs)
-            )
-            writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
-        return writer.output()
+        # The completeness check costs two passes without gradients; it runs always, for the warning.
+        gap = completeness_gap(inputs, [baselines])
+        delta = torch.cat(totals, 1) - gap
+        return with_completeness(writer.output(), inputs, options, [baselines], delta, gap)
 
     def attribute_stepwise(self, inputs: MethodInputs, options: IntegratedGradientsOptions) -> MethodOutput:
         baselines = resolve_baselines(self.model, inputs, options.baseline)
@@ -106,6 +103,5 @@ class IntegratedGradients(AttributionMethod):
             return result
 
         output = captum_stepwise(inputs, attribute_step, lambda a: reduce_hidden(a, options.hidden_reduction))
-        if options.return_convergence_delta:
-            output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
-        return output
+        delta = torch.stack(deltas, 1) if deltas else None  # Captum computes it only when asked
+        return with_completeness(output, inputs, options, [baselines], delta)

@@ -224,6 +224,7 @@ class Lime(AttributionMethod):
                 perturbations_per_eval=seen.shape[0],  # Captum's batching: one forward per step
             )[0]
 
-        output = feature_output(setup, stepwise_feature_scores(setup, explain))
+        # float32 in both paths, whatever the model: the linear fit runs in float32, as Captum's does.
+        output = feature_output(setup, stepwise_feature_scores(setup, explain).float())
         output.info["seed"] = seed
         return output

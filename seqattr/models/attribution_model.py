@@ -22,6 +22,7 @@ from seqattr import engine
 from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
+from seqattr.methods.convergence import describe_failures, warn_if_not_converged
 from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
 from seqattr.models.embedding_scale import input_embedding_scales
 from seqattr.models.model_state import left_as_found
@@ -463,6 +464,7 @@ class AttributionModel:
         sequences = []
         method_info: dict[str, Any] = {}
         example_info: list[dict[str, Any]] = []
+        unconverged: list[str] = []
         batches = _batch_spans(examples, batch_size, self.is_encoder_decoder)
         if show_progress and len(batches) > 1:
             from rich.progress import track
@@ -480,10 +482,14 @@ class AttributionModel:
             result = engine.run_batch(
                 self, method_instance, options, batch, attributed, attribute_target, fused, contrast
             )
+            if result.completeness is not None:
+                tokens = [self.convert_ids_to_tokens(row) for row in batch.step_target_ids.tolist()]
+                unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
             sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
         finished = time.perf_counter()
+        warn_if_not_converged(method_name, unconverged, getattr(options, "n_steps", None))
         info = self._info(
             method_name,
             options,
