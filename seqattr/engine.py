@@ -25,6 +25,7 @@ from seqattr.typing import Float, Int, Tensor
 if TYPE_CHECKING:
     from seqattr.contrast import ContrastBatch
     from seqattr.models.attribution_model import AttributionModel
+    from seqattr.progress import PassProgress
 
 
 class StepObjective:
@@ -45,11 +46,20 @@ class StepObjective:
         batch: AttributionBatch,
         step_function: StepFunction,
         contrast: ContrastBatch | None = None,
+        progress: PassProgress | None = None,
     ) -> None:
         self.model = model
         self.batch = batch
         self.step_function = step_function
         self.contrast = contrast
+        self.progress = progress
+        """Advanced by one at every evaluation (one forward pass); methods may announce theirs with
+        ``objective.expect_passes(n)``."""
+
+    def expect_passes(self, passes: int) -> None:
+        """Tell the progress bar that ``passes`` evaluations are coming (a no-op without a bar)."""
+        if self.progress is not None:
+            self.progress.expect(passes)
 
     def rows_for(self, n: int) -> Int[Tensor, " n"]:
         if n % self.batch.size:
@@ -69,6 +79,8 @@ class StepObjective:
             self.model, self.batch, rows, source_embeds, target_embeds, steps, self.contrast
         )
         scores = self.step_function(args)
+        if self.progress is not None:
+            self.progress.advance()
         tracked = any(x is not None and x.requires_grad for x in (source_embeds, target_embeds))
         if tracked and torch.is_grad_enabled() and not scores.requires_grad:
             raise ValueError(
@@ -145,11 +157,12 @@ def run_batch(
     attribute_target: bool,
     fused: bool,
     contrast: ContrastBatch | None = None,
+    progress: PassProgress | None = None,
 ) -> MethodOutput:
     source_embeds, target_embeds = model.embed_batch(batch)
     inputs = MethodInputs(
         batch=batch,
-        objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast),
+        objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast, progress),
         source_embeds=source_embeds,
         target_embeds=target_embeds,
         attribute_source=model.is_encoder_decoder,

@@ -11,8 +11,11 @@ import torch
 
 import seqattr
 from exact import float64_model
+from seqattr.methods import perturbation
 from seqattr.methods.base import get_method_class, list_methods
 from tests.conftest import attribution_model
+
+PROMPT, FORCED = "a dog runs", "a dog runs fast and far"
 
 # --- option types --------------------------------------------------------------------------------------
 
@@ -201,3 +204,67 @@ def test_other_path_methods_warn_too(method, options):
     model = seqattr.load_model(hf_model, method, tokenizer=tokenizer, **options)
     with pytest.warns(seqattr.ConvergenceWarning, match=rf"^{method}: the attributions of \d+ step"):
         model.attribute("the cat sat", "the cat sat on the mat", show_progress=False)
+
+
+# --- progress over passes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("integrated_gradients", {"n_steps": 8, "internal_batch_size": 2}),  # 4 blocks of 2 points
+        ("kernel_shap", {"n_samples": 12, "seed": 0}),
+    ],
+)
+def test_the_progress_bar_advances_once_per_model_pass(monkeypatch, method, options):
+    """Every pass of the method's work advances the one bar (the engine's own scoring pass does not), the
+    announced total matches, and showing progress changes no number."""
+    from seqattr import progress as progress_module
+
+    model = attribution_model("gpt2", method, **options)
+    bars = []
+    original_init = progress_module.PassProgress.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        bars.append(self)
+
+    monkeypatch.setattr(progress_module.PassProgress, "__init__", recording_init)
+    monkeypatch.setattr(progress_module, "DELAY_S", 0.0)  # show at once, as a long run would
+    monkeypatch.setattr(perturbation, "_CHUNK_BYTES", 1)  # perturbation rows one per pass: many passes
+    forward_calls = []
+    handle = model.model.register_forward_pre_hook(lambda module, args: forward_calls.append(1))
+    try:
+        shown = model.attribute(PROMPT, FORCED, show_progress=True)
+    finally:
+        handle.remove()
+    (bar,) = bars
+    scoring_passes = 1  # the no-grad pass for step scores and the trace, not the method's
+    assert bar.done == len(forward_calls) - scoring_passes > 2
+    assert bar.total == bar.done, "the methods announce their passes"
+    assert bar.batch == 1 and bar._bar is None, "the bar is stopped when the call ends"
+    hidden = model.attribute(PROMPT, FORCED, show_progress=False)
+    torch.testing.assert_close(shown[0].target_attributions, hidden[0].target_attributions, equal_nan=True)
+
+
+def test_a_bar_counts_batches_and_passes_across_them(monkeypatch):
+    from seqattr import progress as progress_module
+
+    bars = []
+    original_init = progress_module.PassProgress.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        bars.append(self)
+
+    monkeypatch.setattr(progress_module.PassProgress, "__init__", recording_init)
+    model = attribution_model("gpt2", "integrated_gradients", n_steps=4)
+    model.attribute(
+        ["a dog runs", "the cat sat"],
+        ["a dog runs fast", "the cat sat down"],
+        batch_size=1,
+        show_progress=True,
+    )
+    (bar,) = bars
+    assert (bar.batch, bar.num_batches) == (2, 2)
+    assert bar.done == bar.total == 2 * (1 + 2)  # per batch: one pass at 4 points, two completeness passes

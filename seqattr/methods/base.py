@@ -313,5 +313,7 @@ def refuse_contrast(inputs: MethodInputs, why: str, fix: str) -> MethodInputs:
         args.contrast_forward = refuse
         return step_function(args)
 
-    guarded_objective = StepObjective(objective.model, objective.batch, guarded, objective.contrast)
+    guarded_objective = StepObjective(
+        objective.model, objective.batch, guarded, objective.contrast, objective.progress
+    )
     return dataclasses.replace(inputs, objective=guarded_objective)

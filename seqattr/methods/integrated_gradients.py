@@ -72,7 +72,10 @@ class IntegratedGradients(AttributionMethod):
         rows = options.internal_batch_size or len(alphas) * inputs.batch.size
         writer = AttributionWriter(inputs)
         totals = []
-        for steps in step_chunks(inputs, n_points=rows):
+        chunks = list(step_chunks(inputs, n_points=rows))
+        blocks = len(list(point_blocks(len(alphas), inputs.batch.size, options.internal_batch_size)))
+        inputs.objective.expect_passes(len(chunks) * blocks + 2)  # + the completeness check's two
+        for steps in chunks:
             sums = path_sums(inputs, steps, straight_path_blocks(inputs, baselines, options, alphas, weights))
             totals.append(sums.total())
             write_sums(writer, steps, sums, options.hidden_reduction)

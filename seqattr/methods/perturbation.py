@@ -202,6 +202,7 @@ def run_rows(
     """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and
     of steps): only one chunk's logits exist at a time."""
     chunks = score_chunks(setup)
+    setup.objective.expect_passes(-(-rows.shape[0] // chunks.rows) * len(chunks.step_slices))
     scores = []
     with torch.no_grad():
         for part in chunks.row_slices(rows.shape[0]):

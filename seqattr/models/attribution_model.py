@@ -26,6 +26,7 @@ from seqattr.methods.convergence import describe_failures, warn_if_not_converged
 from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
 from seqattr.models.embedding_scale import input_embedding_scales
 from seqattr.models.model_state import left_as_found
+from seqattr.progress import PassProgress
 from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
 from seqattr.trace import DEFAULT_TOP_K, check_top_k
 from seqattr.typing import Float, Int, Tensor
@@ -389,7 +390,8 @@ class AttributionModel:
                 pairs of continuation indices (a list of such lists for several examples).
             trace_top_k: alternatives per step in the generation trace (``seq.trace``).
             batch_size: examples per model call (default: all at once).
-            show_progress: show a progress bar over batches.
+            show_progress: show a progress bar over the model passes (and batches) once the call has run
+                for a second.
             fused: explain all steps of a sequence in one pass (True) or step by step (the reference).
             **method_kwargs: the method's options (e.g. ``hidden_reduction="l2"``); they override those
                 given to `load_model`.
@@ -466,28 +468,36 @@ class AttributionModel:
         example_info: list[dict[str, Any]] = []
         unconverged: list[str] = []
         batches = _batch_spans(examples, batch_size, self.is_encoder_decoder)
-        if show_progress and len(batches) > 1:
-            from rich.progress import track
-
-            batches = track(batches, description=f"{method_name}", transient=True)
-        for start, stop in batches:
-            batch = AttributionBatch.from_examples(
-                examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
-            )
-            contrast = None
-            if contrasts is not None:
-                contrast = ContrastBatch.from_examples(self, batch, contrasts[start:stop])
-            # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails fast.
-            scoring = engine.compute_step_scores(self, batch, step_functions, trace_top_k, contrast)
-            result = engine.run_batch(
-                self, method_instance, options, batch, attributed, attribute_target, fused, contrast
-            )
-            if result.completeness is not None:
-                tokens = [self.convert_ids_to_tokens(row) for row in batch.step_target_ids.tolist()]
-                unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
-            method_info.update(result.info)
-            example_info += result.example_info or [{} for _ in batch.examples]
-            sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
+        progress = PassProgress(method_name, len(batches), enabled=show_progress)
+        with progress:
+            for start, stop in batches:
+                progress.next_batch()
+                batch = AttributionBatch.from_examples(
+                    examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
+                )
+                contrast = None
+                if contrasts is not None:
+                    contrast = ContrastBatch.from_examples(self, batch, contrasts[start:stop])
+                # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails
+                # fast.
+                scoring = engine.compute_step_scores(self, batch, step_functions, trace_top_k, contrast)
+                result = engine.run_batch(
+                    self,
+                    method_instance,
+                    options,
+                    batch,
+                    attributed,
+                    attribute_target,
+                    fused,
+                    contrast,
+                    progress,
+                )
+                if result.completeness is not None:
+                    tokens = [self.convert_ids_to_tokens(row) for row in batch.step_target_ids.tolist()]
+                    unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
+                method_info.update(result.info)
+                example_info += result.example_info or [{} for _ in batch.examples]
+                sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
         finished = time.perf_counter()
         warn_if_not_converged(method_name, unconverged, getattr(options, "n_steps", None))
         info = self._info(
