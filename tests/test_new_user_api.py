@@ -268,3 +268,55 @@ def test_a_bar_counts_batches_and_passes_across_them(monkeypatch):
     (bar,) = bars
     assert (bar.batch, bar.num_batches) == (2, 2)
     assert bar.done == bar.total == 2 * (1 + 2)  # per batch: one pass at 4 points, two completeness passes
+
+
+# --- documentation examples ----------------------------------------------------------------------------
+
+
+def _doc_block(page: str, heading: str) -> str:
+    """The first python code block after ``heading`` in docs/``page``."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / page).read_text()
+    after = text[text.index(heading) :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
+
+
+def test_the_aggregate_example_of_the_views_doc_runs_on_a_decoder_only_output():
+    block = _doc_block("views_and_aggregation.md", "## Tokens to words")
+    assert 'aggregate("spans"' in block
+    seq = attribution_model("gpt2").attribute(
+        "The cat sat on the mat.", "The cat sat on the mat. It was happy.", show_progress=False
+    )[0]
+    assert len(seq.target) >= 8
+    for line in block.strip().splitlines():
+        result = eval(line.split("#")[0].strip(), {"seq": seq})
+        assert result.num_steps >= 1, line
+
+
+# --- contrast alignment --------------------------------------------------------------------------------
+
+
+def test_a_much_shorter_encoder_decoder_contrast_is_refused_instead_of_comparing_steps_with_its_eos():
+    model = attribution_model("t5")
+    original, short = "Die Katze sitzt auf der Matte.", "Hund"
+    kwargs = dict(attributed_fn="contrast_prob_diff", show_progress=False)
+    with pytest.raises(
+        ValueError, match=r"example 0: .* with the contrast's end-of-sequence token.*attr_pos_end="
+    ):
+        model.attribute("The cat sat on the mat.", original, contrast_targets=short, **kwargs)
+    # what the message offers works: fewer steps, or explicit pairs
+    out = model.attribute(
+        "The cat sat on the mat.", original, contrast_targets=short, attr_pos_end=2, **kwargs
+    )
+    assert out.info["contrast"]["alignments"] == [[[0, 0]]]
+    explicit = model.attribute(
+        "The cat sat on the mat.",
+        original,
+        contrast_targets=short,
+        contrast_targets_alignments=[(0, 0), (1, 0)],
+        attr_pos_end=3,
+        **kwargs,
+    )
+    assert explicit[0].num_steps == 2
