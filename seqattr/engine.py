@@ -54,12 +54,7 @@ class StepObjective:
         self.contrast = contrast
         self.progress = progress
         """Advanced by one at every evaluation (one forward pass); methods may announce theirs with
-        ``objective.expect_passes(n)``."""
-
-    def expect_passes(self, passes: int) -> None:
-        """Tell the progress bar that ``passes`` evaluations are coming (a no-op without a bar)."""
-        if self.progress is not None:
-            self.progress.expect(passes)
+        `seqattr.progress.expect_passes`."""
 
     def rows_for(self, n: int) -> Int[Tensor, " n"]:
         if n % self.batch.size:

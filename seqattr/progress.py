@@ -17,6 +17,14 @@ DELAY_S = 1.0
 """Seconds an ``attribute`` call runs before its bar appears: shorter calls need none."""
 
 
+def expect_passes(objective, passes: int) -> None:
+    """Announce ``passes`` evaluations of ``objective`` to its progress bar; a no-op for an objective without
+    one (a `StepObjective` of a call without progress, or a test's own objective)."""
+    progress = getattr(objective, "progress", None)
+    if progress is not None:
+        progress.expect(passes)
+
+
 class PassProgress:
     """Counts the passes of one ``attribute`` call and shows them in a rich bar when enabled.
 

@@ -27,6 +27,7 @@ from seqattr.methods.path_base import (
     with_completeness,
     write_sums,
 )
+from seqattr.progress import expect_passes
 
 
 @dataclass
@@ -74,7 +75,7 @@ class IntegratedGradients(AttributionMethod):
         totals = []
         chunks = list(step_chunks(inputs, n_points=rows))
         blocks = len(list(point_blocks(len(alphas), inputs.batch.size, options.internal_batch_size)))
-        inputs.objective.expect_passes(len(chunks) * blocks + 2)  # + the completeness check's two
+        expect_passes(inputs.objective, len(chunks) * blocks + 2)  # + the completeness check's two
         for steps in chunks:
             sums = path_sums(inputs, steps, straight_path_blocks(inputs, baselines, options, alphas, weights))
             totals.append(sums.total())

@@ -40,6 +40,7 @@ from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, 
 from seqattr.methods.gradient import _CHUNK_BYTES as _GRADIENT_CHUNK_BYTES
 from seqattr.methods.gradient import _vocab_size
 from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
+from seqattr.progress import expect_passes
 from seqattr.step_functions import get_step_function
 from seqattr.typing import Float, Int, Tensor
 
@@ -202,7 +203,7 @@ def run_rows(
     """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and
     of steps): only one chunk's logits exist at a time."""
     chunks = score_chunks(setup)
-    setup.objective.expect_passes(-(-rows.shape[0] // chunks.rows) * len(chunks.step_slices))
+    expect_passes(setup.objective, -(-rows.shape[0] // chunks.rows) * len(chunks.step_slices))
     scores = []
     with torch.no_grad():
         for part in chunks.row_slices(rows.shape[0]):

@@ -40,8 +40,7 @@ def left_as_found(model: nn.Module) -> Iterator[None]:
 
     Example:
         >>> inputs = hf_tokenizer("The cat", return_tensors="pt")
-        >>> import copy
-        >>> model = copy.deepcopy(hf_model)
+        >>> model = type(hf_model)(hf_model.config)           # a fresh copy: no pass has hooked it yet
         >>> hook_count = lambda: sum(len(m._forward_hooks) for m in model.modules())
         >>> with left_as_found(model):
         ...     _ = model(**inputs, output_attentions=True)   # transformers hooks the layers
