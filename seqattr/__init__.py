@@ -14,6 +14,7 @@ from seqattr import methods as _methods  # noqa: F401  (registers the built-in m
 from seqattr import viz as _viz  # noqa: F401  (registers the built-in views)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
 from seqattr.methods import list_methods
+from seqattr.methods.convergence import ConvergenceWarning
 from seqattr.models import AttributionModel, load_model
 from seqattr.step_functions import StepFunctionArgs, list_step_functions, register_step_function
 from seqattr.version import __version__
@@ -21,6 +22,7 @@ from seqattr.version import __version__
 __all__ = [
     "AttributionModel",
     "AttributionOutput",
+    "ConvergenceWarning",
     "SequenceAttribution",
     "StepFunctionArgs",
     "__version__",

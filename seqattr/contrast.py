@@ -101,12 +101,20 @@ def shared_positions(original: Sequence[int], contrast: Sequence[int]) -> list[i
 
 
 def align_steps(
-    original: Sequence[int], contrast: Sequence[int], spec: Any, explained: range, where: str
+    original: Sequence[int],
+    contrast: Sequence[int],
+    spec: Any,
+    explained: range,
+    where: str,
+    eos_ids: frozenset[int] = frozenset(),
 ) -> dict[int, int]:
     """The contrast continuation index facing each explained original continuation index.
 
     ``spec``: None (position by position when the lengths match, else ``"auto"``), ``"auto"`` (edit distance)
-    or explicit pairs ``[(i, j), ...]``. ``where`` names the example in error messages.
+    or explicit pairs ``[(i, j), ...]``. ``where`` names the example in error messages. An automatic
+    alignment that would make an original token (not itself an end of sequence) face the contrast's
+    end-of-sequence token (``eos_ids``) is refused: with a much shorter contrast (an encoder-decoder target
+    ends with EOS) every step past its length would silently be compared with that EOS.
 
     Example:
         >>> align_steps([5, 6, 7], [5, 7], "auto", range(3), "example 0")     # 6 deleted: it faces 7
@@ -131,6 +139,16 @@ def align_steps(
                 "target "
                 f"(they are deleted at its end, where no contrast token follows); pass explicit "
                 f"contrast_targets_alignments=[(i, j), ...] or a longer contrast target"
+            )
+        to_eos = [i for i in explained if original[i] not in eos_ids and contrast[mapping[i]] in eos_ids]
+        if to_eos:
+            raise ValueError(
+                f"{where}: the automatic step alignment would compare original continuation token(s) "
+                f"{to_eos} with the contrast's end-of-sequence token: the original continuation has "
+                f"{len(original)} tokens, the contrast's {len(contrast)} (EOS included), so these steps have "
+                "no counterpart in the contrast. Pass a contrast target of matching length, explain fewer "
+                "steps (attr_pos_end=), or say which contrast token each step faces with "
+                "contrast_targets_alignments=[(i, j), ...]"
             )
         return {i: mapping[i] for i in explained}
     if isinstance(spec, str):
@@ -226,6 +244,7 @@ def encode_contrasts(
     targets = _texts_per_example(contrast_targets, count, "contrast_targets")
     sources = _texts_per_example(contrast_sources, count, "contrast_sources")
     specs = _alignments_per_example(alignments, count)
+    eos_ids = frozenset(model._eos_ids({}))
     contrasts = []
     for i, ((source, target, start), example) in enumerate(zip(encoded, examples, strict=True)):
         for argument, text in (("contrast_targets", targets[i]), ("contrast_sources", sources[i])):
@@ -254,7 +273,7 @@ def encode_contrasts(
             c_source, c_target, c_start = [], prompt + target[start:], len(prompt)
         where = f"example {i}"
         explained = range(example.attr_pos_start - start, example.attr_pos_end - start)
-        mapping = align_steps(target[start:], c_target[c_start:], specs[i], explained, where)
+        mapping = align_steps(target[start:], c_target[c_start:], specs[i], explained, where, eos_ids)
         contrasts.append(
             ContrastExample(
                 source_ids=list(c_source),

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from seqattr.data.attribution import SequenceAttribution
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.models.batch import AttributionBatch
+from seqattr.models.model_state import left_as_found
 from seqattr.step_functions import StepFunction, StepFunctionArgs, dropout_active, get_step_function
 from seqattr.trace import BatchTrace
 from seqattr.typing import Float, Int, Tensor
@@ -24,6 +25,7 @@ from seqattr.typing import Float, Int, Tensor
 if TYPE_CHECKING:
     from seqattr.contrast import ContrastBatch
     from seqattr.models.attribution_model import AttributionModel
+    from seqattr.progress import PassProgress
 
 
 class StepObjective:
@@ -44,11 +46,15 @@ class StepObjective:
         batch: AttributionBatch,
         step_function: StepFunction,
         contrast: ContrastBatch | None = None,
+        progress: PassProgress | None = None,
     ) -> None:
         self.model = model
         self.batch = batch
         self.step_function = step_function
         self.contrast = contrast
+        self.progress = progress
+        """Advanced by one at every evaluation (one forward pass); methods may announce theirs with
+        `seqattr.progress.expect_passes`."""
 
     def rows_for(self, n: int) -> Int[Tensor, " n"]:
         if n % self.batch.size:
@@ -68,6 +74,8 @@ class StepObjective:
             self.model, self.batch, rows, source_embeds, target_embeds, steps, self.contrast
         )
         scores = self.step_function(args)
+        if self.progress is not None:
+            self.progress.advance()
         tracked = any(x is not None and x.requires_grad for x in (source_embeds, target_embeds))
         if tracked and torch.is_grad_enabled() and not scores.requires_grad:
             raise ValueError(
@@ -131,7 +139,7 @@ def compute_step_scores(
         source, target = model.embed_batch(batch)
         rows = torch.arange(batch.size, device=batch.target_ids.device)
         args = step_function_args(model, batch, rows, source, target, slice(None), contrast)
-        scores = {name: fn(args).float().cpu() for name, fn in step_functions.items()}
+        scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
         return StepScoring(scores, BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k))
 
 
@@ -144,25 +152,39 @@ def run_batch(
     attribute_target: bool,
     fused: bool,
     contrast: ContrastBatch | None = None,
+    progress: PassProgress | None = None,
 ) -> MethodOutput:
     source_embeds, target_embeds = model.embed_batch(batch)
     inputs = MethodInputs(
         batch=batch,
-        objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast),
+        objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast, progress),
         source_embeds=source_embeds,
         target_embeds=target_embeds,
         attribute_source=model.is_encoder_decoder,
         attribute_target=attribute_target or not model.is_encoder_decoder,
     )
-    with method.hooked():
+    # Nothing a method or transformers attaches for this batch stays on the model (hooks, attention).
+    with left_as_found(model.model), method.hooked():
         if fused and method.fusable:
             return method.attribute_fused(inputs, options)
         return method.attribute_stepwise(inputs, options)
 
 
+def stored(values: Tensor) -> Tensor:
+    """``values`` as an output holds them, on the CPU: float64 stays float64 (a float64 model's attributions
+    keep their precision), anything else becomes float32 (which holds float16 and bfloat16 exactly).
+
+    Example:
+        >>> [stored(torch.zeros(1, dtype=d)).dtype for d in (torch.float64, torch.bfloat16, torch.int64)]
+        [torch.float64, torch.float32, torch.float32]
+    """
+    values = values.detach().cpu()
+    return values.to(output_dtype(values.dtype))
+
+
 def _nan_where_hidden(values: Tensor, visible: torch.Tensor) -> Tensor:
     """NaN where ``visible`` ([positions, steps]) is False, whatever extra dimensions ``values`` has."""
-    values = values.detach().float().cpu().clone()
+    values = stored(values).clone()
     mask = visible.cpu().reshape(*visible.shape, *([1] * (values.dim() - 2)))
     return values.masked_fill(~mask, float("nan"))
 
@@ -197,7 +219,7 @@ def assemble(
                 target_ids=list(example.target_ids),
                 source_attributions=source_attributions,
                 target_attributions=target_attributions,
-                step_scores={name: s[i, :num_steps].detach().float().cpu() for name, s in scores.items()},
+                step_scores={name: stored(s[i, :num_steps]) for name, s in scores.items()},
                 attr_pos_start=example.attr_pos_start,
                 attr_pos_end=example.attr_pos_end,
                 trace=None if trace is None else trace.example(i, num_steps, model.convert_ids_to_tokens),

@@ -6,8 +6,8 @@ single example, one pass for all steps versus one pass per step) differ by ~1e-7
 models amplify that to relative differences of up to ~1e-4 in gradients (measured: T5 input x gradient).
 That is rounding, not a bug, but it would hide bugs at a 1e-5 tolerance. In float64 the same comparisons
 agree to ~1e-12, so a 1e-5 tolerance separates rounding from real errors by seven orders of magnitude (a
-wrong mask, position or step shows as an O(1) difference). Outputs are float32 (seqattr stores them so),
-whose own rounding (6e-8 relative) is far below the tolerance.
+wrong mask, position or step shows as an O(1) difference). Outputs of a float64 model are float64 too
+(``tests/test_new_user_api.py`` holds them beyond float32 precision).
 
 The exactness tests attribute `probability64`, the target's probability computed in the model's precision.
 (The built-in step functions once computed the softmax in float32, capping a float64 model at 1e-7, which

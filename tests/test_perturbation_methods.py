@@ -18,7 +18,6 @@ from captum.attr import Occlusion as CaptumOcclusion
 import seqattr
 from exact import (
     assert_close,
-    assert_identical,
     assert_sequences_close,
     exact_model,
     float64_model,
@@ -149,7 +148,7 @@ def test_fused_scores_are_chunked_within_the_byte_budget(
 ):
     """With a tiny ``_CHUNK_BYTES`` the fused run scores one row of 2 steps (decoder-only) or 2 rows of all
     steps (encoder-decoder) per forward call: the step function never sees more logits than the budget
-    allows, and the results are bit for bit those of the unchunked run."""
+    allows, and the results are those of the unchunked run up to float64 rounding."""
     model = exact_model(architecture, method, **options)
     seen = []
 
@@ -207,8 +206,10 @@ def test_fused_scores_are_chunked_within_the_byte_budget(
             assert rows == 1 and steps <= 2
             vectors = steps
         assert rows * (per_row + vectors * per_logits) <= budget
+    # Equal up to float64 rounding: rows batched differently round differently in the last bits (a float64
+    # model's outputs are float64, so these bits are no longer rounded away by a float32 output).
     for a, b in zip(chunked, whole, strict=True):
-        assert_identical(a, b)
+        assert_sequences_close(a, b, rtol=1e-12)
     assert chunked.info["method_info"] == whole.info["method_info"]
 
 

@@ -11,6 +11,7 @@ def test_public_names_are_pinned():
         [
             "AttributionModel",
             "AttributionOutput",
+            "ConvergenceWarning",
             "SequenceAttribution",
             "StepFunctionArgs",
             "__version__",

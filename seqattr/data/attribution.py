@@ -339,7 +339,8 @@ class AttributionOutput(Views):
         return [seq.get_scores_dict() for seq in self.sequence_attributions]
 
     def save(self, path: str | Path) -> None:
-        """Write the output to a JSON file; `seqattr.load` reads it back exactly (float32 bit for bit)."""
+        """Write the output to a JSON file; `seqattr.load` reads it back exactly (bit for bit, in each
+        tensor's dtype: float32, or float64 for a float64 model)."""
         from seqattr.data.io import save
 
         save(self, path)

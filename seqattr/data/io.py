@@ -1,4 +1,4 @@
-"""JSON serialisation of attribution outputs that round-trips float32 tensors bit for bit.
+"""JSON serialisation of attribution outputs that round-trips their tensors (float32, float64) bit for bit.
 
 Tensors are stored as base64 of their little-endian bytes with dtype and shape, so NaN (unseen positions) and
 every float survive exactly, and files stay compact. A file records its ``format_version``; a file of an

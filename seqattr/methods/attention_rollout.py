@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from seqattr.methods.attention import stacked
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.internals import each_example, eager_attention
 from seqattr.typing import Float, Tensor
 
@@ -95,9 +95,11 @@ class AttentionRollout(AttributionMethod):
         """``[n, queries, steps]`` tensors ordered by step into a `MethodOutput`."""
         if not inputs.attribute_target:
             target = None
+        # Computed in float64; returned in the precision of the model's other outputs (float64 or float32).
+        dtype = output_dtype(self.model.dtype)
         return MethodOutput(
-            None if source is None else source.float(),
-            None if target is None else target.float(),
+            None if source is None else source.to(dtype),
+            None if target is None else target.to(dtype),
             info={"attention_implementation": note},
         )
 

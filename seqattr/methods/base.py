@@ -19,10 +19,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+import torch
+
 from seqattr.typing import Float, Tensor
 
 if TYPE_CHECKING:
     from seqattr.engine import StepObjective
+    from seqattr.methods.convergence import Completeness
     from seqattr.models.attribution_model import AttributionModel
     from seqattr.models.batch import AttributionBatch
 
@@ -54,6 +58,9 @@ class MethodOutput:
     example_info: list[dict[str, Any]] | None = None
     """One JSON-able dict per example of the batch (e.g. feature spans): ``info["method_info"]["examples"]``.
     """
+    completeness: Completeness | None = None
+    """Each step's convergence delta and ``f(input) - f(baseline)``, from path methods: the engine warns
+    where the attributions miss completeness (`seqattr.methods.convergence`)."""
 
 
 @dataclass
@@ -62,6 +69,92 @@ class NoOptions:
 
 
 _METHODS: dict[str, type[AttributionMethod]] = {}
+
+LOADING_KEYWORDS = frozenset(
+    {
+        "attn_implementation",
+        "cache_dir",
+        "device_map",
+        "force_download",
+        "gguf_file",
+        "load_in_4bit",
+        "load_in_8bit",
+        "local_files_only",
+        "low_cpu_mem_usage",
+        "max_memory",
+        "offload_folder",
+        "quantization_config",
+        "revision",
+        "subfolder",
+        "token",
+        "torch_dtype",
+        "trust_remote_code",
+        "use_safetensors",
+    }
+)
+"""Keywords of transformers' ``from_pretrained``: given to a method as options by mistake, the error says
+they go in ``load_model(..., model_kwargs={...})``."""
+
+
+def _default(option: dataclasses.Field) -> Any:
+    return None if option.default is dataclasses.MISSING else option.default
+
+
+_SPELLED_BOOLS = {
+    **dict.fromkeys(("true", "yes", "on", "1"), True),
+    **dict.fromkeys(("false", "no", "off", "0"), False),
+}
+"""Strings a user may mean as a bool (``"false"`` would be truthy): the error suggests the bool."""
+_PLAIN_TYPES = {"bool": "True or False", "int": "an integer", "float": "a number", "str": "a string"}
+
+
+def check_option_type(method: str, name: str, declared: str, value: Any, default: Any = None) -> Any:
+    """``value`` of the option ``name`` declared as ``declared`` (the dataclass field's annotation string),
+    refused with a TypeError that names the option, the value and the fix (``default`` as the example of a
+    right value, when given) when its type is wrong.
+
+    Only annotations made of plain types are checked (``bool``, ``int``, ``float``, ``str``, each possibly
+    ``| None``); richer ones (tensors, modules, lists) are left to the options' ``validate``. A bool is never
+    an int or a float here (``window=True`` is a mistake, not 1), a string never a bool (``"false"`` would
+    be truthy), a float never an int (``n_steps=8.0``). NumPy scalars are accepted and made Python ones.
+
+    Example:
+        >>> check_option_type("occlusion", "window", "int", np.int64(3))
+        3
+        >>> check_option_type("occlusion", "window", "int", True, default=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: occlusion option window must be an integer, got True (bool); pass e.g. window=1
+    """
+    kinds = [part.strip() for part in declared.split("|")]
+    optional = "None" in kinds
+    kinds = [kind for kind in kinds if kind != "None"]
+    if not kinds or any(kind not in _PLAIN_TYPES for kind in kinds):
+        return value
+    if value is None and optional:
+        return value
+    if isinstance(value, np.generic) and not isinstance(value, np.str_):
+        value = value.item()  # np.bool_ -> bool, np.int64 -> int, np.float32 -> float
+    for kind in kinds:
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if kind == "str" and isinstance(value, str):
+            return value
+    wanted = " or ".join(_PLAIN_TYPES[kind] for kind in kinds) + (" or None" if optional else "")
+    if kinds == ["bool"] and isinstance(value, str) and value.strip().lower() in _SPELLED_BOOLS:
+        fix = f"pass {name}={_SPELLED_BOOLS[value.strip().lower()]}"
+    elif kinds == ["bool"]:
+        fix = f"pass {name}=True or {name}=False"
+    elif kinds == ["int"] and isinstance(value, float) and value.is_integer():
+        fix = f"pass {name}={int(value)}"
+    else:
+        example = default if default is not None else {"int": 1, "float": 0.5, "str": "..."}[kinds[0]]
+        fix = f"pass e.g. {name}={example!r}"
+    raise TypeError(f"{method} option {name} must be {wanted}, got {value!r} ({type(value).__name__}); {fix}")
 
 
 class AttributionMethod:
@@ -91,14 +184,38 @@ class AttributionMethod:
 
     @classmethod
     def parse_options(cls, **kwargs: Any):
-        """The method's options from keyword arguments; an unknown one is refused with the valid names."""
-        valid = {f.name for f in dataclasses.fields(cls.Options)}
-        unknown = sorted(set(kwargs) - valid)
+        """The method's options from keyword arguments: an unknown one is refused with the valid names, and
+        one declared as a plain type (``bool``, ``int``, ``float``, ``str``, optionally ``| None``) must have
+        that type (see `check_option_type`).
+
+        Example:
+            >>> from seqattr.methods.integrated_gradients import IntegratedGradients
+            >>> IntegratedGradients.parse_options(n_steps=8).n_steps
+            8
+            >>> IntegratedGradients.parse_options(return_convergence_delta="false")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            TypeError: ... must be True or False, got 'false' (str); pass return_convergence_delta=False
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        declared = {name: f.type for name, f in fields.items()}
+        unknown = sorted(set(kwargs) - set(declared))
         if unknown:
-            listed = ", ".join(sorted(valid)) or "none"
-            raise TypeError(
-                f"{cls.name} got unknown option(s) {', '.join(unknown)}; its options are: {listed}"
-            )
+            listed = ", ".join(sorted(declared)) or "none"
+            message = f"{cls.name} got unknown option(s) {', '.join(unknown)}; its options are: {listed}"
+            loading = [name for name in unknown if name in LOADING_KEYWORDS]
+            if loading:
+                passed = ", ".join(f"{name!r}: ..." for name in loading)
+                what = "a loading keyword" if len(loading) == 1 else "loading keywords"
+                message += (
+                    f". {', '.join(loading)}: {what} of from_pretrained, not a method option; pass "
+                    f"load_model(..., model_kwargs={{{passed}}})"
+                )
+            raise TypeError(message)
+        kwargs = {
+            name: check_option_type(cls.name, name, declared[name], value, _default(fields[name]))
+            for name, value in kwargs.items()
+        }
         options = cls.Options(**kwargs)
         validate = getattr(options, "validate", None)
         if validate is not None:
@@ -141,6 +258,17 @@ def describe_options(options, model=None) -> dict[str, Any]:
         return value
 
     return {f.name: plain(getattr(options, f.name)) for f in dataclasses.fields(options)}
+
+
+def output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the attributions of a computation in ``dtype``: float64 stays float64 (a float64 model's
+    attributions keep their precision), any other becomes float32 (which holds float16 and bfloat16 exactly).
+
+    Example:
+        >>> output_dtype(torch.float64), output_dtype(torch.bfloat16)
+        (torch.float64, torch.float32)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def get_method_class(name: str) -> type[AttributionMethod]:

@@ -22,15 +22,16 @@ from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
-from seqattr.methods.integrated_gradients import CONVERGENCE_DELTA, straight_path_blocks
+from seqattr.methods.integrated_gradients import straight_path_blocks
 from seqattr.methods.noise import check_seed
 from seqattr.methods.path_base import (
     Baselines,
     IntegrationOptions,
     check_positive_int,
+    completeness_gap,
     integration_rule,
     path_sums,
-    step_scores_at,
+    with_completeness,
     write_sums,
 )
 from seqattr.typing import Tensor
@@ -139,11 +140,11 @@ class ExpectedGradients(AttributionMethod):
                 sums = part if sums is None else sums + part
             totals.append(sums.total())
             write_sums(writer, steps, sums, options.hidden_reduction)
-        if options.return_convergence_delta:
-            start = torch.stack([step_scores_at(inputs, *b.for_roles(inputs)) for b in baselines]).mean(0)
-            gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - start
-            writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
-        return writer.output()
+        # The completeness check costs 1 + n_baselines passes without gradients; it runs always, for the
+        # warning.
+        gap = completeness_gap(inputs, baselines)
+        delta = torch.cat(totals, 1) - gap
+        return with_completeness(writer.output(), inputs, options, baselines, delta, gap)
 
     def attribute_stepwise(self, inputs: MethodInputs, options: ExpectedGradientsOptions) -> MethodOutput:
         baselines = draw_baselines(self.model, inputs, options)
@@ -171,6 +172,5 @@ class ExpectedGradients(AttributionMethod):
             return tuple(t / len(baselines) for t in total)
 
         output = captum_stepwise(inputs, attribute_step, options.reduce)
-        if options.return_convergence_delta:
-            output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
-        return output
+        delta = torch.stack(deltas, 1) if options.return_convergence_delta else None  # computed only if asked
+        return with_completeness(output, inputs, options, baselines, delta)

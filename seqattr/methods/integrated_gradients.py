@@ -13,21 +13,21 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.convergence import CONVERGENCE_DELTA  # noqa: F401  (re-exported, as before)
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
 from seqattr.methods.path_base import (
     Baselines,
     PathOptions,
     PointBlock,
+    completeness_gap,
     integration_rule,
     path_sums,
     point_blocks,
     resolve_baselines,
-    step_scores_at,
+    with_completeness,
     write_sums,
 )
-
-CONVERGENCE_DELTA = "convergence_delta"
-"""Step score holding ``sum of a step's attributions - (f(input) - f(baseline))`` (Captum's sign)."""
+from seqattr.progress import expect_passes
 
 
 @dataclass
@@ -73,16 +73,17 @@ class IntegratedGradients(AttributionMethod):
         rows = options.internal_batch_size or len(alphas) * inputs.batch.size
         writer = AttributionWriter(inputs)
         totals = []
-        for steps in step_chunks(inputs, n_points=rows):
+        chunks = list(step_chunks(inputs, n_points=rows))
+        blocks = len(list(point_blocks(len(alphas), inputs.batch.size, options.internal_batch_size)))
+        expect_passes(inputs.objective, len(chunks) * blocks + 2)  # + the completeness check's two
+        for steps in chunks:
             sums = path_sums(inputs, steps, straight_path_blocks(inputs, baselines, options, alphas, weights))
             totals.append(sums.total())
             write_sums(writer, steps, sums, options.hidden_reduction)
-        if options.return_convergence_delta:
-            gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - step_scores_at(
-                inputs, *baselines.for_roles(inputs)
-            )
-            writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
-        return writer.output()
+        # The completeness check costs two passes without gradients; it runs always, for the warning.
+        gap = completeness_gap(inputs, [baselines])
+        delta = torch.cat(totals, 1) - gap
+        return with_completeness(writer.output(), inputs, options, [baselines], delta, gap)
 
     def attribute_stepwise(self, inputs: MethodInputs, options: IntegratedGradientsOptions) -> MethodOutput:
         baselines = resolve_baselines(self.model, inputs, options.baseline)
@@ -106,6 +107,5 @@ class IntegratedGradients(AttributionMethod):
             return result
 
         output = captum_stepwise(inputs, attribute_step, options.reduce)
-        if options.return_convergence_delta:
-            output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
-        return output
+        delta = torch.stack(deltas, 1) if deltas else None  # Captum computes it only when asked
+        return with_completeness(output, inputs, options, [baselines], delta)

@@ -20,14 +20,14 @@ from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
-from seqattr.methods.integrated_gradients import CONVERGENCE_DELTA
 from seqattr.methods.layer_base import LayerRun, check_target_layer
 from seqattr.methods.path_base import (
     PathOptions,
+    completeness_gap,
     integration_rule,
     point_blocks,
     resolve_baselines,
-    step_scores_at,
+    with_completeness,
 )
 
 
@@ -84,12 +84,10 @@ class LayerIntegratedGradients(AttributionMethod):
                     steps,
                     *(None if x is None else options.reduce(x) for x in (source, target)),
                 )
-        if options.return_convergence_delta:
-            gap = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - step_scores_at(
-                inputs, *baselines.for_roles(inputs)
-            )
-            writer.write_step_score(CONVERGENCE_DELTA, slice(None), torch.cat(totals, 1) - gap)
-        return writer.output()
+        # The completeness check costs two passes without gradients; it runs always, for the warning.
+        gap = completeness_gap(inputs, [baselines])
+        delta = torch.cat(totals, 1) - gap
+        return with_completeness(writer.output(), inputs, options, [baselines], delta, gap)
 
     def attribute_stepwise(
         self, inputs: MethodInputs, options: LayerIntegratedGradientsOptions
@@ -117,6 +115,5 @@ class LayerIntegratedGradients(AttributionMethod):
                 return run.per_role(result)
 
             output = captum_stepwise(inputs, attribute_step, options.reduce)
-        if options.return_convergence_delta:
-            output.step_scores[CONVERGENCE_DELTA] = torch.stack(deltas, 1).cpu()
-        return output
+        delta = torch.stack(deltas, 1) if deltas else None  # Captum computes it only when asked
+        return with_completeness(output, inputs, options, [baselines], delta)

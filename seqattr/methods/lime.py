@@ -24,6 +24,7 @@ from captum._utils.models.model import Model
 from captum.attr import Lime as CaptumLime
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.noise import check_seed
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     PerturbationSetup,
@@ -98,8 +99,8 @@ class SampledOptions(PerturbationOptions):
         super().validate()
         if not isinstance(self.n_samples, int) or self.n_samples < 2:
             raise ValueError(f"n_samples must be an integer >= 2, got {self.n_samples!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None:
+            check_seed(self.seed)
 
 
 @dataclass
@@ -223,6 +224,7 @@ class Lime(AttributionMethod):
                 perturbations_per_eval=seen.shape[0],  # Captum's batching: one forward per step
             )[0]
 
-        output = feature_output(setup, stepwise_feature_scores(setup, explain))
+        # float32 in both paths, whatever the model: the linear fit runs in float32, as Captum's does.
+        output = feature_output(setup, stepwise_feature_scores(setup, explain).float())
         output.info["seed"] = seed
         return output

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     StepPrefix,
@@ -90,7 +90,8 @@ class Occlusion(AttributionMethod):
                     gate[first + k * stride : min(first + k * stride + window, end)] = 0
                     rows.append(b)
                     gates.append(gate)
-        scores = torch.zeros(batch.size, max(features.max_features, 1), batch.num_steps)
+        dtype = output_dtype(inputs.target_embeds.dtype)
+        scores = torch.zeros(batch.size, max(features.max_features, 1), batch.num_steps, dtype=dtype)
         if rows:
             row_index = torch.tensor(rows, device=device)
             effects = (clean_scores(setup)[row_index] - run_rows(setup, row_index, torch.stack(gates))).cpu()

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from seqattr.methods.base import MethodInputs
+from seqattr.methods.base import MethodInputs, MethodOutput
+from seqattr.methods.convergence import CONVERGENCE_DELTA, Completeness
 from seqattr.methods.gradient import AttributionWriter, GradientOptions, reduce_hidden, step_gradients
 from seqattr.typing import Float, Tensor
 
@@ -255,6 +256,37 @@ def step_scores_at(
     """Every step's score at one point (no gradient), for completeness checks."""
     with torch.no_grad():
         return inputs.objective(source, target).detach()
+
+
+def completeness_gap(inputs: MethodInputs, baselines: list[Baselines]) -> Float[Tensor, "batch steps"]:
+    """``f(input) - f(baseline)`` of every step (the mean over ``baselines`` of ``f(baseline)``): what the
+    attributions of a path method add up to when its integral converged (2 passes without gradients, or
+    ``1 + len(baselines)``)."""
+    start = torch.stack([step_scores_at(inputs, *b.for_roles(inputs)) for b in baselines]).mean(0)
+    return step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - start
+
+
+def with_completeness(
+    output: MethodOutput,
+    inputs: MethodInputs,
+    options,
+    baselines: list[Baselines],
+    delta: Tensor | None,
+    gap: Tensor | None = None,
+) -> MethodOutput:
+    """``output`` with its `Completeness` for the engine's convergence warning (`methods/convergence.py`),
+    and with ``delta`` as the step score ``convergence_delta`` when the options ask for it; ``gap`` is
+    computed when not given. Without ``multiply_by_inputs`` the attributions are not meant to add up to
+    anything: no check."""
+    if delta is None:
+        return output
+    delta = delta.detach()
+    if options.return_convergence_delta:
+        output.step_scores[CONVERGENCE_DELTA] = delta.cpu()
+    if options.multiply_by_inputs:
+        gap = completeness_gap(inputs, baselines) if gap is None else gap
+        output.completeness = Completeness(delta.cpu(), gap.detach().cpu())
+    return output
 
 
 def expand_rows(x: Tensor | None, copies: int) -> Tensor | None:

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from seqattr.features import GRANULARITIES, FeatureMap, build_feature_map
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.gradient import _CHUNK_BYTES as _GRADIENT_CHUNK_BYTES
 from seqattr.methods.gradient import _vocab_size
 from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
+from seqattr.progress import expect_passes
 from seqattr.step_functions import get_step_function
 from seqattr.typing import Float, Int, Tensor
 
@@ -202,6 +203,7 @@ def run_rows(
     """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and
     of steps): only one chunk's logits exist at a time."""
     chunks = score_chunks(setup)
+    expect_passes(setup.objective, -(-rows.shape[0] // chunks.rows) * len(chunks.step_slices))
     scores = []
     with torch.no_grad():
         for part in chunks.row_slices(rows.shape[0]):
@@ -262,13 +264,14 @@ def stepwise_feature_scores(
 ) -> Float[Tensor, "batch features steps"]:
     """The reference loop: ``explain_step`` run on each real step's prefix, one score per visible feature."""
     batch, features = setup.batch, setup.features
-    scores = torch.zeros(batch.size, max(features.max_features, 1), batch.num_steps)
+    dtype = output_dtype(setup.inputs.target_embeds.dtype)
+    scores = torch.zeros(batch.size, max(features.max_features, 1), batch.num_steps, dtype=dtype)
     with torch.no_grad():
         for b in range(batch.size):
             for column in range(batch.num_steps):
                 step = StepPrefix(setup, b, column)
                 if bool(batch.step_mask[b, column]) and step.num_visible > 0:
-                    scores[b, : step.num_visible, column] = explain_step(step).detach().float().cpu()
+                    scores[b, : step.num_visible, column] = explain_step(step).detach().to(dtype).cpu()
     return scores
 
 
@@ -282,7 +285,8 @@ def feature_output(setup: PerturbationSetup, scores: Float[Tensor, "batch featur
     Scores of features a step cannot see are zeroed (their tokens are NaN in the final output anyway).
     """
     features, inputs = setup.features, setup.inputs
-    scores = scores.float().cpu()
+    # The model's precision (float64 stays float64), unless the method computed its scores in float32 (LIME).
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).cpu()
     feature_index = torch.arange(scores.shape[1])[None, :, None]
     scores = scores.masked_fill(feature_index >= visible_features(setup)[:, None, :], 0.0)
 

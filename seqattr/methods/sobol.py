@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import qmc
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.lime import resolve_seed
+from seqattr.methods.noise import check_seed
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     StepPrefix,
@@ -59,8 +60,8 @@ class SobolOptions(PerturbationOptions):
             raise ValueError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if self.mask_type not in MASK_TYPES:
             raise ValueError(f"unknown mask_type {self.mask_type!r}; valid: {', '.join(MASK_TYPES)}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None:
+            check_seed(self.seed)
 
 
 CONSTANT_TOLERANCE = 32
@@ -167,7 +168,9 @@ class Sobol(AttributionMethod):
         batch, width = setup.batch, max(setup.features.max_features, 1)
         device = batch.target_ids.device
         eps = computation_eps(inputs)
-        scores = torch.zeros(batch.size, width, batch.num_steps)
+        scores = torch.zeros(
+            batch.size, width, batch.num_steps, dtype=output_dtype(inputs.target_embeds.dtype)
+        )
         for b, design in enumerate(self._designs(setup, options, seed)):
             if design is None:
                 continue
@@ -182,7 +185,7 @@ class Sobol(AttributionMethod):
             # Features a step cannot see are zeroed by feature_output; the others need only A and C_i.
             scores[b, :count] = total_indices(
                 outputs[:n], outputs[n:].reshape(count, n, -1), options.estimator, eps
-            ).float()
+            ).to(scores.dtype)
         setup.info["seed"] = seed
         return feature_output(setup, scores)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.internals import (
     aggregate,
     check_aggregation,
@@ -214,7 +214,8 @@ class ValueZeroing(AttributionMethod):
         layers = select_indices("layers", options.layers, scores.shape[-1])
         info["layers"] = layers
         info["extra_dims"] = [] if options.aggregate_layers else ["layer"]
-        return aggregate(scores[..., layers], -1, options.aggregate_layers).float()
+        # Computed in float64; returned in the precision of the model's other outputs (float64 or float32).
+        return aggregate(scores[..., layers], -1, options.aggregate_layers).to(output_dtype(self.model.dtype))
 
     def _output(self, inputs: MethodInputs, source, target, options) -> MethodOutput:
         info = {"distance": "cosine"}

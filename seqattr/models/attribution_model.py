@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,9 +22,12 @@ from seqattr import engine
 from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
+from seqattr.methods.convergence import describe_failures, warn_if_not_converged
 from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
 from seqattr.models.causality import check_causal
 from seqattr.models.embedding_scale import input_embedding_scales
+from seqattr.models.model_state import left_as_found
+from seqattr.progress import PassProgress
 from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
 from seqattr.trace import DEFAULT_TOP_K, check_top_k
 from seqattr.typing import Float, Int, Tensor
@@ -43,6 +46,19 @@ def _as_text_list(texts: str | Sequence[str], argument: str) -> list[str]:
         if not text.strip():
             raise ValueError(f"{argument}[{i}] is empty; give text for the model to read")
     return list(texts)
+
+
+def _as_name_list(names: str | StepFunction | Sequence[str | StepFunction], argument: str) -> list:
+    """A list of step functions given by name or as callables: a single one (``step_scores="entropy"``) is a
+    one-element list, where iterating the string would give its letters."""
+    if isinstance(names, str) or callable(names):
+        return [names]
+    if not isinstance(names, Iterable):
+        raise TypeError(
+            f"{argument} must be a step function name or a list of them, e.g. ['probability', 'entropy'];"
+            f" got {type(names).__name__}"
+        )
+    return list(names)
 
 
 def _batch_spans(
@@ -258,7 +274,7 @@ class AttributionModel:
     def _generate(self, prompts: list[list[int]], generation_args: dict[str, Any]) -> list[list[int]]:
         """Continuations of each prompt (decoder-only) or target sequences after the start token."""
         input_ids, attention_mask = self._pad(prompts, left=not self.is_encoder_decoder)
-        with torch.no_grad():
+        with torch.no_grad(), left_as_found(self.model):  # e.g. output_attentions=True would hook the model
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **generation_args
             )
@@ -340,7 +356,7 @@ class AttributionModel:
         attribute_target: bool = False,
         attr_pos_start: int | None = None,
         attr_pos_end: int | None = None,
-        step_scores: Sequence[str] = (),
+        step_scores: str | StepFunction | Sequence[str | StepFunction] = (),
         attributed_fn: str | StepFunction | None = None,
         step_scores_args: dict[str, Any] | None = None,
         attributed_fn_args: dict[str, Any] | None = None,
@@ -365,7 +381,8 @@ class AttributionModel:
             attr_pos_start: the first target position to explain (the window is ``[start, end)``;
                 negative values count from the end). Default: the first generated token.
             attr_pos_end: the end of that window (exclusive). Default: after the last generated token.
-            step_scores: names of step functions to score at every step (e.g. ``["probability"]``).
+            step_scores: names of step functions (or step functions) to score at every step (e.g.
+                ``["probability", "entropy"]``; a single name is a one-element list).
             attributed_fn: the step function whose value is attributed (default ``"probability"``).
             step_scores_args: options of the step scores (e.g. ``{"top_p": 0.8}``), shared by all of them,
                 each taking the keys it declares.
@@ -379,7 +396,8 @@ class AttributionModel:
                 pairs of continuation indices (a list of such lists for several examples).
             trace_top_k: alternatives per step in the generation trace (``seq.trace``).
             batch_size: examples per model call (default: all at once).
-            show_progress: show a progress bar over batches.
+            show_progress: show a progress bar over the model passes (and batches) once the call has run
+                for a second.
             fused: explain all steps of a sequence in one pass (True) or step by step (the reference).
             **method_kwargs: the method's options (e.g. ``hidden_reduction="l2"``); they override those
                 given to `load_model`.
@@ -418,6 +436,7 @@ class AttributionModel:
         (attributed,) = bind_step_functions(
             [attributed_fn or "probability"], attributed_fn_args, "attributed_fn_args"
         )
+        step_scores = _as_name_list(step_scores, "step_scores")
         step_score_names = [step_function_name(name) for name in step_scores]
         bound = bind_step_functions(list(step_scores), step_scores_args, "step_scores_args")
         step_functions = dict(zip(step_score_names, bound, strict=True))
@@ -453,27 +472,40 @@ class AttributionModel:
         sequences = []
         method_info: dict[str, Any] = {}
         example_info: list[dict[str, Any]] = []
+        unconverged: list[str] = []
         batches = _batch_spans(examples, batch_size, self.is_encoder_decoder)
-        if show_progress and len(batches) > 1:
-            from rich.progress import track
-
-            batches = track(batches, description=f"{method_name}", transient=True)
-        for start, stop in batches:
-            batch = AttributionBatch.from_examples(
-                examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
-            )
-            contrast = None
-            if contrasts is not None:
-                contrast = ContrastBatch.from_examples(self, batch, contrasts[start:stop])
-            # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails fast.
-            scoring = engine.compute_step_scores(self, batch, step_functions, trace_top_k, contrast)
-            result = engine.run_batch(
-                self, method_instance, options, batch, attributed, attribute_target, fused, contrast
-            )
-            method_info.update(result.info)
-            example_info += result.example_info or [{} for _ in batch.examples]
-            sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
+        progress = PassProgress(method_name, len(batches), enabled=show_progress)
+        with progress:
+            for start, stop in batches:
+                progress.next_batch()
+                batch = AttributionBatch.from_examples(
+                    examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
+                )
+                contrast = None
+                if contrasts is not None:
+                    contrast = ContrastBatch.from_examples(self, batch, contrasts[start:stop])
+                # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails
+                # fast.
+                scoring = engine.compute_step_scores(self, batch, step_functions, trace_top_k, contrast)
+                result = engine.run_batch(
+                    self,
+                    method_instance,
+                    options,
+                    batch,
+                    attributed,
+                    attribute_target,
+                    fused,
+                    contrast,
+                    progress,
+                )
+                if result.completeness is not None:
+                    tokens = [self.convert_ids_to_tokens(row) for row in batch.step_target_ids.tolist()]
+                    unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
+                method_info.update(result.info)
+                example_info += result.example_info or [{} for _ in batch.examples]
+                sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
         finished = time.perf_counter()
+        warn_if_not_converged(method_name, unconverged, getattr(options, "n_steps", None))
         info = self._info(
             method_name,
             options,

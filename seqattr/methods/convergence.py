@@ -1,0 +1,87 @@
+"""Completeness checks: a warning when a path method's attributions do not add up to what they explain.
+
+Integrated gradients and its relatives satisfy completeness: a step's attributions sum to
+``f(input) - f(baseline)``. The quadrature misses it by the convergence delta ``sum - (f(x) - f(b))``; a
+large one means the attributions are not the integral they claim to be (too few ``n_steps`` for a path on
+which the score varies steeply). Sundararajan et al. (2017, section 3) advise checking that the attributions
+add up to within 5% of the score difference: `warn_if_not_converged` does that for every step and emits one
+`ConvergenceWarning` per ``attribute`` call naming the steps that miss it, with the fix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from seqattr.typing import Float, Tensor
+
+CONVERGENCE_DELTA = "convergence_delta"
+"""Step score holding ``sum of a step's attributions - (f(input) - f(baseline))`` (Captum's sign)."""
+
+RELATIVE_TOLERANCE = 0.05
+"""A step is converged when ``|delta| <= RELATIVE_TOLERANCE * max(|f(x) - f(b)|, ABSOLUTE_FLOOR)``: the 5%
+of Sundararajan et al."""
+ABSOLUTE_FLOOR = 1e-3
+"""Where input and baseline score alike (``|f(x) - f(b)|`` below this, in the score's units: 0.1 percentage
+point of probability), there is almost nothing to distribute; a delta under 5e-5 of it is not worth a
+warning."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The attributions of some steps do not add up to ``f(input) - f(baseline)`` within tolerance.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", seqattr.ConvergenceWarning)   # silence it on purpose
+    """
+
+
+@dataclass
+class Completeness:
+    """Per step of a batch: the convergence delta (``sum of attributions - gap``) and the gap
+    ``f(input) - f(baseline)`` it is measured against, both ``[batch, steps]``."""
+
+    delta: Float[Tensor, "batch steps"]
+    gap: Float[Tensor, "batch steps"]
+
+    def unconverged(self) -> torch.Tensor:
+        """``[batch, steps]`` True where ``|delta|`` exceeds the tolerance."""
+        scale = self.gap.abs().clamp(min=ABSOLUTE_FLOOR)
+        return self.delta.abs() > RELATIVE_TOLERANCE * scale
+
+
+def warn_if_not_converged(method: str, failures: list[str], n_steps: int | None) -> None:
+    """One `ConvergenceWarning` listing ``failures`` (descriptions of the steps that miss the tolerance).
+
+    Example:
+        >>> warn_if_not_converged("integrated_gradients", [], 50)      # nothing to say: no warning
+    """
+    if not failures:
+        return
+    shown = "; ".join(failures[:10]) + (f"; and {len(failures) - 10} more" if len(failures) > 10 else "")
+    more = f"a larger n_steps (now {n_steps})" if n_steps is not None else "a larger n_steps"
+    warnings.warn(
+        f"{method}: the attributions of {len(failures)} step(s) do not add up to f(input) - f(baseline) "
+        f"within {RELATIVE_TOLERANCE:.0%} (|convergence delta| > {RELATIVE_TOLERANCE} * "
+        f"max(|f(input) - f(baseline)|, {ABSOLUTE_FLOOR})): {shown}. Use {more}, another baseline, or "
+        "another method; return_convergence_delta=True stores every step's delta as a step score.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
+
+
+def describe_failures(
+    completeness: Completeness, step_mask: torch.Tensor, tokens: list[list[str]], first_example: int
+) -> list[str]:
+    """``"example i step t ('token'): delta d of gap g"`` for each real step that misses the tolerance;
+    ``tokens[b][t]`` is the token step ``t`` of batch example ``b`` predicts."""
+    bad = completeness.unconverged().cpu() & step_mask.cpu()
+    delta, gap = completeness.delta.cpu(), completeness.gap.cpu()
+    return [
+        f"example {first_example + b} step {t} ({tokens[b][t]!r}): delta {float(delta[b, t]):.3g} of gap "
+        f"{float(gap[b, t]):.3g}"
+        for b, t in bad.nonzero().tolist()
+    ]
