@@ -239,7 +239,7 @@ def chunk_sweep(args, tokenizers, folders) -> None:
         warmup = cases.make_texts(tokenizers[model], is_encoder_decoder, 1, 4, seed=1)[0]
         for size in sizes:
             run = make_run(f"{len(configs)}:{size}", config, texts, warmup, args, None)
-            run["engine_constants"] = {"MAX_STEP_CHUNK": size, "_CHUNK_BYTES": 2**40}
+            run["engine_constants"] = {"MAX_STEP_CHUNK": size, "CHUNK_BYTES": 2**40}
             runs.setdefault(model, []).append(run)
         configs.append(config)
     rows = []

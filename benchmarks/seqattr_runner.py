@@ -35,7 +35,7 @@ def main(case: dict, result_path: str) -> None:
     hf_model = auto.from_pretrained(case["model_dir"], dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(case["model_dir"])
     fused = case["engine"] == "fused"
-    defaults = {name: getattr(gradient, name) for name in ("MAX_STEP_CHUNK", "_CHUNK_BYTES")}
+    defaults = {name: getattr(gradient, name) for name in ("MAX_STEP_CHUNK", "CHUNK_BYTES")}
 
     def execute(run: dict) -> dict:
         for name, value in {**defaults, **run.get("engine_constants", {})}.items():  # run.py --chunk-sweep

@@ -244,7 +244,7 @@ def encode_contrasts(
     targets = _texts_per_example(contrast_targets, count, "contrast_targets")
     sources = _texts_per_example(contrast_sources, count, "contrast_sources")
     specs = _alignments_per_example(alignments, count)
-    eos_ids = frozenset(model._eos_ids({}))
+    eos_ids = frozenset(model.eos_ids({}))
     contrasts = []
     for i, ((source, target, start), example) in enumerate(zip(encoded, examples, strict=True)):
         for argument, text in (("contrast_targets", targets[i]), ("contrast_sources", sources[i])):
@@ -260,11 +260,11 @@ def encode_contrasts(
         prompt_text = input_texts[i]
         if sources[i] is not None:
             prompt, prompt_text = model.tokenizer(sources[i])["input_ids"], sources[i]
-            model._check_length(len(prompt), f"contrast_sources[{i}]")
+            model.check_length(len(prompt), f"contrast_sources[{i}]")
             if not prompt:
                 raise ValueError(f"contrast_sources[{i}] tokenizes to no tokens")
         if targets[i] is not None:
-            c_source, c_target, c_start = model._encode_forced(
+            c_source, c_target, c_start = model.encode_forced(
                 i, prompt, targets[i], prompt_text, "contrast_targets"
             )
         elif model.is_encoder_decoder:

@@ -45,6 +45,17 @@ def private_uses(path: Path) -> list[str]:
         elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own:
             if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
                 found.append((node.lineno, node.attr))
+        elif (  # getattr(obj, "_name", ...) and the like reach in just the same
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+            and node.args[1].value not in own
+        ):
+            found.append((node.lineno, node.args[1].value))
     return [f"{path.relative_to(PACKAGE.parent)}:{line} {name}" for line, name in found]
 
 
@@ -65,7 +76,12 @@ def test_no_module_uses_another_modules_private_names():
 def test_the_check_finds_a_private_import(tmp_path):
     bad = PACKAGE / "_layering_probe.py"
     try:
-        bad.write_text("from seqattr.methods.gradient import _vocab_size\nx = model._has_logits_to_keep\n")
-        assert [use.split(" ")[1] for use in private_uses(bad)] == ["_vocab_size", "_has_logits_to_keep"]
+        bad.write_text(
+            "from seqattr.methods.gradient import _vocab_size\n"
+            "x = model._has_logits_to_keep\n"
+            "y = getattr(model, '_source_scale', 1)\n"
+        )
+        found = [use.split(" ")[1] for use in private_uses(bad)]
+        assert found == ["_vocab_size", "_has_logits_to_keep", "_source_scale"]
     finally:
         bad.unlink()

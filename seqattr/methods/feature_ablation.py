@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from captum.attr import FeatureAblation as CaptumFeatureAblation
 
-from seqattr.methods.occlusion import _PER_EVAL, Occlusion
+from seqattr.methods.occlusion import PERTURBATIONS_PER_EVAL, Occlusion
 from seqattr.methods.perturbation import PerturbationOptions
 from seqattr.typing import Tensor
 
@@ -29,5 +29,5 @@ class FeatureAblation(Occlusion):
     ) -> tuple[Tensor, ...]:
         baselines = tuple(torch.zeros_like(x) for x in ones)
         return CaptumFeatureAblation(forward).attribute(
-            ones, baselines=baselines, perturbations_per_eval=_PER_EVAL
+            ones, baselines=baselines, perturbations_per_eval=PERTURBATIONS_PER_EVAL
         )

@@ -29,7 +29,7 @@ HIDDEN_REDUCTIONS = ("sum", "l2", "mean", "absmax", None)
 # (1 row per step) and integrated gradients (50 rows) on GPT-2-small and SmolLM2; larger chunks were slower
 # and took up to 4x the memory.
 MAX_STEP_CHUNK = 8
-_CHUNK_BYTES = 16 * 2**20
+CHUNK_BYTES = 16 * 2**20
 """Memory per chunk for the batched backward's largest tensors: the input gradients ``[steps, n, positions,
 hidden]`` and the logits' gradients ``[steps, n, steps, vocab]`` (every step's seed flows through every step's
 logits; with a 49k vocabulary that term dominates)."""
@@ -80,7 +80,7 @@ class StepGradients:
     """Only the prefix the chunk's steps can see; later positions have zero gradient."""
 
 
-def _vocab_size(inputs: MethodInputs) -> int:
+def vocab_size(inputs: MethodInputs) -> int:
     """Rows of the model's output head (0 for objectives that are no language model, e.g. analytic tests)."""
     model = getattr(inputs.objective, "model", None)
     head = model.model.get_output_embeddings() if model is not None else None
@@ -88,14 +88,14 @@ def _vocab_size(inputs: MethodInputs) -> int:
 
 
 def step_chunks(inputs: MethodInputs, n_points: int) -> Iterator[slice]:
-    """Slices of at most ``MAX_STEP_CHUNK`` steps whose batched backward stays within ``_CHUNK_BYTES``."""
+    """Slices of at most ``MAX_STEP_CHUNK`` steps whose batched backward stays within ``CHUNK_BYTES``."""
     batch = inputs.batch
     hidden = inputs.target_embeds.shape[-1]
     positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
-    vocab = _vocab_size(inputs)
+    vocab = vocab_size(inputs)
     element = inputs.target_embeds.element_size()
     size = MAX_STEP_CHUNK
-    while size > 1 and size * n_points * (positions * hidden + size * vocab) * element > _CHUNK_BYTES:
+    while size > 1 and size * n_points * (positions * hidden + size * vocab) * element > CHUNK_BYTES:
         size -= 1
     for start in range(0, batch.num_steps, size):
         yield slice(start, min(start + size, batch.num_steps))

@@ -30,7 +30,7 @@ from seqattr.methods.perturbation import (
 )
 from seqattr.typing import Float, Tensor
 
-_PER_EVAL = 16  # perturbations Captum batches into one forward call in the stepwise reference
+PERTURBATIONS_PER_EVAL = 16  # perturbations Captum batches into one forward call in the stepwise reference
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Occlusion(AttributionMethod):
             baselines=tuple(torch.zeros_like(x) for x in ones),
             sliding_window_shapes=tuple((w,) for w in windows),
             strides=tuple((stride,) for _ in windows),
-            perturbations_per_eval=_PER_EVAL,
+            perturbations_per_eval=PERTURBATIONS_PER_EVAL,
         )
 
 

@@ -37,8 +37,7 @@ import torch
 
 from seqattr.features import GRANULARITIES, FeatureMap, build_feature_map
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
-from seqattr.methods.gradient import _CHUNK_BYTES as _GRADIENT_CHUNK_BYTES
-from seqattr.methods.gradient import _vocab_size
+from seqattr.methods.gradient import CHUNK_BYTES, vocab_size
 from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
 from seqattr.progress import expect_passes
 from seqattr.step_functions import get_step_function
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
 
 INFERENCE_MODES = {"logits": "logit", "softmax": "probability", "log_softmax": "logprob"}
 """What ``inference_mode`` measures the perturbation effect on (Interpreto's names) → our step function."""
-_CHUNK_BYTES = _GRADIENT_CHUNK_BYTES
+_CHUNK_BYTES = CHUNK_BYTES
 """Memory per forward call, the gradient engine's budget (16 MiB): the perturbed rows' input embeddings and
 the logits they score steps from (``[rows, steps, vocab]``, the contrast's too when there is one); see
 `score_chunks`. Measured on SmolLM2, 40 steps (docs/benchmarks.md): occlusion's peak was 1,012 MB unchunked,
@@ -154,7 +153,7 @@ def _keeps_step_logits(setup: PerturbationSetup) -> bool:
     """Whether a forward call computes logits only at the explained steps (decoder-only models whose forward
     takes ``logits_to_keep``) rather than at every target position of the prefix."""
     model = getattr(setup.objective, "model", None)
-    return bool(getattr(model, "_has_logits_to_keep", False)) and not model.is_encoder_decoder
+    return bool(getattr(model, "has_logits_to_keep", False)) and not model.is_encoder_decoder
 
 
 @dataclass
@@ -180,7 +179,7 @@ def score_chunks(setup: PerturbationSetup, steps: slice = slice(None)) -> ScoreC
     positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
     per_row = positions * embeds.shape[-1] * element
     contrast = getattr(setup.objective, "contrast", None)
-    per_logits = _vocab_size(setup.inputs) * element * (2 if contrast is not None else 1)
+    per_logits = vocab_size(setup.inputs) * element * (2 if contrast is not None else 1)
     first, stop, _ = steps.indices(batch.num_steps)
     count = max(stop - first, 0)
     if count == 0:

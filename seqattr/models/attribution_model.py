@@ -115,7 +115,7 @@ class AttributionModel:
         # Fail now, not at the first attribute() call, on an unknown method or option.
         get_method_class(method).parse_options(**method_kwargs)
         # A capability of the architecture (GPT-2, Llama, Qwen2, ... have it), not keyword routing.
-        self._has_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.has_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         # Some models scale their embedding lookup only when given ids (Marian's encoder): measured once.
         self._source_scale, self._target_scale = input_embedding_scales(model)
 
@@ -228,7 +228,7 @@ class AttributionModel:
                 f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings"
             )
         if (
-            self._has_logits_to_keep and not self.is_encoder_decoder
+            self.has_logits_to_keep and not self.is_encoder_decoder
         ):  # the LM head runs only where a step is explained
             return self.forward(
                 batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1
@@ -237,7 +237,15 @@ class AttributionModel:
 
     # --- encoding and generation ------------------------------------------------------------------
 
-    def _check_length(self, length: int, what: str) -> None:
+    def check_length(self, length: int, what: str) -> None:
+        """Refuse a sequence of ``length`` tokens longer than the model's context, naming ``what`` it is.
+
+        Example:
+            >>> model.check_length(500, "input_texts[0]")
+            Traceback (most recent call last):
+            ...
+            ValueError: input_texts[0] is 500 tokens long, longer than the model's context of 128 tokens; ...
+        """
         limit = self.max_positions
         if limit is not None and length > limit:
             raise ValueError(
@@ -245,8 +253,13 @@ class AttributionModel:
                 "shorten the input or lower max_new_tokens"
             )
 
-    def _eos_ids(self, generation_args: dict[str, Any]) -> set[int]:
-        """The ids that ended generation: ``generation_args`` override the model's generation config."""
+    def eos_ids(self, generation_args: dict[str, Any]) -> set[int]:
+        """The ids that end generation: ``generation_args`` override the model's generation config.
+
+        Example:
+            >>> model.eos_ids({}) == {tokenizer.eos_token_id}
+            True
+        """
         config = generation_args.get("generation_config") or self.model.generation_config
         eos = generation_args.get("eos_token_id", config.eos_token_id)
         if eos is None:
@@ -255,7 +268,7 @@ class AttributionModel:
 
     def _cut_at_eos(self, ids: list[int], generation_args: dict[str, Any]) -> list[int]:
         """Drop what follows the first end-of-sequence token (padding of sequences that ended early)."""
-        eos = self._eos_ids(generation_args)
+        eos = self.eos_ids(generation_args)
         for i, token in enumerate(ids):
             if token in eos:
                 return ids[: i + 1]
@@ -291,10 +304,10 @@ class AttributionModel:
         """``(source_ids, target_ids, default attr_pos_start)`` per example, generating where not forced."""
         prompts = [self.tokenizer(text)["input_ids"] for text in input_texts]
         for i, prompt in enumerate(prompts):
-            self._check_length(len(prompt), f"input_texts[{i}]")
+            self.check_length(len(prompt), f"input_texts[{i}]")
         if generated_texts is not None:
             return [
-                self._encode_forced(i, p, t, input_texts[i])
+                self.encode_forced(i, p, t, input_texts[i])
                 for i, (p, t) in enumerate(zip(prompts, generated_texts, strict=True))
             ]
 
@@ -307,9 +320,9 @@ class AttributionModel:
                 # Decoder-only: the prompt and its continuation share the context; encoder-decoder: the
                 # output (after its start token) has the decoder's positions to itself.
                 length = 1 + new_tokens if self.is_encoder_decoder else len(prompt) + new_tokens
-                self._check_length(length, f"input_texts[{i}] plus max_new_tokens={new_tokens}")
+                self.check_length(length, f"input_texts[{i}] plus max_new_tokens={new_tokens}")
         elif generation_args.get("max_length") is not None:  # the longest sequence generate() may return
-            self._check_length(generation_args["max_length"], f"max_length={generation_args['max_length']}")
+            self.check_length(generation_args["max_length"], f"max_length={generation_args['max_length']}")
         generations: list[list[int]] = []
         for start in range(0, len(prompts), batch_size):
             generations += self._generate(prompts[start : start + batch_size], generation_args)
@@ -318,13 +331,23 @@ class AttributionModel:
             return [(p, [start_id, *g], 1) for p, g in zip(prompts, generations, strict=True)]
         return [([], p + g, len(p)) for p, g in zip(prompts, generations, strict=True)]
 
-    def _encode_forced(
+    def encode_forced(
         self, i: int, prompt: list[int], text: str, input_text: str, argument: str = "generated_texts"
     ) -> tuple[list[int], list[int], int]:
+        """``(source ids, target ids, first explained position)`` of example ``i`` forced to output ``text``
+        after ``prompt`` (token ids of ``input_text``); a text that does not fit the prompt is refused,
+        naming ``argument[i]``.
+
+        Example:
+            >>> prompt = tokenizer("The capital")["input_ids"]
+            >>> source, target, start = model.encode_forced(0, prompt, "The capital of France", "The capital")
+            >>> source, target[:start] == prompt, model.convert_ids_to_tokens(target[start:])
+            ([], True, ['Ġof', 'ĠFrance'])
+        """
         if self.is_encoder_decoder:
             target = self.tokenizer(text_target=text)["input_ids"]
             start_id = self.model.generation_config.decoder_start_token_id
-            self._check_length(len(target) + 1, f"{argument}[{i}]")
+            self.check_length(len(target) + 1, f"{argument}[{i}]")
             return prompt, [start_id, *target], 1
         if not text.startswith(input_text):
             raise ValueError(
@@ -341,7 +364,7 @@ class AttributionModel:
             )
         if len(full) == len(prompt):
             raise ValueError(f"{argument}[{i}] adds no tokens to its prompt: there is nothing to explain")
-        self._check_length(len(full), f"{argument}[{i}]")
+        self.check_length(len(full), f"{argument}[{i}]")
         return [], full, len(prompt)
 
     # --- attribution ------------------------------------------------------------------------------
