@@ -24,14 +24,16 @@ from seqattr.methods.internals import (
     check_selection,
     each_example,
     eager_attention,
+    prefix_rows,
     query_rows,
     select_indices,
 )
+from seqattr.methods.options import MethodOptions
 from seqattr.typing import Float, Tensor
 
 
 @dataclass
-class AttentionOptions:
+class AttentionOptions(MethodOptions):
     layers: int | list[int] | None = None
     """Layers to report (an index, a list, negative from the end; None = all)."""
     heads: int | list[int] | None = None
@@ -42,6 +44,7 @@ class AttentionOptions:
     """``mean`` or ``max`` over the selected heads (None keeps a heads dimension)."""
 
     def validate(self) -> None:
+        super().validate()
         check_selection("layers", self.layers)
         check_selection("heads", self.heads)
         check_aggregation("aggregate_layers", self.aggregate_layers)
@@ -108,22 +111,9 @@ class Attention(AttributionMethod):
 
     def _stepwise(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
         info: dict = {}
-        batch = inputs.batch
-        source_rows, target_rows = [], []
         with eager_attention(self.model.model) as note:
-            for column in range(batch.num_steps):
-                prefix = int(batch.step_positions[column])
-                source, target = self._pass(inputs, inputs.target_embeds[:, :prefix])
-                if source is not None:
-                    source_rows.append(source[:, prefix - 1])
-                if target is not None:
-                    # Keys beyond the prefix do not exist for this step: pad them (NaN in the final output).
-                    row = target[:, prefix - 1]
-                    padding = torch.zeros(
-                        row.shape[0], batch.target_ids.shape[1] - prefix, *row.shape[2:], dtype=row.dtype
-                    )
-                    target_rows.append(torch.cat([row, padding.to(row.device)], dim=1))
+            source, target = prefix_rows(inputs, lambda target_embeds: self._pass(inputs, target_embeds))
         info["attention_implementation"] = note
-        source = None if not source_rows else self._finish(torch.stack(source_rows, 2), options, info)
-        target = None if not target_rows else self._finish(torch.stack(target_rows, 2), options, info)
+        source = None if source is None else self._finish(source, options, info)
+        target = None if target is None else self._finish(target, options, info)
         return MethodOutput(source, target, info=info)

@@ -22,7 +22,7 @@ import torch
 
 from seqattr.methods.attention import stacked
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
-from seqattr.methods.internals import each_example, eager_attention
+from seqattr.methods.internals import each_example, eager_attention, prefix_rows
 from seqattr.typing import Float, Tensor
 
 
@@ -117,15 +117,6 @@ class AttentionRollout(AttributionMethod):
         return self._output(inputs, source, target[:, queries].transpose(1, 2), note)
 
     def _stepwise(self, inputs: MethodInputs) -> MethodOutput:
-        batch = inputs.batch
-        target_len = batch.target_ids.shape[1]
-        source_rows, target_rows = [], []
         with eager_attention(self.model.model) as note:
-            for column in range(batch.num_steps):
-                prefix = int(batch.step_positions[column])
-                source, target = self._rows(inputs, inputs.target_embeds[:, :prefix])
-                if source is not None:
-                    source_rows.append(source[:, prefix - 1])
-                target_rows.append(torch.nn.functional.pad(target[:, prefix - 1], (0, target_len - prefix)))
-        source = torch.stack(source_rows, 2) if source_rows else None
-        return self._output(inputs, source, torch.stack(target_rows, 2), note)
+            source, target = prefix_rows(inputs, lambda target_embeds: self._rows(inputs, target_embeds))
+        return self._output(inputs, source, target, note)

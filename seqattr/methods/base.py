@@ -6,22 +6,21 @@ that maps embeddings to every step's score) and returns a `MethodOutput` in padd
 slices it per example and writes NaN where a step cannot see a token.
 
 Two paths, held equal by the tests:
-- ``attribute_fused``: as few model passes as exactness allows, all steps at once (DESIGN.md §2);
+- ``attribute_fused``: as few model passes as exactness allows, all steps at once;
 - ``attribute_stepwise``: the reference; step ``t`` is explained on its own prefix, as other tools do.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
+from seqattr.methods.options import MethodOptions
 from seqattr.typing import Float, Tensor
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ class MethodOutput:
 
 
 @dataclass
-class NoOptions:
+class NoOptions(MethodOptions):
     """Options of a method that has none."""
 
 
@@ -161,8 +160,6 @@ class AttributionMethod:
     """Base class of attribution methods. Subclasses set ``name`` and implement the two paths."""
 
     name: ClassVar[str]
-    fusable: ClassVar[bool] = True
-    """False when the method cannot be fused exactly: the engine then runs it stepwise and says so in info."""
     unitless: ClassVar[bool] = False
     """True when the raw scores have no unit a reader can interpret (plain gradients, whose size depends on
     the embedding scale); the terminal view then shows them normalised per step unless asked for raw."""
@@ -221,11 +218,6 @@ class AttributionMethod:
         if validate is not None:
             validate()
         return options
-
-    @contextlib.contextmanager
-    def hooked(self) -> Iterator[None]:
-        """Context in which the method's hooks are attached to the model; they are removed on exit, always."""
-        yield
 
     def attribute_fused(self, inputs: MethodInputs, options) -> MethodOutput:
         raise NotImplementedError(f"{self.name} has no fused path")

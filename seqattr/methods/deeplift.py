@@ -21,9 +21,9 @@ from captum.attr import DeepLift as CaptumDeepLift
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, refuse_contrast
 from seqattr.methods.gradient import GradientOptions, captum_stepwise
-from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
+from seqattr.methods.options import Baseline, ConvergenceDelta
+from seqattr.methods.path_base import Baselines, resolve_baselines
 from seqattr.methods.step_rows import ForwardModule, RowsResult, captum_step_rows
-from seqattr.typing import Tensor
 
 CONVERGENCE_DELTA = "convergence_delta"
 
@@ -43,17 +43,9 @@ def refuse_deeplift_contrast(inputs: MethodInputs, name: str) -> MethodInputs:
 
 
 @dataclass
-class DeepLiftOptions(GradientOptions):
-    baseline: str | int | Tensor = DEFAULT_BASELINE
-    """The reference: 'zeros', 'unk', 'pad', a token id, or a float tensor broadcastable to the embeddings."""
+class DeepLiftOptions(Baseline, ConvergenceDelta, GradientOptions):
     multiply_by_inputs: bool = True
     """Multiply the multipliers by ``input - baseline`` (Captum's default)."""
-    return_convergence_delta: bool = False
-    """Store each step's summation-to-delta error (``sum of attributions - (f(x) - f(baseline))``)."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_baseline(self.baseline)
 
 
 def run_captum_deeplift(

@@ -32,11 +32,9 @@ from seqattr.methods.gradient import (
     step_chunks,
 )
 from seqattr.methods.monotonic_paths import STRATEGIES, monotonic_paths
+from seqattr.methods.options import Baseline, InternalBatch, check_positive_int
 from seqattr.methods.path_base import (
-    DEFAULT_BASELINE,
     PointBlock,
-    check_baseline,
-    check_positive_int,
     path_sums,
     point_blocks,
     resolve_baselines,
@@ -55,17 +53,13 @@ def segment_points(path: Tensor, start: int, stop: int, rule: str) -> Tensor:
 
 
 @dataclass
-class DiscretizedIntegratedGradientsOptions(GradientOptions):
+class DiscretizedIntegratedGradientsOptions(Baseline, InternalBatch, GradientOptions):
     n_steps: int = 30
     """Path segments (gradient evaluations) per token; the paper's default."""
     strategy: str = "greedy"
     """Anchor choice: 'greedy' (closest to its monotonized point) or 'maxcount' (most monotonic dims)."""
     n_neighbors: int = 50
     """Nearest vocabulary words considered as the next anchor."""
-    baseline: str | int | Tensor = DEFAULT_BASELINE
-    """Where paths end: 'zeros', 'unk', 'pad', a token id, or a float tensor (the paper uses 'pad')."""
-    internal_batch_size: int | None = None
-    """Rows per forward pass in the fused path (whole copies of the batch); None = all path points at once."""
     rule: str = "midpoint"
     """Where each segment's gradient is taken: 'midpoint' (default) or 'left' (its start, DIG's reference
     code; unusable with a zero baseline on RMSNorm models, see the module docstring)."""
@@ -74,8 +68,6 @@ class DiscretizedIntegratedGradientsOptions(GradientOptions):
         super().validate()
         check_positive_int("n_steps", self.n_steps)
         check_positive_int("n_neighbors", self.n_neighbors)
-        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
-        check_baseline(self.baseline)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
         if self.rule not in RULES:

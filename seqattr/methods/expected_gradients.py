@@ -22,12 +22,11 @@ from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
-from seqattr.methods.integrated_gradients import straight_path_blocks
-from seqattr.methods.noise import check_seed
+from seqattr.methods.integrated_gradients import run_captum_integrated_gradients, straight_path_blocks
+from seqattr.methods.options import ConvergenceDelta, Seed, check_positive_int
 from seqattr.methods.path_base import (
     Baselines,
     IntegrationOptions,
-    check_positive_int,
     completeness_gap,
     integration_rule,
     path_sums,
@@ -38,7 +37,7 @@ from seqattr.typing import Tensor
 
 
 @dataclass
-class ExpectedGradientsOptions(IntegrationOptions):
+class ExpectedGradientsOptions(Seed, ConvergenceDelta, IntegrationOptions):
     n_steps: int = 20
     """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest)."""
     references: Sequence[str] | Tensor | None = None
@@ -46,15 +45,10 @@ class ExpectedGradientsOptions(IntegrationOptions):
     a float tensor ``[n, hidden]`` = those vectors. Each position of each baseline draws one uniformly."""
     n_baselines: int = 8
     """Baselines drawn per example."""
-    return_convergence_delta: bool = False
-    """Store ``sum of attributions - (f(x) - mean over baselines of f(baseline))`` as a step score."""
-    seed: int = 0
-    """Seed of the baseline draws: the same seed gives the same numbers."""
 
     def validate(self) -> None:
         super().validate()
         check_positive_int("n_baselines", self.n_baselines)
-        check_seed(self.seed)
         references = self.references
         if isinstance(references, Tensor):
             if not references.is_floating_point() or references.dim() != 2 or references.shape[0] == 0:
@@ -97,7 +91,7 @@ def draw_baselines(model, inputs: MethodInputs, options: ExpectedGradientsOption
     """``n_baselines`` full-size baselines; each attributed position draws a reference uniformly (on CPU)."""
     ids, vectors = _reference_pool(model, options, inputs.target_embeds.shape[-1])
     pool_size = len(ids) if ids is not None else len(vectors)
-    generator = torch.Generator().manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.resolved_seed())
     drawn = {}
     for role, embeds, attributed in (
         ("source", inputs.source_embeds, inputs.attribute_source),
@@ -153,20 +147,12 @@ class ExpectedGradients(AttributionMethod):
         def attribute_step(forward, attributed, additional):
             total, delta = None, 0.0
             for baseline in baselines:  # Captum's IG from each drawn baseline, then the mean
-                result = CaptumIntegratedGradients(
-                    forward, multiply_by_inputs=options.multiply_by_inputs
-                ).attribute(
-                    attributed,
-                    baselines=baseline.for_step(attributed),
-                    additional_forward_args=additional,
-                    n_steps=options.n_steps,
-                    method=options.integration_method,
-                    internal_batch_size=options.internal_batch_size,
-                    return_convergence_delta=options.return_convergence_delta,
+                captum = CaptumIntegratedGradients(forward, multiply_by_inputs=options.multiply_by_inputs)
+                result, step_delta = run_captum_integrated_gradients(
+                    captum, attributed, baseline, additional, options
                 )
-                if options.return_convergence_delta:
-                    result, step_delta = result
-                    delta = delta + step_delta.detach() / len(baselines)
+                if step_delta is not None:
+                    delta = delta + step_delta / len(baselines)
                 total = result if total is None else tuple(t + r for t, r in zip(total, result, strict=True))
             deltas.append(delta)
             return tuple(t / len(baselines) for t in total)

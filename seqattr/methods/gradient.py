@@ -1,6 +1,6 @@
 """Shared machinery of gradient methods: every step's gradient from one forward pass; the Captum reference.
 
-Fused path (DESIGN.md §2): the target side is causal, so one forward pass over a whole (possibly interpolated
+Fused path: the target side is causal, so one forward pass over a whole (possibly interpolated
 or noised) sequence yields the score of every step; one batched backward (``is_grads_batched``: a vmap over
 the step dimension) then gives each step's gradient. Steps are processed in chunks, each forward truncated to
 the longest prefix its steps need, which bounds memory (a chunk's raw gradients are
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.options import MethodOptions
 from seqattr.typing import Float, Tensor
 
 HIDDEN_REDUCTIONS = ("sum", "l2", "mean", "absmax", None)
@@ -52,13 +53,14 @@ def reduce_hidden(values: Float[Tensor, "*dims hidden"], how: str | None) -> Ten
 
 
 @dataclass
-class GradientOptions:
+class GradientOptions(MethodOptions):
     """Options shared by gradient methods."""
 
     hidden_reduction: str | None = "sum"
     """How the hidden dimension is reduced while steps are computed (sum, l2, mean, absmax, None = keep)."""
 
     def validate(self) -> None:
+        super().validate()
         if self.hidden_reduction not in HIDDEN_REDUCTIONS:
             raise ValueError(
                 f"unknown hidden_reduction {self.hidden_reduction!r}; "

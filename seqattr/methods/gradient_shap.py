@@ -22,48 +22,35 @@ from seqattr.methods.gradient import (
 )
 from seqattr.methods.noise import (
     attributed_embeds,
-    check_seed,
     check_stdevs,
     seeded_global_rng,
     tunnel_generators,
     tunnel_noise,
 )
+from seqattr.methods.options import Baseline, InternalBatch, Seed, check_positive_int
 from seqattr.methods.path_base import (
-    DEFAULT_BASELINE,
     Baselines,
     PointBlock,
-    check_baseline,
-    check_positive_int,
     path_sums,
     point_blocks,
     resolve_baselines,
     write_sums,
 )
-from seqattr.typing import Tensor
 
 
 @dataclass
-class GradientShapOptions(GradientOptions):
-    baseline: str | int | Tensor = DEFAULT_BASELINE
-    """The reference: 'zeros', 'unk', 'pad', a token id, or a float tensor (one baseline for all examples)."""
+class GradientShapOptions(Baseline, InternalBatch, Seed, GradientOptions):
     n_samples: int = 5
     """Random samples (noise + alpha) per example."""
     stdevs: float = 0.0
     """Standard deviation of the Gaussian noise added to the input embeddings (Captum's default: none)."""
     multiply_by_inputs: bool = True
     """Multiply each gradient by ``noisy input - baseline``."""
-    internal_batch_size: int | None = None
-    """Rows per forward pass in the fused path (whole copies of the batch); None = all samples at once."""
-    seed: int = 0
-    """Seed of the noise and of the alphas: the same seed gives the same numbers."""
 
     def validate(self) -> None:
         super().validate()
-        check_baseline(self.baseline)
         check_positive_int("n_samples", self.n_samples)
-        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
         check_stdevs(self.stdevs)
-        check_seed(self.seed)
 
 
 def _shared_baselines(model, inputs: MethodInputs, options: GradientShapOptions) -> Baselines:

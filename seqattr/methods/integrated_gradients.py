@@ -15,10 +15,12 @@ from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.convergence import CONVERGENCE_DELTA  # noqa: F401  (re-exported, as before)
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
+from seqattr.methods.options import ConvergenceDelta
 from seqattr.methods.path_base import (
     Baselines,
     PathOptions,
     PointBlock,
+    block_coefficients,
     completeness_gap,
     integration_rule,
     path_sums,
@@ -28,12 +30,12 @@ from seqattr.methods.path_base import (
     write_sums,
 )
 from seqattr.progress import expect_passes
+from seqattr.typing import Tensor
 
 
 @dataclass
-class IntegratedGradientsOptions(PathOptions):
-    return_convergence_delta: bool = False
-    """Store each step's completeness error as the step score ``convergence_delta``."""
+class IntegratedGradientsOptions(ConvergenceDelta, PathOptions):
+    """Options of integrated gradients."""
 
 
 def straight_path_blocks(inputs: MethodInputs, baselines: Baselines, options, alphas, weights):
@@ -42,12 +44,7 @@ def straight_path_blocks(inputs: MethodInputs, baselines: Baselines, options, al
     ends = {"source": inputs.source_embeds, "target": inputs.target_embeds}
     starts = {"source": baselines.source, "target": baselines.target}
     for block in point_blocks(len(alphas), batch, options.internal_batch_size):
-        alpha = torch.tensor(
-            [alphas[i] for i in block], dtype=inputs.target_embeds.dtype, device=inputs.target_embeds.device
-        ).repeat_interleave(batch)[:, None, None]
-        weight = torch.tensor(
-            [weights[i] for i in block], dtype=alpha.dtype, device=alpha.device
-        ).repeat_interleave(batch)[:, None, None]
+        alpha, weight = block_coefficients(block, alphas, weights, batch, inputs.target_embeds)
         points, factors = {}, {}
         for role, end in ends.items():
             start = starts[role]
@@ -59,6 +56,26 @@ def straight_path_blocks(inputs: MethodInputs, baselines: Baselines, options, al
             points[role] = start.repeat(len(block), 1, 1) + alpha * difference
             factors[role] = weight * difference if options.multiply_by_inputs else weight
         yield PointBlock(points["source"], points["target"], factors["source"], factors["target"])
+
+
+def run_captum_integrated_gradients(
+    captum, attributed: tuple[Tensor, ...], baselines: Baselines, additional: tuple, options
+) -> tuple[tuple[Tensor, ...], Tensor | None]:
+    """One call of Captum's (layer) integrated gradients with the options' rule, points and row budget:
+    ``(attributions, convergence delta or None)``, the delta only when ``return_convergence_delta``."""
+    result = captum.attribute(
+        attributed,
+        baselines=baselines.for_step(attributed),
+        additional_forward_args=additional,
+        n_steps=options.n_steps,
+        method=options.integration_method,
+        internal_batch_size=options.internal_batch_size,
+        return_convergence_delta=options.return_convergence_delta,
+    )
+    if options.return_convergence_delta:
+        result, delta = result
+        return result, delta.detach()
+    return result, None
 
 
 class IntegratedGradients(AttributionMethod):
@@ -90,20 +107,12 @@ class IntegratedGradients(AttributionMethod):
         deltas = []
 
         def attribute_step(forward, attributed, additional):
-            result = CaptumIntegratedGradients(
-                forward, multiply_by_inputs=options.multiply_by_inputs
-            ).attribute(
-                attributed,
-                baselines=baselines.for_step(attributed),
-                additional_forward_args=additional,
-                n_steps=options.n_steps,
-                method=options.integration_method,
-                internal_batch_size=options.internal_batch_size,
-                return_convergence_delta=options.return_convergence_delta,
+            captum = CaptumIntegratedGradients(forward, multiply_by_inputs=options.multiply_by_inputs)
+            result, delta = run_captum_integrated_gradients(
+                captum, attributed, baselines, additional, options
             )
-            if options.return_convergence_delta:
-                result, delta = result
-                deltas.append(delta.detach())
+            if delta is not None:
+                deltas.append(delta)
             return result
 
         output = captum_stepwise(inputs, attribute_step, options.reduce)

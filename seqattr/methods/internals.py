@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
+import torch
 from transformers import PreTrainedModel
 
 from seqattr.methods.base import MethodInputs, MethodOutput
@@ -98,6 +99,32 @@ def aggregate(values: Tensor, dim: int, how: str | None) -> Tensor:
 def query_rows(values: Float[Tensor, "n queries keys *extra"], batch: AttributionBatch) -> Tensor:
     """Each step's row (query ``p_t - 1``) as ``[n, keys, steps, *extra]``."""
     return values[:, batch.step_positions - 1].transpose(1, 2)
+
+
+def prefix_rows(
+    inputs: MethodInputs, rows: Callable[[Tensor], tuple[Tensor | None, Tensor | None]]
+) -> tuple[Tensor | None, Tensor | None]:
+    """The stepwise reference of the internals methods: ``rows(target_embeds)`` (per-query rows
+    ``[n, queries, keys, *extra]`` of the source and the target side) on each step's prefix alone, each step's
+    last query kept. Returns ``[n, keys, steps, *extra]`` per side; target keys beyond a step's prefix do not
+    exist for it and are zeros (NaN in the final output)."""
+    batch = inputs.batch
+    target_len = batch.target_ids.shape[1]
+    source_rows, target_rows = [], []
+    for column in range(batch.num_steps):
+        prefix = int(batch.step_positions[column])
+        source, target = rows(inputs.target_embeds[:, :prefix])
+        if source is not None:
+            source_rows.append(source[:, prefix - 1])
+        if target is not None:
+            row = target[:, prefix - 1]
+            target_rows.append(
+                torch.cat([row, row.new_zeros(row.shape[0], target_len - prefix, *row.shape[2:])], 1)
+            )
+    return (
+        torch.stack(source_rows, 2) if source_rows else None,
+        torch.stack(target_rows, 2) if target_rows else None,
+    )
 
 
 def each_example(

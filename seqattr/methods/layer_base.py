@@ -27,6 +27,7 @@ from torch import nn
 
 from seqattr.methods.base import MethodInputs, refuse_contrast
 from seqattr.methods.gradient import batched_step_backward
+from seqattr.methods.options import check_target_layer
 from seqattr.methods.path_base import expand_rows
 from seqattr.typing import Float, Tensor
 
@@ -50,13 +51,6 @@ class LayerTap(nn.Module):
             yield
         finally:
             self.action = None
-
-
-def check_target_layer(target_layer) -> None:
-    if target_layer is not None and not isinstance(target_layer, (str, nn.Module)):
-        raise TypeError(
-            f"target_layer must be a module, its dotted name or None, got {type(target_layer).__name__}"
-        )
 
 
 def resolve_layer(hf_model: nn.Module, target_layer: str | nn.Module | None) -> tuple[str, nn.Module | None]:

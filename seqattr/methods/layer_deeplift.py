@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from captum.attr import LayerDeepLift as CaptumLayerDeepLift
-from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.deeplift import (
@@ -20,19 +19,15 @@ from seqattr.methods.deeplift import (
     run_captum_deeplift,
     stepwise_with_deltas,
 )
-from seqattr.methods.layer_base import LayerRun, check_target_layer
+from seqattr.methods.layer_base import LayerRun
+from seqattr.methods.options import TargetLayer
 from seqattr.methods.path_base import resolve_baselines
 from seqattr.methods.step_rows import RowsResult, captum_step_rows
 
 
 @dataclass
-class LayerDeepLiftOptions(DeepLiftOptions):
-    target_layer: str | nn.Module | None = None
-    """The layer attributed: a module of the model or its dotted name; None = the input embeddings."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_target_layer(self.target_layer)
+class LayerDeepLiftOptions(TargetLayer, DeepLiftOptions):
+    """Options of layer DeepLIFT."""
 
 
 class LayerDeepLift(AttributionMethod):

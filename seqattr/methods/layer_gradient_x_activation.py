@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from captum.attr import LayerGradientXActivation as CaptumLayerGradientXActivation
-from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.gradient import (
@@ -19,19 +18,14 @@ from seqattr.methods.gradient import (
     captum_stepwise,
     step_chunks,
 )
-from seqattr.methods.layer_base import LayerRun, check_target_layer
+from seqattr.methods.layer_base import LayerRun
+from seqattr.methods.options import TargetLayer
 
 
 @dataclass
-class LayerGradientXActivationOptions(GradientOptions):
-    target_layer: str | nn.Module | None = None
-    """The layer attributed: a module of the model or its dotted name; None = the input embeddings."""
+class LayerGradientXActivationOptions(TargetLayer, GradientOptions):
     multiply_by_inputs: bool = True
     """Multiply the gradient by the activations (False: the layer gradient alone)."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_target_layer(self.target_layer)
 
 
 class LayerGradientXActivation(AttributionMethod):

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 import torch
 from captum.attr import LayerIntegratedGradients as CaptumLayerIntegratedGradients
-from torch import nn
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
-from seqattr.methods.layer_base import LayerRun, check_target_layer
+from seqattr.methods.integrated_gradients import run_captum_integrated_gradients
+from seqattr.methods.layer_base import LayerRun
+from seqattr.methods.options import ConvergenceDelta, TargetLayer
 from seqattr.methods.path_base import (
     PathOptions,
+    block_coefficients,
     completeness_gap,
     integration_rule,
     point_blocks,
@@ -32,15 +34,8 @@ from seqattr.methods.path_base import (
 
 
 @dataclass
-class LayerIntegratedGradientsOptions(PathOptions):
-    target_layer: str | nn.Module | None = None
-    """The layer attributed: a module of the model or its dotted name; None = the input embeddings."""
-    return_convergence_delta: bool = False
-    """Store each step's completeness error as the step score ``convergence_delta``."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_target_layer(self.target_layer)
+class LayerIntegratedGradientsOptions(TargetLayer, ConvergenceDelta, PathOptions):
+    """Options of layer integrated gradients."""
 
 
 class LayerIntegratedGradients(AttributionMethod):
@@ -64,16 +59,7 @@ class LayerIntegratedGradients(AttributionMethod):
                 difference = run.truncate(actual, prefix_len) - start
                 total = 0
                 for block in point_blocks(len(alphas), batch, options.internal_batch_size):
-                    alpha = (
-                        torch.tensor([alphas[i] for i in block])
-                        .to(start)
-                        .repeat_interleave(batch)[:, None, None]
-                    )
-                    weight = (
-                        torch.tensor([weights[i] for i in block])
-                        .to(start)
-                        .repeat_interleave(batch)[:, None, None]
-                    )
+                    alpha, weight = block_coefficients(block, alphas, weights, batch, start)
                     copies = difference.repeat(len(block), 1, 1)
                     gradient = run.step_gradients(start.repeat(len(block), 1, 1) + alpha * copies, steps)
                     factor = weight * copies if options.multiply_by_inputs else weight
@@ -100,18 +86,11 @@ class LayerIntegratedGradients(AttributionMethod):
                 captum = CaptumLayerIntegratedGradients(
                     run.wrap(forward, len(attributed)), run.tap, multiply_by_inputs=options.multiply_by_inputs
                 )
-                result = captum.attribute(
-                    attributed,
-                    baselines=baselines.for_step(attributed),
-                    additional_forward_args=additional,
-                    n_steps=options.n_steps,
-                    method=options.integration_method,
-                    internal_batch_size=options.internal_batch_size,
-                    return_convergence_delta=options.return_convergence_delta,
+                result, delta = run_captum_integrated_gradients(
+                    captum, attributed, baselines, additional, options
                 )
-                if options.return_convergence_delta:
-                    result, delta = result
-                    deltas.append(delta.detach())
+                if delta is not None:
+                    deltas.append(delta)
                 return run.per_role(result)
 
             output = captum_stepwise(inputs, attribute_step, options.reduce)

@@ -24,7 +24,7 @@ from captum._utils.models.model import Model
 from captum.attr import Lime as CaptumLime
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.noise import check_seed
+from seqattr.methods.options import Seed
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     PerturbationSetup,
@@ -86,21 +86,17 @@ class LinearSurrogate(Model):
 
 
 @dataclass
-class SampledOptions(PerturbationOptions):
+class SampledOptions(Seed, PerturbationOptions):
     """Options of methods that draw random masks."""
 
     n_samples: int = 100
     """Random masks per example; each is one sequence run through the model."""
-    seed: int | None = None
-    """Seed of the masks: the same seed gives the same numbers (None: drawn from torch's global generator and
-    recorded in the output's info)."""
+    seed: int | None = None  # the masks are drawn afresh at each call unless seeded (see Seed)
 
     def validate(self) -> None:
         super().validate()
         if not isinstance(self.n_samples, int) or self.n_samples < 2:
             raise ValueError(f"n_samples must be an integer >= 2, got {self.n_samples!r}")
-        if self.seed is not None:
-            check_seed(self.seed)
 
 
 @dataclass
@@ -116,11 +112,6 @@ class LimeOptions(SampledOptions):
             raise ValueError(f"kernel_width must be positive, got {self.kernel_width!r}")
         if not self.alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
-
-
-def resolve_seed(seed: int | None) -> int:
-    """``seed``, or a fresh one drawn from torch's global generator (so ``torch.manual_seed`` still rules)."""
-    return int(torch.randint(0, 2**31 - 1, ())) if seed is None else seed
 
 
 class Lime(AttributionMethod):
@@ -153,7 +144,7 @@ class Lime(AttributionMethod):
     # --- the two paths ---------------------------------------------------------------------------
 
     def _masks(self, setup: PerturbationSetup, options) -> tuple[list[Tensor], int]:
-        seed = resolve_seed(options.seed)
+        seed = options.resolved_seed()
         masks = []
         for b in range(setup.batch.size):
             # One generator per example: an example's masks do not depend on the rest of the batch.

@@ -20,11 +20,6 @@ from seqattr.methods.base import MethodInputs
 from seqattr.typing import Float, Tensor
 
 
-def check_seed(seed) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer (e.g. seed=0), got {seed!r}")
-
-
 def check_stdevs(stdevs) -> None:
     if isinstance(stdevs, bool) or not isinstance(stdevs, (int, float)) or stdevs < 0:
         raise ValueError(

@@ -28,14 +28,15 @@ from seqattr.methods.gradient import (
     step_chunks,
     step_gradients,
 )
-from seqattr.methods.noise import check_seed, check_stdevs, seeded_global_rng, tunnel_generators, tunnel_noise
-from seqattr.methods.path_base import check_positive_int, expand_rows, point_blocks
+from seqattr.methods.noise import check_stdevs, seeded_global_rng, tunnel_generators, tunnel_noise
+from seqattr.methods.options import InternalBatch, Seed, check_positive_int
+from seqattr.methods.path_base import expand_rows, point_blocks
 
 BASE_METHODS = ("saliency", "input_x_gradient")
 
 
 @dataclass
-class NoiseTunnelOptions(GradientOptions):
+class NoiseTunnelOptions(InternalBatch, Seed, GradientOptions):
     base_method: str = "saliency"
     """The method averaged: 'saliency' (absolute gradient, Captum's default) or 'input_x_gradient'."""
     nt_samples: int = 5
@@ -43,10 +44,6 @@ class NoiseTunnelOptions(GradientOptions):
     stdevs: float = 1.0
     """Standard deviation of the Gaussian noise added to the embeddings (Captum's default; scale it to your
     model's embeddings, e.g. 10-20% of their spread as Smilkov et al. suggest)."""
-    internal_batch_size: int | None = None
-    """Rows per forward pass in the fused path (whole copies of the batch); None = all samples at once."""
-    seed: int = 0
-    """Seed of the noise: the same seed gives the same numbers."""
 
     def validate(self) -> None:
         super().validate()
@@ -55,9 +52,7 @@ class NoiseTunnelOptions(GradientOptions):
                 f"base_method must be one of {', '.join(map(repr, BASE_METHODS))}, got {self.base_method!r}"
             )
         check_positive_int("nt_samples", self.nt_samples)
-        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
         check_stdevs(self.stdevs)
-        check_seed(self.seed)
 
 
 class NoiseTunnel(AttributionMethod):

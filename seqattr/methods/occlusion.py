@@ -19,6 +19,7 @@ import torch
 from captum.attr import Occlusion as CaptumOcclusion
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
+from seqattr.methods.options import check_positive_int
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     StepPrefix,
@@ -42,8 +43,7 @@ class OcclusionOptions(PerturbationOptions):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be a positive integer (features per window), got {self.window!r}")
+        check_positive_int("window", self.window)
         if not isinstance(self.stride, int) or not 1 <= self.stride <= self.window:
             raise ValueError(
                 f"stride must be an integer between 1 and window={self.window}, got {self.stride!r}"

@@ -24,43 +24,14 @@ from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approxim
 from seqattr.methods.base import MethodInputs, MethodOutput
 from seqattr.methods.convergence import CONVERGENCE_DELTA, Completeness
 from seqattr.methods.gradient import AttributionWriter, GradientOptions, reduce_hidden, step_gradients
+from seqattr.methods.options import Baseline, InternalBatch, check_positive_int
 from seqattr.typing import Float, Tensor
 
-BASELINE_NAMES = ("zeros", "unk", "pad")
-DEFAULT_BASELINE = "zeros"
 INTEGRATION_METHODS = tuple(SUPPORTED_METHODS)
 
 
-def check_positive_int(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
-        )
-
-
-def check_baseline(baseline) -> None:
-    """Refuse a baseline of the wrong kind when options are parsed (shapes are checked against the inputs)."""
-    if isinstance(baseline, str):
-        if baseline not in BASELINE_NAMES:
-            raise ValueError(
-                f"unknown baseline {baseline!r}; use one of {', '.join(map(repr, BASELINE_NAMES))}, "
-                "a token id, or a tensor broadcastable to the embeddings (e.g. one [hidden] vector)"
-            )
-    elif isinstance(baseline, Tensor):
-        if not baseline.is_floating_point():
-            raise ValueError(
-                f"a baseline tensor holds embeddings and must be floating point, got {baseline.dtype}"
-            )
-    elif isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 0:
-        raise ValueError(
-            f"baseline must be 'zeros', 'unk', 'pad', a token id (int >= 0) or a float tensor: {baseline!r}"
-        )
-
-
 @dataclass
-class IntegrationOptions(GradientOptions):
+class IntegrationOptions(InternalBatch, GradientOptions):
     """Options of methods that integrate gradients with a quadrature rule."""
 
     n_steps: int = 50
@@ -68,16 +39,12 @@ class IntegrationOptions(GradientOptions):
     integration_method: str = "gausslegendre"
     """Captum's ``method`` (renamed: ``method=`` already names the attribution method in ``attribute``):
     gausslegendre, riemann_left, riemann_right, riemann_middle or riemann_trapezoid."""
-    internal_batch_size: int | None = None
-    """Rows per forward pass (whole copies of the batch, at least one); None = all points at once. Results do
-    not depend on it beyond float rounding."""
     multiply_by_inputs: bool = True
     """Multiply the integrated gradient by ``input - baseline`` (Captum's default: global attribution)."""
 
     def validate(self) -> None:
         super().validate()
         check_positive_int("n_steps", self.n_steps)
-        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
         if self.integration_method not in INTEGRATION_METHODS:
             raise ValueError(
                 f"unknown integration_method {self.integration_method!r}; "
@@ -86,15 +53,8 @@ class IntegrationOptions(GradientOptions):
 
 
 @dataclass
-class PathOptions(IntegrationOptions):
+class PathOptions(Baseline, IntegrationOptions):
     """Options of methods integrating from one baseline."""
-
-    baseline: str | int | Tensor = DEFAULT_BASELINE
-    """What the inputs are compared with: 'zeros', 'unk', 'pad', a token id, or a float tensor."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_baseline(self.baseline)
 
 
 def integration_rule(n_steps: int, method: str) -> tuple[list[float], list[float]]:
@@ -184,6 +144,27 @@ def point_blocks(num_points: int, batch_size: int, internal_batch_size: int | No
     per_block = num_points if internal_batch_size is None else max(1, internal_batch_size // batch_size)
     for start in range(0, num_points, per_block):
         yield range(start, min(start + per_block, num_points))
+
+
+def block_coefficients(
+    block: range, alphas: list[float], weights: list[float], batch_size: int, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The path positions ``alpha`` and quadrature weights of a block of points, one per row
+    (``[len(block) * batch_size, 1, 1]``, copies of the batch stacked block-wise), in ``like``'s dtype and
+    device.
+
+    Example:
+        >>> like = torch.ones(1, dtype=torch.float64)
+        >>> alpha, weight = block_coefficients(range(1, 3), [0.1, 0.5, 0.9], [0.2, 0.6, 0.2], 2, like)
+        >>> alpha.flatten().tolist(), weight.shape
+        ([0.5, 0.5, 0.9, 0.9], torch.Size([4, 1, 1]))
+    """
+
+    def rows(values: list[float]) -> Tensor:
+        chosen = torch.tensor([values[i] for i in block], dtype=like.dtype, device=like.device)
+        return chosen.repeat_interleave(batch_size)[:, None, None]
+
+    return rows(alphas), rows(weights)
 
 
 @dataclass

@@ -5,7 +5,7 @@ each step's score moves. Perturbations are *gates*, one number per feature of an
 feature's tokens, 0 replaces them by the baseline embedding, values in between mix the two
 (``gate * embedding + (1 - gate) * baseline``; Sobol's continuous masks use that).
 
-Fused path (DESIGN.md §2): a perturbed copy of the whole sequence is run once and its logits at every step
+Fused path: a perturbed copy of the whole sequence is run once and its logits at every step
 position give every step's score. The target side is causal: a step sees only target features that start
 before its predicted token, so perturbing a later feature cannot change it. Methods therefore read, for step
 ``t``, only the perturbations of the first ``features.visible[b, t]`` features (those the step can see) and
@@ -38,7 +38,8 @@ import torch
 from seqattr.features import GRANULARITIES, FeatureMap, build_feature_map
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.gradient import CHUNK_BYTES, vocab_size
-from seqattr.methods.path_base import DEFAULT_BASELINE, Baselines, check_baseline, resolve_baselines
+from seqattr.methods.options import Baseline, MethodOptions
+from seqattr.methods.path_base import Baselines, resolve_baselines
 from seqattr.progress import expect_passes
 from seqattr.step_functions import get_step_function
 from seqattr.typing import Float, Int, Tensor
@@ -56,19 +57,17 @@ the logits they score steps from (``[rows, steps, vocab]``, the contrast's too w
 
 
 @dataclass
-class PerturbationOptions:
+class PerturbationOptions(Baseline, MethodOptions):
     """Options shared by perturbation methods."""
 
     granularity: str = "token"
     """Features perturbed as one: ``all_tokens``, ``token`` (special tokens kept), ``word``, ``sentence``."""
-    baseline: str | int | Tensor = DEFAULT_BASELINE
-    """What a removed feature becomes: ``"zeros"`` (zero embedding, the default), ``"unk"``, ``"pad"``, a
-    token id, or a float tensor broadcastable to the embeddings (as for gradient methods)."""
     inference_mode: str | None = None
     """Measure the effect on the target token's ``logits``, ``softmax`` or ``log_softmax`` instead of the
     attributed step function (None: the attributed step function, by default the probability)."""
 
     def validate(self) -> None:
+        super().validate()
         if self.granularity not in GRANULARITIES:
             raise ValueError(
                 f"unknown granularity {self.granularity!r}; valid: {', '.join(map(repr, GRANULARITIES))}"
@@ -78,7 +77,6 @@ class PerturbationOptions:
                 f"unknown inference_mode {self.inference_mode!r}; valid: None (the attributed step "
                 f"function), {', '.join(map(repr, INFERENCE_MODES))}"
             )
-        check_baseline(self.baseline)
 
 
 @dataclass

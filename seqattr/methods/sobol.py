@@ -24,8 +24,7 @@ import torch
 from scipy.stats import qmc
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
-from seqattr.methods.lime import resolve_seed
-from seqattr.methods.noise import check_seed
+from seqattr.methods.options import Seed
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     StepPrefix,
@@ -41,15 +40,14 @@ MASK_TYPES = ("continuous", "binary")
 
 
 @dataclass
-class SobolOptions(PerturbationOptions):
+class SobolOptions(Seed, PerturbationOptions):
     n_designs: int = 32
     """Points of the design ``A`` (a power of two, for the balance of Sobol sequences)."""
     estimator: str = "jansen"
     """Total-index estimator: jansen, homma, janon or glen."""
     mask_type: str = "continuous"
     """``continuous``: mix each feature with the baseline by its mask value; ``binary``: keep/replace it."""
-    seed: int | None = None
-    """Seed of the scrambled Sobol sequence (None: drawn from torch's global generator, recorded in info)."""
+    seed: int | None = None  # the Sobol sequence is scrambled afresh at each call unless seeded (see Seed)
 
     def validate(self) -> None:
         super().validate()
@@ -60,8 +58,6 @@ class SobolOptions(PerturbationOptions):
             raise ValueError(f"unknown estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
         if self.mask_type not in MASK_TYPES:
             raise ValueError(f"unknown mask_type {self.mask_type!r}; valid: {', '.join(MASK_TYPES)}")
-        if self.seed is not None:
-            check_seed(self.seed)
 
 
 CONSTANT_TOLERANCE = 32
@@ -164,7 +160,7 @@ class Sobol(AttributionMethod):
 
     def attribute_fused(self, inputs: MethodInputs, options: SobolOptions) -> MethodOutput:
         setup = setup_perturbation(self, inputs, options)
-        seed = resolve_seed(options.seed)
+        seed = options.resolved_seed()
         batch, width = setup.batch, max(setup.features.max_features, 1)
         device = batch.target_ids.device
         eps = computation_eps(inputs)
@@ -191,7 +187,7 @@ class Sobol(AttributionMethod):
 
     def attribute_stepwise(self, inputs: MethodInputs, options: SobolOptions) -> MethodOutput:
         setup = setup_perturbation(self, inputs, options)
-        seed = resolve_seed(options.seed)
+        seed = options.resolved_seed()
         designs = self._designs(setup, options, seed)
         eps = computation_eps(inputs)
 

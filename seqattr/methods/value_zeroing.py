@@ -32,6 +32,7 @@ from seqattr.methods.internals import (
     each_example,
     select_indices,
 )
+from seqattr.methods.options import MethodOptions
 from seqattr.typing import Int, Tensor
 
 # Decoder layers and the modules computing their value vectors, per architecture family. A fused projection
@@ -52,13 +53,14 @@ _CHUNK_ROWS = 64
 
 
 @dataclass
-class ValueZeroingOptions:
+class ValueZeroingOptions(MethodOptions):
     layers: int | list[int] | None = None
     """Layers to report (an index, a list, negative from the end; None = all)."""
     aggregate_layers: str | None = None
     """``mean`` or ``max`` over the selected layers (None keeps a layers dimension)."""
 
     def validate(self) -> None:
+        super().validate()
         check_selection("layers", self.layers)
         check_aggregation("aggregate_layers", self.aggregate_layers)
 

@@ -1,0 +1,140 @@
+"""Options shared by many methods, each declared and validated once.
+
+Every method's ``Options`` is a dataclass deriving from `MethodOptions`; an option that several methods take
+is a mixin here, so that its name, default, documentation and validation are the same everywhere:
+
+- `Baseline`: what the inputs are compared with, or what a removed feature becomes;
+- `Seed`: the seed of a method's random draws;
+- `InternalBatch`: rows per forward pass;
+- `ConvergenceDelta`: store each step's completeness error;
+- `TargetLayer`: the layer a layer method attributes.
+
+`AttributionMethod.parse_options` checks the declared type of every option (a string is never a bool);
+``validate`` checks the rest, each class calling ``super().validate()``.
+
+Example:
+    >>> @dataclass
+    ... class NoisyOptions(Seed, InternalBatch, MethodOptions):
+    ...     n_samples: int = 10
+    >>> NoisyOptions(seed=-1).validate()
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be a non-negative integer or None (e.g. seed=0), got -1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seqattr.typing import Tensor
+
+BASELINE_NAMES = ("zeros", "unk", "pad")
+DEFAULT_BASELINE = "zeros"
+
+
+def check_positive_int(name: str, value, allow_none: bool = False) -> None:
+    """Refuse anything but an integer >= 1 (or None when ``allow_none``), naming the option."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
+        )
+
+
+def check_baseline(baseline) -> None:
+    """Refuse a baseline of the wrong kind when options are parsed (shapes are checked against the inputs)."""
+    if isinstance(baseline, str):
+        if baseline not in BASELINE_NAMES:
+            raise ValueError(
+                f"unknown baseline {baseline!r}; use one of {', '.join(map(repr, BASELINE_NAMES))}, "
+                "a token id, or a tensor broadcastable to the embeddings (e.g. one [hidden] vector)"
+            )
+    elif isinstance(baseline, Tensor):
+        if not baseline.is_floating_point():
+            raise ValueError(
+                f"a baseline tensor holds embeddings and must be floating point, got {baseline.dtype}"
+            )
+    elif isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 0:
+        raise ValueError(
+            f"baseline must be 'zeros', 'unk', 'pad', a token id (int >= 0) or a float tensor: {baseline!r}"
+        )
+
+
+@dataclass
+class MethodOptions:
+    """The root of every method's options."""
+
+    def validate(self) -> None:
+        """Check the values beyond their declared types; subclasses extend it and call ``super()``."""
+
+
+@dataclass
+class Baseline(MethodOptions):
+    baseline: str | int | Tensor = DEFAULT_BASELINE
+    """What the inputs are compared with (gradient methods) or what a removed feature becomes (perturbation
+    methods): ``"zeros"`` (the zero embedding, Captum's default), ``"unk"`` / ``"pad"`` (that token's
+    embedding at every position), a token id, or a float tensor broadcastable to the embeddings, typically
+    one ``[hidden]`` vector."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_baseline(self.baseline)
+
+
+@dataclass
+class Seed(MethodOptions):
+    seed: int | None = 0
+    """Seed of the method's random draws: the same seed gives the same numbers. None draws a fresh seed from
+    torch's global generator at each call (so ``torch.manual_seed`` still rules) and records it in the
+    output's ``info["method_info"]["seed"]``."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ValueError(f"seed must be a non-negative integer or None (e.g. seed=0), got {self.seed!r}")
+
+    def resolved_seed(self) -> int:
+        """``seed``, or a fresh one drawn from torch's global generator when it is None."""
+        return int(torch.randint(0, 2**31 - 1, ())) if self.seed is None else self.seed
+
+
+@dataclass
+class InternalBatch(MethodOptions):
+    internal_batch_size: int | None = None
+    """Rows per forward pass (whole copies of the batch, at least one); None = all at once. Results do not
+    depend on it beyond float rounding."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive_int("internal_batch_size", self.internal_batch_size, allow_none=True)
+
+
+@dataclass
+class ConvergenceDelta(MethodOptions):
+    return_convergence_delta: bool = False
+    """Store each step's completeness error, ``sum of its attributions - (f(input) - f(baseline))``, as the
+    step score ``convergence_delta``."""
+
+
+@dataclass
+class TargetLayer(MethodOptions):
+    target_layer: str | nn.Module | None = None
+    """The layer attributed: a module of the model or its dotted name; None = the input embeddings."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_target_layer(self.target_layer)
+
+
+def check_target_layer(target_layer) -> None:
+    """Refuse a target layer that is neither a module, a dotted name nor None."""
+    if target_layer is not None and not isinstance(target_layer, (str, nn.Module)):
+        raise TypeError(
+            f"target_layer must be a module, its dotted name or None, got {type(target_layer).__name__}"
+        )
