@@ -164,8 +164,8 @@ def run_batch(
         attribute_target=attribute_target or not model.is_encoder_decoder,
     )
     # Nothing a method or transformers attaches for this batch stays on the model (hooks, attention).
-    with left_as_found(model.model), method.hooked():
-        if fused and method.fusable:
+    with left_as_found(model.model):
+        if fused:
             return method.attribute_fused(inputs, options)
         return method.attribute_stepwise(inputs, options)
 

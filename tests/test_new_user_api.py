@@ -320,3 +320,15 @@ def test_a_much_shorter_encoder_decoder_contrast_is_refused_instead_of_comparing
         **kwargs,
     )
     assert explicit[0].num_steps == 2
+
+
+@pytest.mark.parametrize("method", ["smooth_grad", "gradient_shap", "expected_gradients", "lime", "sobol"])
+def test_seed_none_draws_one_recorded_seed_that_reproduces_the_numbers(method):
+    model = attribution_model("gpt2", method)
+    small = {"lime": {"n_samples": 8}, "sobol": {"n_designs": 4}}.get(method, {})
+    torch.manual_seed(1)
+    drawn = model.attribute(PROMPT, FORCED, seed=None, show_progress=False, **small)
+    seed = drawn.info["method_options"]["seed"]
+    assert isinstance(seed, int)
+    again = model.attribute(PROMPT, FORCED, seed=seed, show_progress=False, **small)
+    torch.testing.assert_close(drawn[0].target_attributions, again[0].target_attributions, equal_nan=True)

@@ -105,11 +105,10 @@ def methods_page() -> str:
     for name in methods:
         cls = get_method_class(name)
         doc = inspect.cleandoc(cls.__doc__ or "")
-        fused = "yes" if cls.fusable else "no (runs step by step)"
         parts += [
             f"\n## `{name}` {{#{name}}}\n",
             doc + "\n",
-            f"Class `{cls.__module__}.{cls.__qualname__}`; fused over all steps: {fused}; options class "
+            f"Class `{cls.__module__}.{cls.__qualname__}`; options class "
             f"`{cls.Options.__qualname__}`.\n",
             options_table(cls.Options),
         ]

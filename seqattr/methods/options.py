@@ -89,8 +89,8 @@ class Baseline(MethodOptions):
 class Seed(MethodOptions):
     seed: int | None = 0
     """Seed of the method's random draws: the same seed gives the same numbers. None draws a fresh seed from
-    torch's global generator at each call (so ``torch.manual_seed`` still rules) and records it in the
-    output's ``info["method_info"]["seed"]``."""
+    torch's global generator at each ``attribute()`` call (so ``torch.manual_seed`` still rules) and records
+    it in the output's ``info["method_options"]["seed"]``."""
 
     def validate(self) -> None:
         super().validate()

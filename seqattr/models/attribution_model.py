@@ -10,6 +10,7 @@ Conventions (documented once, in docs/usage.md):
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
 from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
 from seqattr.methods.convergence import describe_failures, warn_if_not_converged
+from seqattr.methods.options import Seed
 from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
 from seqattr.models.causality import check_causal
 from seqattr.models.embedding_scale import input_embedding_scales
@@ -456,6 +458,9 @@ class AttributionModel:
         method_cls = get_method_class(method_name)
         kwargs = {**self.method_kwargs, **method_kwargs} if method_name == self.method_name else method_kwargs
         options = method_cls.parse_options(**kwargs)
+        if isinstance(options, Seed) and options.seed is None:
+            # One fresh seed for the whole call (every batch, fused or stepwise), recorded in info.
+            options = dataclasses.replace(options, seed=options.resolved_seed())
         (attributed,) = bind_step_functions(
             [attributed_fn or "probability"], attributed_fn_args, "attributed_fn_args"
         )
@@ -534,7 +539,7 @@ class AttributionModel:
             options,
             attributed_fn,
             step_score_names,
-            fused and method_cls.fusable,
+            fused,
             attribute_target,
             batch_size,
             generation_args,

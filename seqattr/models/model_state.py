@@ -1,6 +1,6 @@
 """`left_as_found`: a model comes back from an attribution exactly as it was given (hooks, attention).
 
-Methods remove their own hooks (`AttributionMethod.hooked`), but transformers adds some of its own: the
+Methods remove the hooks they attach (in ``finally`` blocks), but transformers adds some of its own: the
 first forward pass with ``output_attentions=True`` or ``output_hidden_states=True`` installs an
 output-capturing forward hook on every attention and decoder layer and marks the model with
 ``_output_capturing_hooks_installed`` (transformers >= 5, ``utils/output_capturing.py``; 60 hooks on
