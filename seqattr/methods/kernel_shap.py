@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from seqattr.methods.lime import Lime, SampledOptions
-from seqattr.typing import Float, Int, Tensor
+from seqattr.typing import Float, Real, Tensor
 
 ENDPOINT_WEIGHT = 1e6
 """Weight of the all-on and all-off masks (Captum's ``inf_weight``)."""
@@ -63,7 +63,7 @@ class KernelShap(Lime):
         return masks
 
     def sample_weights(
-        self, ones: Int[Tensor, " n"], visible: int, num_features: int, options
+        self, ones: Real[Tensor, " n"], visible: int, num_features: int, options
     ) -> Float[Tensor, " n"]:
         ones = ones.long()
         endpoint = (ones == 0) | (ones == visible)

@@ -15,7 +15,6 @@ step's features), the same similarity and the same regression, so both paths fit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,7 +33,7 @@ from seqattr.methods.perturbation import (
     setup_perturbation,
     stepwise_feature_scores,
 )
-from seqattr.typing import Float, Int, Tensor
+from seqattr.typing import Float, Real, Tensor
 
 
 def fit_linear(
@@ -131,7 +130,7 @@ class Lime(AttributionMethod):
         return torch.bernoulli(torch.full((options.n_samples, num_features), 0.5), generator=generator)
 
     def sample_weights(
-        self, ones: Int[Tensor, " n"], visible: int, num_features: int, options
+        self, ones: Real[Tensor, " n"], visible: int, num_features: int, options
     ) -> Float[Tensor, " n"]:
         """Weight of each mask in a step's regression, from its count of kept features among ``visible``."""
         ones = ones.double()
@@ -191,9 +190,12 @@ class Lime(AttributionMethod):
             visible, mask = step.num_visible, masks[step.b]
             seen = mask[:, :visible]
 
-            def perturb(original, **kwargs) -> Iterator[Tensor]:
-                for row in seen:
-                    yield row[None].to(original.device)
+            rows = iter(seen)
+
+            def perturb(original, **kwargs) -> Tensor:
+                # Captum asks for one sample per call: our masks in order (a plain function rather than
+                # a generator, which wrappers such as the test suite's shape checks would hide).
+                return next(rows)[None].to(original.device)
 
             def similarity(original, perturbed, interpretable, **kwargs) -> float:
                 ones = interpretable.sum().round().long().cpu()[None]

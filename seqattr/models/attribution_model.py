@@ -154,8 +154,8 @@ class AttributionModel:
 
     # --- model passes -----------------------------------------------------------------------------
 
-    def embed(self, ids: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq hidden"]:
-        """Input embeddings of token ids, as the model computes them (scaling included)."""
+    def embed(self, ids: Int[Tensor, "*shape"]) -> Float[Tensor, "*shape hidden"]:
+        """Input embeddings of token ids of any shape, as the model computes them (scaling included)."""
         return self.model.get_input_embeddings()(ids)
 
     def embed_batch(self, batch: AttributionBatch) -> tuple[Tensor | None, Tensor]:
