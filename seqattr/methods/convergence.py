@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from seqattr.caller import user_stacklevel
 from seqattr.typing import Float, Tensor
 
 CONVERGENCE_DELTA = "convergence_delta"
@@ -69,7 +70,7 @@ def warn_if_not_converged(method: str, failures: list[str], n_steps: int | None)
         f"max(|f(input) - f(baseline)|, {ABSOLUTE_FLOOR})): {shown}. Use {more}, another baseline, or "
         "another method; return_convergence_delta=True stores every step's delta as a step score.",
         ConvergenceWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 
