@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel
 
+from seqattr.caller import user_stacklevel
+
 _PROBE_LENGTH = 4
 
 
@@ -55,7 +57,7 @@ def _matching_scale(
         f"{side} does not compute the same function from "
         "inputs_embeds as from input_ids (with any embed_scale it holds); attributions to its embeddings may "
         "not match the model's own forward pass",
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
     return 1.0
 
