@@ -209,6 +209,21 @@ def test_other_path_methods_warn_too(method, options):
 # --- progress over passes ------------------------------------------------------------------------------
 
 
+def recorded_bars(monkeypatch) -> list:
+    """The progress bars created from now on, in order (each PassProgress records itself here)."""
+    from seqattr import progress as progress_module
+
+    bars = []
+    original_init = progress_module.PassProgress.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        bars.append(self)
+
+    monkeypatch.setattr(progress_module.PassProgress, "__init__", recording_init)
+    return bars
+
+
 @pytest.mark.parametrize(
     ("method", "options"),
     [
@@ -222,14 +237,7 @@ def test_the_progress_bar_advances_once_per_model_pass(monkeypatch, method, opti
     from seqattr import progress as progress_module
 
     model = attribution_model("gpt2", method, **options)
-    bars = []
-    original_init = progress_module.PassProgress.__init__
-
-    def recording_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        bars.append(self)
-
-    monkeypatch.setattr(progress_module.PassProgress, "__init__", recording_init)
+    bars = recorded_bars(monkeypatch)
     monkeypatch.setattr(progress_module, "DELAY_S", 0.0)  # show at once, as a long run would
     monkeypatch.setattr(perturbation, "_CHUNK_BYTES", 1)  # perturbation rows one per pass: many passes
     forward_calls = []
@@ -248,16 +256,8 @@ def test_the_progress_bar_advances_once_per_model_pass(monkeypatch, method, opti
 
 
 def test_a_bar_counts_batches_and_passes_across_them(monkeypatch):
-    from seqattr import progress as progress_module
 
-    bars = []
-    original_init = progress_module.PassProgress.__init__
-
-    def recording_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        bars.append(self)
-
-    monkeypatch.setattr(progress_module.PassProgress, "__init__", recording_init)
+    bars = recorded_bars(monkeypatch)
     model = attribution_model("gpt2", "integrated_gradients", n_steps=4)
     model.attribute(
         ["a dog runs", "the cat sat"],
