@@ -86,7 +86,8 @@ class LayerRun:
     """One batch seen by a layer method: the tap, its side and positions, and the objective through it.
 
     Use as a context manager: inside, the layer's output passes through ``self.tap`` (the hook is removed on
-    exit, always).
+    exit, always). Run the method on ``self.inputs``, whose objective refuses a contrast where the layer
+    would run twice.
     """
 
     def __init__(self, model, inputs: MethodInputs, target_layer: str | nn.Module | None) -> None:
@@ -110,21 +111,18 @@ class LayerRun:
                 "pass attribute_target=True"
             )
         # A layer inside the model would run again in the contrast's forward pass: a built-in contrastive
-        # function is refused here; a custom one that reads the contrast meets the same error while the run
-        # is entered (its objective is swapped in `inputs` and restored on exit).
-        self._objectives = (inputs.objective, inputs.objective)
+        # function is refused here; a custom one that reads the contrast meets the same error when it does,
+        # through `self.inputs` (a copy with a guarded objective: the caller's inputs are left as they are).
         if self.side != "embeddings" and inputs.objective.contrast is not None:
-            guarded = refuse_contrast(
+            self.inputs = refuse_contrast(
                 inputs,
                 f"layer {self.name!r} cannot be attributed for a contrastive function (the layer would run "
                 "twice, on the original and on the contrast sequence, with different activations)",
                 "use target_layer=None (the input embeddings) or attributed_fn='probability'",
             )
-            self._objectives = (inputs.objective, guarded.objective)
         self._hook = None
 
     def __enter__(self) -> LayerRun:
-        self.inputs.objective = self._objectives[1]
         if self.module is not None:
 
             def through_tap(module, args, output):
@@ -136,7 +134,6 @@ class LayerRun:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.inputs.objective = self._objectives[0]
         if self._hook is not None:
             self._hook.remove()
             self._hook = None

@@ -59,8 +59,8 @@ class LayerDeepLift(AttributionMethod):
         inputs = refuse_deeplift_contrast(inputs, self.name)
         with LayerRun(self.model, inputs, options.target_layer) as run:
             return captum_step_rows(
-                inputs,
-                self._runner(inputs, options, run),
+                run.inputs,
+                self._runner(run.inputs, options, run),
                 options.reduce,
                 rows_per_step=2 * inputs.batch.size,
             )
@@ -69,7 +69,7 @@ class LayerDeepLift(AttributionMethod):
         inputs = refuse_deeplift_contrast(inputs, self.name)
         with LayerRun(self.model, inputs, options.target_layer) as run:
             return stepwise_with_deltas(
-                inputs,
-                self._runner(inputs, options, run),
+                run.inputs,
+                self._runner(run.inputs, options, run),
                 options.reduce,
             )

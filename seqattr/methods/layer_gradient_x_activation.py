@@ -61,4 +61,4 @@ class LayerGradientXActivation(AttributionMethod):
                 )
                 return run.per_role(captum.attribute(attributed, additional_forward_args=additional))
 
-            return captum_stepwise(inputs, attribute_step, options.reduce)
+            return captum_stepwise(run.inputs, attribute_step, options.reduce)

@@ -93,6 +93,6 @@ class LayerIntegratedGradients(AttributionMethod):
                     deltas.append(delta)
                 return run.per_role(result)
 
-            output = captum_stepwise(inputs, attribute_step, options.reduce)
+            output = captum_stepwise(run.inputs, attribute_step, options.reduce)
         delta = torch.stack(deltas, 1) if deltas else None  # Captum computes it only when asked
         return with_completeness(output, inputs, options, [baselines], delta)
