@@ -535,15 +535,15 @@ class AttributionModel:
         finished = time.perf_counter()
         warn_if_not_converged(method_name, unconverged, getattr(options, "n_steps", None))
         info = self._info(
-            method_name,
-            options,
-            attributed_fn,
-            step_score_names,
-            fused,
-            attribute_target,
-            batch_size,
-            generation_args,
-            forced is not None,
+            method_name=method_name,
+            options=options,
+            attributed_fn=attributed_fn,
+            step_score_names=step_score_names,
+            fused=fused,
+            attribute_target=attribute_target,
+            batch_size=batch_size,
+            generation_args=generation_args,
+            forced=forced is not None,
         )
         info["step_scores_args"] = dict(step_scores_args or {})
         info["attributed_fn_args"] = dict(attributed_fn_args or {})
@@ -579,16 +579,18 @@ class AttributionModel:
 
     def _info(
         self,
-        method_name,
+        *,
+        method_name: str,
         options,
         attributed_fn,
-        step_score_names,
-        fused,
-        attribute_target,
-        batch_size,
-        generation_args,
-        forced,
+        step_score_names: list[str],
+        fused: bool,
+        attribute_target: bool,
+        batch_size: int | None,
+        generation_args: dict[str, Any] | None,
+        forced: bool,
     ) -> dict[str, Any]:
+        """The output's ``info``: what ran, on what, with which versions (keyword arguments only)."""
         import captum
         import transformers
 
