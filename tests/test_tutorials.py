@@ -7,6 +7,7 @@ promises, and show the rich notebook views: the interactive page of an `Attribut
 from __future__ import annotations
 
 import html as html_lib
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,34 @@ def test_generation_debugging_tutorial(tmp_path, monkeypatch):
     assert "contrast: 'The capital of France is Paris'" in text
     assert "(towards 'ĠParis')" in text
     assert html_of(outputs(notebook, "seq.show()"))  # rich's console output renders as HTML in notebooks
+
+
+@pytest.mark.slow
+def test_chat_over_documents_tutorial(tmp_path, monkeypatch):
+    notebook = execute("chat_over_documents.ipynb", tmp_path, monkeypatch)
+    text = printed(notebook)
+    assert "<|im_start|>user\nIn which city does Anna Keller work?<|im_end|>" in text  # the chat template
+    assert "answer: 'Anna Keller works as a baker in Paris" in text
+    # The spans found from the offset mapping hold the documents' whole texts.
+    assert "Document 1 tokens" in text and "'Document 1: Anna Keller works as a baker in Paris." in text
+    assert "['mask_special', 'aggregate(spans)', 'normalize']" in text
+    # The answer's city cites the document that holds it: as written, with the documents swapped, with
+    # another method, and for the contrastive question (its document order is the original one).
+    citations = re.findall(r"^'Paris' \(step \d+\) relies most on (Document \d)", text, flags=re.MULTILINE)
+    assert citations == ["Document 1", "Document 2", "Document 1", "Document 1"]
+    assert "the citation follows the content: True" in text
+    assert "input x gradient agrees with saliency: True" in text
+    # Four citation tables: the answer, swapped, input x gradient, the contrast.
+    assert text.count("Document 1  Document 2    question   other  cites") == 4
+    # With p'(Berlin) near 0, p(Paris) - p'(Berlin) is attributed like p(Paris) itself.
+    shares = re.search(r"share (\d+)% \(plain saliency of p\(Paris\): (\d+)%\)", text)
+    contrast, plain = map(int, shares.groups())
+    assert abs(contrast - plain) <= 1
+    assert "top tokens: 'ĠParis' in Document 1" in text  # the word the answer copies
+
+    # The aggregated output as the interactive page: one merged row per document.
+    page = html_of(outputs(notebook, "cited  #"))
+    assert page.startswith("<iframe srcdoc=")
+    page = html_lib.unescape(page)
+    assert '<script type="application/json" id="seqattr-data">' in page
+    assert "DocumentĠ1:ĠAnnaĠKeller" in page and '"ĠParis"' in page
