@@ -111,7 +111,7 @@ def test_step_function_and_cli_references(site):
 
 
 def test_tutorials_and_guides_are_in_the_site(site):
-    for name in ("translation_analysis", "generation_debugging"):
+    for name in ("translation_analysis", "generation_debugging", "chat_over_documents"):
         text = text_of(page(site, f"tutorials/{name}"))
         assert "import seqattr" in text
         assert (site / "tutorials" / f"{name}.ipynb").is_file()  # linked for download
