@@ -469,3 +469,18 @@ def test_masks_survive_save_and_load(tmp_path):
     loaded = seqattr.load(tmp_path / "out.json")[0]
     assert (loaded.masked_source, loaded.masked_target) == ((0, 2), (0,))
     assert loaded.normalize().allclose(seq.normalize())
+
+
+def test_one_vocabulary_of_reductions_for_hidden_layers_and_aggregation():
+    """hidden_reduction, aggregate_layers/heads and aggregation's fn name the same functions."""
+    from seqattr.methods.gradient import reduce_hidden
+    from seqattr.methods.internals import aggregate as aggregate_layers
+    from seqattr.reductions import HIDDEN_REDUCTIONS, LAYER_REDUCTIONS, REDUCTIONS, get_reduction
+
+    assert set(HIDDEN_REDUCTIONS) | set(LAYER_REDUCTIONS) <= set(REDUCTIONS) | {None}
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    for name in filter(None, HIDDEN_REDUCTIONS):
+        torch.testing.assert_close(reduce_hidden(x, name), get_reduction(name)(x, -1))
+    for name in filter(None, LAYER_REDUCTIONS):
+        torch.testing.assert_close(aggregate_layers(x, 1, name), get_reduction(name)(x, 1))
+    assert torch.equal(get_reduction("absmax")(torch.tensor([[1.0, -3.0]]), 1), torch.tensor([-3.0]))

@@ -28,41 +28,10 @@ import torch
 from torch import Tensor
 
 from seqattr.data.tokens import looks_special
+from seqattr.reductions import Reduction, get_reduction
 
 if TYPE_CHECKING:
     from seqattr.data.attribution import SequenceAttribution
-
-Reduction = Callable[[Tensor, int], Tensor]
-"""A reduction takes a tensor and a dimension and removes that dimension, e.g. ``lambda t, d: t.amax(d)``."""
-
-
-def _absmax(tensor: Tensor, dim: int) -> Tensor:
-    """The value of largest magnitude, sign kept (a strongly negative feature stays negative)."""
-    index = tensor.abs().argmax(dim, keepdim=True)
-    return tensor.gather(dim, index).squeeze(dim)
-
-
-REDUCTIONS: dict[str, Reduction] = {
-    "sum": lambda t, d: t.sum(d),
-    "mean": lambda t, d: t.mean(d),
-    "l2": lambda t, d: torch.linalg.vector_norm(t, dim=d),
-    "absmax": _absmax,
-    "max": lambda t, d: t.amax(d),
-    "min": lambda t, d: t.amin(d),
-    "prod": lambda t, d: t.prod(d),
-}
-"""Reductions by name, for every ``fn`` argument; a callable ``(tensor, dim) -> tensor`` works too."""
-
-
-def get_reduction(fn: str | Reduction) -> Reduction:
-    if callable(fn):
-        return fn
-    if fn not in REDUCTIONS:
-        raise ValueError(
-            f"unknown aggregation function {fn!r}; valid names: {', '.join(REDUCTIONS)}, "
-            "or pass a callable (tensor, dim) -> tensor"
-        )
-    return REDUCTIONS[fn]
 
 
 def _replace_tensors(seq: SequenceAttribution, fn: Callable[[Tensor], Tensor]) -> SequenceAttribution:

@@ -21,9 +21,9 @@ import torch
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.options import MethodOptions
+from seqattr.reductions import HIDDEN_REDUCTIONS, get_reduction
 from seqattr.typing import Float, Tensor
 
-HIDDEN_REDUCTIONS = ("sum", "l2", "mean", "absmax", None)
 # Step chunks (measured with `benchmarks/run.py --chunk-sweep`, docs/benchmarks.md): batching steps into one
 # backward fills the matrix products and shares the forward pass, but the chunk's early steps pay for its
 # longest prefix and the batched backward's tensors grow with the chunk. 4-8 steps were fastest for saliency
@@ -37,19 +37,13 @@ logits; with a 49k vocabulary that term dominates)."""
 
 
 def reduce_hidden(values: Float[Tensor, "*dims hidden"], how: str | None) -> Tensor:
-    """Reduce the last (hidden) dimension: signed ``sum``, ``l2`` norm, ``mean``, ``absmax`` (the signed
-    value of largest magnitude) or None to keep it."""
-    if how is None:
-        return values
-    if how == "sum":
-        return values.sum(-1)
-    if how == "l2":
-        return values.norm(dim=-1)
-    if how == "mean":
-        return values.mean(-1)
-    if how == "absmax":
-        return values.gather(-1, values.abs().argmax(-1, keepdim=True))[..., 0]
-    raise ValueError(f"unknown hidden_reduction {how!r}; valid: {', '.join(map(repr, HIDDEN_REDUCTIONS))}")
+    """Reduce the last (hidden) dimension with one of `HIDDEN_REDUCTIONS` (``seqattr.reductions``): signed
+    ``sum``, ``l2`` norm, ``mean``, ``absmax`` (the signed value of largest magnitude), or None to keep it."""
+    if how not in HIDDEN_REDUCTIONS:
+        raise ValueError(
+            f"unknown hidden_reduction {how!r}; valid: {', '.join(map(repr, HIDDEN_REDUCTIONS))}"
+        )
+    return values if how is None else get_reduction(how)(values, -1)
 
 
 @dataclass

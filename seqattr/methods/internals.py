@@ -21,9 +21,8 @@ from transformers import PreTrainedModel
 
 from seqattr.methods.base import MethodInputs, MethodOutput
 from seqattr.models.batch import AttributionBatch
+from seqattr.reductions import LAYER_REDUCTIONS, get_reduction
 from seqattr.typing import Float, Tensor
-
-AGGREGATIONS = ("mean", "max")
 
 
 @contextlib.contextmanager
@@ -85,15 +84,13 @@ def check_selection(name: str, selection) -> None:
 
 
 def check_aggregation(name: str, value: str | None) -> None:
-    if value is not None and value not in AGGREGATIONS:
+    if value not in LAYER_REDUCTIONS:
         raise ValueError(f"{name} must be None (keep the dimension), 'mean' or 'max', got {value!r}")
 
 
 def aggregate(values: Tensor, dim: int, how: str | None) -> Tensor:
-    """Mean or max over ``dim`` (None keeps it)."""
-    if how is None:
-        return values
-    return values.mean(dim) if how == "mean" else values.amax(dim)
+    """Mean or max over ``dim`` (None keeps it): `seqattr.reductions`' names."""
+    return values if how is None else get_reduction(how)(values, dim)
 
 
 def query_rows(values: Float[Tensor, "n queries keys *extra"], batch: AttributionBatch) -> Tensor:
