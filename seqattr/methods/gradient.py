@@ -223,6 +223,43 @@ class PointwiseGradientMethod(AttributionMethod):
         return captum_stepwise(inputs, attribute_step, options.reduce)
 
 
+class CaptumRoles:
+    """The source and target embeddings of one Captum call, as the Captum adapters pass them.
+
+    The attributed embeddings are Captum's inputs (each position its own input with ``split_positions``,
+    ``[batch, hidden]`` each); the constant ones travel in ``additional_forward_args`` ahead of the adapter's
+    own arguments (row indices, ...), so Captum expands them consistently whatever its internal batching.
+    `embeds` puts a forward call's arguments back by role; `join` stacks split positions again.
+    """
+
+    def __init__(
+        self, inputs: MethodInputs, source: Tensor | None, target: Tensor, split_positions: bool = False
+    ) -> None:
+        roles = [("source", source, inputs.attribute_source), ("target", target, inputs.attribute_target)]
+        roles = [(role, embeds, flag) for role, embeds, flag in roles if embeds is not None]
+        self.roles = [(role, flag) for role, _, flag in roles]
+        attributed = [embeds for _, embeds, flag in roles if flag]
+        self.split_positions = split_positions
+        self.sizes = [embeds.shape[1] if split_positions else 1 for embeds in attributed]
+        parts = [x for e in attributed for x in (e.unbind(1) if split_positions else (e,))]
+        self.attributed = tuple(x.detach().requires_grad_() for x in parts)
+        self.constant = tuple(embeds for _, embeds, flag in roles if not flag)
+
+    def join(self, values: list) -> list:
+        """Per-input values (attributions, arguments) back to one per attributed role."""
+        if not self.split_positions:
+            return list(values)
+        bounds = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
+        return [torch.stack(values[a:b], dim=1) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+    def embeds(self, args: tuple) -> tuple[dict[str, Tensor], tuple]:
+        """``({role: embeddings}, the adapter's own arguments)`` from a forward call's arguments."""
+        count, constants = len(self.attributed), len(self.constant)
+        attributed, constant = self.join(list(args[:count])), list(args[count : count + constants])
+        embeds = {role: (attributed if flag else constant).pop(0) for role, flag in self.roles}
+        return embeds, tuple(args[count + constants :])
+
+
 CaptumStep = Callable[[Callable[..., Tensor], tuple[Tensor, ...], tuple], tuple[Tensor, ...]]
 """``(forward_func, inputs, additional_forward_args) -> attributions`` for one step, e.g. a Captum call."""
 
@@ -251,36 +288,14 @@ def captum_stepwise(
     for column in range(batch.num_steps):
         steps = slice(column, column + 1)
         prefix = inputs.target_embeds[:, : int(batch.step_positions[column])]
-        roles = [
-            ("source", inputs.source_embeds, inputs.attribute_source),
-            ("target", prefix, inputs.attribute_target),
-        ]
-        roles = [(role, embeds, attributed) for role, embeds, attributed in roles if embeds is not None]
-        attributed_embeds = [embeds for _, embeds, is_attributed in roles if is_attributed]
-        sizes = [embeds.shape[1] if split_positions else 1 for embeds in attributed_embeds]
-        parts = [x for e in attributed_embeds for x in (e.unbind(1) if split_positions else (e,))]
-        attributed = tuple(x.detach().requires_grad_() for x in parts)
-        constant = tuple(embeds for _, embeds, is_attributed in roles if not is_attributed)
+        packed = CaptumRoles(inputs, inputs.source_embeds, prefix, split_positions)
 
-        def join(values: list, _sizes=sizes) -> list:
-            if not split_positions:
-                return values
-            bounds = [sum(_sizes[:i]) for i in range(len(_sizes) + 1)]
-            return [torch.stack(values[a:b], dim=1) for a, b in zip(bounds, bounds[1:], strict=False)]
-
-        def forward(
-            *args: Tensor,
-            _roles=roles,
-            _steps=steps,
-            _count=len(attributed),  # noqa: B008
-            _join=join,
-        ) -> Tensor:
-            attributed_args, constant_args = _join(list(args[:_count])), list(args[_count:-1])
-            embeds = {role: (attributed_args if flag else constant_args).pop(0) for role, _, flag in _roles}
-            return objective(embeds.get("source"), embeds["target"], _steps, args[-1])[:, 0]
+        def forward(*args: Tensor, _packed=packed, _steps=steps) -> Tensor:
+            embeds, (row_ids,) = _packed.embeds(args)
+            return objective(embeds.get("source"), embeds["target"], _steps, row_ids)[:, 0]
 
         with torch.enable_grad():
-            results = join(list(attribute_step(forward, attributed, (*constant, rows))))
+            results = packed.join(list(attribute_step(forward, packed.attributed, (*packed.constant, rows))))
         source = results.pop(0) if inputs.attribute_source else None
         target = results.pop(0) if inputs.attribute_target else None
         writer.write(steps, *(None if r is None else reduce(r.detach())[None] for r in (source, target)))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from seqattr.methods.base import MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, step_chunks
+from seqattr.methods.gradient import AttributionWriter, CaptumRoles, step_chunks
 from seqattr.typing import Tensor
 
 
@@ -72,24 +72,16 @@ def captum_step_rows(
         prefix = inputs.target_embeds[:, : int(batch.step_positions[steps].max())]
         rows = torch.arange(batch.size, device=device).repeat(copies)
         columns = torch.arange(copies, device=device).repeat_interleave(batch.size)
-        roles = [
-            ("source", inputs.source_embeds, inputs.attribute_source),
-            ("target", prefix, inputs.attribute_target),
-        ]
-        roles = [
-            (role, embeds.repeat(copies, 1, 1), flag) for role, embeds, flag in roles if embeds is not None
-        ]
-        attributed = tuple(embeds.detach().requires_grad_() for _, embeds, flag in roles if flag)
-        constant = tuple(embeds for _, embeds, flag in roles if not flag)
+        source = None if inputs.source_embeds is None else inputs.source_embeds.repeat(copies, 1, 1)
+        packed = CaptumRoles(inputs, source, prefix.repeat(copies, 1, 1))
 
-        def forward(*args: Tensor, _roles=roles, _steps=steps, _count=len(attributed)) -> Tensor:  # noqa: B008
-            attributed_args, constant_args = list(args[:_count]), list(args[_count:-2])
-            embeds = {role: (attributed_args if flag else constant_args).pop(0) for role, _, flag in _roles}
-            scores = objective(embeds.get("source"), embeds["target"], _steps, args[-2])
-            return scores.gather(1, args[-1][:, None])[:, 0]  # each row: its own step's score
+        def forward(*args: Tensor, _packed=packed, _steps=steps) -> Tensor:
+            embeds, (row_ids, row_steps) = _packed.embeds(args)
+            scores = objective(embeds.get("source"), embeds["target"], _steps, row_ids)
+            return scores.gather(1, row_steps[:, None])[:, 0]  # each row: its own step's score
 
         with torch.enable_grad():
-            result = attribute_rows(forward, attributed, (*constant, rows, columns))
+            result = attribute_rows(forward, packed.attributed, (*packed.constant, rows, columns))
         results = list(result.attributions)
         source = results.pop(0) if inputs.attribute_source else None
         target = results.pop(0) if inputs.attribute_target else None
