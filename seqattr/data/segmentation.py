@@ -140,14 +140,17 @@ def _label_run(run: list[int], texts: Sequence[str], regex: re.Pattern, unit_of:
         text += texts[i]
     matches = [(m.start(), m.end()) for m in regex.finditer(text) if m.end() > m.start()]
     labels: list[object] = []
+    m = 0  # tokens and matches both go left to right: one pass over the matches, not one per token
     for i, start in zip(run, starts, strict=True):
         stripped = len(texts[i]) - len(texts[i].lstrip())
         if stripped == len(texts[i]):
             labels.append(None)  # only whitespace: decided below
             continue
         first = start + stripped
-        match = next((k for k, (a, b) in enumerate(matches) if a <= first < b), None)
-        labels.append(("match", match) if match is not None else ("unmatched", i))
+        while m < len(matches) and matches[m][1] <= first:
+            m += 1
+        inside = m < len(matches) and matches[m][0] <= first
+        labels.append(("match", m) if inside else ("unmatched", i))
     k = 0
     while k < len(labels):
         if labels[k] is not None:
