@@ -21,12 +21,16 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 import seqattr
+from seqattr.engine import attribute
 from seqattr.methods import list_methods
+from seqattr.request import DEFAULT_MAX_NEW_TOKENS, AttributionRequest
 from seqattr.step_functions import list_step_functions
+from seqattr.trace import DEFAULT_TOP_K
 
 QUICK_START = """\
 quick start:
@@ -159,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="save the output to this JSON file (its folder must exist)",
     )
-    attribute.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default 20)")
+    attribute.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"tokens to generate (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
     attribute.add_argument(
         "--step-scores",
         nargs="+",
@@ -201,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="'auto' or JSON pairs of continuation indices, e.g. '[[0,0],[1,2]]'",
     )
     attribute.add_argument(
-        "--trace-top-k", type=int, default=5, help="alternatives per step in the trace (default 5)"
+        "--trace-top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help=f"alternatives per step in the trace (default {DEFAULT_TOP_K})",
     )
     attribute.add_argument(
         "--attribute-target", action="store_true", help="encoder-decoder: also attribute to the target prefix"
@@ -302,23 +314,79 @@ def check_output_path(path: str, flag: str = "-o") -> None:
         raise UsageError(f"{flag} {path}: the folder {str(folder)!r} is not writable; choose another path")
 
 
-def _check_before_loading(
-    args, method_options: dict, step_scores_args: dict, attributed_fn_args: dict
-) -> None:
-    """Everything about an ``attribute`` call that can be checked without the model (seconds to load)."""
-    from seqattr.methods.base import get_method_class
-    from seqattr.models.loading import check_device
-    from seqattr.step_functions import bind_step_functions
+def build_request(args) -> AttributionRequest:
+    """The ``attribute`` call the flags ask for, checked before the model loads (seconds): an unknown
+    method, option or step function, a bad window or path costs no load.
 
-    get_method_class(args.method).parse_options(**method_options)  # unknown method or option
-    bind_step_functions(args.step_scores, step_scores_args, "--step-scores-args")
-    bind_step_functions([args.attributed_fn or "probability"], attributed_fn_args, "--attributed-fn-args")
+    Example:
+        >>> args = build_parser().parse_args(["attribute", "-i", "Hello", "--option", "abs=false"])
+        >>> build_request(args).options.abs
+        False
+        >>> build_request(build_parser().parse_args(["attribute", "-i", "Hi", "--batch-size", "0"]))
+        Traceback (most recent call last):
+        seqattr.cli.UsageError: --batch-size must be a positive integer, got 0
+    """
+    from seqattr.models.loading import check_device
+
+    alignments = args.contrast_alignments
+    if alignments is not None and alignments != "auto":
+        try:
+            alignments = json.loads(alignments)
+        except json.JSONDecodeError as err:
+            raise UsageError(
+                f"--contrast-alignments takes 'auto' or JSON pairs like '[[0,0],[1,2]]': {err}"
+            ) from err
+    try:
+        request = _build_request(args, alignments)
+    except (ValueError, TypeError) as err:  # worded with the flags the user typed, not the Python keywords
+        raise UsageError(_FLAG_NAMES.sub(lambda m: _FLAGS[m.group(0)], str(err))) from err
     if args.output:
         check_output_path(args.output)
     check_device(args.device)
     model = args.model
     if model is not None and model.endswith(".gguf") and not Path(model).expanduser().is_file():
         raise UsageError(f"-m {model}: no .gguf file there; check the path")
+    return request
+
+
+# The keywords of `AttributionRequest` whose CLI flag has another name.
+_FLAGS = {
+    "input_texts": "--input-texts",
+    "generated_texts": "--generated-texts",
+    "step_scores_args": "--step-scores-args",
+    "attributed_fn_args": "--attributed-fn-args",
+    "contrast_targets_alignments": "--contrast-alignments",
+    "contrast_targets": "--contrast-targets",
+    "contrast_sources": "--contrast-sources",
+    "attr_pos_start": "--attr-pos-start",
+    "attr_pos_end": "--attr-pos-end",
+    "batch_size": "--batch-size",
+    "trace_top_k": "--trace-top-k",
+}
+_FLAG_NAMES = re.compile(r"(?<![\w-])(" + "|".join(_FLAGS) + r")(?!\w)")
+
+
+def _build_request(args, alignments) -> AttributionRequest:
+    return AttributionRequest(
+        args.input_texts,
+        args.generated_texts,
+        method=args.method,
+        method_options=_pairs(args.option, "--option"),
+        generation_args={} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens},
+        step_scores=args.step_scores,
+        attributed_fn=args.attributed_fn,
+        step_scores_args=_pairs(args.step_scores_args, "--step-scores-args"),
+        attributed_fn_args=_pairs(args.attributed_fn_args, "--attributed-fn-args"),
+        contrast_targets=args.contrast_targets,
+        contrast_sources=args.contrast_sources,
+        contrast_targets_alignments=alignments,
+        trace_top_k=args.trace_top_k,
+        attribute_target=args.attribute_target,
+        attr_pos_start=args.attr_pos_start,
+        attr_pos_end=args.attr_pos_end,
+        batch_size=args.batch_size,
+        fused=not args.stepwise,
+    )
 
 
 def _unloadable_model_message(model: str | None, err: Exception) -> str:
@@ -352,21 +420,10 @@ def _unloadable_model_message(model: str | None, err: Exception) -> str:
 
 
 def _attribute(args) -> int:
-    method_options = _pairs(args.option, "--option")
-    step_scores_args = _pairs(args.step_scores_args, "--step-scores-args")
-    attributed_fn_args = _pairs(args.attributed_fn_args, "--attributed-fn-args")
-    alignments = args.contrast_alignments
-    if alignments is not None and alignments != "auto":
-        try:
-            alignments = json.loads(alignments)
-        except json.JSONDecodeError as err:
-            raise UsageError(
-                f"--contrast-alignments takes 'auto' or JSON pairs like '[[0,0],[1,2]]': {err}"
-            ) from err
-    _check_before_loading(args, method_options, step_scores_args, attributed_fn_args)
+    request = build_request(args)
     try:
         model = seqattr.load_model(
-            args.model, args.method, device=args.device, dtype=args.dtype, **method_options
+            args.model, args.method, device=args.device, dtype=args.dtype, **request.method_options
         )
     except (OSError, ImportError) as err:  # FileNotFoundError included: a path that does not exist
         if isinstance(err, FileNotFoundError) and "no model folder or file" in str(err):
@@ -375,25 +432,7 @@ def _attribute(args) -> int:
                 "out to use the default model"
             ) from err
         raise UsageError(_unloadable_model_message(args.model, err)) from err
-    generation_args = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    out = model.attribute(
-        args.input_texts,
-        args.generated_texts,
-        generation_args=generation_args,
-        step_scores=args.step_scores,
-        attributed_fn=args.attributed_fn,
-        step_scores_args=step_scores_args,
-        attributed_fn_args=attributed_fn_args,
-        contrast_targets=args.contrast_targets,
-        contrast_sources=args.contrast_sources,
-        contrast_targets_alignments=alignments,
-        trace_top_k=args.trace_top_k,
-        attribute_target=args.attribute_target,
-        attr_pos_start=args.attr_pos_start,
-        attr_pos_end=args.attr_pos_end,
-        batch_size=args.batch_size,
-        fused=not args.stepwise,
-    )
+    out = attribute(model, request)
     if args.output:  # saved before showing, so that nothing after the attribution can lose it
         out.save(args.output)
     if not args.no_show:

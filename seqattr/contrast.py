@@ -256,7 +256,7 @@ def encode_contrasts(
                 f"{example.attr_pos_start} is inside the prompt (which ends at {start}); "
                 f"set attr_pos_start >= {start}"
             )
-        prompt = source if model.is_encoder_decoder else target[:start]
+        prompt = model.family.contrast_prompt(source, target, start)
         prompt_text = input_texts[i]
         if sources[i] is not None:
             prompt, prompt_text = model.tokenizer(sources[i])["input_ids"], sources[i]
@@ -267,10 +267,8 @@ def encode_contrasts(
             c_source, c_target, c_start = model.encode_forced(
                 i, prompt, targets[i], prompt_text, "contrast_targets"
             )
-        elif model.is_encoder_decoder:
-            c_source, c_target, c_start = prompt, target, start
-        else:
-            c_source, c_target, c_start = [], prompt + target[start:], len(prompt)
+        else:  # the example's own continuation after the contrast prompt
+            c_source, c_target, c_start = model.family.generated_example(prompt, target[start:], target[0])
         where = f"example {i}"
         explained = range(example.attr_pos_start - start, example.attr_pos_end - start)
         mapping = align_steps(target[start:], c_target[c_start:], specs[i], explained, where, eos_ids)
@@ -320,9 +318,7 @@ class ContrastBatch:
         cls, model: AttributionModel, batch: AttributionBatch, contrasts: list[ContrastExample]
     ) -> ContrastBatch:
         windows = [EncodedExample(c.source_ids, c.target_ids, 1, len(c.target_ids)) for c in contrasts]
-        padded = AttributionBatch.from_examples(
-            windows, model.pad_token_id, model.is_encoder_decoder, model.device
-        )
+        padded = AttributionBatch.from_examples(windows, model.pad_token_id, model.family, model.device)
         device = padded.target_ids.device
         positions = torch.zeros(batch.size, batch.num_steps, dtype=torch.long)
         target_shared = torch.full(padded.target_ids.shape, -1, dtype=torch.long)

@@ -9,23 +9,39 @@ for all steps (fused) or once per step on the step's prefix (stepwise reference)
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from seqattr.data.attribution import SequenceAttribution
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
-from seqattr.models.batch import AttributionBatch
+from seqattr.contrast import ContrastBatch, encode_contrasts
+from seqattr.data.attribution import AttributionOutput, SequenceAttribution
+from seqattr.methods.base import (
+    AttributionMethod,
+    MethodInputs,
+    MethodOutput,
+    describe_options,
+    get_method_class,
+    output_dtype,
+)
+from seqattr.methods.convergence import describe_failures, warn_if_not_converged
+from seqattr.models.batch import AttributionBatch, EncodedExample
 from seqattr.models.model_state import left_as_found
-from seqattr.step_functions import StepFunction, StepFunctionArgs, dropout_active, get_step_function
+from seqattr.progress import PassProgress
+from seqattr.request import AttributionRequest
+from seqattr.step_functions import (
+    StepFunction,
+    StepFunctionArgs,
+    dropout_active,
+    get_step_function,
+    step_function_name,
+)
 from seqattr.trace import BatchTrace
 from seqattr.typing import Float, Int, Tensor
 
 if TYPE_CHECKING:
-    from seqattr.contrast import ContrastBatch
     from seqattr.models.attribution_model import AttributionModel
-    from seqattr.progress import PassProgress
 
 
 class StepObjective:
@@ -160,8 +176,8 @@ def run_batch(
         objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast, progress),
         source_embeds=source_embeds,
         target_embeds=target_embeds,
-        attribute_source=model.is_encoder_decoder,
-        attribute_target=attribute_target or not model.is_encoder_decoder,
+        attribute_source=model.family.attributes_source(),
+        attribute_target=model.family.attributes_target(attribute_target),
     )
     # Nothing a method or transformers attaches for this batch stays on the model (hooks, attention).
     with left_as_found(model.model):
@@ -228,3 +244,134 @@ def assemble(
             )
         )
     return sequences
+
+
+def attribute(model: AttributionModel, request: AttributionRequest) -> AttributionOutput:
+    """Run ``request`` on ``model``: generate or take the forced targets, attribute every batch, record info.
+
+    Example:
+        >>> from seqattr.request import AttributionRequest
+        >>> out = attribute(model, AttributionRequest("Hello", generation_args={"max_new_tokens": 2}))
+        >>> out[0].num_steps, out.info["method"]
+        (2, 'saliency')
+    """
+    started = time.perf_counter()
+    encoded = model.encode(
+        request.input_texts, request.generated_texts, request.generate_args, request.max_batch_size
+    )
+    generated_at = time.perf_counter()
+    examples = [
+        EncodedExample(source, target, *request.window(i, len(target), default_start))
+        for i, (source, target, default_start) in enumerate(encoded)
+    ]
+    contrasts = None
+    if request.has_contrast:
+        contrasts = encode_contrasts(
+            model,
+            request.input_texts,
+            encoded,
+            examples,
+            request.contrast_targets,
+            request.contrast_sources,
+            request.contrast_targets_alignments,
+        )
+
+    method = get_method_class(request.method)(model)
+    sequences: list[SequenceAttribution] = []
+    method_info: dict[str, Any] = {}
+    example_info: list[dict[str, Any]] = []
+    unconverged: list[str] = []
+    batches = model.family.batch_spans(examples, request.max_batch_size)
+    progress = PassProgress(request.method, len(batches), enabled=request.show_progress)
+    with progress:
+        for start, stop in batches:
+            progress.next_batch()
+            batch = AttributionBatch.from_examples(
+                examples[start:stop], model.pad_token_id, model.family, model.device
+            )
+            contrast = None
+            if contrasts is not None:
+                contrast = ContrastBatch.from_examples(model, batch, contrasts[start:stop])
+            # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails fast.
+            scoring = compute_step_scores(model, batch, request.step_functions, request.trace_top_k, contrast)
+            result = run_batch(
+                model,
+                method,
+                request.options,
+                batch,
+                request.attributed,
+                request.attribute_target,
+                request.fused,
+                contrast,
+                progress,
+            )
+            if result.completeness is not None:
+                tokens = [model.convert_ids_to_tokens(row) for row in batch.step_target_ids.tolist()]
+                unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
+            method_info.update(result.info)
+            example_info += result.example_info or [{} for _ in batch.examples]
+            sequences += assemble(model, batch, result, scoring.scores, scoring.trace)
+    finished = time.perf_counter()
+    warn_if_not_converged(request.method, unconverged, getattr(request.options, "n_steps", None))
+
+    info = run_info(model, request)
+    if contrasts is not None:
+        info["contrast"] = {
+            "contrast_targets": request.contrast_targets,
+            "contrast_sources": request.contrast_sources,
+            "alignments": [[list(pair) for pair in c.alignment] for c in contrasts],
+        }
+    if any(example_info):
+        method_info["examples"] = example_info
+    if method_info:
+        info["method_info"] = method_info
+    info["timing"] = {
+        "total_s": finished - started,
+        "generation_s": generated_at - started,
+        "attribution_s": finished - generated_at,
+    }
+    return AttributionOutput(sequences, info)
+
+
+def run_info(model: AttributionModel, request: AttributionRequest) -> dict[str, Any]:
+    """The output's ``info``: what ran, on what, with which versions.
+
+    Example:
+        >>> from seqattr.request import AttributionRequest
+        >>> run_info(model, AttributionRequest("Hi", step_scores="entropy"))["step_scores"]
+        ['entropy']
+    """
+    import captum
+    import transformers
+
+    from seqattr.version import __version__
+
+    forced = request.generated_texts is not None
+    return {
+        "method": request.method,
+        "method_options": describe_options(request.options, model.model),
+        "unitless_scores": get_method_class(request.method).unitless,
+        "engine": "fused" if request.fused else "stepwise",
+        "attributed_fn": step_function_name(request.attributed_fn or "probability"),
+        "step_scores": request.step_score_names,
+        "attribute_target": request.attribute_target,
+        "batch_size": request.max_batch_size,
+        "forced_targets": forced,
+        # The arguments generate() ran with (the default length included); none ran for forced targets.
+        "generation_args": dict(request.generation_args) if forced else request.generate_args,
+        "step_scores_args": dict(request.step_scores_args),
+        "attributed_fn_args": dict(request.attributed_fn_args),
+        "model": model.model_name,
+        "model_class": type(model.model).__name__,
+        "is_encoder_decoder": model.is_encoder_decoder,
+        # Lets views and aggregation mask special tokens later (out.mask_special()) without the tokenizer.
+        "special_token_ids": sorted(model.tokenizer.all_special_ids),
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "versions": {
+            "seqattr": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "captum": captum.__version__,
+        },
+    }

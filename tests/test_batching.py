@@ -135,10 +135,11 @@ def test_eager_attention_in_float64_leaks_no_nan(architecture):
 def test_decoder_only_padding_is_on_the_left_with_real_positions():
     """The batch layout the exactness above relies on: shorter examples are shifted right, their position
     ids count real tokens from 0, and every example's first explained step is the same column."""
+    from seqattr.models import family
     from seqattr.models.batch import AttributionBatch, EncodedExample
 
     examples = [EncodedExample([], [5, 6, 7, 8, 9], 3, 5), EncodedExample([], [5, 6, 7], 1, 3)]
-    batch = AttributionBatch.from_examples(examples, pad_token_id=0, is_encoder_decoder=False, device="cpu")
+    batch = AttributionBatch.from_examples(examples, pad_token_id=0, family=family.DECODER_ONLY, device="cpu")
     assert batch.target_ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 5, 6, 7]]
     assert batch.target_mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
     assert batch.position_ids[1, 2:].tolist() == [0, 1, 2]

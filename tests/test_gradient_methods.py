@@ -300,11 +300,12 @@ class VocabularyModel:
 def test_path_methods_are_exact_on_a_linear_model(method, options):
     from seqattr.methods.base import MethodInputs, get_method_class
     from seqattr.models.batch import AttributionBatch, EncodedExample
+    from seqattr.models.family import DECODER_ONLY
 
     vocabulary = torch.randn(30, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     examples = [EncodedExample([], [3, 4, 5, 6, 7, 8], 3, 6), EncodedExample([], [9, 10, 11, 12], 2, 4)]
     batch = AttributionBatch.from_examples(
-        examples, pad_token_id=0, is_encoder_decoder=False, device=torch.device("cpu")
+        examples, pad_token_id=0, family=DECODER_ONLY, device=torch.device("cpu")
     )
     objective = LinearObjective(batch, 8)
     inputs = MethodInputs(

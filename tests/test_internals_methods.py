@@ -15,7 +15,7 @@ import torch
 import seqattr
 from exact import assert_close, assert_sequences_close, exact_model, float64_model
 from seqattr.methods.attention_rollout import rollout
-from seqattr.methods.value_zeroing import decoder_layers
+from seqattr.models.architecture import decoder_layers
 from seqattr.models.attribution_model import AttributionModel
 from seqattr.testing import ARCHITECTURES, ENCODER_DECODER
 
@@ -207,5 +207,5 @@ def test_value_zeroing_is_zero_where_attention_output_is_cut():
 
 
 def test_value_zeroing_refuses_an_unknown_architecture():
-    with pytest.raises(ValueError, match="VALUE_MODULES"):
+    with pytest.raises(ValueError, match="DECODER_LAYOUTS"):
         decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -209,7 +209,7 @@ def test_unsigned_scores_and_unperturbed_tokens_are_shown_as_such():
 
 
 def test_generation_args_record_the_default_max_new_tokens():
-    from seqattr.models.attribution_model import DEFAULT_MAX_NEW_TOKENS
+    from seqattr.request import DEFAULT_MAX_NEW_TOKENS
 
     out = attribution_model("gpt2").attribute("The cat", show_progress=False)
     assert out.info["generation_args"] == {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS}

@@ -88,7 +88,7 @@ class Attention(AttributionMethod):
         rows = torch.arange(batch.size, device=batch.target_ids.device)
         with torch.no_grad():
             out = self.model.forward(batch, rows, inputs.source_embeds, target_embeds, output_attentions=True)
-        if self.model.is_encoder_decoder:
+        if inputs.attribute_source:  # encoder-decoder: cross-attention to the source
             target = stacked(out.decoder_attentions) if inputs.attribute_target else None
             return stacked(out.cross_attentions), target
         return None, stacked(out.attentions)

@@ -81,7 +81,7 @@ class AttentionRollout(AttributionMethod):
         rows = torch.arange(batch.size, device=batch.target_ids.device)
         with torch.no_grad():
             out = self.model.forward(batch, rows, inputs.source_embeds, target_embeds, output_attentions=True)
-        if not self.model.is_encoder_decoder:
+        if not inputs.attribute_source:  # decoder-only
             return None, rollout(stacked(out.attentions).cpu())
         state = encoder_decoder_rollout(
             stacked(out.encoder_attentions).cpu(),

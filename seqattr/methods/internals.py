@@ -139,7 +139,7 @@ def each_example(
     parts = []
     for b, example in enumerate(batch.examples):
         single = AttributionBatch.from_examples(
-            [example], model.pad_token_id, model.is_encoder_decoder, batch.target_ids.device
+            [example], model.pad_token_id, model.family, batch.target_ids.device
         )
         offset, length = int(batch.target_offsets[b]), len(example.target_ids)
         source = (

@@ -96,7 +96,7 @@ class LayerRun:
         self.tap = LayerTap()
         if self.module is None:
             self.side = "embeddings"
-        elif model.is_encoder_decoder and any(m is self.module for m in model.model.get_encoder().modules()):
+        elif inputs.attribute_source and any(m is self.module for m in model.model.get_encoder().modules()):
             self.side = "source"
         else:
             self.side = "target"

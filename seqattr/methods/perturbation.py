@@ -148,10 +148,10 @@ def full_gates(
 
 
 def _keeps_step_logits(setup: PerturbationSetup) -> bool:
-    """Whether a forward call computes logits only at the explained steps (decoder-only models whose forward
-    takes ``logits_to_keep``) rather than at every target position of the prefix."""
+    """Whether a forward call computes logits only at the explained steps (models whose forward takes
+    ``logits_to_keep``) rather than at every target position of the prefix."""
     model = getattr(setup.objective, "model", None)
-    return bool(getattr(model, "has_logits_to_keep", False)) and not model.is_encoder_decoder
+    return bool(getattr(model, "has_logits_to_keep", False))
 
 
 @dataclass

@@ -33,22 +33,9 @@ from seqattr.methods.internals import (
     select_indices,
 )
 from seqattr.methods.options import MethodOptions
+from seqattr.models.architecture import DecoderLayer, decoder_layers
 from seqattr.typing import Int, Tensor
 
-# Decoder layers and the modules computing their value vectors, per architecture family. A fused projection
-# (GPT-2's ``c_attn``) holds the values in its last third.
-VALUE_MODULES = (
-    # (decoder layers, self-attention values, cross-attention values, fused q/k/v projection)
-    ("model.layers", "self_attn.v_proj", None, False),  # Llama, Qwen2, Mistral, Gemma, ...
-    ("transformer.h", "attn.c_attn", None, True),  # GPT-2
-    ("decoder.block", "layer.0.SelfAttention.v", "layer.1.EncDecAttention.v", False),  # T5
-    (
-        "model.decoder.layers",
-        "self_attn.v_proj",
-        "encoder_attn.v_proj",
-        False,
-    ),  # BART, Marian, mBART, Pegasus
-)
 _CHUNK_ROWS = 64
 
 
@@ -63,37 +50,6 @@ class ValueZeroingOptions(MethodOptions):
         super().validate()
         check_selection("layers", self.layers)
         check_aggregation("aggregate_layers", self.aggregate_layers)
-
-
-@dataclass
-class DecoderLayer:
-    layer: nn.Module
-    self_values: nn.Module
-    cross_values: nn.Module | None
-    fused: bool
-
-
-def decoder_layers(model: nn.Module) -> list[DecoderLayer]:
-    """The decoder layers of a supported architecture with their value modules (see `VALUE_MODULES`)."""
-    for layers_path, self_path, cross_path, fused in VALUE_MODULES:
-        try:
-            layers = model.get_submodule(layers_path)
-            return [
-                DecoderLayer(
-                    layer,
-                    layer.get_submodule(self_path),
-                    None if cross_path is None else layer.get_submodule(cross_path),
-                    fused,
-                )
-                for layer in layers
-            ]
-        except AttributeError:
-            continue
-    known = "; ".join(f"{layers}[i].{values}" for layers, values, _, _ in VALUE_MODULES)
-    raise ValueError(
-        f"value_zeroing does not know where {type(model).__name__} computes its value vectors (looked for: "
-        f"{known}); add the architecture to seqattr.methods.value_zeroing.VALUE_MODULES"
-    )
 
 
 class _Hooks:
@@ -116,7 +72,7 @@ class _Hooks:
                 handles.append(entry.layer.register_forward_pre_hook(self._pre_hook(index), with_kwargs=True))
                 handles.append(entry.layer.register_forward_hook(self._post_hook(index)))
                 handles.append(
-                    entry.self_values.register_forward_hook(self._value_hook("target", entry.fused))
+                    entry.self_values.register_forward_hook(self._value_hook("target", entry.fused_qkv))
                 )
                 if entry.cross_values is not None:
                     handles.append(
@@ -180,9 +136,9 @@ class ValueZeroing(AttributionMethod):
             clean = [o[:, queries].double() for o in hooks.outputs]
             hooks.mode = "zero"
             sides = []
-            if model.is_encoder_decoder:
+            if inputs.attribute_source:
                 sides.append(("source", batch.source_mask.bool()))
-            if inputs.attribute_target or not model.is_encoder_decoder:
+            if inputs.attribute_target:
                 positions = torch.arange(target_embeds.shape[1], device=all_rows.device)
                 sides.append(
                     (

@@ -10,79 +10,24 @@ Conventions (documented once, in docs/usage.md):
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seqattr import engine
-from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
-from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
-from seqattr.methods.convergence import describe_failures, warn_if_not_converged
-from seqattr.methods.options import Seed
-from seqattr.models.batch import AttributionBatch, EncodedExample, additive_causal_mask
+from seqattr.methods.base import get_method_class
+from seqattr.models.architecture import ArchitectureFacts
+from seqattr.models.batch import AttributionBatch, additive_causal_mask
 from seqattr.models.causality import check_causal
-from seqattr.models.embedding_scale import input_embedding_scales
+from seqattr.models.family import ModelFamily
 from seqattr.models.model_state import left_as_found
-from seqattr.progress import PassProgress
-from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
-from seqattr.trace import DEFAULT_TOP_K, check_top_k
+from seqattr.request import AttributionRequest
+from seqattr.step_functions import StepFunction
+from seqattr.trace import DEFAULT_TOP_K
 from seqattr.typing import Float, Int, Tensor
-
-DEFAULT_MAX_NEW_TOKENS = 20
-
-
-def _as_text_list(texts: str | Sequence[str], argument: str) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, Sequence) or not texts:
-        raise ValueError(f"{argument} must be a non-empty string or a non-empty list of strings")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"{argument}[{i}] must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"{argument}[{i}] is empty; give text for the model to read")
-    return list(texts)
-
-
-def _as_name_list(names: str | StepFunction | Sequence[str | StepFunction], argument: str) -> list:
-    """A list of step functions given by name or as callables: a single one (``step_scores="entropy"``) is a
-    one-element list, where iterating the string would give its letters."""
-    if isinstance(names, str) or callable(names):
-        return [names]
-    if not isinstance(names, Iterable):
-        raise TypeError(
-            f"{argument} must be a step function name or a list of them, e.g. ['probability', 'entropy'];"
-            f" got {type(names).__name__}"
-        )
-    return list(names)
-
-
-def _batch_spans(
-    examples: list[EncodedExample], batch_size: int, is_encoder_decoder: bool
-) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges of consecutive examples run together: at most ``batch_size`` each, and for
-    encoder-decoder models cut where ``attr_pos_start`` changes (a negative start resolves per example), since
-    their decoder positions cannot be shifted to align different first steps (decoder-only ones are)."""
-    spans = []
-    for start in range(0, len(examples), batch_size):
-        stop = min(start + batch_size, len(examples))
-        if is_encoder_decoder:
-            cuts = [
-                i
-                for i in range(start + 1, stop)
-                if examples[i].attr_pos_start != examples[i - 1].attr_pos_start
-            ]
-            bounds = [start, *cuts, stop]
-            spans += list(zip(bounds[:-1], bounds[1:], strict=True))
-        else:
-            spans.append((start, stop))
-    return spans
 
 
 class AttributionModel:
@@ -109,19 +54,29 @@ class AttributionModel:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name or getattr(model, "name_or_path", None) or type(model).__name__
-        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
         # A bidirectional model would run and return wrong numbers: refused before anything else.
         check_causal(model)
         self.method_name = method
         self.method_kwargs = method_kwargs
         # Fail now, not at the first attribute() call, on an unknown method or option.
         get_method_class(method).parse_options(**method_kwargs)
-        # A capability of the architecture (GPT-2, Llama, Qwen2, ... have it), not keyword routing.
-        self.has_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-        # Some models scale their embedding lookup only when given ids (Marian's encoder): measured once.
-        self._source_scale, self._target_scale = input_embedding_scales(model)
+        self.architecture = ArchitectureFacts.of(model)
+        """The family and the measured facts of the architecture (`seqattr.models.architecture`)."""
 
     # --- facts about the model -------------------------------------------------------------------
+
+    @property
+    def family(self) -> ModelFamily:
+        """Decoder-only or encoder-decoder: what differs between the two (`seqattr.models.family`)."""
+        return self.architecture.family
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.family.is_encoder_decoder
+
+    @property
+    def has_logits_to_keep(self) -> bool:
+        return self.architecture.logits_to_keep
 
     @property
     def device(self) -> torch.device:
@@ -178,36 +133,25 @@ class AttributionModel:
             >>> out = model.forward(batch, rows, source, target, output_attentions=True)   # doctest: +SKIP
         """
         prefix_len = target_embeds.shape[1]
-        if self._target_scale != 1.0:
-            target_embeds = target_embeds * self._target_scale
-        if source_embeds is not None and self._source_scale != 1.0:
-            source_embeds = source_embeds * self._source_scale
+        source_scale = self.architecture.source_embedding_scale
+        target_scale = self.architecture.target_embedding_scale
+        if target_scale != 1.0:
+            target_embeds = target_embeds * target_scale
+        if source_embeds is not None and source_scale != 1.0:
+            source_embeds = source_embeds * source_scale
         mask = batch.target_mask[rows, :prefix_len]
-        if self.is_encoder_decoder:
-            return self.model(
-                inputs_embeds=source_embeds,
-                attention_mask=batch.source_mask[rows],
-                decoder_inputs_embeds=target_embeds,
-                decoder_attention_mask=mask,
-                use_cache=False,
-                **kwargs,
-            )
         if self._needs_own_mask(mask):
             mask = additive_causal_mask(mask, target_embeds.dtype)
-        return self.model(
-            inputs_embeds=target_embeds,
-            attention_mask=mask,
-            position_ids=batch.position_ids[rows, :prefix_len],
-            use_cache=False,
-            **kwargs,
-        )
+        inputs = self.family.model_inputs(batch, rows, (source_embeds, target_embeds), mask)
+        return self.model(**inputs, use_cache=False, **kwargs)
 
     def _needs_own_mask(self, mask: Int[Tensor, "n length"]) -> bool:
         """Whether transformers' own mask would turn left padding into NaN: eager attention in float64 (see
         `additive_causal_mask`). Not with a sliding window shorter than the batch, which the 4D mask would
         lift."""
         if (
-            self.model.config._attn_implementation != "eager"
+            not self.family.pads_target_left
+            or self.model.config._attn_implementation != "eager"
             or self.dtype != torch.float64
             or bool(mask.all())
         ):
@@ -229,9 +173,7 @@ class AttributionModel:
             raise ValueError(
                 f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings"
             )
-        if (
-            self.has_logits_to_keep and not self.is_encoder_decoder
-        ):  # the LM head runs only where a step is explained
+        if self.has_logits_to_keep:  # the LM head runs only where a step is explained
             return self.forward(
                 batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1
             ).logits
@@ -288,13 +230,16 @@ class AttributionModel:
 
     def _generate(self, prompts: list[list[int]], generation_args: dict[str, Any]) -> list[list[int]]:
         """Continuations of each prompt (decoder-only) or target sequences after the start token."""
-        input_ids, attention_mask = self._pad(prompts, left=not self.is_encoder_decoder)
+        input_ids, attention_mask = self._pad(prompts, left=self.family.prompt_padding_left())
         with torch.no_grad(), left_as_found(self.model):  # e.g. output_attentions=True would hook the model
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **generation_args
             )
-        skip = input_ids.shape[1] if not self.is_encoder_decoder else 1
-        return [self._cut_at_eos(seq[skip:].tolist(), generation_args) for seq in sequences]
+        width = input_ids.shape[1]
+        return [
+            self._cut_at_eos(self.family.generated_tokens(seq.tolist(), width), generation_args)
+            for seq in sequences
+        ]
 
     def encode(
         self,
@@ -303,7 +248,8 @@ class AttributionModel:
         generation_args: dict[str, Any],
         batch_size: int,
     ) -> list[tuple[list[int], list[int], int]]:
-        """``(source_ids, target_ids, default attr_pos_start)`` per example, generating where not forced."""
+        """``(source_ids, target_ids, default attr_pos_start)`` per example, generating where not forced
+        (``generation_args`` as ``model.generate`` takes them: `AttributionRequest.generate_args`)."""
         prompts = [self.tokenizer(text)["input_ids"] for text in input_texts]
         for i, prompt in enumerate(prompts):
             self.check_length(len(prompt), f"input_texts[{i}]")
@@ -313,25 +259,20 @@ class AttributionModel:
                 for i, (p, t) in enumerate(zip(prompts, generated_texts, strict=True))
             ]
 
-        generation_args = dict(generation_args)
-        if "max_new_tokens" not in generation_args and "max_length" not in generation_args:
-            generation_args["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
         new_tokens = generation_args.get("max_new_tokens")
         if new_tokens is not None:
             for i, prompt in enumerate(prompts):
-                # Decoder-only: the prompt and its continuation share the context; encoder-decoder: the
-                # output (after its start token) has the decoder's positions to itself.
-                length = 1 + new_tokens if self.is_encoder_decoder else len(prompt) + new_tokens
+                length = self.family.generation_length(len(prompt), new_tokens)
                 self.check_length(length, f"input_texts[{i}] plus max_new_tokens={new_tokens}")
         elif generation_args.get("max_length") is not None:  # the longest sequence generate() may return
             self.check_length(generation_args["max_length"], f"max_length={generation_args['max_length']}")
         generations: list[list[int]] = []
         for start in range(0, len(prompts), batch_size):
             generations += self._generate(prompts[start : start + batch_size], generation_args)
-        if self.is_encoder_decoder:
-            start_id = self.model.generation_config.decoder_start_token_id
-            return [(p, [start_id, *g], 1) for p, g in zip(prompts, generations, strict=True)]
-        return [([], p + g, len(p)) for p, g in zip(prompts, generations, strict=True)]
+        start_id = self.model.generation_config.decoder_start_token_id
+        return [
+            self.family.generated_example(p, g, start_id) for p, g in zip(prompts, generations, strict=True)
+        ]
 
     def encode_forced(
         self, i: int, prompt: list[int], text: str, input_text: str, argument: str = "generated_texts"
@@ -346,28 +287,7 @@ class AttributionModel:
             >>> source, target[:start] == prompt, model.convert_ids_to_tokens(target[start:])
             ([], True, ['Ġof', 'ĠFrance'])
         """
-        if self.is_encoder_decoder:
-            target = self.tokenizer(text_target=text)["input_ids"]
-            start_id = self.model.generation_config.decoder_start_token_id
-            self.check_length(len(target) + 1, f"{argument}[{i}]")
-            return prompt, [start_id, *target], 1
-        if not text.startswith(input_text):
-            raise ValueError(
-                f"{argument}[{i}] must start with its prompt (decoder-only models continue their input): "
-                f"{text[:60]!r} does not start with {input_text[:60]!r}. Pass prompt + continuation."
-            )
-        full = self.tokenizer(text)["input_ids"]
-        if full[: len(prompt)] != prompt:
-            raise ValueError(
-                f"{argument}[{i}] tokenizes differently from its prompt at the boundary: the prompt's tokens "
-                f"{self.convert_ids_to_tokens(prompt[-3:])} are not a prefix of the text's tokens "
-                f"{self.convert_ids_to_tokens(full[max(0, len(prompt) - 3) : len(prompt) + 1])}. "
-                "End the prompt where a token ends (e.g. drop a trailing space)."
-            )
-        if len(full) == len(prompt):
-            raise ValueError(f"{argument}[{i}] adds no tokens to its prompt: there is nothing to explain")
-        self.check_length(len(full), f"{argument}[{i}]")
-        return [], full, len(prompt)
+        return self.family.forced_example(self, i, prompt, text, input_text, argument)
 
     # --- attribution ------------------------------------------------------------------------------
 
@@ -433,200 +353,31 @@ class AttributionModel:
             >>> out[0].num_steps, out[0].target_attributions.shape, out[0].step_scores["probability"].shape
             (8, torch.Size([14, 8]), torch.Size([8]))
         """
-        started = time.perf_counter()
-        texts = _as_text_list(input_texts, "input_texts")
-        forced = None
-        if generated_texts is not None:
-            forced = _as_text_list(generated_texts, "generated_texts")
-            if len(forced) != len(texts):
-                raise ValueError(
-                    f"got {len(texts)} input_texts but {len(forced)} generated_texts; give one per input"
-                )
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if attribute_target not in (True, False):
-            raise TypeError("attribute_target must be True or False")
-        for name, value in (("attr_pos_start", attr_pos_start), ("attr_pos_end", attr_pos_end)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise TypeError(f"{name} must be an integer target position (or None), got {value!r}")
-        if generation_args is not None and not isinstance(generation_args, dict):
-            raise TypeError(
-                f"generation_args must be a dict of model.generate keyword arguments, e.g. "
-                f"{{'max_new_tokens': 8}}; got {type(generation_args).__name__}"
-            )
-        method_name = method or self.method_name
-        method_cls = get_method_class(method_name)
-        kwargs = {**self.method_kwargs, **method_kwargs} if method_name == self.method_name else method_kwargs
-        options = method_cls.parse_options(**kwargs)
-        if isinstance(options, Seed) and options.seed is None:
-            # One fresh seed for the whole call (every batch, fused or stepwise), recorded in info.
-            options = dataclasses.replace(options, seed=options.resolved_seed())
-        (attributed,) = bind_step_functions(
-            [attributed_fn or "probability"], attributed_fn_args, "attributed_fn_args"
-        )
-        step_scores = _as_name_list(step_scores, "step_scores")
-        step_score_names = [step_function_name(name) for name in step_scores]
-        bound = bind_step_functions(list(step_scores), step_scores_args, "step_scores_args")
-        step_functions = dict(zip(step_score_names, bound, strict=True))
-        check_top_k(trace_top_k)
-        has_contrast = contrast_targets is not None or contrast_sources is not None
-        if contrast_targets_alignments is not None and not has_contrast:
-            raise ValueError(
-                "contrast_targets_alignments needs contrast_targets= (or contrast_sources=) to align with"
-            )
-        batch_size = batch_size or len(texts)
-
-        encoded = self.encode(texts, forced, dict(generation_args or {}), batch_size)
-        generated_at = time.perf_counter()
-        examples = [
-            EncodedExample(
-                source, target, *self._window(i, len(target), default_start, attr_pos_start, attr_pos_end)
-            )
-            for i, (source, target, default_start) in enumerate(encoded)
-        ]
-        contrasts = None
-        if has_contrast:
-            contrasts = encode_contrasts(
-                self,
-                texts,
-                encoded,
-                examples,
-                contrast_targets,
-                contrast_sources,
-                contrast_targets_alignments,
-            )
-
-        method_instance: AttributionMethod = method_cls(self)
-        sequences = []
-        method_info: dict[str, Any] = {}
-        example_info: list[dict[str, Any]] = []
-        unconverged: list[str] = []
-        batches = _batch_spans(examples, batch_size, self.is_encoder_decoder)
-        progress = PassProgress(method_name, len(batches), enabled=show_progress)
-        with progress:
-            for start, stop in batches:
-                progress.next_batch()
-                batch = AttributionBatch.from_examples(
-                    examples[start:stop], self.pad_token_id, self.is_encoder_decoder, self.device
-                )
-                contrast = None
-                if contrasts is not None:
-                    contrast = ContrastBatch.from_examples(self, batch, contrasts[start:stop])
-                # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails
-                # fast.
-                scoring = engine.compute_step_scores(self, batch, step_functions, trace_top_k, contrast)
-                result = engine.run_batch(
-                    self,
-                    method_instance,
-                    options,
-                    batch,
-                    attributed,
-                    attribute_target,
-                    fused,
-                    contrast,
-                    progress,
-                )
-                if result.completeness is not None:
-                    tokens = [self.convert_ids_to_tokens(row) for row in batch.step_target_ids.tolist()]
-                    unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
-                method_info.update(result.info)
-                example_info += result.example_info or [{} for _ in batch.examples]
-                sequences += engine.assemble(self, batch, result, scoring.scores, scoring.trace)
-        finished = time.perf_counter()
-        warn_if_not_converged(method_name, unconverged, getattr(options, "n_steps", None))
-        info = self._info(
-            method_name=method_name,
-            options=options,
-            attributed_fn=attributed_fn,
-            step_score_names=step_score_names,
-            fused=fused,
-            attribute_target=attribute_target,
-            batch_size=batch_size,
+        method = method or self.method_name
+        if method == self.method_name:
+            method_kwargs = {**self.method_kwargs, **method_kwargs}
+        request = AttributionRequest(
+            input_texts,
+            generated_texts,
+            method=method,
+            method_options=method_kwargs,
             generation_args=generation_args,
-            forced=forced is not None,
+            attribute_target=attribute_target,
+            attr_pos_start=attr_pos_start,
+            attr_pos_end=attr_pos_end,
+            step_scores=step_scores,
+            attributed_fn=attributed_fn,
+            step_scores_args=step_scores_args,
+            attributed_fn_args=attributed_fn_args,
+            contrast_targets=contrast_targets,
+            contrast_sources=contrast_sources,
+            contrast_targets_alignments=contrast_targets_alignments,
+            trace_top_k=trace_top_k,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            fused=fused,
         )
-        info["step_scores_args"] = dict(step_scores_args or {})
-        info["attributed_fn_args"] = dict(attributed_fn_args or {})
-        if contrasts is not None:
-            info["contrast"] = {
-                "contrast_targets": contrast_targets,
-                "contrast_sources": contrast_sources,
-                "alignments": [[list(pair) for pair in c.alignment] for c in contrasts],
-            }
-        if any(example_info):
-            method_info["examples"] = example_info
-        if method_info:
-            info["method_info"] = method_info
-        info["timing"] = {
-            "total_s": finished - started,
-            "generation_s": generated_at - started,
-            "attribution_s": finished - generated_at,
-        }
-        return AttributionOutput(sequences, info)
-
-    def _window(
-        self, i: int, length: int, default_start: int, start: int | None, end: int | None
-    ) -> tuple[int, int]:
-        resolved_start = default_start if start is None else (start + length if start < 0 else start)
-        resolved_end = length if end is None else (end + length if end < 0 else end)
-        if not 1 <= resolved_start < resolved_end <= length:
-            raise ValueError(
-                f"example {i}: attr_pos_start={start!r}, attr_pos_end={end!r} select target positions "
-                f"[{resolved_start}, {resolved_end}) of a {length}-token target; need "
-                f"1 <= start < end <= {length} (position 0 has no prefix to explain it)"
-            )
-        return resolved_start, resolved_end
-
-    def _info(
-        self,
-        *,
-        method_name: str,
-        options,
-        attributed_fn,
-        step_score_names: list[str],
-        fused: bool,
-        attribute_target: bool,
-        batch_size: int | None,
-        generation_args: dict[str, Any] | None,
-        forced: bool,
-    ) -> dict[str, Any]:
-        """The output's ``info``: what ran, on what, with which versions (keyword arguments only)."""
-        import captum
-        import transformers
-
-        from seqattr.version import __version__
-
-        return {
-            "method": method_name,
-            "method_options": describe_options(options, self.model),
-            "unitless_scores": get_method_class(method_name).unitless,
-            "engine": "fused" if fused else "stepwise",
-            "attributed_fn": step_function_name(attributed_fn or "probability"),
-            "step_scores": step_score_names,
-            "attribute_target": attribute_target,
-            "batch_size": batch_size,
-            "forced_targets": forced,
-            # The arguments generate() ran with: encode() adds the default max_new_tokens when none is given.
-            "generation_args": (
-                dict(generation_args or {})
-                if forced or {"max_new_tokens", "max_length"} & set(generation_args or {})
-                else {**(generation_args or {}), "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
-            ),
-            "model": self.model_name,
-            "model_class": type(self.model).__name__,
-            "is_encoder_decoder": self.is_encoder_decoder,
-            # Lets views and aggregation mask special tokens later (out.mask_special()) without the tokenizer.
-            "special_token_ids": sorted(self.tokenizer.all_special_ids),
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "versions": {
-                "seqattr": __version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "captum": captum.__version__,
-            },
-        }
+        return engine.attribute(self, request)
 
     def __repr__(self) -> str:
-        family = "encoder-decoder" if self.is_encoder_decoder else "decoder-only"
-        return f"AttributionModel({self.model_name!r}, {family}, method={self.method_name!r})"
+        return f"AttributionModel({self.model_name!r}, {self.family}, method={self.method_name!r})"

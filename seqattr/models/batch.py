@@ -10,10 +10,14 @@ single-example one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from seqattr.typing import Bool, Float, Int, Tensor
+
+if TYPE_CHECKING:
+    from seqattr.models.family import ModelFamily
 
 
 @dataclass
@@ -64,16 +68,20 @@ class AttributionBatch:
 
     @classmethod
     def from_examples(
-        cls, examples: list[EncodedExample], pad_token_id: int, is_encoder_decoder: bool, device: torch.device
+        cls, examples: list[EncodedExample], pad_token_id: int, family: ModelFamily, device: torch.device
     ) -> AttributionBatch:
+        """Pad ``examples`` as their model ``family`` needs (see the module docstring).
+
+        Example:
+            >>> from seqattr.models.family import DECODER_ONLY
+            >>> examples = [EncodedExample([], [5, 6, 7], 2, 3), EncodedExample([], [5, 6, 7, 8], 3, 4)]
+            >>> AttributionBatch.from_examples(examples, 0, DECODER_ONLY, "cpu").target_ids
+            tensor([[0, 5, 6, 7],
+                    [5, 6, 7, 8]])
+        """
         starts = [e.attr_pos_start for e in examples]
         first_step = max(starts)
-        if is_encoder_decoder:
-            if len(set(starts)) > 1:  # attribute() splits its batches where the start changes
-                raise ValueError("encoder-decoder examples in one batch must share attr_pos_start")
-            offsets = [0] * len(examples)
-        else:
-            offsets = [first_step - s for s in starts]
+        offsets = family.target_offsets(starts)
         target_len = max(o + len(e.target_ids) for o, e in zip(offsets, examples, strict=True))
         num_steps = max(e.attr_pos_end - e.attr_pos_start for e in examples)
 
@@ -85,26 +93,18 @@ class AttributionBatch:
             target_ids[i, offset : offset + n] = torch.tensor(example.target_ids)
             target_mask[i, offset : offset + n] = 1
             step_mask[i, : example.attr_pos_end - example.attr_pos_start] = True
+        source_ids, source_mask = family.source_tensors(examples, pad_token_id)
+        position_ids = family.position_ids(target_mask)
 
-        source_ids = source_mask = position_ids = None
-        if is_encoder_decoder:
-            source_len = max(len(e.source_ids) for e in examples)
-            source_ids = torch.full((len(examples), source_len), pad_token_id, dtype=torch.long)
-            source_mask = torch.zeros_like(source_ids)
-            for i, example in enumerate(examples):
-                source_ids[i, : len(example.source_ids)] = torch.tensor(example.source_ids)
-                source_mask[i, : len(example.source_ids)] = 1
-            source_ids, source_mask = source_ids.to(device), source_mask.to(device)
-        else:
-            # Left padding shifts tokens right: positions must count real tokens only.
-            position_ids = (target_mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        def on_device(values: Tensor | None) -> Tensor | None:
+            return None if values is None else values.to(device)
 
         return cls(
-            source_ids=source_ids,
-            source_mask=source_mask,
+            source_ids=on_device(source_ids),
+            source_mask=on_device(source_mask),
             target_ids=target_ids.to(device),
             target_mask=target_mask.to(device),
-            position_ids=position_ids,
+            position_ids=on_device(position_ids),
             target_offsets=torch.tensor(offsets, device=device),
             step_positions=torch.arange(first_step, first_step + num_steps, device=device),
             step_mask=step_mask.to(device),

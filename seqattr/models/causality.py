@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from seqattr.models.family import family_of
+
 _PROBE_LENGTH = 8
 # Relative movement of the shared half's logits above which the model is not causal. Every causal model of
 # the test zoo gives exactly 0 in float64, float32, bfloat16 and float16 (masked positions contribute exact
@@ -55,11 +57,7 @@ def prefix_dependence(model: PreTrainedModel) -> float:
     ids = _probe_ids(model)
     half = _PROBE_LENGTH // 2
     with torch.no_grad():
-        if model.config.is_encoder_decoder:
-            source = ids[:1].expand(2, -1)
-            logits = model(input_ids=source, decoder_input_ids=ids, use_cache=False).logits
-        else:
-            logits = model(input_ids=ids, use_cache=False).logits
+        logits = family_of(model.config).probe_logits(model, ids)
     change = (logits[0] - logits[1]).float().abs()
     shared, changed = change[:half].max(), change[half:].max()
     if not torch.isfinite(shared) or not torch.isfinite(changed):
@@ -72,7 +70,7 @@ def check_causal(model: PreTrainedModel) -> None:
     dependence = prefix_dependence(model)
     if dependence <= _TOLERANCE.get(model.dtype, _DEFAULT_TOLERANCE):  # NaN compares False: refused too
         return
-    side = "its decoder's" if model.config.is_encoder_decoder else "its"
+    side = family_of(model.config).predictor
     raise ValueError(
         f"{type(model).__name__} is not a causal language model: {side} prediction at a position changes "
         f"when later tokens change (by {dependence:.2g} of their own change), so attention runs both ways "

@@ -30,6 +30,7 @@ import torch
 from transformers import PreTrainedModel
 
 from seqattr.caller import user_stacklevel
+from seqattr.models.family import family_of
 
 _PROBE_LENGTH = 4
 
@@ -70,7 +71,7 @@ def input_embedding_scales(model: PreTrainedModel) -> tuple[float | None, float]
     candidates = _candidates(model)
     with torch.no_grad():
         embeds = embed(ids)
-        if not model.config.is_encoder_decoder:
+        if not family_of(model.config).is_encoder_decoder:
             reference = model(input_ids=ids, use_cache=False).logits
             target = _matching_scale(
                 reference,
