@@ -25,6 +25,7 @@ import pytest
 
 @functools.cache
 def _shared_namespace() -> dict:
+    import datasets
     import torch
 
     import seqattr
@@ -45,6 +46,7 @@ def _shared_namespace() -> dict:
     return {
         "seqattr": seqattr,
         "torch": torch,
+        "datasets": datasets,
         "Path": Path,
         "hf_model": hf_model,
         "hf_tokenizer": hf_tokenizer,

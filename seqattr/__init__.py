@@ -13,6 +13,7 @@ Example:
 from seqattr import methods as _methods  # noqa: F401  (registers the built-in methods)
 from seqattr import viz as _viz  # noqa: F401  (registers the built-in views)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
+from seqattr.dataset_runs.shards import load_dataset_output
 from seqattr.methods import list_methods
 from seqattr.methods.convergence import ConvergenceWarning
 from seqattr.models import AttributionModel, load_model
@@ -29,6 +30,7 @@ __all__ = [
     "list_methods",
     "list_step_functions",
     "load",
+    "load_dataset_output",
     "load_model",
     "register_step_function",
 ]

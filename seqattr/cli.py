@@ -28,6 +28,7 @@ from pathlib import Path
 import seqattr
 from seqattr.engine import attribute
 from seqattr.methods import list_methods
+from seqattr.models.loading import check_device
 from seqattr.request import DEFAULT_MAX_NEW_TOKENS, AttributionRequest
 from seqattr.step_functions import list_step_functions
 from seqattr.trace import DEFAULT_TOP_K
@@ -115,6 +116,117 @@ def _add_saved_output_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUT.json", help="an output saved by `seqattr attribute -o`")
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct, works offline)",
+    )
+    parser.add_argument(
+        "-a",
+        "--method",
+        default="saliency",
+        help="attribution method (default saliency; see `seqattr methods`)",
+    )
+
+
+def _add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of an attribution call beyond its texts (``attribute`` and ``attribute-dataset``)."""
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"tokens to generate (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    parser.add_argument(
+        "--step-scores",
+        nargs="+",
+        default=[],
+        help="step functions to score at every step (see `seqattr step-functions`)",
+    )
+    parser.add_argument(
+        "--attributed-fn", default=None, help="step function to attribute (default probability)"
+    )
+    parser.add_argument(
+        "--step-scores-args",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="options of the step scores, e.g. top_p=0.8",
+    )
+    parser.add_argument(
+        "--attributed-fn-args",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="options of the attributed function",
+    )
+    parser.add_argument(
+        "--contrast-targets",
+        nargs="+",
+        default=None,
+        help="alternative output text(s) for contrastive step functions",
+    )
+    parser.add_argument(
+        "--contrast-sources",
+        nargs="+",
+        default=None,
+        help="alternative input text(s) for contrastive step functions",
+    )
+    parser.add_argument(
+        "--contrast-alignments",
+        default=None,
+        help="'auto' or JSON pairs of continuation indices, e.g. '[[0,0],[1,2]]'",
+    )
+    parser.add_argument(
+        "--trace-top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help=f"alternatives per step in the trace (default {DEFAULT_TOP_K})",
+    )
+    parser.add_argument(
+        "--attribute-target", action="store_true", help="encoder-decoder: also attribute to the target prefix"
+    )
+    parser.add_argument(
+        "--attr-pos-start",
+        type=int,
+        default=None,
+        metavar="I",
+        help="first target position to explain (default: the first generated one; negative: from the end)",
+    )
+    parser.add_argument(
+        "--attr-pos-end",
+        type=int,
+        default=None,
+        metavar="J",
+        help="explain target positions before J only (default: the end)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="examples per model call (default: all at once; results do not depend on it)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="where the model runs, e.g. cpu, cuda, cuda:1, mps (default cpu)"
+    )
+    parser.add_argument(
+        "--dtype", default=None, help="precision of the model, e.g. float32, bfloat16 (default: as saved)"
+    )
+    parser.add_argument(
+        "--stepwise", action="store_true", help="run the stepwise reference instead of the fused engine"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a method option, repeatable; values: numbers, true/false, none, JSON, else text",
+    )
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     # Raw description and epilog keep the quick start's two lines as written.
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
@@ -142,18 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute = command("attribute", "attribute a generation (or a forced output) to its inputs")
     attribute.epilog = QUICK_START
     attribute.formatter_class = _formatter
-    attribute.add_argument(
-        "-m",
-        "--model",
-        default=None,
-        help="hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct, works offline)",
-    )
-    attribute.add_argument(
-        "-a",
-        "--method",
-        default="saliency",
-        help="attribution method (default saliency; see `seqattr methods`)",
-    )
+    _add_model_arguments(attribute)
     attribute.add_argument("-i", "--input-texts", nargs="+", required=True, help="input text(s)")
     attribute.add_argument("-g", "--generated-texts", nargs="+", default=None, help="forced output text(s)")
     attribute.add_argument(
@@ -163,101 +264,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="save the output to this JSON file (its folder must exist)",
     )
-    attribute.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help=f"tokens to generate (default {DEFAULT_MAX_NEW_TOKENS})",
-    )
-    attribute.add_argument(
-        "--step-scores",
-        nargs="+",
-        default=[],
-        help="step functions to score at every step (see `seqattr step-functions`)",
-    )
-    attribute.add_argument(
-        "--attributed-fn", default=None, help="step function to attribute (default probability)"
-    )
-    attribute.add_argument(
-        "--step-scores-args",
-        nargs="+",
-        default=[],
-        metavar="NAME=VALUE",
-        help="options of the step scores, e.g. top_p=0.8",
-    )
-    attribute.add_argument(
-        "--attributed-fn-args",
-        nargs="+",
-        default=[],
-        metavar="NAME=VALUE",
-        help="options of the attributed function",
-    )
-    attribute.add_argument(
-        "--contrast-targets",
-        nargs="+",
-        default=None,
-        help="alternative output text(s) for contrastive step functions",
-    )
-    attribute.add_argument(
-        "--contrast-sources",
-        nargs="+",
-        default=None,
-        help="alternative input text(s) for contrastive step functions",
-    )
-    attribute.add_argument(
-        "--contrast-alignments",
-        default=None,
-        help="'auto' or JSON pairs of continuation indices, e.g. '[[0,0],[1,2]]'",
-    )
-    attribute.add_argument(
-        "--trace-top-k",
-        type=int,
-        default=DEFAULT_TOP_K,
-        help=f"alternatives per step in the trace (default {DEFAULT_TOP_K})",
-    )
-    attribute.add_argument(
-        "--attribute-target", action="store_true", help="encoder-decoder: also attribute to the target prefix"
-    )
-    attribute.add_argument(
-        "--attr-pos-start",
-        type=int,
-        default=None,
-        metavar="I",
-        help="first target position to explain (default: the first generated one; negative: from the end)",
-    )
-    attribute.add_argument(
-        "--attr-pos-end",
-        type=int,
-        default=None,
-        metavar="J",
-        help="explain target positions before J only (default: the end)",
-    )
-    attribute.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        metavar="B",
-        help="examples per model call (default: all at once; results do not depend on it)",
-    )
-    attribute.add_argument(
-        "--device", default=None, help="where the model runs, e.g. cpu, cuda, cuda:1, mps (default cpu)"
-    )
-    attribute.add_argument(
-        "--dtype", default=None, help="precision of the model, e.g. float32, bfloat16 (default: as saved)"
-    )
-    attribute.add_argument(
-        "--stepwise", action="store_true", help="run the stepwise reference instead of the fused engine"
-    )
-    attribute.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a method option, repeatable; values: numbers, true/false, none, JSON, else text",
-    )
+    _add_attribution_arguments(attribute)
     attribute.add_argument("--no-show", action="store_true", help="do not print the heatmap")
     _add_raw_argument(attribute)
     _add_import_argument(attribute)
+
+    dataset = command(
+        "attribute-dataset", "attribute every row of a dataset into a folder of shards (resumable)"
+    )
+    dataset.add_argument(
+        "data", help="a JSONL, JSON, CSV or Parquet file, a folder saved with save_to_disk, or a hub name"
+    )
+    _add_model_arguments(dataset)
+    dataset.add_argument(
+        "-o", "--output-dir", required=True, metavar="DIR", help="the run's folder (run again to resume)"
+    )
+    dataset.add_argument("--input-column", default="text", help="the column of input texts (default text)")
+    dataset.add_argument(
+        "--target-column", default=None, help="a column of forced outputs (default: generate)"
+    )
+    dataset.add_argument("--split", default="train", help="the split to read (default train)")
+    dataset.add_argument(
+        "--shard-size", type=int, default=100, metavar="N", help="rows per shard (default 100)"
+    )
+    dataset.add_argument(
+        "--on-error",
+        choices=["skip", "raise"],
+        default="skip",
+        help="skip: record a bad row in errors.jsonl and go on (default); raise: stop",
+    )
+    dataset.add_argument(
+        "--storage-dtype",
+        choices=["float16", "float32"],
+        default=None,
+        help="store attributions in this float type (default: as computed)",
+    )
+    _add_attribution_arguments(dataset)
+    _add_import_argument(dataset)
 
     show = command("show", "print the terminal heatmap of a saved output")
     _add_saved_output_argument(show)
@@ -326,26 +369,16 @@ def build_request(args) -> AttributionRequest:
         Traceback (most recent call last):
         seqattr.cli.UsageError: --batch-size must be a positive integer, got 0
     """
-    from seqattr.models.loading import check_device
-
-    alignments = args.contrast_alignments
-    if alignments is not None and alignments != "auto":
-        try:
-            alignments = json.loads(alignments)
-        except json.JSONDecodeError as err:
-            raise UsageError(
-                f"--contrast-alignments takes 'auto' or JSON pairs like '[[0,0],[1,2]]': {err}"
-            ) from err
+    method, options, arguments = attribution_arguments(args)
     try:
-        request = _build_request(args, alignments)
-    except (ValueError, TypeError) as err:  # worded with the flags the user typed, not the Python keywords
-        raise UsageError(_FLAG_NAMES.sub(lambda m: _FLAGS[m.group(0)], str(err))) from err
+        request = AttributionRequest(
+            args.input_texts, args.generated_texts, method=method, method_options=options, **arguments
+        )
+    except (ValueError, TypeError) as err:
+        raise _worded_as_flags(err) from err
     if args.output:
         check_output_path(args.output)
-    check_device(args.device)
-    model = args.model
-    if model is not None and model.endswith(".gguf") and not Path(model).expanduser().is_file():
-        raise UsageError(f"-m {model}: no .gguf file there; check the path")
+    _check_model_flags(args)
     return request
 
 
@@ -366,27 +399,57 @@ _FLAGS = {
 _FLAG_NAMES = re.compile(r"(?<![\w-])(" + "|".join(_FLAGS) + r")(?!\w)")
 
 
-def _build_request(args, alignments) -> AttributionRequest:
-    return AttributionRequest(
-        args.input_texts,
-        args.generated_texts,
-        method=args.method,
-        method_options=_pairs(args.option, "--option"),
-        generation_args={} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens},
-        step_scores=args.step_scores,
-        attributed_fn=args.attributed_fn,
-        step_scores_args=_pairs(args.step_scores_args, "--step-scores-args"),
-        attributed_fn_args=_pairs(args.attributed_fn_args, "--attributed-fn-args"),
-        contrast_targets=args.contrast_targets,
-        contrast_sources=args.contrast_sources,
-        contrast_targets_alignments=alignments,
-        trace_top_k=args.trace_top_k,
-        attribute_target=args.attribute_target,
-        attr_pos_start=args.attr_pos_start,
-        attr_pos_end=args.attr_pos_end,
-        batch_size=args.batch_size,
-        fused=not args.stepwise,
+def attribution_arguments(args) -> tuple[str, dict, dict]:
+    """``(method, method options, the other keywords of AttributionModel.attribute)`` that the flags of
+    ``_add_attribution_arguments`` ask for, texts aside.
+
+    Example:
+        >>> flags = ["attribute", "-i", "Hi", "--max-new-tokens", "3", "--option", "x=1"]
+        >>> args = build_parser().parse_args(flags)
+        >>> method, options, arguments = attribution_arguments(args)
+        >>> method, options, arguments["generation_args"]
+        ('saliency', {'x': 1}, {'max_new_tokens': 3})
+    """
+    alignments = args.contrast_alignments
+    if alignments is not None and alignments != "auto":
+        try:
+            alignments = json.loads(alignments)
+        except json.JSONDecodeError as err:
+            raise UsageError(
+                f"--contrast-alignments takes 'auto' or JSON pairs like '[[0,0],[1,2]]': {err}"
+            ) from err
+    return (
+        args.method,
+        _pairs(args.option, "--option"),
+        {
+            "generation_args": {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens},
+            "step_scores": args.step_scores,
+            "attributed_fn": args.attributed_fn,
+            "step_scores_args": _pairs(args.step_scores_args, "--step-scores-args"),
+            "attributed_fn_args": _pairs(args.attributed_fn_args, "--attributed-fn-args"),
+            "contrast_targets": args.contrast_targets,
+            "contrast_sources": args.contrast_sources,
+            "contrast_targets_alignments": alignments,
+            "trace_top_k": args.trace_top_k,
+            "attribute_target": args.attribute_target,
+            "attr_pos_start": args.attr_pos_start,
+            "attr_pos_end": args.attr_pos_end,
+            "batch_size": args.batch_size,
+            "fused": not args.stepwise,
+        },
     )
+
+
+def _worded_as_flags(err: Exception) -> UsageError:
+    """A request's error worded with the flags the user typed, not the Python keywords."""
+    return UsageError(_FLAG_NAMES.sub(lambda m: _FLAGS[m.group(0)], str(err)))
+
+
+def _check_model_flags(args) -> None:
+    check_device(args.device)
+    model = args.model
+    if model is not None and model.endswith(".gguf") and not Path(model).expanduser().is_file():
+        raise UsageError(f"-m {model}: no .gguf file there; check the path")
 
 
 def _unloadable_model_message(model: str | None, err: Exception) -> str:
@@ -419,11 +482,10 @@ def _unloadable_model_message(model: str | None, err: Exception) -> str:
 # --- commands ---------------------------------------------------------------------------------------------
 
 
-def _attribute(args) -> int:
-    request = build_request(args)
+def _load_model(args, method_options: dict) -> seqattr.AttributionModel:
     try:
-        model = seqattr.load_model(
-            args.model, args.method, device=args.device, dtype=args.dtype, **request.method_options
+        return seqattr.load_model(
+            args.model, args.method, device=args.device, dtype=args.dtype, **method_options
         )
     except (OSError, ImportError) as err:  # FileNotFoundError included: a path that does not exist
         if isinstance(err, FileNotFoundError) and "no model folder or file" in str(err):
@@ -432,6 +494,11 @@ def _attribute(args) -> int:
                 "out to use the default model"
             ) from err
         raise UsageError(_unloadable_model_message(args.model, err)) from err
+
+
+def _attribute(args) -> int:
+    request = build_request(args)
+    model = _load_model(args, request.method_options)
     out = attribute(model, request)
     if args.output:  # saved before showing, so that nothing after the attribution can lose it
         out.save(args.output)
@@ -439,6 +506,33 @@ def _attribute(args) -> int:
         out.show(normalize=False if args.raw else None)
     if args.output:
         print(f"saved to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _attribute_dataset(args) -> int:
+    method, options, arguments = attribution_arguments(args)
+    batch_size = arguments.pop("batch_size") or 8
+    try:  # every flag checked before the model loads, as for `attribute`
+        AttributionRequest("check", method=method, method_options=options, **arguments)
+    except (ValueError, TypeError) as err:
+        raise _worded_as_flags(err) from err
+    _check_model_flags(args)
+    model = _load_model(args, options)
+    run = model.attribute_dataset(
+        args.data,
+        output_dir=args.output_dir,
+        input_column=args.input_column,
+        target_column=args.target_column,
+        split=args.split,
+        shard_size=args.shard_size,
+        batch_size=batch_size,
+        on_error=args.on_error,
+        storage_dtype=args.storage_dtype,
+        method=method,
+        **options,
+        **arguments,
+    )
+    print(f"{len(run)} examples, {len(run.errors)} rows skipped; in {args.output_dir}", file=sys.stderr)
     return 0
 
 
@@ -511,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list(args)
         if args.command in ("show", "html", "plot"):
             return _view(args)
+        if args.command == "attribute-dataset":
+            return _attribute_dataset(args)
         return _attribute(args)
     except (UsageError, ValueError, TypeError) as err:
         print(f"seqattr: error: {err}", file=sys.stderr)

@@ -18,6 +18,7 @@ def test_public_names_are_pinned():
             "list_methods",
             "list_step_functions",
             "load",
+            "load_dataset_output",
             "load_model",
             "register_step_function",
         ]

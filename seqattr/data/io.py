@@ -54,7 +54,7 @@ def _trace_from_json(obj: dict[str, Any]) -> GenerationTrace:
     )
 
 
-def _sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
+def sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
     def optional(t):
         return None if t is None else tensor_to_json(t)
 
@@ -75,7 +75,7 @@ def _sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
     }
 
 
-def _sequence_from_json(obj: dict[str, Any]) -> SequenceAttribution:
+def sequence_from_json(obj: dict[str, Any]) -> SequenceAttribution:
     def optional(t):
         return None if t is None else tensor_from_json(t)
 
@@ -102,7 +102,7 @@ def save(output: AttributionOutput, path: str | Path) -> None:
         "format": "seqattr",
         "format_version": FORMAT_VERSION,
         "info": output.info,
-        "sequence_attributions": [_sequence_to_json(s) for s in output.sequence_attributions],
+        "sequence_attributions": [sequence_to_json(s) for s in output.sequence_attributions],
     }
     Path(path).write_text(json.dumps(payload, default=str))
 
@@ -129,6 +129,6 @@ def load(path: str | Path) -> AttributionOutput:
             "load it with the seqattr version that wrote it"
         )
     return AttributionOutput(
-        sequence_attributions=[_sequence_from_json(s) for s in payload["sequence_attributions"]],
+        sequence_attributions=[sequence_from_json(s) for s in payload["sequence_attributions"]],
         info=payload["info"],
     )

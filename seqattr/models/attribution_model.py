@@ -10,8 +10,10 @@ Conventions (documented once, in docs/usage.md):
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -28,6 +30,9 @@ from seqattr.request import AttributionRequest
 from seqattr.step_functions import StepFunction
 from seqattr.trace import DEFAULT_TOP_K
 from seqattr.typing import Float, Int, Tensor
+
+if TYPE_CHECKING:
+    from seqattr.dataset_runs.shards import DatasetOutput
 
 
 class AttributionModel:
@@ -353,14 +358,10 @@ class AttributionModel:
             >>> out[0].num_steps, out[0].target_attributions.shape, out[0].step_scores["probability"].shape
             (8, torch.Size([14, 8]), torch.Size([8]))
         """
-        method = method or self.method_name
-        if method == self.method_name:
-            method_kwargs = {**self.method_kwargs, **method_kwargs}
-        request = AttributionRequest(
+        request = self.request(
             input_texts,
             generated_texts,
             method=method,
-            method_options=method_kwargs,
             generation_args=generation_args,
             attribute_target=attribute_target,
             attr_pos_start=attr_pos_start,
@@ -376,8 +377,104 @@ class AttributionModel:
             batch_size=batch_size,
             show_progress=show_progress,
             fused=fused,
+            **method_kwargs,
         )
         return engine.attribute(self, request)
+
+    def request(
+        self,
+        input_texts: str | Sequence[str],
+        generated_texts: str | Sequence[str] | None = None,
+        *,
+        method: str | None = None,
+        **arguments: Any,
+    ) -> AttributionRequest:
+        """The `AttributionRequest` that `attribute` runs for the same arguments: keywords of `attribute`
+        are the request's, any other keyword is a method option (merged over those `load_model` bound, when
+        the method is the bound one). Validates them all without running the model.
+
+        Example:
+            >>> model.request("Hello", step_scores="entropy", abs=False).options.abs
+            False
+        """
+        own = {f.name for f in dataclasses.fields(AttributionRequest) if f.init} - {
+            "input_texts",
+            "generated_texts",
+            "method",
+            "method_options",
+        }
+        options = {k: v for k, v in arguments.items() if k not in own}
+        method = method or self.method_name
+        if method == self.method_name:
+            options = {**self.method_kwargs, **options}
+        return AttributionRequest(
+            input_texts,
+            generated_texts,
+            method=method,
+            method_options=options,
+            **{k: v for k, v in arguments.items() if k in own},
+        )
+
+    def attribute_dataset(
+        self,
+        data: Any,
+        *,
+        output_dir: str | os.PathLike,
+        input_column: str = "text",
+        target_column: str | None = None,
+        split: str = "train",
+        shard_size: int = 100,
+        batch_size: int = 8,
+        on_error: str = "skip",
+        storage_dtype: str | None = None,
+        show_progress: bool = True,
+        **attribute_args: Any,
+    ) -> DatasetOutput:
+        """Attribute every row of a dataset into ``output_dir``, a folder of shards; resumable.
+
+        Args:
+            data: a `datasets.Dataset` or `IterableDataset` (streaming), or a path (JSONL, JSON, CSV, Parquet,
+                a folder written by ``save_to_disk``) or a hub name (streamed); read lazily, never whole.
+            output_dir: the folder of the run (see `seqattr.dataset_runs.shards`). Run the same call again
+                after an interruption: finished shards are kept, the rest is done, nothing twice.
+            input_column: the column of input texts (prompts, or sources of an encoder-decoder).
+            target_column: a column of forced outputs (default: generate).
+            split: the split of a dataset dictionary or hub name.
+            shard_size: rows per shard (the unit of resumption and of the split between processes).
+            batch_size: rows per model call (rows of similar length are batched together).
+            on_error: ``"skip"`` records a row that cannot be attributed (empty, too long, a forced target
+                that does not fit) in ``errors.jsonl`` and goes on; ``"raise"`` stops the run.
+            storage_dtype: store attributions and step scores as ``"float16"`` (half the size) or
+                ``"float32"``; default as computed.
+            show_progress: a progress bar of rows, rows per second, time left and rows skipped.
+            **attribute_args: the keywords of `attribute` (method options included), the same for every row.
+
+        Under ``accelerate launch`` or ``torchrun`` each process takes a disjoint, deterministic share of the
+        shards; the records equal a one-process run's.
+
+        Example:
+            >>> data = datasets.Dataset.from_dict({"text": ["Hello there", "The sky is", ""]})
+            >>> run = model.attribute_dataset(data, output_dir=tmp / "run", show_progress=False,
+            ...                               generation_args={"max_new_tokens": 2})
+            >>> len(run), run.errors[0]["row"], [row for row, seq in run]
+            (2, 2, [0, 1])
+        """
+        from seqattr.dataset_runs.runner import attribute_dataset
+
+        return attribute_dataset(
+            self,
+            data,
+            output_dir=output_dir,
+            input_column=input_column,
+            target_column=target_column,
+            split=split,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            on_error=on_error,
+            storage_dtype=storage_dtype,
+            show_progress=show_progress,
+            **attribute_args,
+        )
 
     def __repr__(self) -> str:
         return f"AttributionModel({self.model_name!r}, {self.family}, method={self.method_name!r})"

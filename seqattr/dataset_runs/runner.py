@@ -1,0 +1,306 @@
+"""`attribute_dataset`: attribute every row of a dataset of any size into a folder of shards, resumably.
+
+Rows are read lazily (`seqattr.dataset_runs.source`) and grouped into shards of ``shard_size``
+consecutive rows; a shard is attributed in batches of rows of similar length (order restored), then written
+whole (`seqattr.dataset_runs.shards`). Under a distributed launcher (``accelerate launch``, ``torchrun``)
+process ``rank`` of ``world_size`` takes the shards ``k`` with ``k % world_size == rank``: a deterministic,
+disjoint split, and the same batches as one process would make, so the records are the same. A row that
+cannot be attributed (empty, too long for the model, a forced target that does not fit its prompt) is
+recorded with its reason and the run goes on (``on_error="skip"``), or stops (``"raise"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from seqattr.dataset_runs.shards import (
+    ERRORS_FILE,
+    MANIFEST_FILE,
+    RUN_FILE,
+    DatasetOutput,
+    load_dataset_output,
+    read_shard,
+    shard_lines,
+    shard_path,
+    write_atomically,
+)
+from seqattr.dataset_runs.source import Row, dataset_rows, fingerprint, open_dataset
+from seqattr.engine import run_info
+
+if TYPE_CHECKING:
+    from seqattr.data.attribution import SequenceAttribution
+    from seqattr.models.attribution_model import AttributionModel
+
+STORAGE_DTYPES = {None: None, "float32": torch.float32, "float16": torch.float16}
+# Arguments of `attribute` that a dataset run sets itself.
+_RUN_OWNED = {"input_texts", "generated_texts", "batch_size", "show_progress"}
+
+
+def _process_group() -> tuple[int, int, Any]:
+    """``(rank, world_size, state)`` under a distributed launcher (accelerate's PartialState starts the
+    process group it set up: gloo on CPUs), ``(0, 1, None)`` otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, state
+
+
+def _stored(seq: SequenceAttribution, dtype: torch.dtype | None) -> SequenceAttribution:
+    if dtype is None:
+        return seq
+
+    def cast(values):
+        return None if values is None else values.to(dtype)
+
+    return dataclasses.replace(
+        seq,
+        source_attributions=cast(seq.source_attributions),
+        target_attributions=cast(seq.target_attributions),
+        step_scores={name: cast(values) for name, values in seq.step_scores.items()},
+    )
+
+
+class _ShardWorker:
+    """Attributes the rows of one shard in length-bucketed batches; a failing batch is retried row by row so
+    that only the bad rows fail."""
+
+    def __init__(self, model: AttributionModel, attribute_args: dict, batch_size: int, on_error: str, dtype):
+        self.model, self.attribute_args = model, attribute_args
+        self.batch_size, self.on_error, self.dtype = batch_size, on_error, dtype
+
+    def run(self, rows: list[Row]) -> dict[int, SequenceAttribution | str]:
+        results: dict[int, SequenceAttribution | str] = {}
+        usable = []
+        for row in rows:
+            problem = _row_problem(row)
+            if problem is None:
+                usable.append(row)
+            else:
+                results[row.index] = self._failed(row, ValueError(problem))
+        # Similar lengths together (less padding); forced and generated rows apart (one call does one kind).
+        usable.sort(key=lambda r: (r.target_text is None, len(r.input_text), r.index))
+        for start in range(0, len(usable), self.batch_size):
+            batch = usable[start : start + self.batch_size]
+            kinds = {r.target_text is None for r in batch}
+            for kind in sorted(kinds):
+                group = [r for r in batch if (r.target_text is None) == kind]
+                results.update(self._attribute(group))
+        return results
+
+    def _attribute(self, rows: list[Row]) -> dict[int, SequenceAttribution | str]:
+        try:
+            out = self._call(rows)
+        except (ValueError, TypeError) as err:
+            if len(rows) == 1:
+                return {rows[0].index: self._failed(rows[0], err)}
+            results: dict[int, SequenceAttribution | str] = {}
+            for row in rows:  # batched == single: the good rows' numbers do not change
+                results.update(self._attribute([row]))
+            return results
+        return {row.index: _stored(seq, self.dtype) for row, seq in zip(rows, out, strict=True)}
+
+    def _call(self, rows: list[Row]):
+        targets = None if rows[0].target_text is None else [r.target_text for r in rows]
+        return self.model.attribute(
+            [r.input_text for r in rows],
+            targets,
+            batch_size=len(rows),
+            show_progress=False,
+            **self.attribute_args,
+        )
+
+    def _failed(self, row: Row, err: Exception) -> str:
+        if self.on_error == "raise":
+            raise ValueError(f"row {row.index}: {err}") from err
+        return f"{type(err).__name__}: {err}"
+
+
+def _row_problem(row: Row) -> str | None:
+    if not isinstance(row.input_text, str) or not row.input_text.strip():
+        return f"the input is {row.input_text!r}, not a non-empty text"
+    if row.target_text is not None and (not isinstance(row.target_text, str) or not row.target_text.strip()):
+        return f"the target is {row.target_text!r}, not a non-empty text"
+    return None
+
+
+def _shards(rows: Iterator[Row], shard_size: int) -> Iterator[tuple[int, list[Row]]]:
+    shard, members = 0, []
+    for row in rows:
+        if row.index // shard_size != shard and members:
+            yield shard, members
+            members = []
+        shard = row.index // shard_size
+        members.append(row)
+    if members:
+        yield shard, members
+
+
+def _check_settings(output_dir: Path, settings: dict[str, Any]) -> None:
+    """Write the run's settings, or refuse to resume a folder that holds a run with other settings."""
+    path = output_dir / RUN_FILE
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        differing = sorted(k for k in settings.keys() | earlier.keys() if settings.get(k) != earlier.get(k))
+        if differing:
+            raise ValueError(
+                f"{output_dir} holds a run with other settings ({', '.join(differing)} differ); "
+                "resume it with the same command, or choose another output_dir"
+            )
+        return
+    write_atomically(path, json.dumps(settings, indent=1, default=str))
+
+
+def attribute_dataset(
+    model: AttributionModel,
+    data: Any,
+    *,
+    output_dir: str | os.PathLike,
+    input_column: str = "text",
+    target_column: str | None = None,
+    split: str = "train",
+    shard_size: int = 100,
+    batch_size: int = 8,
+    on_error: str = "skip",
+    storage_dtype: str | None = None,
+    show_progress: bool = True,
+    **attribute_args: Any,
+) -> DatasetOutput:
+    """See `AttributionModel.attribute_dataset` (this is its implementation)."""
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {list(STORAGE_DTYPES)}, got {storage_dtype!r}")
+    owned = sorted(_RUN_OWNED & set(attribute_args))
+    if owned:
+        raise TypeError(f"attribute_dataset sets {', '.join(owned)} itself (the rows come from data)")
+    # Validated once, before any row; a randomised method's seed is drawn once so that every batch, shard and
+    # process uses the same one (the records then do not depend on how the run is split).
+    request = model.request("validation", **attribute_args)
+    if "seed" in dataclasses.asdict(request.options):
+        attribute_args = {**attribute_args, "seed": request.options.seed}
+
+    output_dir = Path(output_dir).expanduser()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dataset = open_dataset(data, split)
+    rank, world_size, state = _process_group()
+    info = run_info(model, request)
+    settings = {
+        "model": model.model_name,
+        "method": request.method,
+        "method_options": info["method_options"],
+        "attribute_args": {k: v for k, v in attribute_args.items()},
+        "data": fingerprint(data, dataset),
+        "input_column": input_column,
+        "target_column": target_column,
+        "split": split,
+        "shard_size": shard_size,
+        "storage_dtype": storage_dtype,
+    }
+    settings = json.loads(json.dumps(settings, default=str))
+    if rank == 0:
+        _check_settings(output_dir, settings)
+    if state is not None:
+        state.wait_for_everyone()
+    if rank != 0:
+        _check_settings(output_dir, settings)
+
+    worker = _ShardWorker(model, attribute_args, batch_size, on_error, STORAGE_DTYPES[storage_dtype])
+    num_shards = 0
+    with _RunProgress(getattr(dataset, "num_rows", None), enabled=show_progress and rank == 0) as progress:
+        for shard, rows in _shards(dataset_rows(dataset, input_column, target_column), shard_size):
+            num_shards = shard + 1
+            if shard % world_size != rank:
+                continue
+            path = shard_path(output_dir, shard)
+            if path.exists():  # finished by an earlier run
+                progress.advance(len(rows), skipped=0, resumed=True)
+                continue
+            results = worker.run(rows)
+            write_atomically(path, shard_lines(results))
+            progress.advance(len(rows), skipped=sum(isinstance(v, str) for v in results.values()))
+    if state is not None:
+        state.wait_for_everyone()
+    if rank == 0:
+        _write_manifest(output_dir, num_shards, info, settings)
+    if state is not None:
+        state.wait_for_everyone()
+    return load_dataset_output(output_dir)
+
+
+def _write_manifest(
+    output_dir: Path, num_shards: int, info: dict[str, Any], settings: dict[str, Any]
+) -> None:
+    errors, examples = [], 0
+    for shard in range(num_shards):
+        for record in read_shard(shard_path(output_dir, shard)):
+            if "error" in record:
+                errors.append(record)
+            else:
+                examples += 1
+    write_atomically(output_dir / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors))
+    manifest = {
+        "format": "seqattr-dataset",
+        "format_version": 1,
+        "info": info,
+        "settings": settings,
+        "num_shards": num_shards,
+        "num_examples": examples,
+        "num_errors": len(errors),
+    }
+    write_atomically(output_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, default=str))
+
+
+class _RunProgress:
+    """Rows done, rows per second, the time left (when the dataset's length is known) and the rows skipped."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total, self.enabled, self.skipped = total, enabled, 0
+        self.progress = None
+
+    def __enter__(self) -> _RunProgress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("rows"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("skipped {task.fields[skipped]}"),
+                transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("rows", total=self.total, skipped=0, rate="")
+        return self
+
+    def advance(self, rows: int, skipped: int, resumed: bool = False) -> None:
+        self.skipped += skipped
+        if self.progress is not None:
+            self.progress.update(self.task, advance=rows, skipped=self.skipped)
+            speed = self.progress.tasks[0].speed
+            self.progress.update(self.task, rate="" if speed is None else f"{speed:.1f} rows/s")
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
