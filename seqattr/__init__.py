@@ -13,6 +13,7 @@ Example:
 from seqattr import methods as _methods  # noqa: F401  (registers the built-in methods)
 from seqattr import viz as _viz  # noqa: F401  (registers the built-in views)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
+from seqattr.evaluation import EvaluationResult
 from seqattr.methods import list_methods
 from seqattr.methods.convergence import ConvergenceWarning
 from seqattr.models import AttributionModel, load_model
@@ -23,6 +24,7 @@ __all__ = [
     "AttributionModel",
     "AttributionOutput",
     "ConvergenceWarning",
+    "EvaluationResult",
     "SequenceAttribution",
     "StepFunctionArgs",
     "__version__",
