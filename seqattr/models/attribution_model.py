@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from seqattr import engine
 from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput
+from seqattr.evaluation import DEFAULT_FRACTIONS, EvaluationResult, evaluate
 from seqattr.methods.base import AttributionMethod, describe_options, get_method_class
 from seqattr.methods.convergence import describe_failures, warn_if_not_converged
 from seqattr.methods.options import Seed
@@ -633,12 +634,12 @@ class AttributionModel:
         self,
         output: AttributionOutput,
         metrics: str | Sequence[str] | None = None,
-        fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
         baseline: str | int | Tensor = "zeros",
         removal: str = "replace",
         by: str = "signed",
         seed: int = 0,
-    ):
+    ) -> EvaluationResult:
         """How faithful ``output``'s attributions are to this model: each step's score with its top-ranked
         tokens removed or kept alone, against a random ranking (`seqattr.evaluation`; docs/evaluation.md).
 
@@ -661,8 +662,6 @@ class AttributionModel:
             (torch.Size([3]), ['comprehensiveness', 'sufficiency'])
             >>> result.show()                                  # doctest: +SKIP
         """
-        from seqattr.evaluation import evaluate
-
         return evaluate(self, output, metrics, fractions, baseline, removal, by, seed)
 
     def __repr__(self) -> str:
