@@ -14,6 +14,7 @@ from seqattr import methods as _methods  # noqa: F401  (registers the built-in m
 from seqattr import viz as _viz  # noqa: F401  (registers the built-in views)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
 from seqattr.dataset_runs.shards import load_dataset_output
+from seqattr.evaluation import EvaluationResult
 from seqattr.methods import list_methods
 from seqattr.methods.convergence import ConvergenceWarning
 from seqattr.models import AttributionModel, load_model
@@ -24,6 +25,7 @@ __all__ = [
     "AttributionModel",
     "AttributionOutput",
     "ConvergenceWarning",
+    "EvaluationResult",
     "SequenceAttribution",
     "StepFunctionArgs",
     "__version__",

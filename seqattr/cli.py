@@ -2,7 +2,8 @@
 
 ``seqattr attribute -i TEXT [-m MODEL] [-a METHOD] [-o out.json]`` explains a generation (default model:
 SmolLM2-135M-Instruct, which works offline); ``seqattr show|html|plot out.json`` prints, pages or plots a
-saved output; ``seqattr methods`` and ``seqattr step-functions`` list what can be asked for.
+saved output; ``seqattr evaluate out.json`` measures its faithfulness; ``seqattr methods`` and
+``seqattr step-functions`` list what can be asked for.
 
 A user's mistake (an unknown method or step function, an option the method does not take, a missing output
 folder, a device this machine does not have, a model that cannot be found) ends with one
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import seqattr
 from seqattr.engine import attribute
+from seqattr.evaluation.faithfulness import DEFAULT_FRACTIONS, METRICS
 from seqattr.methods import list_methods
 from seqattr.models.loading import check_device
 from seqattr.request import DEFAULT_MAX_NEW_TOKENS, AttributionRequest
@@ -326,6 +328,56 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--title", default=None, help="figure title (default: none)")
     plot.add_argument("--dpi", type=int, default=200, help="resolution of raster formats (default 200)")
 
+    evaluate = command(
+        "evaluate", "measure how faithful a saved output's attributions are (docs/evaluation.md)"
+    )
+    _add_saved_output_argument(evaluate)
+    evaluate.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="the model that made the output: hub id, folder or .gguf file (default: SmolLM2-135M-Instruct)",
+    )
+    evaluate.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="METRIC",
+        help=f"metrics to compute (default: all): {', '.join(METRICS)}",
+    )
+    evaluate.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_FRACTIONS),
+        metavar="K",
+        help="shares of each step's tokens removed or kept, in (0, 1] (default 0.1 0.2 0.3 0.4 0.5)",
+    )
+    evaluate.add_argument(
+        "--removal",
+        default="replace",
+        choices=["replace", "delete"],
+        help="replace removed tokens by the baseline (default) or delete them",
+    )
+    evaluate.add_argument(
+        "--baseline",
+        default="zeros",
+        help="what a replaced token becomes: zeros (default), unk, pad or a token id",
+    )
+    evaluate.add_argument(
+        "--by",
+        default="signed",
+        choices=["signed", "abs"],
+        help="rank tokens by signed score (default) or by magnitude",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="seed of the random ranking and soft draws (default 0)"
+    )
+    evaluate.add_argument(
+        "--save", default=None, metavar="FILE", help="also write the result to this JSON file"
+    )
+    _add_import_argument(evaluate)
+
     command("methods", "list attribution methods")
     _add_import_argument(command("step-functions", "list step functions"))
     return parser
@@ -575,6 +627,36 @@ def _view(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    """``seqattr evaluate OUT.json``: a saved output's faithfulness table (`AttributionModel.evaluate`)."""
+    from seqattr.evaluation.faithfulness import check_settings
+
+    baseline = option_value(args.baseline)
+    check_settings(args.metrics, args.fractions, baseline, args.removal, args.by, args.seed)
+    if args.save:
+        check_output_path(args.save, "--save")
+    out = _load_saved(args.output)
+    try:
+        model = seqattr.load_model(args.model)
+    except (OSError, ImportError) as err:
+        raise UsageError(_unloadable_model_message(args.model, err)) from err
+    result = model.evaluate(
+        out,
+        metrics=args.metrics,
+        fractions=args.fractions,
+        baseline=baseline,
+        removal=args.removal,
+        by=args.by,
+        seed=args.seed,
+    )
+    if args.save:
+        result.save(args.save)
+    result.show()
+    if args.save:
+        print(f"saved to {args.save}", file=sys.stderr)
+    return 0
+
+
 def _list(args) -> int:
     listed = list_methods() if args.command == "methods" else list_step_functions()
     width = 40 if args.command == "methods" else 30
@@ -607,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
             return _view(args)
         if args.command == "attribute-dataset":
             return _attribute_dataset(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _attribute(args)
     except (UsageError, ValueError, TypeError) as err:
         print(f"seqattr: error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@ def test_public_names_are_pinned():
             "AttributionModel",
             "AttributionOutput",
             "ConvergenceWarning",
+            "EvaluationResult",
             "SequenceAttribution",
             "StepFunctionArgs",
             "__version__",

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seqattr import engine
 from seqattr.data.attribution import AttributionOutput
+from seqattr.evaluation import DEFAULT_FRACTIONS, EvaluationResult, evaluate
 from seqattr.methods.base import get_method_class
 from seqattr.models.architecture import ArchitectureFacts
 from seqattr.models.batch import AttributionBatch, additive_causal_mask
@@ -475,6 +476,42 @@ class AttributionModel:
             show_progress=show_progress,
             **attribute_args,
         )
+
+    # --- evaluation ---------------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        output: AttributionOutput,
+        metrics: str | Sequence[str] | None = None,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        baseline: str | int | Tensor = "zeros",
+        removal: str = "replace",
+        by: str = "signed",
+        seed: int = 0,
+    ) -> EvaluationResult:
+        """How faithful ``output``'s attributions are to this model: each step's score with its top-ranked
+        tokens removed or kept alone, against a random ranking (`seqattr.evaluation`; docs/evaluation.md).
+
+        Args:
+            output: an output of this model (`attribute`, or `seqattr.load` of a saved one), token level.
+            metrics: names from ``comprehensiveness``, ``sufficiency``, ``deletion_auc``, ``insertion_auc``,
+                ``abpc``, ``soft_comprehensiveness``, ``soft_sufficiency`` (None: all).
+            fractions: shares ``k`` in (0, 1] of each step's features removed (comprehensiveness) or kept
+                (sufficiency): ``ceil(k * n_t)`` features.
+            baseline: what a removed token becomes with ``removal="replace"``, as the perturbation methods'
+                ``baseline``: ``"zeros"``, ``"unk"``, ``"pad"``, a token id or an embedding tensor.
+            removal: ``"replace"`` (by the baseline) or ``"delete"`` (drop the tokens, positions close up).
+            by: rank by the ``"signed"`` score (largest first) or by its magnitude (``"abs"``).
+            seed: seed of the random ranking and of the soft metrics' draws.
+
+        Example:
+            >>> out = model.attribute("The capital of France is", generation_args={"max_new_tokens": 3})
+            >>> result = model.evaluate(out, metrics=["comprehensiveness", "sufficiency"])
+            >>> result.per_step[0]["comprehensiveness"].shape, sorted(result.random_means())
+            (torch.Size([3]), ['comprehensiveness', 'sufficiency'])
+            >>> result.show()                                  # doctest: +SKIP
+        """
+        return evaluate(self, output, metrics, fractions, baseline, removal, by, seed)
 
     def __repr__(self) -> str:
         return f"AttributionModel({self.model_name!r}, {self.family}, method={self.method_name!r})"
