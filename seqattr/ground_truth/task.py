@@ -78,7 +78,8 @@ class Task:
     Example:
         >>> from seqattr.ground_truth import load_task
         >>> task = load_task("dictionary_translation")      # doctest: +SKIP
-        >>> task.examples[0].input_text, task.examples[0].target_text, task.gold[0].to_text()  # doctest: +SKIP
+        >>> example = task.examples[0]                     # doctest: +SKIP
+        >>> example.input_text, example.target_text, example.gold.to_text()  # doctest: +SKIP
         ('s1 s0 s1 s9 s0 s10', 't2 t9 t0 t9 t11 t2', '1-2 2-1 3-4 4-3 5-6 6-5')
     """
 
