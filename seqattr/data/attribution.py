@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from seqattr.data.views import Views
 from seqattr.trace import GenerationTrace
+
+if TYPE_CHECKING:
+    from seqattr.data.alignment import Alignment
 
 
 @dataclass(eq=False)
@@ -130,6 +133,27 @@ class SequenceAttribution(Views):
         from seqattr.data.granularity import aggregate
 
         return aggregate(self, granularity, **options)
+
+    def alignments(
+        self,
+        threshold: float | None = None,
+        *,
+        top_k: int | None = None,
+        signed: bool = False,
+        special_ids=None,
+    ) -> Alignment:
+        """Hard alignment: each step's argmax source position, or its ``top_k``, or every position holding
+        at least ``threshold`` of the step's total (`seqattr.data.alignment`: 0-based, special tokens not
+        counted; the prompt is the source of a decoder-only model).
+
+        Example:
+            >>> alignment = seq.alignments()               # decoder-only: steps linked to prompt tokens
+            >>> alignment.target, len(alignment.links)      # one link (the argmax) per step
+            (['Ġthe', 'Ġc', 'it', 'y'], 4)
+        """
+        from seqattr.data.alignment import extract_alignment
+
+        return extract_alignment(self, threshold, top_k=top_k, signed=signed, special_ids=special_ids)
 
     def __getitem__(self, steps: int | slice) -> SequenceAttribution:
         """A range of steps: ``seq[:5]``, ``seq[-1]`` (`aggregation.slice_steps`)."""
@@ -297,6 +321,24 @@ class AttributionOutput(Views):
             f"aggregate({canonical_granularity(granularity)})",
             lambda seq: seq.aggregate(granularity, **options),
         )
+
+    def alignments(
+        self,
+        threshold: float | None = None,
+        *,
+        top_k: int | None = None,
+        signed: bool = False,
+        special_ids=None,
+    ) -> list[Alignment]:
+        """One hard alignment per example (`SequenceAttribution.alignments`); special tokens are those
+        recorded at attribution time unless ``special_ids`` is given. Score them with `seqattr.metrics`.
+
+        Example:
+            >>> [len(a.links) for a in out.alignments()] == [len(seq.steps) for seq in out]
+            True
+        """
+        ids = self.info.get("special_token_ids", ()) if special_ids is None else special_ids
+        return [seq.alignments(threshold, top_k=top_k, signed=signed, special_ids=ids) for seq in self]
 
     def __sub__(self, other: AttributionOutput) -> AttributionOutput:
         """Example-wise difference of two outputs over the same tokens: ``out_ig - out_saliency``."""
