@@ -1,0 +1,234 @@
+"""`make quality`: which attribution to trust: every registered method on the ground-truth tasks and on SmolLM2.
+
+Plausibility: each method's argmax alignments against the gold links of the three ground-truth tasks
+(`seqattr.ground_truth`: alignment accuracy and AER). Faithfulness: each method on SmolLM2-135M-Instruct
+(the default model), 20 short prompts, 10 greedy tokens each, evaluated by `model.evaluate`
+(comprehensiveness, sufficiency, deletion/insertion AUC, ABPC) with the random ranking's level beside each;
+and the time per explained step. Writes the tables to benchmarks/results/quality.json and, with --docs, into
+docs/quality.md between its markers.
+
+Usage:
+    python3 benchmarks/quality.py --docs                  # everything (tens of minutes on 2 cores)
+    python3 benchmarks/quality.py --methods saliency,occlusion --prompts 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import seqattr
+from seqattr.ground_truth import alignment_scores, list_tasks, load_task
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+DOC = ROOT / "docs" / "quality.md"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+# Options that make each method affordable on the CPU and comparable: path methods at 16 points, sampling
+# methods at a few dozen samples, the attention methods averaged over layers and heads.
+OPTIONS: dict[str, dict] = {
+    "integrated_gradients": {"n_steps": 16},
+    "layer_integrated_gradients": {"n_steps": 16},
+    "sequential_integrated_gradients": {"n_steps": 8},
+    "discretized_integrated_gradients": {"n_steps": 8},
+    "expected_gradients": {"n_steps": 8, "n_baselines": 2},
+    "smooth_grad": {"nt_samples": 8},
+    "square_grad": {"nt_samples": 8},
+    "var_grad": {"nt_samples": 8},
+    "gradient_shap": {"n_samples": 8},
+    "lime": {"n_samples": 64},
+    "kernel_shap": {"n_samples": 64},
+    "sobol": {"n_designs": 16},
+    "attention": {"aggregate_layers": "mean", "aggregate_heads": "mean"},
+    "value_zeroing": {"aggregate_layers": "mean"},
+}
+METRICS = ("comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc", "abpc")
+PROMPTS = [
+    "The capital of France is",
+    "My favourite fruit is the",
+    "The sun rises in the",
+    "Water boils at a temperature of",
+    "The opposite of hot is",
+    "A week has seven",
+    "Cats like to chase",
+    "The first month of the year is",
+    "To open a locked door you need a",
+    "The largest ocean on Earth is the",
+    "In winter it often",
+    "Bees make",
+    "The color of the sky on a clear day is",
+    "Two plus two equals",
+    "The author of Romeo and Juliet is",
+    "People read books in a",
+    "At night we can see the moon and the",
+    "The Eiffel Tower is in",
+    "Fish live in",
+    "A doctor works in a",
+]
+GENERATION = {"max_new_tokens": 10, "do_sample": False}
+
+
+def ground_truth_rows(methods: list[str], progress: Progress) -> list[dict]:
+    tasks = [load_task(name) for name in list_tasks()]
+    job = progress.add_task("ground-truth tasks", total=len(tasks) * len(methods))
+    rows = []
+    for task in tasks:
+        for method in methods:
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scores = alignment_scores(task, method, **OPTIONS.get(method, {}))
+            rows.append(
+                {
+                    "task": task.name,
+                    "task_accuracy": task.accuracy,
+                    "method": method,
+                    "alignment_accuracy": scores.accuracy,
+                    "aer": scores.aer,
+                    "steps": scores.steps,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            progress.advance(job)
+    return rows
+
+
+def faithfulness_rows(methods: list[str], prompts: list[str], progress: Progress) -> list[dict]:
+    model = seqattr.load_model()
+    job = progress.add_task("SmolLM2 faithfulness", total=len(methods))
+    rows = []
+    for method in methods:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            started = time.perf_counter()
+            out = model.attribute(
+                prompts, method=method, generation_args=GENERATION, show_progress=False, **OPTIONS.get(method, {})
+            )
+            attributed = time.perf_counter() - started
+            steps = sum(seq.num_steps for seq in out)
+            result = model.evaluate(out, metrics=list(METRICS))
+        rows.append(
+            {
+                "method": method,
+                "steps": steps,
+                "seconds_per_step": out.info["timing"]["attribution_s"] / steps,
+                "total_s": attributed,
+                "means": result.means(),
+                "random": result.random_means(),
+            }
+        )
+        progress.advance(job)
+    return rows
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    tasks = sorted({r["task"] for r in results["ground_truth"]}, key=list_tasks().index)
+    if tasks:
+        accuracy = {r["task"]: r["task_accuracy"] for r in results["ground_truth"]}
+        lines += [
+            "Alignment accuracy / AER on the ground-truth tasks (argmax link per step; task model accuracy in "
+            "the header). Higher accuracy and lower AER are better.",
+            "",
+            "| method | " + " | ".join(f"{t} ({accuracy[t]:.0%})" for t in tasks) + " |",
+            "| --- | " + " | ".join("---" for _ in tasks) + " |",
+        ]
+        by = {(r["task"], r["method"]): r for r in results["ground_truth"]}
+        for method in results["methods"]:
+            cells = [
+                f"{_number(by[t, method]['alignment_accuracy'])} / {_number(by[t, method]['aer'])}"
+                if (t, method) in by
+                else "-"
+                for t in tasks
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if results["faithfulness"]:
+        lines += [
+            f"Faithfulness on SmolLM2-135M-Instruct ({results['num_prompts']} prompts, 10 greedy tokens each; "
+            "each cell: the method's mean over all steps, then the random ranking's). Comprehensiveness, "
+            "deletion-vs-insertion gap (ABPC) and insertion AUC: higher is better; sufficiency and deletion "
+            "AUC: lower is better.",
+            "",
+            "| method | " + " | ".join(METRICS) + " | s / step |",
+            "| --- | " + " | ".join("---" for _ in METRICS) + " | --- |",
+        ]
+        for row in results["faithfulness"]:
+            cells = [f"{_number(row['means'][m])} ({_number(row['random'][m])})" for m in METRICS]
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {_number(row['seconds_per_step'])} |")
+        lines.append("")
+    lines.append(f"Measured {results['date']} on {results['machine']} by `make quality`.")
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        sys.exit(f"{DOC} has no {BEGIN} ... {END} markers to write between")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of the 20 prompts")
+    parser.add_argument("--skip-tasks", action="store_true", help="no ground-truth tasks")
+    parser.add_argument("--skip-smollm2", action="store_true", help="no SmolLM2 faithfulness")
+    parser.add_argument("--docs", action="store_true", help="also write the tables into docs/quality.md")
+    args = parser.parse_args()
+    methods = args.methods.split(",") if args.methods else sorted(seqattr.list_methods())
+    prompts = PROMPTS[: args.prompts]
+    import os
+    import platform
+
+    import torch
+
+    results = {
+        "methods": methods,
+        "num_prompts": len(prompts),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)",
+        "ground_truth": [],
+        "faithfulness": [],
+    }
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        if not args.skip_tasks:
+            results["ground_truth"] = ground_truth_rows(methods, progress)
+        if not args.skip_smollm2:
+            results["faithfulness"] = faithfulness_rows(methods, prompts, progress)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    text = markdown(results)
+    console = Console()
+    table = Table("method", *METRICS, "s / step", title="faithfulness (random level in brackets)")
+    for row in results["faithfulness"]:
+        cells = [f"{_number(row['means'][m])} ({_number(row['random'][m])})" for m in METRICS]
+        table.add_row(row["method"], *cells, _number(row["seconds_per_step"]))
+    if results["faithfulness"]:
+        console.print(table)
+    console.print(f"written to {RESULTS}")
+    if args.docs:
+        write_docs(text)
+        console.print(f"and into {DOC}")
+
+
+if __name__ == "__main__":
+    main()
