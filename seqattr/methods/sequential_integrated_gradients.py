@@ -27,15 +27,13 @@ from seqattr.methods.path_base import (
 )
 
 
-def attributed_tokens(inputs: MethodInputs, baselines: Baselines, prefix_len: int) -> list[tuple[int, int]]:
-    """``(role, position)`` of every token a chunk moves (role 0 source, 1 target), in path order."""
-    roles = [
-        (inputs.source_embeds, baselines.source),
-        (inputs.target_embeds[:, :prefix_len], baselines.target),
-    ]
-    return [
-        (r, i) for r, (embeds, base) in enumerate(roles) if base is not None for i in range(embeds.shape[1])
-    ]
+def attributed_tokens(
+    inputs: MethodInputs, prefix_len: int, source: bool, target: bool
+) -> list[tuple[int, int]]:
+    """``(role, position)`` of every token a chunk moves (role 0 source, 1 target; only the roles asked for,
+    the target cut to ``prefix_len``), in path order."""
+    roles = [(inputs.source_embeds, source), (inputs.target_embeds[:, :prefix_len], target)]
+    return [(r, i) for r, (embeds, moved) in enumerate(roles) if moved for i in range(embeds.shape[1])]
 
 
 def _single_token_blocks(
@@ -50,7 +48,7 @@ def _single_token_blocks(
     batch = inputs.batch.size
     target = inputs.target_embeds[:, :prefix_len]
     roles = [("source", inputs.source_embeds, baselines.source), ("target", target, baselines.target)]
-    tokens = attributed_tokens(inputs, baselines, prefix_len)
+    tokens = attributed_tokens(inputs, prefix_len, baselines.source is not None, baselines.target is not None)
     device, dtype = target.device, target.dtype
     for block in point_blocks(len(tokens) * len(alphas), batch, options.internal_batch_size):
         copies = len(block)
@@ -90,11 +88,9 @@ class SequentialIntegratedGradients(PathMethod):
 
     def point_count(self, inputs: MethodInputs, steps: slice, num_alphas: int) -> int:
         prefix_len = int(inputs.batch.step_positions[steps].max())
-        baselines = Baselines(
-            inputs.source_embeds if inputs.attribute_source else None,
-            inputs.target_embeds if inputs.attribute_target else None,
-        )
-        return len(attributed_tokens(inputs, baselines, prefix_len)) * num_alphas
+        source = inputs.attribute_source and inputs.source_embeds is not None
+        tokens = attributed_tokens(inputs, prefix_len, source, inputs.attribute_target)
+        return len(tokens) * num_alphas
 
     def path_blocks(self, inputs, steps, space, start, options, alphas, weights):
         prefix_len = int(inputs.batch.step_positions[steps].max())
