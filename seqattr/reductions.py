@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from seqattr.registry import name_or_callable
+
 Reduction = Callable[[Tensor, int], Tensor]
 """A reduction takes a tensor and a dimension and removes that dimension, e.g. ``lambda t, d: t.amax(d)``."""
 
@@ -48,11 +50,4 @@ LAYER_REDUCTIONS = ("mean", "max", None)
 
 def get_reduction(fn: str | Reduction) -> Reduction:
     """The reduction named ``fn`` (or ``fn`` itself when it is a callable ``(tensor, dim) -> tensor``)."""
-    if callable(fn):
-        return fn
-    if fn not in REDUCTIONS:
-        raise ValueError(
-            f"unknown reduction {fn!r}; valid names: {', '.join(REDUCTIONS)}, "
-            "or pass a callable (tensor, dim) -> tensor"
-        )
-    return REDUCTIONS[fn]
+    return name_or_callable(REDUCTIONS, fn, "reduction", ", or pass a callable (tensor, dim) -> tensor")

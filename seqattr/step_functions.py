@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from seqattr.registry import name_or_callable
 from seqattr.typing import Bool, Float, Int, StepLogits, StepScores, Tensor
 
 NO_CONTRAST = (
@@ -116,14 +117,9 @@ def list_step_functions() -> dict[str, str]:
 
 def get_step_function(name_or_fn: str | StepFunction) -> StepFunction:
     """The step function registered under ``name_or_fn`` (a callable is returned as it is)."""
-    if callable(name_or_fn):
-        return name_or_fn
-    if name_or_fn not in _REGISTRY:
-        raise ValueError(
-            f"unknown step function {name_or_fn!r}; valid names: {', '.join(sorted(_REGISTRY))}. "
-            "Add your own with seqattr.register_step_function(fn, name)."
-        )
-    return _REGISTRY[name_or_fn].fn
+    own = ". Add your own with seqattr.register_step_function(fn, name)."
+    found = name_or_callable(_REGISTRY, name_or_fn, "step function", own, sort=True)
+    return found.fn if isinstance(found, _Entry) else found
 
 
 def step_function_name(name_or_fn: str | StepFunction) -> str:

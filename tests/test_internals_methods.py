@@ -1,6 +1,7 @@
 """Model-internals methods: attention (against the model's own ``output_attentions``), attention rollout and
-value zeroing (against hand computations on layers with known behaviour); fused == stepwise; the attention
-implementation is switched for the call only and always restored.
+value zeroing (against hand computations on layers with known behaviour); the attention implementation is
+switched for the call only and always restored. Fused == stepwise and batched == single: rows of the
+invariants table (tests/test_invariants.py) on all six architectures.
 
 Exactness runs on float64 copies of the tiny models (tests/exact.py).
 """
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import seqattr
-from exact import assert_close, assert_sequences_close, exact_model, float64_model
+from exact import assert_close, exact_model, float64_model
 from seqattr.methods.attention_rollout import rollout
 from seqattr.models.architecture import decoder_layers
 from seqattr.models.attribution_model import AttributionModel
@@ -22,13 +23,6 @@ from seqattr.testing import ARCHITECTURES, ENCODER_DECODER
 PROMPTS = ["The cat sat on the mat.", "Paris is a city"]
 CONTINUATIONS = [" The dog ran", " in France"]
 TRANSLATIONS = ["Die Katze sitzt.", "Das Haus"]
-
-CASES = {
-    "attention": {},
-    "attention_mean_heads_last_layer": {"layers": -1, "aggregate_heads": "mean"},
-    "attention_rollout": {},
-    "value_zeroing": {},
-}
 
 
 def attribute(model: seqattr.AttributionModel, fused: bool = True, prompts=PROMPTS, **kwargs):
@@ -39,17 +33,6 @@ def attribute(model: seqattr.AttributionModel, fused: bool = True, prompts=PROMP
     return model.attribute(
         prompts, generated, attribute_target=True, show_progress=False, fused=fused, **kwargs
     )
-
-
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_fused_equals_stepwise(architecture, case):
-    model = exact_model(architecture, case.split("_mean")[0], **CASES[case])
-    fused, stepwise = attribute(model, fused=True), attribute(model, fused=False)
-    for mine, reference in zip(fused, stepwise, strict=True):
-        assert_sequences_close(mine, reference)
-        assert mine.target_attributions.nan_to_num().abs().max() > 0
-    assert fused.info["method_info"] == stepwise.info["method_info"]
 
 
 def eager_copy(architecture: str):

@@ -1,26 +1,35 @@
 """Invariants every attribution method keeps, driven by one table of methods x model families.
 
 To check a new method, add a row to `METHODS`: ``(name, options)``, the options passed to
-``load_model(model, name, **options)``. Nothing else is needed. Each row is run, for one decoder-only and
-one encoder-decoder tiny model (float64, attributing `probability64`: see tests/exact.py), on two examples of
-different lengths with forced targets, and must show:
+``load_model(model, name, **options)``, and optionally the families it runs on (default `FAMILIES`: one
+decoder-only and one encoder-decoder tiny model). Nothing else is needed. Each row is run for each of its
+families (float64, attributing `probability64`: see tests/exact.py), on two examples of different lengths
+with forced targets, and must show:
 
-- fused == stepwise (the one-pass engine equals the step-by-step reference) within 1e-5;
+- fused == stepwise (the one-pass engine equals the step-by-step reference, Captum's own class where Captum
+  has the method) within 1e-5; the per-example method info agrees;
 - batched == single (padding changes nothing) within 1e-5;
-- finite scores exactly where a step can see (NaN elsewhere); decoder-only ``source_attributions`` is None,
-  encoder-decoder ``target_attributions`` is present because ``attribute_target=True``;
-- no hook, module swap, weight change or mode change left on the model, after a normal run and after an
-  exception raised inside the method's work (by the attributed function, or by the model's forward pass);
-- save -> load round trip bit for bit.
+- finite scores exactly where a step can see (NaN elsewhere), on the sides the row attributes, not all zero;
+- save -> load round trip bit for bit;
+- on the default families: no hook, module swap, weight change or mode change left on the model, after a
+  normal run and after an exception raised inside the method's work (by the attributed function, or by the
+  model's forward pass).
 
+This table is the one place for fused == stepwise and batched == single across methods: the method files
+(tests/test_gradient_methods.py, ...) keep only comparisons with independent references.
+
+A family is an architecture of `seqattr.testing`; ``"t5:source"`` is an encoder-decoder that attributes its
+source only (``attribute_target=False``). An option may differ by family: `by_family` (e.g. a layer name).
 Randomised methods must be reproducible for these to hold: each call here runs after ``torch.manual_seed(0)``,
-and a method's draws must not depend on the batch it is in (or the row must fix its seed option).
+and a method's draws must not depend on the batch it is in (or the row must fix its seed option, or it is
+listed by `draws_follow_the_batch`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -29,96 +38,170 @@ import seqattr
 from exact import assert_identical, assert_sequences_close, exact_model, probability64
 from seqattr.testing import ENCODER_DECODER, tiny_model
 
-METHODS: list[tuple[str, dict]] = [
-    ("saliency", {}),
-    ("saliency", {"abs": False, "hidden_reduction": None}),
-    ("input_x_gradient", {}),
-    ("input_x_gradient", {"hidden_reduction": "l2"}),
-    # Gradient methods of issue 3. Riemann-left weights (1/4) are exact in float32, which Captum rounds its
-    # quadrature weights to. Smooth/square grad run without noise (stdevs=0: the mean of equal samples);
-    # var_grad and GradientSHAP need their noise (a variance of equal samples is only rounding), and their
-    # draws depend on the batch (BATCH_DEPENDENT_DRAWS); their estimates are also checked against Captum's in
-    # tests/test_gradient_methods.py.
-    ("integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
-    (
-        "integrated_gradients",
-        {"n_steps": 4, "integration_method": "riemann_left", "baseline": "unk", "hidden_reduction": None},
+FAMILIES = ("llama", "t5")
+"""The default families: one decoder-only and one encoder-decoder architecture (tests/test_batching.py
+covers all six for saliency); the model-state check (no hook left) runs on these."""
+GRADIENT_FAMILIES = ("gpt2", "llama", "t5", "t5:source", "bart")
+"""The gradient methods' families: learned and rotary positions, an encoder-decoder on both sides and on its
+source only."""
+PERTURBATION_FAMILIES = ("gpt2", "llama", "t5", "bart")
+INTERNALS_FAMILIES = ("gpt2", "llama", "qwen2", "t5", "bart", "marian")
+SOURCE_ONLY = ":source"
+
+
+class by_family(dict):  # noqa: N801  (reads as a value in the table)
+    """An option whose value depends on the family (e.g. a layer's dotted name)."""
+
+
+# Inner layers of each family: decoder blocks, an encoder block, an MLP and its inner Linear (its own width),
+# tuple outputs (T5 blocks).
+INNER_LAYER = by_family(
+    {
+        "gpt2": "transformer.h.0",
+        "qwen2": "model.layers.1.mlp",
+        "t5:source": "encoder.block.1",
+        "t5": "decoder.block.0",
+        "bart": "model.decoder.layers.1.fc1",
+    }
+)
+INNER_LAYER_FAMILIES = tuple(INNER_LAYER)
+RIEMANN = {"n_steps": 4, "integration_method": "riemann_left"}
+"""Riemann-left weights (1/4) are exact in float32, which Captum rounds its quadrature weights to."""
+
+
+class Row(NamedTuple):
+    method: str
+    options: dict
+    families: tuple[str, ...] = FAMILIES
+
+
+METHODS: list[Row] = [
+    Row("saliency", {}),
+    Row("saliency", {"abs": False, "hidden_reduction": None}),
+    Row("input_x_gradient", {}),
+    Row("input_x_gradient", {"hidden_reduction": "l2"}),
+    # Gradient methods of issue 3. Smooth/square grad also run without noise (stdevs=0: the mean of equal
+    # samples) so that batched == single holds; with noise their draws depend on the batch, as var_grad's and
+    # GradientSHAP's (`draws_follow_the_batch`): fused == stepwise still holds, since a step's prefix gets
+    # exactly the first draws of the whole sequence.
+    Row("integrated_gradients", {**RIEMANN, "return_convergence_delta": True}, GRADIENT_FAMILIES),
+    Row("integrated_gradients", {**RIEMANN, "baseline": "unk", "hidden_reduction": None}),
+    Row("deeplift", {"return_convergence_delta": True}, GRADIENT_FAMILIES),
+    Row("smooth_grad", {"stdevs": 0.0, "nt_samples": 2}),
+    Row("smooth_grad", {"stdevs": 0.05, "nt_samples": 3}, GRADIENT_FAMILIES),
+    Row("square_grad", {"stdevs": 0.0, "nt_samples": 2, "base_method": "input_x_gradient"}),
+    Row(
+        "square_grad", {"stdevs": 0.05, "nt_samples": 3, "base_method": "input_x_gradient"}, GRADIENT_FAMILIES
     ),
-    ("deeplift", {}),
-    ("smooth_grad", {"stdevs": 0.0, "nt_samples": 2}),
-    ("square_grad", {"stdevs": 0.0, "nt_samples": 2, "base_method": "input_x_gradient"}),
-    ("var_grad", {"stdevs": 0.1, "nt_samples": 2}),
-    ("gradient_shap", {"stdevs": 0.1, "n_samples": 2}),
-    ("layer_integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
-    ("layer_gradient_x_activation", {}),
-    ("layer_deeplift", {"baseline": "unk"}),
-    ("sequential_integrated_gradients", {"n_steps": 4, "integration_method": "riemann_left"}),
-    ("discretized_integrated_gradients", {"n_steps": 3}),
-    (
+    Row("var_grad", {"stdevs": 0.1, "nt_samples": 2}, GRADIENT_FAMILIES),
+    Row("gradient_shap", {"stdevs": 0.1, "n_samples": 2}, GRADIENT_FAMILIES),
+    Row("layer_integrated_gradients", {**RIEMANN, "return_convergence_delta": True}, GRADIENT_FAMILIES),
+    Row("layer_gradient_x_activation", {}, GRADIENT_FAMILIES),
+    Row("layer_deeplift", {"baseline": "unk", "return_convergence_delta": True}, GRADIENT_FAMILIES),
+    # Layer methods on inner layers, per-hidden (an MLP's inner layer keeps its own width).
+    *(
+        Row(method, {**options, "target_layer": INNER_LAYER, "hidden_reduction": None}, INNER_LAYER_FAMILIES)
+        for method, options in (
+            ("layer_integrated_gradients", {**RIEMANN, "return_convergence_delta": True}),
+            ("layer_gradient_x_activation", {}),
+            ("layer_deeplift", {"return_convergence_delta": True}),
+        )
+    ),
+    Row("sequential_integrated_gradients", RIEMANN, GRADIENT_FAMILIES),
+    Row("discretized_integrated_gradients", {"n_steps": 3}, GRADIENT_FAMILIES),
+    Row(
         "expected_gradients",
         {
-            "n_steps": 4,
-            "integration_method": "riemann_left",
+            **RIEMANN,
             "n_baselines": 2,
-            "references": torch.full((1, 64), 0.1, dtype=torch.float64),
+            "references": torch.full((1, 64), 0.1, dtype=torch.float64),  # one vector: the same draws batched
+            "return_convergence_delta": True,
         },
+        GRADIENT_FAMILIES,
     ),
     # Perturbation and internals methods of issue 5 (few samples: these are invariants, not estimates; a
     # missing seed is drawn from torch's generator, which each call here seeds).
-    ("occlusion", {}),
-    ("occlusion", {"window": 2, "granularity": "word", "baseline": "unk"}),
-    ("feature_ablation", {"inference_mode": "logits"}),
-    ("lime", {"n_samples": 8, "seed": 0}),
-    ("kernel_shap", {"n_samples": 8}),
-    ("sobol", {"n_designs": 4, "granularity": "sentence"}),
-    ("attention", {}),
-    ("attention", {"layers": -1, "aggregate_heads": "mean"}),
-    ("attention_rollout", {}),
-    ("value_zeroing", {}),
+    Row("occlusion", {}, (*PERTURBATION_FAMILIES, "marian:source")),
+    Row("occlusion", {"window": 2, "granularity": "word", "baseline": "unk"}),
+    Row("occlusion", {"window": 3, "stride": 2, "granularity": "all_tokens"}, PERTURBATION_FAMILIES),
+    Row("feature_ablation", {"inference_mode": "logits"}),
+    Row("feature_ablation", {"baseline": "unk"}, PERTURBATION_FAMILIES),
+    Row("lime", {"n_samples": 8, "seed": 0}, (*PERTURBATION_FAMILIES, "marian:source")),
+    Row("kernel_shap", {"n_samples": 8}),
+    Row("kernel_shap", {"n_samples": 12, "seed": 2, "granularity": "word"}, PERTURBATION_FAMILIES),
+    Row("sobol", {"n_designs": 4, "granularity": "sentence"}, (*PERTURBATION_FAMILIES, "marian:source")),
+    Row(
+        "sobol",
+        {"n_designs": 4, "seed": 3, "estimator": "glen", "mask_type": "binary"},
+        PERTURBATION_FAMILIES,
+    ),
+    Row("attention", {}, INTERNALS_FAMILIES),
+    Row("attention", {"layers": -1, "aggregate_heads": "mean"}, INTERNALS_FAMILIES),
+    Row("attention_rollout", {}, INTERNALS_FAMILIES),
+    Row("value_zeroing", {}, INTERNALS_FAMILIES),
 ]
 
-BATCH_DEPENDENT_DRAWS = {"var_grad", "gradient_shap"}
-"""Methods whose random draws are made per row of the batch, so one example alone gets other draws."""
 
-FAMILIES = ("llama", "t5")
-"""One decoder-only and one encoder-decoder architecture (tests/test_batching.py covers all six)."""
+def draws_follow_the_batch(row: Row) -> bool:
+    """Whether the row's random draws are made per row of the batch, so one example alone gets other draws."""
+    noisy_tunnel = row.method in {"smooth_grad", "square_grad"} and row.options.get("stdevs", 1.0) > 0
+    return row.method in {"var_grad", "gradient_shap"} or noisy_tunnel
+
 
 PROMPTS = ["The cat sat on the mat.", "Why"]
 CONTINUATIONS = {
-    "llama": [" The dog ran.", " is the sky blue?"],
-    "t5": ["Die Katze sitzt.", "Warum ist es blau?"],
+    "decoder-only": [" The dog ran.", " is the sky blue?"],
+    "encoder-decoder": ["Die Katze sitzt.", "Warum ist es blau?"],
 }
 
 
-def row_id(row: tuple[str, dict]) -> str:
-    name, options = row
-    return name + ("[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]" if options else "")
+def architecture(family: str) -> str:
+    return family.removesuffix(SOURCE_ONLY)
 
 
-ROWS = [pytest.param(row, id=row_id(row)) for row in METHODS]
+def row_id(row: Row) -> str:
+    def value(v):
+        if isinstance(v, torch.Tensor):
+            return f"tensor{list(v.shape)}"
+        return "inner" if isinstance(v, by_family) else v
+
+    options = ",".join(f"{k}={value(v)}" for k, v in sorted(row.options.items()))
+    return row.method + (f"[{options}]" if options else "")
+
+
+CASES = [
+    pytest.param(row, family, id=f"{row_id(row)}-{family}") for row in METHODS for family in row.families
+]
+DEFAULT_CASES = [case for case in CASES if case.values[1] in FAMILIES]
 
 
 def targets(family: str, prompts: list[str]) -> list[str]:
-    forced = dict(zip(PROMPTS, CONTINUATIONS[family], strict=True))
-    if family in ENCODER_DECODER:
+    encoder_decoder = architecture(family) in ENCODER_DECODER
+    continuations = CONTINUATIONS["encoder-decoder" if encoder_decoder else "decoder-only"]
+    forced = dict(zip(PROMPTS, continuations, strict=True))
+    if encoder_decoder:
         return [forced[prompt] for prompt in prompts]
     return [prompt + forced[prompt] for prompt in prompts]
 
 
-def attribute(
-    family: str, row: tuple[str, dict], prompts: list[str], model=None, **kwargs
-) -> seqattr.AttributionOutput:
+def options_for(row: Row, family: str) -> dict:
+    return {k: v[family] if isinstance(v, by_family) else v for k, v in row.options.items()}
+
+
+def attribute(family: str, row: Row, prompts: list[str], model=None, **kwargs) -> seqattr.AttributionOutput:
     """``row``'s method on the shared float64 model of ``family``, or on ``model`` (a Hugging Face one)."""
-    name, options = row
+    options = options_for(row, family)
     if model is None:
-        model = exact_model(family, name, **options)
+        model = exact_model(architecture(family), row.method, **options)
     else:
-        model = seqattr.load_model(model, name, tokenizer=tiny_model(family)[1], **options)
+        model = seqattr.load_model(
+            model, row.method, tokenizer=tiny_model(architecture(family))[1], **options
+        )
     torch.manual_seed(0)
     return model.attribute(
         prompts,
         targets(family, prompts),
-        attribute_target=True,
+        attribute_target=not family.endswith(SOURCE_ONLY),
         attributed_fn=kwargs.pop("attributed_fn", probability64),
         show_progress=False,
         **kwargs,
@@ -135,51 +218,66 @@ def row_index(row) -> int:
     return METHODS.index(row)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("row", ROWS)
+def examples_info(out: seqattr.AttributionOutput):
+    return out.info.get("method_info", {}).get("examples")
+
+
+@pytest.mark.parametrize(("row", "family"), CASES)
 def test_fused_equals_stepwise(row, family):
     fused = fused_batch(family, row_index(row))
     stepwise = attribute(family, row, PROMPTS, fused=False)
     assert stepwise.info["engine"] == "stepwise"
     for a, b in zip(fused, stepwise, strict=True):
         assert_sequences_close(a, b)
+    assert examples_info(fused) == examples_info(stepwise)  # e.g. the perturbation features
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize(("row", "family"), CASES)
 def test_batched_equals_single(row, family):
-    if row[0] in BATCH_DEPENDENT_DRAWS:
-        pytest.skip(f"{row[0]} draws its random numbers per row of the batch")
+    if draws_follow_the_batch(row):
+        pytest.skip(f"{row_id(row)} draws its random numbers per row of the batch")
     batched = fused_batch(family, row_index(row))
     for prompt, seq in zip(PROMPTS, batched, strict=True):
         assert_sequences_close(seq, attribute(family, row, [prompt])[0])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("row", ROWS)
+def attributed_sides(row: Row, family: str) -> tuple[bool, bool]:
+    """Whether the row attributes source and target positions on ``family`` (a layer has its own side)."""
+    encoder_decoder = architecture(family) in ENCODER_DECODER
+    source, target = encoder_decoder, not family.endswith(SOURCE_ONLY)
+    layer = options_for(row, family).get("target_layer")
+    if layer is not None:
+        in_encoder = layer.startswith("encoder")
+        source, target = source and in_encoder, target and not in_encoder
+    return source, target
+
+
+@pytest.mark.parametrize(("row", "family"), CASES)
 def test_scores_are_finite_exactly_where_a_step_can_see(row, family):
+    has_source, has_target = attributed_sides(row, family)
     for seq in fused_batch(family, row_index(row)):
         assert seq.num_steps >= 2
-        if family in ENCODER_DECODER:
-            assert seq.source_attributions is not None
+        assert (seq.source_attributions is not None) == has_source
+        assert (seq.target_attributions is not None) == has_target
+        if has_source:
             assert seq.source_attributions.shape[:2] == (len(seq.source_ids), seq.num_steps)
             assert seq.source_attributions.isfinite().all()
-        else:
-            assert seq.source_attributions is None
-        target = seq.target_attributions
-        assert target is not None and target.shape[:2] == (len(seq.target_ids), seq.num_steps)
-        visible = torch.arange(len(seq.target_ids))[:, None] < seq.attr_pos_start + torch.arange(
-            seq.num_steps
-        )
-        visible = visible.reshape(*visible.shape, *[1] * (target.dim() - 2)).expand_as(target)
-        assert target[visible].isfinite().all(), "a visible score is not finite"
-        assert target[~visible].isnan().all(), "a score a step cannot see is not NaN"
+        if has_target:
+            target = seq.target_attributions
+            assert target.shape[:2] == (len(seq.target_ids), seq.num_steps)
+            visible = torch.arange(len(seq.target_ids))[:, None] < seq.attr_pos_start + torch.arange(
+                seq.num_steps
+            )
+            visible = visible.reshape(*visible.shape, *[1] * (target.dim() - 2)).expand_as(target)
+            assert target[visible].isfinite().all(), "a visible score is not finite"
+            assert target[~visible].isnan().all(), "a score a step cannot see is not NaN"
+        present = [x for x in (seq.source_attributions, seq.target_attributions) if x is not None]
+        assert any(x.nan_to_num().abs().max() > 0 for x in present), "all scores are zero"
         for name, scores in seq.step_scores.items():
             assert scores.shape[0] == seq.num_steps and scores.isfinite().all(), name
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize(("row", "family"), CASES)
 def test_save_load_round_trip(row, family, tmp_path):
     out = fused_batch(family, row_index(row))
     out.save(tmp_path / "out.json")
@@ -241,8 +339,7 @@ def forward_fails_at_call(module: torch.nn.Module, call: int):
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize(("row", "family"), DEFAULT_CASES)
 def test_no_hooks_left_after_a_run_or_an_exception(row, family, fused):
     # A model no test has run yet: transformers installs its output-capturing hooks once per model, on the
     # first pass that asks for attentions, so the shared model of the other tests would already carry them.
@@ -277,5 +374,5 @@ def test_every_registered_method_has_a_row():
     built_in = {
         n for n in seqattr.list_methods() if get_method_class(n).__module__.startswith("seqattr.methods.")
     }
-    missing = sorted(built_in - {name for name, _ in METHODS})
+    missing = sorted(built_in - {row.method for row in METHODS})
     assert not missing, f"methods without a row in tests/test_invariants.py METHODS: {', '.join(missing)}"

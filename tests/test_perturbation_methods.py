@@ -1,7 +1,8 @@
-"""Perturbation methods: fused (each perturbed sequence run once for all steps) equals the stepwise reference
-(Captum's Occlusion / FeatureAblation / Lime run on each step's prefix; our own loop for Sobol), the cost of
-occlusion in model rows, tokens a step cannot see, seeds, and the pieces of mathematics of our own (the
-linear surrogate, KernelSHAP's weights, Sobol estimators) against independent formulas.
+"""Perturbation methods: the cost of occlusion in model rows, tokens a step cannot see, seeds, and the pieces
+of mathematics of our own (the linear surrogate, KernelSHAP's weights, Sobol estimators) against independent
+formulas. Fused (each perturbed sequence run once for all steps) == the stepwise reference (Captum's
+Occlusion / FeatureAblation / Lime on each step's prefix; our own loop for Sobol), and batched == single, are
+rows of the invariants table (tests/test_invariants.py), source-only attribution included.
 
 Exactness runs on float64 copies of the tiny models (tests/exact.py) and attributes ``probability64``.
 """
@@ -34,21 +35,6 @@ PROMPTS = ["The cat sat on the mat.", "Paris is a city"]
 CONTINUATIONS = [" The dog ran", " in France"]
 TRANSLATIONS = ["Die Katze sitzt.", "Das Haus"]
 
-# method -> options; sample counts are small: the point is equality of the two paths, not estimate quality
-CASES = {
-    "occlusion": {},
-    "occlusion_windows": {"window": 3, "stride": 2, "granularity": "all_tokens"},
-    "feature_ablation": {"baseline": "unk"},
-    "lime": {"n_samples": 12, "seed": 1},
-    "kernel_shap": {"n_samples": 12, "seed": 2, "granularity": "word"},
-    "sobol": {"n_designs": 4, "seed": 3},
-    "sobol_binary_glen": {"n_designs": 4, "seed": 3, "estimator": "glen", "mask_type": "binary"},
-}
-
-
-def method_of(case: str) -> str:
-    return case.split("_windows")[0].split("_binary")[0]
-
 
 def attribute(model: seqattr.AttributionModel, architecture: str, fused: bool, **kwargs):
     if model.is_encoder_decoder:
@@ -64,35 +50,6 @@ def attribute(model: seqattr.AttributionModel, architecture: str, fused: bool, *
         attributed_fn=probability64,
         **kwargs,
     )
-
-
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("architecture", ["gpt2", "llama", "t5", "bart"])
-def test_fused_equals_stepwise(architecture, case):
-    model = exact_model(architecture, method_of(case), **CASES[case])
-    fused = attribute(model, architecture, fused=True)
-    stepwise = attribute(model, architecture, fused=False)
-    assert fused.info["engine"] == "fused" and stepwise.info["engine"] == "stepwise"
-    for mine, reference in zip(fused, stepwise, strict=True):
-        assert_sequences_close(mine, reference)
-        assert torch.isfinite(mine.target_attributions[~mine.target_attributions.isnan()]).all()
-        assert mine.target_attributions.nan_to_num().abs().max() > 0  # not trivially zero
-    assert fused.info["method_info"]["examples"] == stepwise.info["method_info"]["examples"]
-
-
-@pytest.mark.parametrize("method", ["occlusion", "lime", "sobol"])
-def test_source_only_attribution(method):
-    """Encoder-decoder without attribute_target: only the source is perturbed; fused still equals stepwise."""
-    options = {"lime": {"n_samples": 8, "seed": 0}, "sobol": {"n_designs": 4, "seed": 0}}.get(method, {})
-    model = exact_model("marian", method, **options)
-    runs = [
-        model.attribute(PROMPTS, TRANSLATIONS, show_progress=False, fused=fused, attributed_fn=probability64)
-        for fused in (True, False)
-    ]
-    for mine, reference in zip(*runs, strict=True):
-        assert mine.target_attributions is None
-        assert_sequences_close(mine, reference)
-    assert all(example["features"]["target"] == [] for example in runs[0].info["method_info"]["examples"])
 
 
 def test_occlusion_costs_one_row_per_feature_plus_one(monkeypatch):

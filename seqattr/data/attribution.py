@@ -28,8 +28,139 @@ if TYPE_CHECKING:
     from seqattr.data.alignment import Alignment
 
 
+class Operations:
+    """The aggregation and data methods of both result classes, written once.
+
+    Each is a function of one `SequenceAttribution` (in `seqattr.data.aggregation`, `granularity`, `frames`)
+    applied through `_map_sequences`: a `SequenceAttribution` applies it to itself, an `AttributionOutput` to
+    every example (recording the step in ``info["aggregations"]``). So ``seq.normalize()`` and
+    ``out.normalize()`` are the same method, and a method added here (e.g. a new view of the data) reaches
+    both classes. The views (``show``, ``to_html``, ``plot``, ...) come from `Views` the same way.
+    """
+
+    def _map_sequences(self, fn, label: str | None = None):
+        """This object with ``fn`` applied to each of its sequences; ``label`` names an aggregation step."""
+        raise NotImplementedError
+
+    def _sequences(self) -> list[SequenceAttribution]:
+        raise NotImplementedError
+
+    def _recorded(self, key: str) -> Any:
+        """What the attribution run recorded under ``key`` in ``info`` (None where there is no info)."""
+        return None
+
+    # Aggregation: each returns a new object (seqattr.data.aggregation and seqattr.data.granularity).
+
+    def reduce(self, fn="sum", dim: int | None = None):
+        """Collapse extra dimensions (`seqattr.data.aggregation.reduce`): ``out.reduce("l2")``."""
+        from seqattr.data.aggregation import reduce
+
+        label = fn if isinstance(fn, str) else getattr(fn, "__name__", "custom")
+        return self._map_sequences(lambda seq: reduce(seq, fn, dim), f"reduce({label}, dim={dim})")
+
+    def normalize(self):
+        """Per step, divide by the L1 norm over unmasked source + prefix scores (`aggregation.normalize`)."""
+        from seqattr.data.aggregation import normalize
+
+        return self._map_sequences(normalize, "normalize")
+
+    def rescale(self, per_step: bool = False):
+        """Divide by the largest absolute unmasked score (`aggregation.rescale`)."""
+        from seqattr.data.aggregation import rescale
+
+        return self._map_sequences(lambda seq: rescale(seq, per_step), f"rescale(per_step={per_step})")
+
+    def mask(self, **selection):
+        """Hide tokens from normalisation and display: ``seq.mask(tokens=[...], target_positions=[0])``."""
+        from seqattr.data.aggregation import mask
+
+        return self._map_sequences(lambda seq: mask(seq, **selection), "mask")
+
+    def mask_special(self, special_ids=None):
+        """Mask special tokens: ids in ``special_ids`` (default: the tokenizer's special ids recorded at
+        attribution time, on an output), plus any token shaped like one (``<s>``, ``<|im_start|>``,
+        ``[CLS]``)."""
+        from seqattr.data.aggregation import mask_special
+
+        ids = self._recorded("special_token_ids") if special_ids is None else special_ids
+        return self._map_sequences(lambda seq: mask_special(seq, ids), "mask_special")
+
+    def unmask(self):
+        """A copy with no token masked."""
+        from seqattr.data.aggregation import unmask
+
+        return self._map_sequences(unmask, "unmask")
+
+    def aggregate(self, granularity: str, **options):
+        """Merge tokens into words, sentences, regex matches or spans (`seqattr.data.granularity.aggregate`).
+
+        Example:
+            >>> seq.aggregate("word").normalize().target[:4]     # "Ġcapit" + "al" is one word
+            ['The', 'Ġcapital', 'Ġof', 'ĠFrance']
+            >>> words = out.aggregate("word").normalize()
+            >>> words.info["aggregations"], words[0].target[:4]
+            (['aggregate(word)', 'normalize'], ['The', 'Ġcapital', 'Ġof', 'ĠFrance'])
+        """
+        from seqattr.data.granularity import aggregate
+        from seqattr.data.segmentation import canonical_granularity
+
+        options.setdefault("special_ids", self._recorded("special_token_ids"))
+        # Recorded under its canonical name: "words" (an alias) and "word" are the same aggregation.
+        label = f"aggregate({canonical_granularity(granularity)})"
+        return self._map_sequences(lambda seq: aggregate(seq, granularity, **options), label)
+
+    # Tensors.
+
+    def map_tensors(self, fn):
+        """A copy with ``fn`` applied to every tensor (e.g. ``lambda t: t.to("cpu")``)."""
+        return self._map_sequences(lambda seq: map_sequence_tensors(seq, fn))
+
+    def to(self, *args, **kwargs):
+        """A copy with every tensor moved or cast (``torch.Tensor.to``'s arguments)."""
+        return self.map_tensors(lambda t: t.to(*args, **kwargs))
+
+    def detach(self):
+        return self.map_tensors(Tensor.detach)
+
+    def allclose(self, other, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+        """True when both hold as many examples, tokens match and every tensor is close (NaN positions must
+        coincide)."""
+        mine, theirs = self._sequences(), other._sequences()
+        return len(mine) == len(theirs) and all(
+            sequences_close(a, b, rtol, atol) for a, b in zip(mine, theirs, strict=True)
+        )
+
+    # Data frames and dictionaries (imported lazily: pandas loads only when used).
+
+    def to_dataframe(self):
+        """Long-format pandas frame, one row per visible (token, step) score of every example
+        (`seqattr.data.frames.to_dataframe`)."""
+        from seqattr.data.frames import to_dataframe
+
+        return to_dataframe(self)
+
+    def get_scores_dicts(self) -> list[dict[str, dict]]:
+        """One nested dict of scores per example, Inseq-like (`seqattr.data.frames.scores_dict`): a list of
+        one for a `SequenceAttribution`."""
+        from seqattr.data.frames import scores_dict
+
+        return [scores_dict(seq) for seq in self._sequences()]
+
+    def get_scores_dict(self, example: int = 0) -> dict[str, dict]:
+        """The nested dict of scores of one example, keyed by ``(position, token)``
+        (`seqattr.data.frames.scores_dict`): a `SequenceAttribution`'s own, or example ``example`` of an
+        output (default the first, as `plot`)."""
+        sequences = self._sequences()
+        if not -len(sequences) <= example < len(sequences):
+            raise IndexError(
+                f"example={example} is out of range: this holds {len(sequences)} example(s); "
+                "use get_scores_dicts() for all of them"
+            )
+        return self.get_scores_dicts()[example]
+
+
 @dataclass(eq=False)
-class SequenceAttribution(Views):
+class SequenceAttribution(Views, Operations):
     """Attributions of every explained step of one sequence.
 
     Example:
@@ -86,53 +217,13 @@ class SequenceAttribution(Views):
         """How many dimensions follow (tokens, steps): 0 after a reduction, 1 for raw gradients, ..."""
         return max(len(self.attribution_shape) - 2, 0)
 
-    # Aggregation: each returns a new object (seqattr.data.aggregation and seqattr.data.granularity).
+    # The aggregation and data methods come from `Operations`, the views from `Views`.
 
-    def reduce(self, fn="sum", dim: int | None = None) -> SequenceAttribution:
-        """Collapse extra dimensions (`seqattr.data.aggregation.reduce`): ``seq.reduce("l2")``."""
-        from seqattr.data.aggregation import reduce
+    def _map_sequences(self, fn, label: str | None = None) -> SequenceAttribution:
+        return fn(self)
 
-        return reduce(self, fn, dim)
-
-    def normalize(self) -> SequenceAttribution:
-        """Per step, divide by the L1 norm over unmasked source + prefix scores (`aggregation.normalize`)."""
-        from seqattr.data.aggregation import normalize
-
-        return normalize(self)
-
-    def rescale(self, per_step: bool = False) -> SequenceAttribution:
-        """Divide by the largest absolute unmasked score (`aggregation.rescale`)."""
-        from seqattr.data.aggregation import rescale
-
-        return rescale(self, per_step)
-
-    def mask(self, **selection) -> SequenceAttribution:
-        """Hide tokens from normalisation and display: ``seq.mask(tokens=[...], target_positions=[0])``."""
-        from seqattr.data.aggregation import mask
-
-        return mask(self, **selection)
-
-    def mask_special(self, special_ids=None) -> SequenceAttribution:
-        """Mask special tokens (ids in ``special_ids``, or shaped like ``<s>``/``[CLS]``)."""
-        from seqattr.data.aggregation import mask_special
-
-        return mask_special(self, special_ids)
-
-    def unmask(self) -> SequenceAttribution:
-        from seqattr.data.aggregation import unmask
-
-        return unmask(self)
-
-    def aggregate(self, granularity: str, **options) -> SequenceAttribution:
-        """Merge tokens into words, sentences, regex matches or spans (`seqattr.data.granularity.aggregate`).
-
-        Example:
-            >>> seq.aggregate("word").normalize().target[:4]     # "Ġcapit" + "al" is one word
-            ['The', 'Ġcapital', 'Ġof', 'ĠFrance']
-        """
-        from seqattr.data.granularity import aggregate
-
-        return aggregate(self, granularity, **options)
+    def _sequences(self) -> list[SequenceAttribution]:
+        return [self]
 
     def alignments(
         self,
@@ -166,73 +257,9 @@ class SequenceAttribution(Views):
 
         return subtract(self, other)
 
-    # Data frames (imported lazily: pandas loads only when used). The views come from `Views`.
-
-    def to_dataframe(self):
-        """Long-format pandas frame, one row per visible (token, step) score (`seqattr.data.frames`)."""
-        from seqattr.data.frames import to_dataframe
-
-        return to_dataframe(self)
-
-    def get_scores_dict(self) -> dict[str, dict]:
-        """Nested dicts of scores keyed by ``(position, token)`` (`seqattr.data.frames.scores_dict`)."""
-        from seqattr.data.frames import scores_dict
-
-        return scores_dict(self)
-
-    def map_tensors(self, fn) -> SequenceAttribution:
-        """A copy with ``fn`` applied to every tensor (e.g. ``lambda t: t.to("cpu")``)."""
-
-        def apply(value):
-            return fn(value) if isinstance(value, Tensor) else value
-
-        return dataclasses.replace(
-            self,
-            source_attributions=apply(self.source_attributions),
-            target_attributions=apply(self.target_attributions),
-            step_scores={name: apply(score) for name, score in self.step_scores.items()},
-            trace=None if self.trace is None else self.trace.map_tensors(fn),
-        )
-
-    def to(self, *args, **kwargs) -> SequenceAttribution:
-        return self.map_tensors(lambda t: t.to(*args, **kwargs))
-
-    def detach(self) -> SequenceAttribution:
-        return self.map_tensors(Tensor.detach)
-
-    def allclose(self, other: SequenceAttribution, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
-        """True when tokens match and every tensor is close (NaN positions must coincide)."""
-        if (self.source_ids, self.target_ids, self.attr_pos_start, self.attr_pos_end) != (
-            other.source_ids,
-            other.target_ids,
-            other.attr_pos_start,
-            other.attr_pos_end,
-        ):
-            return False
-        pairs = [
-            (self.source_attributions, other.source_attributions),
-            (self.target_attributions, other.target_attributions),
-        ]
-        if self.step_scores.keys() != other.step_scores.keys():
-            return False
-        pairs += [(self.step_scores[k], other.step_scores[k]) for k in self.step_scores]
-        if (self.trace is None) != (other.trace is None) or (
-            self.trace is not None and not self.trace.allclose(other.trace, rtol=rtol, atol=atol)
-        ):
-            return False
-        for mine, theirs in pairs:
-            if (mine is None) != (theirs is None):
-                return False
-            if mine is not None and not (
-                mine.shape == theirs.shape
-                and torch.allclose(mine.float(), theirs.float(), rtol=rtol, atol=atol, equal_nan=True)
-            ):
-                return False
-        return True
-
 
 @dataclass(eq=False)
-class AttributionOutput(Views):
+class AttributionOutput(Views, Operations):
     """What `AttributionModel.attribute` returns: the examples' attributions and how they were made.
 
     ``info`` records the method and its options, the model, library versions, timing, and whether the fused
@@ -264,63 +291,22 @@ class AttributionOutput(Views):
     def __iter__(self):
         return iter(self.sequence_attributions)
 
-    def to(self, *args, **kwargs) -> AttributionOutput:
-        return dataclasses.replace(
-            self, sequence_attributions=[s.to(*args, **kwargs) for s in self.sequence_attributions]
+    # The aggregation and data methods come from `Operations` (each aggregation applies to every example
+    # and is listed, in order, in the new output's info["aggregations"]); the views come from `Views`.
+
+    def _map_sequences(self, fn, label: str | None = None) -> AttributionOutput:
+        sequences = [fn(seq) for seq in self.sequence_attributions]
+        if label is None:
+            return dataclasses.replace(self, sequence_attributions=sequences)
+        return AttributionOutput(
+            sequences, {**self.info, "aggregations": [*self.info.get("aggregations", []), label]}
         )
 
-    def detach(self) -> AttributionOutput:
-        return dataclasses.replace(
-            self, sequence_attributions=[s.detach() for s in self.sequence_attributions]
-        )
+    def _sequences(self) -> list[SequenceAttribution]:
+        return self.sequence_attributions
 
-    # Aggregation: each applies to every example and returns a new output whose info["aggregations"] lists
-    # what was done, in order.
-
-    def _each(self, step: str, fn) -> AttributionOutput:
-        info = {**self.info, "aggregations": [*self.info.get("aggregations", []), step]}
-        return AttributionOutput([fn(seq) for seq in self.sequence_attributions], info)
-
-    def reduce(self, fn="sum", dim: int | None = None) -> AttributionOutput:
-        """Collapse extra dimensions of every example: ``out.reduce("l2")`` (`SequenceAttribution.reduce`)."""
-        label = fn if isinstance(fn, str) else getattr(fn, "__name__", "custom")
-        return self._each(f"reduce({label}, dim={dim})", lambda seq: seq.reduce(fn, dim))
-
-    def normalize(self) -> AttributionOutput:
-        """L1-normalise every step of every example (masked tokens left out of the norm)."""
-        return self._each("normalize", lambda seq: seq.normalize())
-
-    def rescale(self, per_step: bool = False) -> AttributionOutput:
-        return self._each(f"rescale(per_step={per_step})", lambda seq: seq.rescale(per_step))
-
-    def mask(self, **selection) -> AttributionOutput:
-        return self._each("mask", lambda seq: seq.mask(**selection))
-
-    def mask_special(self, special_ids=None) -> AttributionOutput:
-        """Mask special tokens: by default the tokenizer's special ids recorded at attribution time, plus any
-        token shaped like one (``<s>``, ``<|im_start|>``, ``[CLS]``)."""
-        ids = self.info.get("special_token_ids", ()) if special_ids is None else special_ids
-        return self._each("mask_special", lambda seq: seq.mask_special(ids))
-
-    def unmask(self) -> AttributionOutput:
-        return self._each("unmask", lambda seq: seq.unmask())
-
-    def aggregate(self, granularity: str, **options) -> AttributionOutput:
-        """Merge tokens of every example into words, sentences, regex matches or spans.
-
-        Example:
-            >>> words = out.aggregate("word").normalize()
-            >>> words.info["aggregations"], words[0].target[:4]
-            (['aggregate(word)', 'normalize'], ['The', 'Ġcapital', 'Ġof', 'ĠFrance'])
-        """
-        from seqattr.data.segmentation import canonical_granularity
-
-        options.setdefault("special_ids", self.info.get("special_token_ids"))
-        # Recorded under its canonical name: "words" (an alias) and "word" are the same aggregation.
-        return self._each(
-            f"aggregate({canonical_granularity(granularity)})",
-            lambda seq: seq.aggregate(granularity, **options),
-        )
+    def _recorded(self, key: str) -> Any:
+        return self.info.get(key)
 
     def alignments(
         self,
@@ -368,17 +354,7 @@ class AttributionOutput(Views):
         sequences = [seq for output in outputs for seq in output.sequence_attributions]
         return cls(sequences, {**common, "merged_from": [o.info for o in outputs]})
 
-    # Data frames and saving. The views come from `Views`.
-
-    def to_dataframe(self):
-        """Long-format pandas frame of every example (`seqattr.data.frames.to_dataframe`)."""
-        from seqattr.data.frames import to_dataframe
-
-        return to_dataframe(self)
-
-    def get_scores_dicts(self) -> list[dict[str, dict]]:
-        """One nested dict of scores per example, Inseq-like (`seqattr.data.frames.scores_dict`)."""
-        return [seq.get_scores_dict() for seq in self.sequence_attributions]
+    # Saving.
 
     def save(self, path: str | Path) -> None:
         """Write the output to a JSON file; `seqattr.load` reads it back exactly (bit for bit, in each
@@ -391,3 +367,49 @@ class AttributionOutput(Views):
         method = self.info.get("method", "?")
         model = self.info.get("model", "?")
         return f"AttributionOutput({len(self)} sequence(s), method={method!r}, model={model!r})"
+
+
+def map_sequence_tensors(seq: SequenceAttribution, fn) -> SequenceAttribution:
+    """A copy of ``seq`` with ``fn`` applied to every tensor (attributions, step scores, the trace's)."""
+
+    def apply(value):
+        return fn(value) if isinstance(value, Tensor) else value
+
+    return dataclasses.replace(
+        seq,
+        source_attributions=apply(seq.source_attributions),
+        target_attributions=apply(seq.target_attributions),
+        step_scores={name: apply(score) for name, score in seq.step_scores.items()},
+        trace=None if seq.trace is None else seq.trace.map_tensors(fn),
+    )
+
+
+def sequences_close(seq: SequenceAttribution, other: SequenceAttribution, rtol: float, atol: float) -> bool:
+    """True when the two examples' tokens match and every tensor is close (NaN positions must coincide)."""
+    if (seq.source_ids, seq.target_ids, seq.attr_pos_start, seq.attr_pos_end) != (
+        other.source_ids,
+        other.target_ids,
+        other.attr_pos_start,
+        other.attr_pos_end,
+    ):
+        return False
+    pairs = [
+        (seq.source_attributions, other.source_attributions),
+        (seq.target_attributions, other.target_attributions),
+    ]
+    if seq.step_scores.keys() != other.step_scores.keys():
+        return False
+    pairs += [(seq.step_scores[k], other.step_scores[k]) for k in seq.step_scores]
+    if (seq.trace is None) != (other.trace is None) or (
+        seq.trace is not None and not seq.trace.allclose(other.trace, rtol=rtol, atol=atol)
+    ):
+        return False
+    for mine, theirs in pairs:
+        if (mine is None) != (theirs is None):
+            return False
+        if mine is not None and not (
+            mine.shape == theirs.shape
+            and torch.allclose(mine.float(), theirs.float(), rtol=rtol, atol=atol, equal_nan=True)
+        ):
+            return False
+    return True

@@ -13,6 +13,7 @@ batch and one Captum call serves the chunk. Exact; it saves model calls, not ari
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -89,23 +90,37 @@ class DeepLift(AttributionMethod):
     name = "deeplift"
     Options = DeepLiftOptions
 
-    def _runner(self, inputs: MethodInputs, options: DeepLiftOptions):
-        baselines = resolve_baselines(self.model, inputs, options.baseline)
+    def layer_run(self, inputs: MethodInputs, options: DeepLiftOptions) -> contextlib.AbstractContextManager:
+        """A context giving the `LayerRun` of a layer variant (``layer_deeplift``), or None."""
+        return contextlib.nullcontext()
 
-        def run(forward, attributed, additional) -> RowsResult:
-            return run_captum_deeplift(
-                CaptumDeepLift, forward, attributed, additional, baselines, options, self.model.model
-            )
-
-        return run
-
-    def attribute_fused(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
-        inputs = refuse_deeplift_contrast(inputs, self.name)
-        reduce = options.reduce  # noqa: E731
-        return captum_step_rows(
-            inputs, self._runner(inputs, options), reduce, rows_per_step=2 * inputs.batch.size
+    def captum_call(self, forward, attributed, additional, baselines: Baselines, options, run) -> RowsResult:
+        """One Captum call on ``forward`` (``run``: the variant's `LayerRun`, or None)."""
+        return run_captum_deeplift(
+            CaptumDeepLift, forward, attributed, additional, baselines, options, self.model.model
         )
 
-    def attribute_stepwise(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
+    def run_path(self, inputs: MethodInputs, options: DeepLiftOptions, path) -> MethodOutput:
+        """``path(inputs, call)`` (fused by rows, or stepwise) with one Captum call per step or row block."""
         inputs = refuse_deeplift_contrast(inputs, self.name)
-        return stepwise_with_deltas(inputs, self._runner(inputs, options), options.reduce)
+        with self.layer_run(inputs, options) as run:
+            seen = inputs if run is None else run.inputs
+            baselines = resolve_baselines(self.model, seen, options.baseline)
+
+            def call(forward, attributed, additional) -> RowsResult:
+                return self.captum_call(forward, attributed, additional, baselines, options, run)
+
+            return path(seen, call)
+
+    def attribute_fused(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
+        rows = 2 * inputs.batch.size  # the inputs and the baseline, per step
+
+        def by_rows(seen, call):
+            return captum_step_rows(seen, call, options.reduce, rows_per_step=rows)
+
+        return self.run_path(inputs, options, by_rows)
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: DeepLiftOptions) -> MethodOutput:
+        return self.run_path(
+            inputs, options, lambda seen, call: stepwise_with_deltas(seen, call, options.reduce)
+        )

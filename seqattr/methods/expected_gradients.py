@@ -18,21 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
-from seqattr.methods.integrated_gradients import run_captum_integrated_gradients, straight_path_blocks
+from seqattr.methods.base import MethodInputs
+from seqattr.methods.integrated_gradients import IntegratedGradients
 from seqattr.methods.options import ConvergenceDelta, Seed, check_positive_int
-from seqattr.methods.path_base import (
-    Baselines,
-    IntegrationOptions,
-    completeness_gap,
-    integration_rule,
-    path_sums,
-    with_completeness,
-    write_sums,
-)
+from seqattr.methods.path_base import Baselines, IntegrationOptions
 from seqattr.typing import Tensor
 
 
@@ -110,53 +100,11 @@ def draw_baselines(model, inputs: MethodInputs, options: ExpectedGradientsOption
     ]
 
 
-class ExpectedGradients(AttributionMethod):
+class ExpectedGradients(IntegratedGradients):
     """Integrated gradients averaged over baselines drawn from a reference distribution."""
 
     name = "expected_gradients"
     Options = ExpectedGradientsOptions
 
-    def attribute_fused(self, inputs: MethodInputs, options: ExpectedGradientsOptions) -> MethodOutput:
-        baselines = draw_baselines(self.model, inputs, options)
-        alphas, weights = integration_rule(options.n_steps, options.integration_method)
-        weights = [w / len(baselines) for w in weights]  # the mean over baselines
-        writer = AttributionWriter(inputs)
-        totals = []
-        for steps in step_chunks(
-            inputs, n_points=options.internal_batch_size or len(alphas) * inputs.batch.size
-        ):
-            sums = None
-            # Blocks hold one baseline's points (at most internal_batch_size rows), as in IG.
-            for baseline in baselines:
-                part = path_sums(
-                    inputs, steps, straight_path_blocks(inputs, baseline, options, alphas, weights)
-                )
-                sums = part if sums is None else sums + part
-            totals.append(sums.total())
-            write_sums(writer, steps, sums, options.hidden_reduction)
-        # The completeness check costs 1 + n_baselines passes without gradients; it runs always, for the
-        # warning.
-        gap = completeness_gap(inputs, baselines)
-        delta = torch.cat(totals, 1) - gap
-        return with_completeness(writer.output(), inputs, options, baselines, delta, gap)
-
-    def attribute_stepwise(self, inputs: MethodInputs, options: ExpectedGradientsOptions) -> MethodOutput:
-        baselines = draw_baselines(self.model, inputs, options)
-        deltas = []
-
-        def attribute_step(forward, attributed, additional):
-            total, delta = None, 0.0
-            for baseline in baselines:  # Captum's IG from each drawn baseline, then the mean
-                captum = CaptumIntegratedGradients(forward, multiply_by_inputs=options.multiply_by_inputs)
-                result, step_delta = run_captum_integrated_gradients(
-                    captum, attributed, baseline, additional, options
-                )
-                if step_delta is not None:
-                    delta = delta + step_delta / len(baselines)
-                total = result if total is None else tuple(t + r for t, r in zip(total, result, strict=True))
-            deltas.append(delta)
-            return tuple(t / len(baselines) for t in total)
-
-        output = captum_stepwise(inputs, attribute_step, options.reduce)
-        delta = torch.stack(deltas, 1) if options.return_convergence_delta else None  # computed only if asked
-        return with_completeness(output, inputs, options, baselines, delta)
+    def draw_baselines(self, inputs: MethodInputs, options: ExpectedGradientsOptions) -> list[Baselines]:
+        return draw_baselines(self.model, inputs, options)

@@ -28,7 +28,7 @@ from torch import nn
 from seqattr.methods.base import MethodInputs, refuse_contrast
 from seqattr.methods.gradient import batched_step_backward
 from seqattr.methods.options import check_target_layer
-from seqattr.methods.path_base import expand_rows
+from seqattr.methods.path_base import Baselines, PathSpace, expand_rows
 from seqattr.typing import Float, Tensor
 
 EMBEDDINGS = "input embeddings"
@@ -80,6 +80,16 @@ def resolve_layer(hf_model: nn.Module, target_layer: str | nn.Module | None) -> 
             "(all names: [name for name, _ in model.model.named_modules()])"
         ) from None
     return (EMBEDDINGS, None) if module is hf_model.get_input_embeddings() else (target_layer, module)
+
+
+class LayerMethod:
+    """Mixin that makes an input method its layer variant: ``class LayerX(LayerMethod, X)``. The input
+    method's two paths run inside the `LayerRun` that `layer_run` gives (``target_layer=`` option), over the
+    layer's activations; the variant declares only Captum's layer class (see ``layer_integrated_gradients.py``
+    and ``layer_deeplift.py``)."""
+
+    def layer_run(self, inputs: MethodInputs, options) -> LayerRun:
+        return LayerRun(self.model, inputs, options.target_layer)
 
 
 class LayerRun:
@@ -253,3 +263,20 @@ class LayerRun:
             scores = self.objective(source, target, steps)
             (gradient,) = batched_step_backward(scores, [leaf])
         return gradient
+
+    # --- a path method over the layer ---------------------------------------------------------------------
+
+    def path_space(self, baselines: list[Baselines]) -> tuple[PathSpace, list[Baselines]]:
+        """The layer's activations as the space of a path method (``methods/path_base.py``), and the paths'
+        starts there: the activations on each baseline's inputs (one forward pass each, and one for the
+        inputs). A path method's points and factors then apply to the layer unchanged."""
+        inputs = self.inputs
+        end = self.split(self.activations(inputs.source_embeds, inputs.target_embeds), 1)
+        starts = [Baselines(*self.split(self.activations(*b.for_roles(inputs)), 1)) for b in baselines]
+
+        def gradients(source: Tensor | None, target: Tensor | None, steps: slice):
+            prefix_len = int(inputs.batch.step_positions[steps].max())
+            parts = [x for x in (source, None if target is None else target[:, :prefix_len]) if x is not None]
+            return self.split(self.step_gradients(torch.cat(parts, 1), steps), 2)
+
+        return PathSpace(*end, gradients), starts

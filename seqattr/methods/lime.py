@@ -23,7 +23,7 @@ from captum._utils.models.model import Model
 from captum.attr import Lime as CaptumLime
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.options import Seed
+from seqattr.methods.options import Seed, int_option
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     PerturbationSetup,
@@ -88,14 +88,9 @@ class LinearSurrogate(Model):
 class SampledOptions(Seed, PerturbationOptions):
     """Options of methods that draw random masks."""
 
-    n_samples: int = 100
+    n_samples: int = int_option(100, low=2)
     """Random masks per example; each is one sequence run through the model."""
     seed: int | None = None  # the masks are drawn afresh at each call unless seeded (see Seed)
-
-    def validate(self) -> None:
-        super().validate()
-        if not isinstance(self.n_samples, int) or self.n_samples < 2:
-            raise ValueError(f"n_samples must be an integer >= 2, got {self.n_samples!r}")
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from captum.attr import Occlusion as CaptumOcclusion
 
 from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
-from seqattr.methods.options import check_positive_int
+from seqattr.methods.options import int_option
 from seqattr.methods.perturbation import (
     PerturbationOptions,
     StepPrefix,
@@ -36,18 +36,10 @@ PERTURBATIONS_PER_EVAL = 16  # perturbations Captum batches into one forward cal
 
 @dataclass
 class OcclusionOptions(PerturbationOptions):
-    window: int = 1
+    window: int = int_option(1)
     """Features replaced together by one window (Captum's ``sliding_window_shapes`` along the sequence)."""
-    stride: int = 1
+    stride: int = int_option(1, high="window")
     """Features the window moves by; at most ``window`` (Captum's ``strides``)."""
-
-    def validate(self) -> None:
-        super().validate()
-        check_positive_int("window", self.window)
-        if not isinstance(self.stride, int) or not 1 <= self.stride <= self.window:
-            raise ValueError(
-                f"stride must be an integer between 1 and window={self.window}, got {self.stride!r}"
-            )
 
 
 def window_count(num_features: int, window: int, stride: int) -> int:

@@ -24,7 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +45,26 @@ def check_positive_int(name: str, value, allow_none: bool = False) -> None:
         raise ValueError(
             f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}"
         )
+
+
+def check_int_range(name: str, value, low: int, high: int | None = None, high_name: str = "") -> None:
+    """Refuse anything but an integer from ``low`` to ``high`` (no upper bound when None), naming the option
+    (and the bound's source, ``high_name``, e.g. another option).
+
+    Example:
+        >>> check_int_range("stride", 3, 1, 2, high_name="window=2")
+        Traceback (most recent call last):
+        ...
+        ValueError: stride must be an integer between 1 and window=2, got 3
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        wanted = f">= {low}" if high is None else f"between {low} and {high_name or high}"
+        raise ValueError(f"{name} must be an integer {wanted}, got {value!r}")
 
 
 def check_baseline(baseline) -> None:
@@ -64,12 +86,46 @@ def check_baseline(baseline) -> None:
         )
 
 
+INT_BOUNDS = "seqattr.int_bounds"
+"""The field metadata key of `int_option`'s bounds."""
+
+
+def int_option(default: int, low: int = 1, high: str | None = None) -> Any:
+    """A dataclass field for an integer option from ``low`` up to the value of the option named ``high``
+    (unbounded when None), checked by `MethodOptions.validate`: an option's bounds are declared with it,
+    not in a ``validate`` of its own.
+
+    Example:
+        >>> @dataclass
+        ... class WindowOptions(MethodOptions):
+        ...     window: int = int_option(1)
+        ...     stride: int = int_option(1, high="window")
+        >>> WindowOptions(window=2, stride=3).validate()
+        Traceback (most recent call last):
+        ...
+        ValueError: stride must be an integer between 1 and window=2, got 3
+    """
+    return dataclasses.field(default=default, metadata={INT_BOUNDS: (low, high)})
+
+
 @dataclass
 class MethodOptions:
     """The root of every method's options."""
 
     def validate(self) -> None:
-        """Check the values beyond their declared types; subclasses extend it and call ``super()``."""
+        """Check the values beyond their declared types; subclasses extend it and call ``super()``. Here: the
+        bounds of the options declared with `int_option`."""
+        for option in dataclasses.fields(self):
+            bounds = option.metadata.get(INT_BOUNDS)
+            if bounds is None:
+                continue
+            low, high_option = bounds
+            value = getattr(self, option.name)
+            if high_option is None and low == 1:
+                check_positive_int(option.name, value)
+                continue
+            high = None if high_option is None else getattr(self, high_option)
+            check_int_range(option.name, value, low, high, high_name=f"{high_option}={high}")
 
 
 @dataclass

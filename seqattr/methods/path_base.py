@@ -15,16 +15,26 @@ broadcastable to the embeddings, typically one ``[hidden]`` vector.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from seqattr.methods.base import MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
 from seqattr.methods.convergence import CONVERGENCE_DELTA, Completeness
-from seqattr.methods.gradient import AttributionWriter, GradientOptions, reduce_hidden, step_gradients
-from seqattr.methods.options import Baseline, InternalBatch, check_positive_int
+from seqattr.methods.gradient import (
+    AttributionWriter,
+    GradientOptions,
+    captum_stepwise,
+    reduce_hidden,
+    step_chunks,
+    step_gradients,
+)
+from seqattr.methods.options import Baseline, ConvergenceDelta, InternalBatch, check_positive_int
+from seqattr.progress import expect_passes
 from seqattr.typing import Float, Tensor
 
 INTEGRATION_METHODS = tuple(SUPPORTED_METHODS)
@@ -176,7 +186,8 @@ class PointBlock:
     """
 
     source_points: Float[Tensor, "n source_len hidden"] | None
-    target_points: Float[Tensor, "n target_len hidden"]
+    target_points: Float[Tensor, "n target_len hidden"] | None
+    """None where the space has no target positions (a layer method's encoder layer)."""
     source_factor: Tensor | None
     target_factor: Tensor | None
 
@@ -202,24 +213,60 @@ class PathSums:
         return sum(parts).transpose(0, 1)
 
 
-def path_sums(inputs: MethodInputs, steps: slice, blocks: Iterator[PointBlock]) -> PathSums:
-    """``sum over blocks and copies of factor * gradient`` for the steps of ``steps``, one forward per block.
+RoleGradients = Callable[[Tensor | None, Tensor | None, slice], tuple[Tensor | None, Tensor | None]]
+"""``(source points, target points, steps) -> (source gradients, target gradients)``: each step's gradient
+``[steps, n, positions, dims]`` at ``n`` points (copies of the batch), None for a role not attributed."""
+
+
+@dataclass
+class PathSpace:
+    """Where the points of a path method lie: the input embeddings (`input_space`), or a layer's activations
+    for a layer method (`LayerRun.path_space`). ``source`` and ``target`` are the paths' ends (the inputs, or
+    the layer's activations on them; None where the space has no such positions); ``gradients`` takes each
+    step's gradient at points of the space."""
+
+    source: Tensor | None
+    target: Tensor | None
+    gradients: RoleGradients
+
+
+def input_space(inputs: MethodInputs) -> PathSpace:
+    """The input embeddings as a path space: gradients from `step_gradients` (one forward, batched backward).
+
+    Example:
+        >>> space = input_space(inputs)  # doctest: +SKIP
+        >>> space.target is inputs.target_embeds  # doctest: +SKIP
+        True
+    """
+
+    def gradients(source: Tensor | None, target: Tensor | None, steps: slice):
+        grads = step_gradients(inputs, source, target, steps)
+        return grads.source, grads.target
+
+    return PathSpace(inputs.source_embeds, inputs.target_embeds, gradients)
+
+
+def path_sums(
+    inputs: MethodInputs, steps: slice, blocks: Iterator[PointBlock], space: PathSpace | None = None
+) -> PathSums:
+    """``sum over blocks and copies of factor * gradient`` for the steps of ``steps``, one forward per block;
+    gradients in ``space`` (default: the input embeddings).
 
     Example:
         >>> block = PointBlock(None, points, None, weights)  # doctest: +SKIP
         >>> sums = path_sums(inputs, slice(0, 4), iter([block]))  # doctest: +SKIP
     """
+    gradients = (space or input_space(inputs)).gradients
     batch = inputs.batch.size
     source_sum = target_sum = None
     for block in blocks:
-        grads = step_gradients(inputs, block.source_points, block.target_points, steps)
-        copies = grads.scores.shape[0] // batch
-        if grads.source is not None:
-            part = (grads.source * block.source_factor).unflatten(1, (copies, batch)).sum(1)
+        source, target = gradients(block.source_points, block.target_points, steps)
+        if source is not None:
+            part = (source * block.source_factor).unflatten(1, (-1, batch)).sum(1)
             source_sum = part if source_sum is None else source_sum + part
-        if grads.target is not None:
-            prefix = grads.target.shape[2]
-            part = (grads.target * block.target_factor[:, :prefix]).unflatten(1, (copies, batch)).sum(1)
+        if target is not None:
+            prefix = target.shape[2]
+            part = (target * block.target_factor[:, :prefix]).unflatten(1, (-1, batch)).sum(1)
             target_sum = part if target_sum is None else target_sum + part
     return PathSums(source_sum, target_sum)
 
@@ -273,3 +320,190 @@ def with_completeness(
 def expand_rows(x: Tensor | None, copies: int) -> Tensor | None:
     """``copies`` copies of a batch tensor stacked block-wise (the layout `StepObjective` expects)."""
     return None if x is None else x.repeat(copies, *([1] * (x.dim() - 1)))
+
+
+def straight_path_blocks(
+    space: PathSpace, start: Baselines, options, alphas: list[float], weights: list[float], batch: int
+) -> Iterator[PointBlock]:
+    """Point blocks of the straight path ``start + alpha (end - start)`` for every role of ``space`` (a role
+    whose start is None is not attributed: its points stay at the end, the input)."""
+    ends = {"source": space.source, "target": space.target}
+    starts = {"source": start.source, "target": start.target}
+    like = space.target if space.target is not None else space.source
+    for block in point_blocks(len(alphas), batch, options.internal_batch_size):
+        alpha, weight = block_coefficients(block, alphas, weights, batch, like)
+        points, factors = {}, {}
+        for role, end in ends.items():
+            begin = starts[role]
+            copies = None if end is None else end.repeat(len(block), 1, 1)
+            if begin is None:  # not attributed: stays at the input
+                points[role], factors[role] = copies, None
+                continue
+            difference = (end - begin).repeat(len(block), 1, 1)
+            points[role] = begin.repeat(len(block), 1, 1) + alpha * difference
+            factors[role] = weight * difference if options.multiply_by_inputs else weight
+        yield PointBlock(points["source"], points["target"], factors["source"], factors["target"])
+
+
+def run_captum_integrated_gradients(
+    captum, attributed: tuple[Tensor, ...], baselines: Baselines, additional: tuple, options
+) -> tuple[tuple[Tensor, ...], Tensor | None]:
+    """One call of Captum's (layer) integrated gradients with the options' rule, points and row budget:
+    ``(attributions, convergence delta or None)``, the delta only when ``return_convergence_delta``."""
+    asked = getattr(options, "return_convergence_delta", False)
+    result = captum.attribute(
+        attributed,
+        baselines=baselines.for_step(attributed),
+        additional_forward_args=additional,
+        n_steps=options.n_steps,
+        method=options.integration_method,
+        internal_batch_size=options.internal_batch_size,
+        return_convergence_delta=asked,
+    )
+    if asked:
+        result, delta = result
+        return result, delta.detach()
+    return result, None
+
+
+@dataclass
+class IntegratedGradientsOptions(ConvergenceDelta, PathOptions):
+    """Options of integrated gradients."""
+
+
+class PathMethod(AttributionMethod):
+    """Family base of integrated gradients and its relatives: both paths and the completeness check.
+
+    A subclass declares its points and its Captum class; the base runs the rest:
+
+    - `path_blocks`: the points of one baseline's paths and each gradient's factor, block by block (default:
+      the straight path from the baseline to the input, in the method's space). Fused, each block is
+      evaluated once for every step of a chunk (`path_sums`);
+    - `captum_method`: Captum's class of the same method on one step's forward function, the stepwise
+      reference (`captum_stepwise`); `captum_attribution` when one Captum call per step does not suffice;
+    - `draw_baselines` when the baselines are not the ``baseline=`` option (several are averaged);
+    - `layer_run` for a layer method: the paths then run over the layer's activations (`LayerRun`), the same
+      points and factors as the input method it wraps.
+
+    With ``completeness`` the convergence delta (``return_convergence_delta=``) and the engine's
+    completeness warning come from the base, on both paths.
+    """
+
+    Options: ClassVar[type] = IntegratedGradientsOptions
+    completeness: ClassVar[bool] = True
+    """Whether the attributions of a step add up to ``f(input) - f(baseline)`` (checked, and warned about)."""
+    split_positions: ClassVar[bool] = False
+    """Whether the stepwise reference passes each token to Captum as its own input (see `captum_stepwise`)."""
+
+    # --- what a method declares -----------------------------------------------------------------------
+
+    def draw_baselines(self, inputs: MethodInputs, options) -> list[Baselines]:
+        """The baselines whose paths are averaged (default: the one of the ``baseline`` option)."""
+        return [resolve_baselines(self.model, inputs, options.baseline)]
+
+    def point_count(self, inputs: MethodInputs, steps: slice, num_alphas: int) -> int:
+        """Points per example on one baseline's paths for the chunk ``steps`` (one per alpha by default)."""
+        return num_alphas
+
+    def path_blocks(
+        self,
+        inputs: MethodInputs,
+        steps: slice,
+        space: PathSpace,
+        start: Baselines,
+        options,
+        alphas: list[float],
+        weights: list[float],
+    ) -> Iterator[PointBlock]:
+        """The blocks of points of the paths from ``start`` for the chunk ``steps`` (default: straight)."""
+        return straight_path_blocks(space, start, options, alphas, weights, inputs.batch.size)
+
+    def captum_method(self, forward: Callable[..., Tensor], options, layer=None) -> Any:
+        """Captum's class of the method on ``forward`` (``layer``: the tap of a layer method)."""
+        raise NotImplementedError
+
+    def captum_attribution(
+        self,
+        forward,
+        attributed: tuple[Tensor, ...],
+        additional: tuple,
+        start: Baselines,
+        options,
+        layer=None,
+    ) -> tuple[tuple[Tensor, ...], Tensor | None]:
+        """One step's Captum attributions from ``start`` and the convergence delta (None when not asked)."""
+        captum = self.captum_method(forward, options, layer)
+        return run_captum_integrated_gradients(captum, attributed, start, additional, options)
+
+    def layer_run(self, inputs: MethodInputs, options) -> contextlib.AbstractContextManager:
+        """A context giving the `LayerRun` of a layer method, or None for an input method."""
+        return contextlib.nullcontext()
+
+    # --- the two paths --------------------------------------------------------------------------------
+
+    def attribute_fused(self, inputs: MethodInputs, options) -> MethodOutput:
+        baselines = self.draw_baselines(inputs, options)
+        alphas, weights = integration_rule(options.n_steps, options.integration_method)
+        weights = [w / len(baselines) for w in weights]  # the mean over baselines
+        batch, rows = inputs.batch.size, options.internal_batch_size
+        chunks = list(step_chunks(inputs, n_points=rows or len(alphas) * batch))
+        blocks = sum(
+            len(list(point_blocks(self.point_count(inputs, steps, len(alphas)), batch, rows)))
+            for steps in chunks
+        )
+        checks = 1 + len(baselines) if self.completeness else 0  # passes without gradients
+        with self.layer_run(inputs, options) as run:
+            layer_passes = 0 if run is None else 1 + len(baselines)  # the layer's activations
+            expect_passes(inputs.objective, blocks * len(baselines) + checks + layer_passes)
+            if run is None:
+                space, starts = input_space(inputs), baselines
+            else:
+                space, starts = run.path_space(baselines)
+            writer, totals = AttributionWriter(inputs), []
+            for steps in chunks:
+                sums = None
+                for start in starts:  # blocks hold one baseline's points
+                    blocks_of = self.path_blocks(inputs, steps, space, start, options, alphas, weights)
+                    part = path_sums(inputs, steps, blocks_of, space)
+                    sums = part if sums is None else sums + part
+                totals.append(sums.total())
+                write_sums(writer, steps, sums, options.hidden_reduction)
+        if not self.completeness:
+            return writer.output()
+        # The completeness check costs passes without gradients; it runs always, for the warning.
+        gap = completeness_gap(inputs, baselines)
+        return with_completeness(writer.output(), inputs, options, baselines, torch.cat(totals, 1) - gap, gap)
+
+    def attribute_stepwise(self, inputs: MethodInputs, options) -> MethodOutput:
+        baselines = self.draw_baselines(inputs, options)
+        deltas = []
+        with self.layer_run(inputs, options) as run:
+
+            def attribute_step(forward, attributed, additional):
+                if run is not None:
+                    forward = run.wrap(forward, len(attributed))
+                total, delta = None, None
+                for start in baselines:  # Captum from each baseline, then the mean
+                    result, step_delta = self.captum_attribution(
+                        forward, attributed, additional, start, options, None if run is None else run.tap
+                    )
+                    if run is not None:
+                        result = run.per_role(result)
+                    if step_delta is not None:
+                        part = step_delta / len(baselines)
+                        delta = part if delta is None else delta + part
+                    total = (
+                        result if total is None else tuple(t + r for t, r in zip(total, result, strict=True))
+                    )
+                if delta is not None:
+                    deltas.append(delta)
+                if len(baselines) == 1:
+                    return total
+                return tuple(None if t is None else t / len(baselines) for t in total)
+
+            step_inputs = inputs if run is None else run.inputs
+            output = captum_stepwise(
+                step_inputs, attribute_step, options.reduce, split_positions=self.split_positions
+            )
+        delta = torch.stack(deltas, 1) if deltas else None  # Captum computes it only when asked
+        return with_completeness(output, inputs, options, baselines, delta)

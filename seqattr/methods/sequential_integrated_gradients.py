@@ -16,19 +16,24 @@ from __future__ import annotations
 import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
-from seqattr.methods.gradient import AttributionWriter, captum_stepwise, step_chunks
+from seqattr.methods.base import MethodInputs
 from seqattr.methods.path_base import (
     Baselines,
+    PathMethod,
     PathOptions,
     PointBlock,
     expand_rows,
-    integration_rule,
-    path_sums,
     point_blocks,
-    resolve_baselines,
-    write_sums,
 )
+
+
+def attributed_tokens(
+    inputs: MethodInputs, prefix_len: int, source: bool, target: bool
+) -> list[tuple[int, int]]:
+    """``(role, position)`` of every token a chunk moves (role 0 source, 1 target; only the roles asked for,
+    the target cut to ``prefix_len``), in path order."""
+    roles = [(inputs.source_embeds, source), (inputs.target_embeds[:, :prefix_len], target)]
+    return [(r, i) for r, (embeds, moved) in enumerate(roles) if moved for i in range(embeds.shape[1])]
 
 
 def _single_token_blocks(
@@ -43,12 +48,7 @@ def _single_token_blocks(
     batch = inputs.batch.size
     target = inputs.target_embeds[:, :prefix_len]
     roles = [("source", inputs.source_embeds, baselines.source), ("target", target, baselines.target)]
-    tokens = [
-        (r, i)
-        for r, (_, embeds, base) in enumerate(roles)
-        if base is not None
-        for i in range(embeds.shape[1])
-    ]
+    tokens = attributed_tokens(inputs, prefix_len, baselines.source is not None, baselines.target is not None)
     device, dtype = target.device, target.dtype
     for block in point_blocks(len(tokens) * len(alphas), batch, options.internal_batch_size):
         copies = len(block)
@@ -78,53 +78,47 @@ def _single_token_blocks(
         yield PointBlock(points[0], points[1], factors[0], factors[1])
 
 
-class SequentialIntegratedGradients(AttributionMethod):
+class SequentialIntegratedGradients(PathMethod):
     """Integrated gradients of each token alone, the other tokens fixed at their embeddings."""
 
     name = "sequential_integrated_gradients"
     Options = PathOptions
+    completeness = False  # each token's path is its own: the attributions add up to no single difference
+    split_positions = True  # one Captum input per token
 
-    def attribute_fused(self, inputs: MethodInputs, options: PathOptions) -> MethodOutput:
-        baselines = resolve_baselines(self.model, inputs, options.baseline)
-        alphas, weights = integration_rule(options.n_steps, options.integration_method)
-        writer = AttributionWriter(inputs)
-        rows = options.internal_batch_size or len(alphas) * inputs.batch.size
-        for steps in step_chunks(inputs, n_points=rows):
-            prefix_len = int(inputs.batch.step_positions[steps].max())
-            blocks = _single_token_blocks(inputs, baselines, options, prefix_len, alphas, weights)
-            write_sums(writer, steps, path_sums(inputs, steps, blocks), options.hidden_reduction)
-        return writer.output()
+    def point_count(self, inputs: MethodInputs, steps: slice, num_alphas: int) -> int:
+        prefix_len = int(inputs.batch.step_positions[steps].max())
+        source = inputs.attribute_source and inputs.source_embeds is not None
+        tokens = attributed_tokens(inputs, prefix_len, source, inputs.attribute_target)
+        return len(tokens) * num_alphas
 
-    def attribute_stepwise(self, inputs: MethodInputs, options: PathOptions) -> MethodOutput:
-        baselines = resolve_baselines(self.model, inputs, options.baseline)
+    def path_blocks(self, inputs, steps, space, start, options, alphas, weights):
+        prefix_len = int(inputs.batch.step_positions[steps].max())
+        return _single_token_blocks(inputs, start, options, prefix_len, alphas, weights)
 
-        def attribute_step(forward, attributed, additional):
-            # One Captum input per token (split_positions): Captum's IG on token i alone, the others constant.
-            token_baselines = list(baselines.source.unbind(1)) if baselines.source is not None else []
-            if baselines.target is not None:
-                token_baselines += list(
-                    baselines.target[:, : len(attributed) - len(token_baselines)].unbind(1)
+    def captum_attribution(self, forward, attributed, additional, start, options, layer=None):
+        # Captum's IG on token i alone (one Captum input per token), the others constant.
+        token_baselines = list(start.source.unbind(1)) if start.source is not None else []
+        if start.target is not None:
+            token_baselines += list(start.target[:, : len(attributed) - len(token_baselines)].unbind(1))
+        results = []
+        for i, token in enumerate(attributed):
+            others = tuple(x.detach() for j, x in enumerate(attributed) if j != i)
+
+            def forward_one(x, *rest, _i=i, _others=len(others)):  # noqa: B008 (bound per token, on purpose)
+                tokens = list(rest[:_others])
+                tokens.insert(_i, x)
+                return forward(*tokens, *rest[_others:])
+
+            ig = CaptumIntegratedGradients(forward_one, multiply_by_inputs=options.multiply_by_inputs)
+            results.append(
+                ig.attribute(
+                    token,
+                    baselines=token_baselines[i],
+                    additional_forward_args=(*others, *additional),
+                    n_steps=options.n_steps,
+                    method=options.integration_method,
+                    internal_batch_size=options.internal_batch_size,
                 )
-            results = []
-            for i, token in enumerate(attributed):
-                others = tuple(x.detach() for j, x in enumerate(attributed) if j != i)
-
-                def forward_one(x, *rest, _i=i, _others=len(others)):  # noqa: B008 (bound per token, on purpose)
-                    tokens = list(rest[:_others])
-                    tokens.insert(_i, x)
-                    return forward(*tokens, *rest[_others:])
-
-                ig = CaptumIntegratedGradients(forward_one, multiply_by_inputs=options.multiply_by_inputs)
-                results.append(
-                    ig.attribute(
-                        token,
-                        baselines=token_baselines[i],
-                        additional_forward_args=(*others, *additional),
-                        n_steps=options.n_steps,
-                        method=options.integration_method,
-                        internal_batch_size=options.internal_batch_size,
-                    )
-                )
-            return tuple(results)
-
-        return captum_stepwise(inputs, attribute_step, options.reduce, split_positions=True)
+            )
+        return tuple(results), None
