@@ -1,4 +1,4 @@
-"""`make quality`: which attribution to trust: every registered method on the ground-truth tasks and on SmolLM2.
+"""`make quality`: which attribution to trust: every method on the ground-truth tasks and on SmolLM2.
 
 Plausibility: each method's argmax alignments against the gold links of the three ground-truth tasks
 (`seqattr.ground_truth`: alignment accuracy and AER). Faithfulness: each method on SmolLM2-135M-Instruct
@@ -112,7 +112,11 @@ def faithfulness_rows(methods: list[str], prompts: list[str], progress: Progress
             warnings.simplefilter("ignore")
             started = time.perf_counter()
             out = model.attribute(
-                prompts, method=method, generation_args=GENERATION, show_progress=False, **OPTIONS.get(method, {})
+                prompts,
+                method=method,
+                generation_args=GENERATION,
+                show_progress=False,
+                **OPTIONS.get(method, {}),
             )
             attributed = time.perf_counter() - started
             steps = sum(seq.num_steps for seq in out)
@@ -132,7 +136,8 @@ def faithfulness_rows(methods: list[str], prompts: list[str], progress: Progress
 
 
 def _number(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "n/a" if missing else f"{value:.{digits}f}"
 
 
 def markdown(results: dict) -> str:
@@ -141,8 +146,8 @@ def markdown(results: dict) -> str:
     if tasks:
         accuracy = {r["task"]: r["task_accuracy"] for r in results["ground_truth"]}
         lines += [
-            "Alignment accuracy / AER on the ground-truth tasks (argmax link per step; task model accuracy in "
-            "the header). Higher accuracy and lower AER are better.",
+            "Alignment accuracy / AER on the ground-truth tasks (argmax link per step; task model accuracy "
+            "in the header). Higher accuracy and lower AER are better.",
             "",
             "| method | " + " | ".join(f"{t} ({accuracy[t]:.0%})" for t in tasks) + " |",
             "| --- | " + " | ".join("---" for _ in tasks) + " |",
@@ -159,17 +164,18 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results["faithfulness"]:
         lines += [
-            f"Faithfulness on SmolLM2-135M-Instruct ({results['num_prompts']} prompts, 10 greedy tokens each; "
-            "each cell: the method's mean over all steps, then the random ranking's). Comprehensiveness, "
-            "deletion-vs-insertion gap (ABPC) and insertion AUC: higher is better; sufficiency and deletion "
-            "AUC: lower is better.",
+            f"Faithfulness on SmolLM2-135M-Instruct ({results['num_prompts']} prompts, 10 greedy tokens "
+            "each; each cell: the method's mean over all steps, then the random ranking's). "
+            "Comprehensiveness, deletion-vs-insertion gap (ABPC) and insertion AUC: higher is better; "
+            "sufficiency and deletion AUC: lower is better.",
             "",
             "| method | " + " | ".join(METRICS) + " | s / step |",
             "| --- | " + " | ".join("---" for _ in METRICS) + " | --- |",
         ]
         for row in results["faithfulness"]:
             cells = [f"{_number(row['means'][m])} ({_number(row['random'][m])})" for m in METRICS]
-            lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {_number(row['seconds_per_step'])} |")
+            seconds = _number(row["seconds_per_step"])
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {seconds} |")
         lines.append("")
     lines.append(f"Measured {results['date']} on {results['machine']} by `make quality`.")
     return "\n".join(lines)

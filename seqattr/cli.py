@@ -126,10 +126,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="hub id, local folder or .gguf file (default: SmolLM2-135M-Instruct, works offline)",
     )
     parser.add_argument(
-        "-a",
-        "--method",
-        default="saliency",
-        help="attribution method (default saliency; see `seqattr methods`)",
+        "-a", "--method", default="saliency", help="attribution method (see `seqattr methods`)"
     )
 
 
@@ -354,10 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="shares of each step's tokens removed or kept, in (0, 1] (default 0.1 0.2 0.3 0.4 0.5)",
     )
     evaluate.add_argument(
-        "--removal",
-        default="replace",
-        choices=["replace", "delete"],
-        help="replace removed tokens by the baseline (default) or delete them",
+        "--removal", default="replace", choices=["replace", "delete"], help="replace (default) or delete"
     )
     evaluate.add_argument(
         "--baseline",
@@ -365,10 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what a replaced token becomes: zeros (default), unk, pad or a token id",
     )
     evaluate.add_argument(
-        "--by",
-        default="signed",
-        choices=["signed", "abs"],
-        help="rank tokens by signed score (default) or by magnitude",
+        "--by", default="signed", choices=["signed", "abs"], help="rank by score or |score|"
     )
     evaluate.add_argument(
         "--seed", type=int, default=0, help="seed of the random ranking and soft draws (default 0)"

@@ -85,23 +85,36 @@ class PassProgress:
         if self._bar is None:
             if time.perf_counter() - self._started < DELAY_S:
                 return
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            )
+            self._bar = progress_bar(transient=True)
             self._task = self._bar.add_task(self._label(), total=self.total, completed=self.done)
             self._bar.start()
         self._bar.update(self._task, description=self._label(), total=self.total, completed=self.done)
+
+
+def progress_bar(*extra_columns, transient: bool = False):
+    """seqattr's rich progress bar: description, bar, done/total, elapsed and remaining time, then
+    ``extra_columns`` (e.g. a `rich.progress.TextColumn` of a task field).
+
+    Example:
+        >>> bar = progress_bar()
+        >>> [type(c).__name__ for c in bar.columns][:3]
+        ['TextColumn', 'BarColumn', 'MofNCompleteColumn']
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        *extra_columns,
+        transient=transient,
+    )

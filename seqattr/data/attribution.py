@@ -49,6 +49,10 @@ class Operations:
         """What the attribution run recorded under ``key`` in ``info`` (None where there is no info)."""
         return None
 
+    def _one_per_sequence(self, values: list) -> Any:
+        """A per-sequence result as the class returns it: a sequence's own value, an output's list."""
+        return values[0]
+
     # Aggregation: each returns a new object (seqattr.data.aggregation and seqattr.data.granularity).
 
     def reduce(self, fn="sum", dim: int | None = None):
@@ -139,6 +143,37 @@ class Operations:
 
         return to_dataframe(self)
 
+    def alignments(
+        self,
+        threshold: float | None = None,
+        *,
+        top_k: int | None = None,
+        signed: bool = False,
+        special_ids=None,
+    ) -> Alignment | list[Alignment]:
+        """Hard alignments (`seqattr.data.alignment`): each step's argmax source position, or its ``top_k``,
+        or every position holding at least ``threshold`` of the step's total (0-based, special tokens not
+        counted; the prompt is the source of a decoder-only model). One `Alignment` for a
+        `SequenceAttribution`, a list of them (one per example) for an output, whose special tokens are
+        those recorded at attribution time unless ``special_ids`` is given. Score them with
+        `seqattr.metrics`.
+
+        Example:
+            >>> alignment = seq.alignments()               # decoder-only: steps linked to prompt tokens
+            >>> alignment.target, len(alignment.links)      # one link (the argmax) per step
+            (['Ġthe', 'Ġc', 'it', 'y'], 4)
+            >>> [len(a.links) for a in out.alignments()] == [len(seq.steps) for seq in out]
+            True
+        """
+        from seqattr.data.alignment import extract_alignment
+
+        ids = self._recorded("special_token_ids") if special_ids is None else special_ids
+        found = [
+            extract_alignment(seq, threshold, top_k=top_k, signed=signed, special_ids=ids)
+            for seq in self._sequences()
+        ]
+        return self._one_per_sequence(found)
+
     def get_scores_dicts(self) -> list[dict[str, dict]]:
         """One nested dict of scores per example, Inseq-like (`seqattr.data.frames.scores_dict`): a list of
         one for a `SequenceAttribution`."""
@@ -225,27 +260,6 @@ class SequenceAttribution(Views, Operations):
     def _sequences(self) -> list[SequenceAttribution]:
         return [self]
 
-    def alignments(
-        self,
-        threshold: float | None = None,
-        *,
-        top_k: int | None = None,
-        signed: bool = False,
-        special_ids=None,
-    ) -> Alignment:
-        """Hard alignment: each step's argmax source position, or its ``top_k``, or every position holding
-        at least ``threshold`` of the step's total (`seqattr.data.alignment`: 0-based, special tokens not
-        counted; the prompt is the source of a decoder-only model).
-
-        Example:
-            >>> alignment = seq.alignments()               # decoder-only: steps linked to prompt tokens
-            >>> alignment.target, len(alignment.links)      # one link (the argmax) per step
-            (['Ġthe', 'Ġc', 'it', 'y'], 4)
-        """
-        from seqattr.data.alignment import extract_alignment
-
-        return extract_alignment(self, threshold, top_k=top_k, signed=signed, special_ids=special_ids)
-
     def __getitem__(self, steps: int | slice) -> SequenceAttribution:
         """A range of steps: ``seq[:5]``, ``seq[-1]`` (`aggregation.slice_steps`)."""
         from seqattr.data.aggregation import slice_steps
@@ -308,23 +322,8 @@ class AttributionOutput(Views, Operations):
     def _recorded(self, key: str) -> Any:
         return self.info.get(key)
 
-    def alignments(
-        self,
-        threshold: float | None = None,
-        *,
-        top_k: int | None = None,
-        signed: bool = False,
-        special_ids=None,
-    ) -> list[Alignment]:
-        """One hard alignment per example (`SequenceAttribution.alignments`); special tokens are those
-        recorded at attribution time unless ``special_ids`` is given. Score them with `seqattr.metrics`.
-
-        Example:
-            >>> [len(a.links) for a in out.alignments()] == [len(seq.steps) for seq in out]
-            True
-        """
-        ids = self.info.get("special_token_ids", ()) if special_ids is None else special_ids
-        return [seq.alignments(threshold, top_k=top_k, signed=signed, special_ids=ids) for seq in self]
+    def _one_per_sequence(self, values: list) -> list:
+        return values
 
     def __sub__(self, other: AttributionOutput) -> AttributionOutput:
         """Example-wise difference of two outputs over the same tokens: ``out_ig - out_saliency``."""

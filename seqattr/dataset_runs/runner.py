@@ -33,6 +33,7 @@ from seqattr.dataset_runs.shards import (
 )
 from seqattr.dataset_runs.source import Row, dataset_rows, fingerprint, open_dataset
 from seqattr.engine import run_info
+from seqattr.progress import progress_bar
 
 if TYPE_CHECKING:
     from seqattr.data.attribution import SequenceAttribution
@@ -174,7 +175,38 @@ def attribute_dataset(
     show_progress: bool = True,
     **attribute_args: Any,
 ) -> DatasetOutput:
-    """See `AttributionModel.attribute_dataset` (this is its implementation)."""
+    """Attribute every row of a dataset into ``output_dir``, a folder of shards; resumable.
+
+    Also a method of the model: ``model.attribute_dataset(data, output_dir=...)``.
+
+    Args:
+        model: the model to explain, with the method `load_model` bound (``method=`` picks another).
+        data: a `datasets.Dataset` or `IterableDataset` (streaming), or a path (JSONL, JSON, CSV, Parquet,
+            a folder written by ``save_to_disk``) or a hub name (streamed); read lazily, never whole.
+        output_dir: the folder of the run (see `seqattr.dataset_runs.shards`). Run the same call again
+            after an interruption: finished shards are kept, the rest is done, nothing twice.
+        input_column: the column of input texts (prompts, or sources of an encoder-decoder).
+        target_column: a column of forced outputs (default: generate).
+        split: the split of a dataset dictionary or hub name.
+        shard_size: rows per shard (the unit of resumption and of the split between processes).
+        batch_size: rows per model call (rows of similar length are batched together).
+        on_error: ``"skip"`` records a row that cannot be attributed (empty, too long, a forced target
+            that does not fit) in ``errors.jsonl`` and goes on; ``"raise"`` stops the run.
+        storage_dtype: store attributions and step scores as ``"float16"`` (half the size) or
+            ``"float32"``; default as computed.
+        show_progress: a progress bar of rows, rows per second, time left and rows skipped.
+        **attribute_args: the keywords of `attribute` (method options included), the same for every row.
+
+    Under ``accelerate launch`` or ``torchrun`` each process takes a disjoint, deterministic share of the
+    shards; the records equal a one-process run's.
+
+    Example:
+        >>> data = datasets.Dataset.from_dict({"text": ["Hello there", "The sky is", ""]})
+        >>> run = model.attribute_dataset(data, output_dir=tmp / "run", show_progress=False,
+        ...                               generation_args={"max_new_tokens": 2})
+        >>> len(run), run.errors[0]["row"], [row for row, seq in run]
+        (2, 2, [0, 1])
+    """
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -225,7 +257,7 @@ def attribute_dataset(
                 continue
             path = shard_path(output_dir, shard)
             if path.exists():  # finished by an earlier run
-                progress.advance(len(rows), skipped=0, resumed=True)
+                progress.advance(len(rows), skipped=0)
                 continue
             results = worker.run(rows)
             write_atomically(path, shard_lines(results))
@@ -271,30 +303,16 @@ class _RunProgress:
 
     def __enter__(self) -> _RunProgress:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import TextColumn
 
-            self.progress = Progress(
-                TextColumn("rows"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("skipped {task.fields[skipped]}"),
-                transient=False,
+            self.progress = progress_bar(
+                TextColumn("{task.fields[rate]}"), TextColumn("skipped {task.fields[skipped]}")
             )
             self.progress.start()
-            self.task = self.progress.add_task("rows", total=self.total, skipped=0, rate="")
+            self.task = self.progress.add_task("rows", total=self.total, skipped=0, rate="")  # rows/s
         return self
 
-    def advance(self, rows: int, skipped: int, resumed: bool = False) -> None:
+    def advance(self, rows: int, skipped: int) -> None:
         self.skipped += skipped
         if self.progress is not None:
             self.progress.update(self.task, advance=rows, skipped=self.skipped)

@@ -280,9 +280,7 @@ class _SequenceRun:
     def __init__(self, model: AttributionModel, seq: SequenceAttribution, step_function, baseline) -> None:
         self.model, self.seq = model, seq
         example = EncodedExample(seq.source_ids, seq.target_ids, seq.attr_pos_start, seq.attr_pos_end)
-        batch = AttributionBatch.from_examples(
-            [example], model.pad_token_id, model.family, model.device
-        )
+        batch = AttributionBatch.from_examples([example], model.pad_token_id, model.family, model.device)
         source_embeds, target_embeds = model.embed_batch(batch)
         self.step_function = step_function
         attribute_source = model.family.attributes_source() and seq.source_attributions is not None
@@ -480,9 +478,7 @@ class _SequenceRun:
     def _plain_scores(self, examples: list[EncodedExample]) -> Float[Tensor, "n steps"]:
         """Every step's score of unperturbed examples (a batch of them, through the engine's chunked rows)."""
         model = self.model
-        batch = AttributionBatch.from_examples(
-            examples, model.pad_token_id, model.family, model.device
-        )
+        batch = AttributionBatch.from_examples(examples, model.pad_token_id, model.family, model.device)
         source_embeds, target_embeds = model.embed_batch(batch)
         objective = StepObjective(model, batch, self.step_function)
         inputs = MethodInputs(batch, objective, source_embeds, target_embeds, False, False)

@@ -11,15 +11,15 @@ Conventions (documented once, in docs/usage.md):
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seqattr import engine
 from seqattr.data.attribution import AttributionOutput
+from seqattr.dataset_runs.runner import attribute_dataset
 from seqattr.evaluation import DEFAULT_FRACTIONS, EvaluationResult, evaluate
 from seqattr.methods.base import get_method_class
 from seqattr.models.architecture import ArchitectureFacts
@@ -31,9 +31,6 @@ from seqattr.request import AttributionRequest
 from seqattr.step_functions import StepFunction
 from seqattr.trace import DEFAULT_TOP_K
 from seqattr.typing import Float, Int, Tensor
-
-if TYPE_CHECKING:
-    from seqattr.dataset_runs.shards import DatasetOutput
 
 
 class AttributionModel:
@@ -416,66 +413,8 @@ class AttributionModel:
             **{k: v for k, v in arguments.items() if k in own},
         )
 
-    def attribute_dataset(
-        self,
-        data: Any,
-        *,
-        output_dir: str | os.PathLike,
-        input_column: str = "text",
-        target_column: str | None = None,
-        split: str = "train",
-        shard_size: int = 100,
-        batch_size: int = 8,
-        on_error: str = "skip",
-        storage_dtype: str | None = None,
-        show_progress: bool = True,
-        **attribute_args: Any,
-    ) -> DatasetOutput:
-        """Attribute every row of a dataset into ``output_dir``, a folder of shards; resumable.
-
-        Args:
-            data: a `datasets.Dataset` or `IterableDataset` (streaming), or a path (JSONL, JSON, CSV, Parquet,
-                a folder written by ``save_to_disk``) or a hub name (streamed); read lazily, never whole.
-            output_dir: the folder of the run (see `seqattr.dataset_runs.shards`). Run the same call again
-                after an interruption: finished shards are kept, the rest is done, nothing twice.
-            input_column: the column of input texts (prompts, or sources of an encoder-decoder).
-            target_column: a column of forced outputs (default: generate).
-            split: the split of a dataset dictionary or hub name.
-            shard_size: rows per shard (the unit of resumption and of the split between processes).
-            batch_size: rows per model call (rows of similar length are batched together).
-            on_error: ``"skip"`` records a row that cannot be attributed (empty, too long, a forced target
-                that does not fit) in ``errors.jsonl`` and goes on; ``"raise"`` stops the run.
-            storage_dtype: store attributions and step scores as ``"float16"`` (half the size) or
-                ``"float32"``; default as computed.
-            show_progress: a progress bar of rows, rows per second, time left and rows skipped.
-            **attribute_args: the keywords of `attribute` (method options included), the same for every row.
-
-        Under ``accelerate launch`` or ``torchrun`` each process takes a disjoint, deterministic share of the
-        shards; the records equal a one-process run's.
-
-        Example:
-            >>> data = datasets.Dataset.from_dict({"text": ["Hello there", "The sky is", ""]})
-            >>> run = model.attribute_dataset(data, output_dir=tmp / "run", show_progress=False,
-            ...                               generation_args={"max_new_tokens": 2})
-            >>> len(run), run.errors[0]["row"], [row for row, seq in run]
-            (2, 2, [0, 1])
-        """
-        from seqattr.dataset_runs.runner import attribute_dataset
-
-        return attribute_dataset(
-            self,
-            data,
-            output_dir=output_dir,
-            input_column=input_column,
-            target_column=target_column,
-            split=split,
-            shard_size=shard_size,
-            batch_size=batch_size,
-            on_error=on_error,
-            storage_dtype=storage_dtype,
-            show_progress=show_progress,
-            **attribute_args,
-        )
+    # One definition, with its signature and documentation, in seqattr/dataset_runs/runner.py.
+    attribute_dataset = attribute_dataset
 
     # --- evaluation ---------------------------------------------------------------------------------
 
