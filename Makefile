@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-chromium test test-fast lint docs bench demo
+.PHONY: install install-chromium test test-fast lint docs bench quality demo
 
 install:
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -46,6 +46,10 @@ docs:
 
 bench:
 	$(PYTHON) benchmarks/run.py
+
+# Every method on the ground-truth tasks and on SmolLM2 (faithfulness): rewrites docs/quality.md's tables.
+quality:
+	$(PYTHON) benchmarks/quality.py --docs
 
 demo:
 	seqattr attribute -a saliency -i "The capital of France is" --max-new-tokens 8 --step-scores probability

@@ -138,7 +138,9 @@ def browser_page(executable: str):
     """A fresh headless Chromium (its own profile directory) and one tab, closed afterwards."""
     import websocket
 
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile for a moment after the main one exits (seen
+    # under load: "Directory not empty" on cleanup); what they leave in /tmp is harmless.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
