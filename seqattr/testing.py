@@ -580,14 +580,201 @@ class _quiet_transformers:
         self._logger.setLevel(self._level)
 
 
+# --------------------------------------------------------------------------------------------------
+# Classifiers: one recipe per head architecture, trained a few seconds on a toy sentiment task
+# --------------------------------------------------------------------------------------------------
+POSITIVE_WORDS = ("good", "great", "wonderful", "happy", "beautiful", "nice")
+NEGATIVE_WORDS = ("bad", "awful", "terrible", "sad", "boring", "cold")
+_SUBJECTS = ("the movie", "the city", "this book", "my day", "the music", "the meeting", "the weather")
+SENTIMENT_CORPUS = tuple(
+    f"{subject} was {word}." for word in POSITIVE_WORDS + NEGATIVE_WORDS for subject in _SUBJECTS
+)
+"""The toy task of the tiny classifiers: ``"<subject> was <word>."``, positive when the word is one of
+`POSITIVE_WORDS`, negative for `NEGATIVE_WORDS` (labels ``{0: "negative", 1: "positive"}``)."""
+SENTIMENT_LABELS = {0: "negative", 1: "positive"}
+_SENTIMENT_IDS = {name: index for index, name in SENTIMENT_LABELS.items()}
+
+
+def sentiment_label(text: str) -> int:
+    """The toy task's label of ``text``: 1 if it holds a positive word, else 0."""
+    return int(any(word in text.split() or f"{word}." in text.split() for word in POSITIVE_WORDS))
+
+
+def _tokenizer_bert() -> PreTrainedTokenizerBase:
+    """BERT: lower-cased WordPiece, ``[PAD]``=0 ``[UNK]``=1 ``[CLS]``=2 ``[SEP]``=3 ``[MASK]``=4; ``[CLS]``
+    text ``[SEP]``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(ENGLISH_CORPUS + SENTIMENT_CORPUS, trainer=trainer)
+    vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
+    return BertTokenizer(vocab=vocab, model_max_length=MAX_POSITIONS)
+
+
+def _tokenizer_roberta() -> PreTrainedTokenizerBase:
+    """RoBERTa: byte-level BPE; ``<s>``=0 ``<pad>``=1 ``</s>``=2 ``<unk>``=3, ``<mask>`` last; ``<s>`` text
+    ``</s>``."""
+    from transformers import RobertaTokenizer
+
+    specials = ("<s>", "<pad>", "</s>", "<unk>")
+    vocab, merges = _train_bpe(_byte_level_pre_tokenizer(), 420, byte_level=True, special_tokens=specials)
+    vocab["<mask>"] = len(vocab)
+    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_POSITIONS)
+
+
+def _bert_classifier_config(tok: PreTrainedTokenizerBase):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=MAX_POSITIONS,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tok.pad_token_id,
+        id2label=SENTIMENT_LABELS,
+        label2id=_SENTIMENT_IDS,
+    )
+
+
+def _roberta_classifier_config(tok: PreTrainedTokenizerBase):
+    from transformers import RobertaConfig
+
+    return RobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=MAX_POSITIONS + 2,  # RoBERTa's positions start after its padding index
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        id2label=SENTIMENT_LABELS,
+        label2id=_SENTIMENT_IDS,
+    )
+
+
+def _distilbert_classifier_config(tok: PreTrainedTokenizerBase):
+    from transformers import DistilBertConfig
+
+    return DistilBertConfig(
+        vocab_size=len(tok),
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=MAX_POSITIONS,
+        dropout=0.0,
+        attention_dropout=0.0,
+        seq_classif_dropout=0.0,
+        pad_token_id=tok.pad_token_id,
+        id2label=SENTIMENT_LABELS,
+        label2id=_SENTIMENT_IDS,
+    )
+
+
+def _llama_classifier_config(tok: PreTrainedTokenizerBase):
+    config = _llama_style_config("LlamaConfig", tok)
+    config.hidden_size, config.intermediate_size = 32, 64
+    config.pad_token_id = tok.eos_token_id  # batches need one; the tokenizer pads with </s> too
+    config.id2label, config.label2id = SENTIMENT_LABELS, _SENTIMENT_IDS
+    config.num_labels = len(SENTIMENT_LABELS)
+    config.initializer_range = 0.02
+    return config
+
+
+CLASSIFIER_RECIPES: dict[str, Recipe] = {
+    "bert": Recipe("BertForSequenceClassification", _tokenizer_bert, _bert_classifier_config),
+    "distilbert": Recipe(
+        "DistilBertForSequenceClassification", _tokenizer_bert, _distilbert_classifier_config
+    ),
+    "roberta": Recipe("RobertaForSequenceClassification", _tokenizer_roberta, _roberta_classifier_config),
+    "llama": Recipe("LlamaForSequenceClassification", _tokenizer_llama, _llama_classifier_config),
+}
+"""The tiny sequence classifiers of the zoo, by name (`tiny_classifier`)."""
+
+CLASSIFIERS = tuple(CLASSIFIER_RECIPES)
+
+
+@functools.cache
+def _classifier_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
+    with _quiet_transformers():
+        return CLASSIFIER_RECIPES[architecture].tokenizer()
+
+
+@functools.cache  # an unbounded lru_cache
+def tiny_classifier(architecture: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny sequence classifier of ``architecture`` (one of `CLASSIFIERS`) and its offline tokenizer,
+    trained for a few seconds on the toy sentiment task (`SENTIMENT_CORPUS`), so that its predictions follow
+    the task rather than chance (cached; read-only; float32, eval mode; the global RNG is left untouched).
+
+    Example:
+        >>> model, tok = tiny_classifier("bert")
+        >>> batch = tok(["the movie was wonderful.", "my day was sad."], return_tensors="pt", padding=True)
+        >>> logits = model(**batch).logits
+        >>> [model.config.id2label[int(i)] for i in logits.argmax(-1)]
+        ['positive', 'negative']
+    """
+    if architecture not in CLASSIFIER_RECIPES:
+        raise ValueError(f"unknown classifier {architecture!r}; expected one of {', '.join(CLASSIFIERS)}")
+    tok = _classifier_tokenizer(architecture)
+    recipe = CLASSIFIER_RECIPES[architecture]
+    config = recipe.config(tok)
+    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(transformers, recipe.model_class)(config).float()
+        _train_sentiment(model, tok)
+    return model.eval(), tok
+
+
+def _train_sentiment(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: int = 60) -> None:
+    """Full-batch Adam on the toy sentiment task until every training text is classified right."""
+    padding_side = tok.padding_side
+    tok.padding_side = "left" if model.config.model_type == "llama" else "right"
+    pad = tok.pad_token or tok.eos_token
+    batch = tok(list(SENTIMENT_CORPUS), return_tensors="pt", padding=True) if tok.pad_token else None
+    if batch is None:  # tokenizers without a pad token (Llama) pad with their eos, as load_model does
+        tok.pad_token = pad
+        batch = tok(list(SENTIMENT_CORPUS), return_tensors="pt", padding=True)
+        tok.pad_token = None
+    tok.padding_side = padding_side
+    labels = torch.tensor([sentiment_label(text) for text in SENTIMENT_CORPUS])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        logits = model(**batch).logits
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if bool((logits.argmax(-1) == labels).all()) and float(loss.detach()) < 0.05:
+            break
+
+
 __all__ = [
     "ARCHITECTURES",
+    "CLASSIFIERS",
+    "CLASSIFIER_RECIPES",
     "CORPUS",
     "DECODER_ONLY",
     "ENCODER_DECODER",
     "MAX_POSITIONS",
     "RECIPES",
     "Recipe",
+    "SENTIMENT_CORPUS",
+    "SENTIMENT_LABELS",
+    "tiny_classifier",
     "tiny_model",
     "tiny_tokenizer",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2Model
+from transformers import BertConfig, BertForTokenClassification, BertModel, GPT2Config, GPT2Model
 
 import seqattr
 from conftest import attribution_model
@@ -110,10 +110,10 @@ def _bert_config() -> BertConfig:
     "build",
     [
         lambda: BertModel(_bert_config()),
-        lambda: BertForSequenceClassification(_bert_config()),
+        lambda: BertForTokenClassification(_bert_config()),
         lambda: GPT2Model(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)),
     ],
-    ids=["BertModel", "BertForSequenceClassification", "GPT2Model"],
+    ids=["BertModel", "BertForTokenClassification", "GPT2Model"],
 )
 def test_a_model_without_a_language_modelling_head_is_refused(build):
     model = build()

@@ -12,8 +12,9 @@ import torch
 from conftest import attribution_model
 from seqattr import AttributionOutput, SequenceAttribution
 
-ONLY_ON_OUTPUT = {"merge", "save"}
-"""An output's own: combining outputs, and the file format (which holds an output)."""
+ONLY_ON_OUTPUT = {"merge", "save", "predicted_label", "predicted_labels"}
+"""An output's own: combining outputs, the file format (which holds an output), and a classifier's
+prediction (read with the run's task, which the output's info holds)."""
 ONLY_ON_SEQUENCE = {"steps", "num_steps", "attribution_shape", "extra_dims"}
 """One example's own: its steps and the shape of its tensors."""
 

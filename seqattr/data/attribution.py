@@ -260,6 +260,18 @@ class SequenceAttribution(Views, Operations):
     def _sequences(self) -> list[SequenceAttribution]:
         return [self]
 
+    def word_attributions(self, step: int = 0, normalize: bool = True) -> list[tuple[str, float]]:
+        """``(token, score)`` of every token step ``step`` saw, as transformers-interpret lists them
+        (`seqattr.data.labels.word_attributions`); a classifier's one step by default.
+
+        Example:
+            >>> seq.word_attributions()[:2]                   # doctest: +ELLIPSIS
+            [('The', ...), ('capit', ...)]
+        """
+        from seqattr.data.labels import word_attributions
+
+        return word_attributions(self, step, normalize)
+
     def __getitem__(self, steps: int | slice) -> SequenceAttribution:
         """A range of steps: ``seq[:5]``, ``seq[-1]`` (`aggregation.slice_steps`)."""
         from seqattr.data.aggregation import slice_steps
@@ -304,6 +316,34 @@ class AttributionOutput(Views, Operations):
 
     def __iter__(self):
         return iter(self.sequence_attributions)
+
+    @property
+    def predicted_labels(self) -> list[str]:
+        """A classifier's predicted label of each text (`seqattr.data.labels.predicted_labels`)."""
+        from seqattr.data.labels import predicted_labels
+
+        return predicted_labels(self)
+
+    @property
+    def predicted_label(self) -> str:
+        """A classifier's predicted label of its one text (several texts: `predicted_labels`)."""
+        labels = self.predicted_labels
+        if len(labels) != 1:
+            raise ValueError(f"this output holds {len(labels)} texts; read out.predicted_labels")
+        return labels[0]
+
+    def word_attributions(
+        self, step: int = 0, normalize: bool = True
+    ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """``(token, score)`` pairs as transformers-interpret returns them: for one text its list, for
+        several one list per text (`SequenceAttribution.word_attributions`).
+
+        Example:
+            >>> len(out.word_attributions()), out.word_attributions()[0][0]
+            (6, 'The')
+        """
+        lists = [seq.word_attributions(step, normalize) for seq in self.sequence_attributions]
+        return lists[0] if len(lists) == 1 else lists
 
     # The aggregation and data methods come from `Operations` (each aggregation applies to every example
     # and is listed, in order, in the new output's info["aggregations"]); the views come from `Views`.

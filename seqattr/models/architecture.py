@@ -108,7 +108,7 @@ class ArchitectureFacts:
             >>> facts.family, facts.logits_to_keep, facts.source_embedding_scale, facts.target_embedding_scale
             (decoder-only, True, None, 1.0)
         """
-        family = family_of(model.config)
+        family = family_of(model)
         source, target = input_embedding_scales(model)
         # A capability of the architecture (transformers' causal LMs have it; its encoder-decoders do not).
         keeps = "logits_to_keep" in inspect.signature(model.forward).parameters

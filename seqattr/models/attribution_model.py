@@ -110,6 +110,14 @@ class AttributionModel:
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return list(self.tokenizer.convert_ids_to_tokens(list(ids)))
 
+    def target_tokens(self, ids: Sequence[int]) -> list[str]:
+        """A target's tokens as outputs show them (a classifier's: its start marker and label names)."""
+        return self.family.target_tokens(self, ids)
+
+    def step_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Names of ids of the steps' vocabulary: tokens, or a classifier's label names."""
+        return self.family.step_tokens(self, ids)
+
     # --- model passes -----------------------------------------------------------------------------
 
     def embed(self, ids: Int[Tensor, "*shape"]) -> Float[Tensor, "*shape hidden"]:
@@ -180,7 +188,24 @@ class AttributionModel:
             return self.forward(
                 batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1
             ).logits
-        return self.forward(batch, rows, source_embeds, target_embeds).logits[:, positions - 1]
+        output = self.forward(batch, rows, source_embeds, target_embeds)
+        return self.family.step_logits(output)[:, positions - 1]
+
+    def special_token_baseline(self, text: str) -> Float[Tensor, "1 length hidden"]:
+        """A baseline for ``text`` (``baseline=`` of path methods) that keeps its special tokens and puts the
+        pad token everywhere else: the reference transformers-interpret integrates from (``[CLS] [PAD] ...
+        [PAD] [SEP]``); for one text at a time.
+
+        Example:
+            >>> base = model.special_token_baseline("Hello world")
+            >>> base.shape == model.embed(torch.tensor([tokenizer("Hello world")["input_ids"]])).shape
+            True
+        """
+        ids = self.tokenizer(text)["input_ids"]
+        special = set(self.tokenizer.all_special_ids)
+        reference = [i if i in special else self.pad_token_id for i in ids]
+        with torch.no_grad():
+            return self.embed(torch.tensor([reference], device=self.device))
 
     # --- encoding and generation ------------------------------------------------------------------
 
@@ -207,8 +232,9 @@ class AttributionModel:
             >>> model.eos_ids({}) == {tokenizer.eos_token_id}
             True
         """
-        config = generation_args.get("generation_config") or self.model.generation_config
-        eos = generation_args.get("eos_token_id", config.eos_token_id)
+        # Classifiers have no generation config (their contrasts still ask which ids end a text).
+        config = generation_args.get("generation_config") or getattr(self.model, "generation_config", None)
+        eos = generation_args.get("eos_token_id", None if config is None else config.eos_token_id)
         if eos is None:
             eos = self.tokenizer.eos_token_id
         return set(eos if isinstance(eos, list) else [eos]) - {None}
@@ -244,6 +270,13 @@ class AttributionModel:
             for seq in sequences
         ]
 
+    def _predict(self, prompts: list[list[int]]) -> list[list[int]]:
+        """A classifier's "generation": the predicted label of each prompt, as a one-token output."""
+        input_ids, attention_mask = self._pad(prompts, left=self.family.prompt_padding_left())
+        with torch.no_grad(), left_as_found(self.model):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return [[int(label)] for label in logits.argmax(-1)]
+
     def encode(
         self,
         input_texts: list[str],
@@ -271,8 +304,12 @@ class AttributionModel:
             self.check_length(generation_args["max_length"], f"max_length={generation_args['max_length']}")
         generations: list[list[int]] = []
         for start in range(0, len(prompts), batch_size):
-            generations += self._generate(prompts[start : start + batch_size], generation_args)
-        start_id = self.model.generation_config.decoder_start_token_id
+            chunk = prompts[start : start + batch_size]
+            generations += (
+                self._generate(chunk, generation_args) if self.family.generates else self._predict(chunk)
+            )
+        generation_config = getattr(self.model, "generation_config", None)  # classifiers have none
+        start_id = None if generation_config is None else generation_config.decoder_start_token_id
         return [
             self.family.generated_example(p, g, start_id) for p, g in zip(prompts, generations, strict=True)
         ]
@@ -315,6 +352,7 @@ class AttributionModel:
         batch_size: int | None = None,
         show_progress: bool = True,
         fused: bool = True,
+        target: str | int | Sequence[str | int] | None = None,
         **method_kwargs: Any,
     ) -> AttributionOutput:
         """Generate (or take the forced ``generated_texts``) and attribute every step to its inputs.
@@ -347,6 +385,8 @@ class AttributionModel:
             show_progress: show a progress bar over the model passes (and batches) once the call has run
                 for a second.
             fused: explain all steps of a sequence in one pass (True) or step by step (the reference).
+            target: a classifier's label to explain (a name of ``config.id2label`` or an index; a list for
+                several texts) instead of the predicted one; the same as ``generated_texts``.
             **method_kwargs: the method's options (e.g. ``hidden_reduction="l2"``); they override those
                 given to `load_model`.
 
@@ -356,6 +396,10 @@ class AttributionModel:
             >>> out[0].num_steps, out[0].target_attributions.shape, out[0].step_scores["probability"].shape
             (8, torch.Size([14, 8]), torch.Size([8]))
         """
+        if target is not None:
+            if generated_texts is not None:
+                raise ValueError("give the target once: as generated_texts or as target, not both")
+            generated_texts = target
         request = self.request(
             input_texts,
             generated_texts,
@@ -402,6 +446,8 @@ class AttributionModel:
             "method_options",
         }
         options = {k: v for k, v in arguments.items() if k not in own}
+        if generated_texts is not None:  # a classifier's label indices become their names
+            generated_texts = self.family.forced_texts(self, generated_texts)
         method = method or self.method_name
         if method == self.method_name:
             options = {**self.method_kwargs, **options}

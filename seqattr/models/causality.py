@@ -57,7 +57,7 @@ def prefix_dependence(model: PreTrainedModel) -> float:
     ids = _probe_ids(model)
     half = _PROBE_LENGTH // 2
     with torch.no_grad():
-        logits = family_of(model.config).probe_logits(model, ids)
+        logits = family_of(model).probe_logits(model, ids)
     change = (logits[0] - logits[1]).float().abs()
     shared, changed = change[:half].max(), change[half:].max()
     if not torch.isfinite(shared) or not torch.isfinite(changed):
@@ -66,11 +66,14 @@ def prefix_dependence(model: PreTrainedModel) -> float:
 
 
 def check_causal(model: PreTrainedModel) -> None:
-    """Raise a ValueError if the model's (decoder's) predictions depend on later tokens."""
+    """Raise a ValueError if the model's (decoder's) predictions depend on later tokens (classifiers, whose
+    one step sees the whole text, are not checked)."""
+    if not family_of(model).checks_causality:
+        return
     dependence = prefix_dependence(model)
     if dependence <= _TOLERANCE.get(model.dtype, _DEFAULT_TOLERANCE):  # NaN compares False: refused too
         return
-    side = family_of(model.config).predictor
+    side = family_of(model).predictor
     raise ValueError(
         f"{type(model).__name__} is not a causal language model: {side} prediction at a position changes "
         f"when later tokens change (by {dependence:.2g} of their own change), so attention runs both ways "

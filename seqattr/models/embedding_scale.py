@@ -71,15 +71,16 @@ def input_embedding_scales(model: PreTrainedModel) -> tuple[float | None, float]
     candidates = _candidates(model)
     with torch.no_grad():
         embeds = embed(ids)
-        if not family_of(model.config).is_encoder_decoder:
+        family = family_of(model)
+        if not family.is_encoder_decoder:
             reference = model(input_ids=ids, use_cache=False).logits
-            target = _matching_scale(
+            scale = _matching_scale(
                 reference,
                 lambda s: model(inputs_embeds=embeds * s, use_cache=False).logits,
                 candidates,
                 type(model).__name__,
             )
-            return None, target
+            return family.scales_of_one_stack(scale)
         encoder = model.get_encoder()
         reference = encoder(input_ids=ids).last_hidden_state
         source = _matching_scale(

@@ -7,7 +7,10 @@ source in its encoder; its target starts with the decoder start token (never exp
 on the right (learned decoder positions must not move), and examples with different first steps cannot share
 a batch. Everything else in seqattr asks the family (``model.family``) instead of branching on the config.
 
-Adding a family (e.g. a classifier, issue 14) means one more subclass here.
+A sequence classifier (``*ForSequenceClassification``) is a third family: one step per text, whose
+"vocabulary" is the label set. Its text is the source (attributed, never masked: a bidirectional encoder's
+prediction sees every token), its target is a start marker and the explained label, and "generation" is the
+classifier's prediction. The methods, step functions and views then run on it unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ class ModelFamily:
     """Which part predicts the next token, as a message names it ("its", "its decoder's")."""
     pads_target_left: ClassVar[bool]
     """Targets of different first steps are left-padded to align them (which can mask a row entirely)."""
+
+    generates: ClassVar[bool] = True
+    """Targets come from ``model.generate``; a classifier's from one forward pass (its predicted label)."""
+    checks_causality: ClassVar[bool] = True
+    """Steps are next-token predictions, which need a causal decoder (`seqattr.models.causality`)."""
+    task: ClassVar[str] = "generation"
+    """What the model does, as ``out.info["task"]`` records it."""
 
     def attributes_source(self) -> bool:
         """Whether attributions go to a separate source (the encoder input)."""
@@ -120,6 +130,28 @@ class ModelFamily:
         """The prompt an example was explained after: its source, or its target before the first step."""
         raise NotImplementedError
 
+    def step_logits(self, output: Any) -> Float[Tensor, "n length vocab"]:
+        """The logits of a forward pass's ``output`` by target position: position ``p - 1`` predicts target
+        token ``p`` (a language model's own logits)."""
+        return output.logits
+
+    def scales_of_one_stack(self, scale: float) -> tuple[float | None, float]:
+        """``(source, target)`` embedding scales of a model with one embedding stack of factor ``scale``
+        (`seqattr.models.embedding_scale`): a decoder's input is its target."""
+        return None, scale
+
+    def forced_texts(self, model: AttributionModel, texts: Any) -> Any:
+        """The forced outputs of an ``attribute`` call as the request validates them (texts here)."""
+        return texts
+
+    def target_tokens(self, model: AttributionModel, ids: Sequence[int]) -> list[str]:
+        """The target's tokens as outputs show them."""
+        return model.convert_ids_to_tokens(ids)
+
+    def step_tokens(self, model: AttributionModel, ids: Sequence[int]) -> list[str]:
+        """Names of ids of the steps' vocabulary (chosen tokens and the trace's alternatives)."""
+        return model.convert_ids_to_tokens(ids)
+
     def __repr__(self) -> str:
         return self.name
 
@@ -195,13 +227,7 @@ class EncoderDecoder(ModelFamily):
         return [0] * len(starts)
 
     def source_tensors(self, examples, pad_token_id):
-        source_len = max(len(e.source_ids) for e in examples)
-        source_ids = torch.full((len(examples), source_len), pad_token_id, dtype=torch.long)
-        source_mask = torch.zeros_like(source_ids)
-        for i, example in enumerate(examples):
-            source_ids[i, : len(example.source_ids)] = torch.tensor(example.source_ids)
-            source_mask[i, : len(example.source_ids)] = 1
-        return source_ids, source_mask
+        return padded_sources(examples, pad_token_id, left=False)
 
     def batch_spans(self, examples, batch_size):
         # Learned decoder positions cannot be shifted to align different first steps (a negative
@@ -249,15 +275,209 @@ class EncoderDecoder(ModelFamily):
         return source
 
 
+LABEL_START = 0
+"""The id of a classifier target's first token, a start marker (never explained, like a decoder start)."""
+LABEL_START_NAME = "<label>"
+
+
+class SequenceClassifier(ModelFamily):
+    """A ``*ForSequenceClassification`` model: one step per text, explaining one label.
+
+    An example's source is the text's token ids, its target ``[LABEL_START, label]`` with the label explained
+    (``attr_pos_start = 1``); the head's logits over the labels are the step's "next-token" logits, so the
+    step functions (probability, logit, logprob, contrastive ones) read the label set as their vocabulary.
+    Encoders (BERT, RoBERTa, DistilBERT: they read their first token) take texts padded on the right.
+    Classifiers that pool their last token (decoder-based ones: Llama, Qwen2, GPT-2 heads) cannot be padded:
+    from ``inputs_embeds`` transformers reads the last position whatever the mask says, so only texts of one
+    length share a batch.
+    """
+
+    is_encoder_decoder = False
+    predictor = "its classification head's"
+    pads_target_left = False
+    generates = False
+    checks_causality = False  # one step that sees the whole text: nothing to be causal about
+    task = "sequence-classification"
+
+    def __init__(self, pools_last_token: bool) -> None:
+        self.pools_last_token = pools_last_token
+        self.name = "sequence-classifier" + (" (decoder-based)" if pools_last_token else "")
+
+    def attributes_source(self) -> bool:
+        return True
+
+    def attributes_target(self, requested: bool) -> bool:
+        if requested:
+            raise ValueError(
+                "attribute_target=True: a classifier's target is its label, with no prefix to attribute to; "
+                "its attributions go to the input text (drop attribute_target)"
+            )
+        return False
+
+    def target_offsets(self, starts: Sequence[int]) -> list[int]:
+        return [0] * len(starts)
+
+    def source_tensors(self, examples, pad_token_id):
+        return padded_sources(examples, pad_token_id, left=False)
+
+    def batch_spans(self, examples, batch_size):
+        spans = super().batch_spans(examples, batch_size)
+        if not self.pools_last_token:
+            return spans
+        cut = []  # a padded text's last position would be a pad: cut where the length changes
+        for start, stop in spans:
+            lengths = [len(e.source_ids) for e in examples[start:stop]]
+            bounds = [
+                start,
+                *(start + i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]),
+                stop,
+            ]
+            cut += list(zip(bounds[:-1], bounds[1:], strict=True))
+        return cut
+
+    def model_inputs(self, batch, rows, embeds, mask) -> dict[str, Any]:
+        return {"inputs_embeds": embeds[0], "attention_mask": batch.source_mask[rows]}
+
+    def step_logits(self, output: Any) -> Float[Tensor, "n 1 labels"]:
+        return output.logits[:, None]  # the one step, at target position 1
+
+    def scales_of_one_stack(self, scale: float) -> tuple[float | None, float]:
+        return scale, 1.0  # the text is the source
+
+    def prompt_padding_left(self) -> bool:
+        return self.pools_last_token
+
+    def generated_example(self, prompt, generation, decoder_start_id):
+        return prompt, [LABEL_START, *generation], 1
+
+    def forced_example(self, model, i, prompt, text, input_text, argument):
+        return prompt, [LABEL_START, label_id(model.model.config, text, f"{argument}[{i}]")], 1
+
+    def generation_length(self, prompt_length: int, max_new_tokens: int) -> int:
+        return prompt_length  # nothing is generated
+
+    def contrast_prompt(self, source, target, start):
+        return source
+
+    def forced_texts(self, model, texts):
+        # Labels given by index (or name) become names, checked before anything runs.
+        labels = [texts] if isinstance(texts, (str, int)) else texts
+        config = model.model.config
+        try:
+            return [
+                label_name(config, label_id(config, label, f"target[{i}]")) for i, label in enumerate(labels)
+            ]
+        except TypeError:  # not a list: the request says what it takes
+            return texts
+
+    def target_tokens(self, model, ids):
+        return [LABEL_START_NAME, *self.step_tokens(model, ids[1:])]
+
+    def step_tokens(self, model, ids):
+        return [label_name(model.model.config, int(i)) for i in ids]
+
+
+def label_name(config: PretrainedConfig, index: int) -> str:
+    """The name of label ``index`` (``config.id2label``; its index as text when unnamed).
+
+    Example:
+        >>> from seqattr.testing import tiny_classifier
+        >>> label_name(tiny_classifier("bert")[0].config, 1)
+        'positive'
+    """
+    return str(config.id2label.get(index, index))
+
+
+def label_id(config: PretrainedConfig, label: str | int, what: str = "target") -> int:
+    """The index of ``label``: a name of ``config.id2label``, or an index; anything else is refused, listing
+    the labels.
+
+    Example:
+        >>> from seqattr.testing import tiny_classifier
+        >>> config = tiny_classifier("bert")[0].config
+        >>> label_id(config, "positive"), label_id(config, 0)
+        (1, 0)
+        >>> label_id(config, "neutral")
+        Traceback (most recent call last):
+        ...
+        ValueError: target 'neutral' is not a label of this classifier; its labels: 0='negative', 1='positive'
+    """
+    names = {str(name): int(index) for index, name in config.id2label.items()}
+    if isinstance(label, str) and label in names:
+        return names[label]
+    if isinstance(label, str) and label.strip().isdigit():
+        label = int(label)
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < config.num_labels:
+        return label
+    listed = ", ".join(f"{index}={name!r}" for name, index in sorted(names.items(), key=lambda kv: kv[1]))
+    raise ValueError(f"{what} {label!r} is not a label of this classifier; its labels: {listed}")
+
+
+def padded_sources(
+    examples: Sequence[EncodedExample], pad_token_id: int, left: bool
+) -> tuple[Int[Tensor, "batch source_len"], Int[Tensor, "batch source_len"]]:
+    """The examples' source ids padded to one length on the ``left`` or the right, and their mask.
+
+    Example:
+        >>> from seqattr.models.batch import EncodedExample
+        >>> examples = [EncodedExample([5, 6], [0, 1], 1, 2), EncodedExample([7], [0, 0], 1, 2)]
+        >>> padded_sources(examples, 0, left=True)[0]
+        tensor([[5, 6],
+                [0, 7]])
+    """
+    source_len = max(len(e.source_ids) for e in examples)
+    source_ids = torch.full((len(examples), source_len), pad_token_id, dtype=torch.long)
+    source_mask = torch.zeros_like(source_ids)
+    for i, example in enumerate(examples):
+        n = len(example.source_ids)
+        span = slice(source_len - n, source_len) if left else slice(0, n)
+        source_ids[i, span] = torch.tensor(example.source_ids, dtype=torch.long)
+        source_mask[i, span] = 1
+    return source_ids, source_mask
+
+
 DECODER_ONLY = DecoderOnly()
 ENCODER_DECODER = EncoderDecoder()
 
+CLASSIFIER_HEADS = {"ForSequenceClassification": "sequence classification"}
+"""The classification heads seqattr explains, by the suffix of their transformers class."""
 
-def family_of(config: PretrainedConfig) -> ModelFamily:
-    """The family of a model's config.
+
+def classifier_head(model: PreTrainedModel | str) -> str | None:
+    """The classification head of ``model`` (or of a transformers class name): a `CLASSIFIER_HEADS`
+    suffix, or None.
 
     Example:
-        >>> family_of(hf_model.config)
-        decoder-only
+        >>> classifier_head("BertForSequenceClassification"), classifier_head(hf_model)
+        ('ForSequenceClassification', None)
     """
-    return ENCODER_DECODER if getattr(config, "is_encoder_decoder", False) else DECODER_ONLY
+    name = model if isinstance(model, str) else type(model).__name__
+    return next((suffix for suffix in CLASSIFIER_HEADS if name.endswith(suffix)), None)
+
+
+def pools_last_token(model: PreTrainedModel) -> bool:
+    """Whether a classifier reads its last token (its base model is causal: Llama, Qwen2, GPT-2 heads)
+    rather than its first (bidirectional encoders), measured on two probe rows sharing their first half."""
+    vocab = model.get_input_embeddings().num_embeddings
+    first = torch.arange(3, 11) % vocab
+    second = first.clone()
+    second[4:] = (first[4:] + 5) % vocab
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=torch.stack([first, second]).to(model.device)).last_hidden_state
+    change = (hidden[0] - hidden[1]).float().abs()
+    return bool(change[:4].max() <= 1e-4 * change[4:].max())
+
+
+def family_of(model: PreTrainedModel | PretrainedConfig) -> ModelFamily:
+    """The family of a model (or of a generative model's config).
+
+    Example:
+        >>> from seqattr.testing import tiny_classifier
+        >>> family_of(hf_model.config), family_of(tiny_classifier("bert")[0])
+        (decoder-only, sequence-classifier)
+    """
+    if isinstance(model, PreTrainedModel):
+        if classifier_head(model) == "ForSequenceClassification":
+            return SequenceClassifier(pools_last_token(model))
+        model = model.config
+    return ENCODER_DECODER if getattr(model, "is_encoder_decoder", False) else DECODER_ONLY

@@ -10,6 +10,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -18,14 +19,23 @@ from transformers import (
 from seqattr.models.attribution_model import AttributionModel
 from seqattr.models.causality import check_head_loaded
 from seqattr.models.default_model import default_model_path
+from seqattr.models.family import CLASSIFIER_HEADS, classifier_head
 
 
 def _not_generative(what: str) -> TypeError:
+    heads = ", ".join(f"*{suffix} ({task})" for suffix, task in CLASSIFIER_HEADS.items())
     return TypeError(
-        f"{what} is not a generative language model (it has no language-modelling head); seqattr explains "
-        "models that AutoModelForCausalLM or AutoModelForSeq2SeqLM load,"
-        " e.g. GPT-2, Llama, Qwen, T5, Bart, Marian"
+        f"{what} is not a generative language model (it has no language-modelling head) nor a classifier "
+        "seqattr supports; seqattr explains models that AutoModelForCausalLM or AutoModelForSeq2SeqLM load"
+        f" (e.g. GPT-2, Llama, Qwen, T5, Bart, Marian) and classifiers with these heads: {heads}"
     )
+
+
+def _auto_class(config):
+    """The transformers Auto class of a checkpoint: its head's (a classifier), else its family's."""
+    if any(classifier_head(name) for name in getattr(config, "architectures", None) or ()):
+        return AutoModelForSequenceClassification
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
 def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrainedModel:
@@ -34,16 +44,25 @@ def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrain
         kwargs["dtype"] = dtype
     config_kwargs = {k: kwargs[k] for k in ("gguf_file", "revision", "trust_remote_code") if k in kwargs}
     config = AutoConfig.from_pretrained(name, **config_kwargs)
-    auto_class = (
-        AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    )
+    auto_class = _auto_class(config)
     try:
         model, info = auto_class.from_pretrained(name, output_loading_info=True, **kwargs)
     except ValueError as err:
         if "Unrecognized configuration class" in str(err):
             raise _not_generative(f"{name!r} ({type(config).__name__})") from err
         raise
-    check_head_loaded(name, model, list(info.get("missing_keys", ())))
+    missing = list(info.get("missing_keys", ()))
+    if auto_class is AutoModelForSequenceClassification:
+        # The head lives outside the base model (``classifier``, ``score``): missing there means random.
+        random = [k for k in missing if not k.startswith(model.base_model_prefix + ".")]
+        if random:
+            raise ValueError(
+                f"{name!r} has no trained classification head: loading it as {type(model).__name__} "
+                f"initialised {', '.join(random[:4])} at random, so its predictions (and any attribution of "
+                "them) are noise. Use a checkpoint fine-tuned for sequence classification."
+            )
+        return model
+    check_head_loaded(name, model, missing)
     return model
 
 
@@ -96,7 +115,10 @@ def load_model(
     tokenizer_kwargs: dict[str, Any] | None = None,
     **method_kwargs: Any,
 ) -> AttributionModel:
-    """Load a generative model and bind an attribution method to it.
+    """Load a generative model or a sequence classifier and bind an attribution method to it.
+
+    A ``*ForSequenceClassification`` model (BERT, RoBERTa, DistilBERT, or a decoder-based head such as
+    Llama's or Qwen2's) is explained as one step whose vocabulary is its label set (docs/classifiers.md).
 
     Args:
         model: a hub id, a local folder, a ``.gguf`` file, or an already loaded ``PreTrainedModel``. None
@@ -148,7 +170,8 @@ def load_model(
             "model must be a hub id, a local path or a transformers PreTrainedModel,"
             f" got {type(model).__name__}"
         )
-    if hf_model.get_output_embeddings() is None or not hf_model.can_generate():
+    classifier = classifier_head(hf_model) is not None
+    if not classifier and (hf_model.get_output_embeddings() is None or not hf_model.can_generate()):
         raise _not_generative(type(hf_model).__name__)
 
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
@@ -167,7 +190,10 @@ def load_model(
                 "the tokenizer has no pad, eos, unk or bos token to pad batches with; set tokenizer.pad_token"
             )
         tokenizer.pad_token = fallback
-    if hf_model.generation_config.pad_token_id is None:
+    if classifier and hf_model.config.pad_token_id is None:
+        # A decoder-based classifier refuses batches (interpolation points, perturbations) without one.
+        hf_model.config.pad_token_id = tokenizer.pad_token_id
+    if not classifier and hf_model.generation_config.pad_token_id is None:
         hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     if device is not None:

@@ -26,6 +26,7 @@ import torch
 
 from seqattr.data.aggregation import unperturbed
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
+from seqattr.data.labels import CLASSIFICATION_TASKS
 from seqattr.data.tokens import detect_scheme, token_labels
 from seqattr.viz.html_assets import CSS, JS
 
@@ -122,6 +123,18 @@ _EXAMPLE = """
 """
 
 
+def _heading(index: int, seq: SequenceAttribution, info: dict[str, Any]) -> str:
+    """An example's heading; a classifier's names its predicted and its explained label."""
+    if info.get("task", "generation") in CLASSIFICATION_TASKS and seq.trace is not None:
+        predicted = seq.trace.top_tokens[0][0]
+        probability = float(seq.trace.top_probabilities[0][0])
+        explained = ", ".join(seq.steps)
+        return html.escape(
+            f"Example {index} · predicted label: {predicted} ({probability:.2f}) · explained: {explained}"
+        )
+    return f"Example {index}" + (f" · {len(seq.steps)} steps" if seq.num_steps else "")
+
+
 def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | None = None) -> str:
     """The page for an output (every example) or for one example, as a string.
 
@@ -140,7 +153,7 @@ def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | 
     sections = "".join(
         _EXAMPLE.format(
             index=i,
-            heading=f"Example {i}" + (f" · {len(seq.steps)} steps" if seq.num_steps else ""),
+            heading=_heading(i, seq, output.info),
             scale=f"{examples[i]['scale']:.3g}",
             # No negative score: the scale runs from 0 in one hue (the diverging half would stay unused).
             low="0" if examples[i]["unsigned"] else f"−{examples[i]['scale']:.3g}",

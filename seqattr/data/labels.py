@@ -1,0 +1,77 @@
+"""Classifier-shaped readings of a result: predicted labels and transformers-interpret's word attributions.
+
+A classifier's result (``out.info["task"] == "sequence-classification"``) has one step per text whose "token"
+is the explained label; the generation trace holds the labels ranked by probability, so its first choice is
+the prediction. ``word_attributions`` lists ``(token, score)`` pairs of one step as transformers-interpret's
+explainers return them: every input token (special tokens included, the ``Ġ`` space marker removed), the
+scores divided by their L2 norm when ``normalize`` (as transformers-interpret always does).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from seqattr.data.attribution import AttributionOutput, SequenceAttribution
+
+CLASSIFICATION_TASKS = ("sequence-classification",)
+
+
+def word_attributions(
+    seq: SequenceAttribution, step: int = 0, normalize: bool = True
+) -> list[tuple[str, float]]:
+    """``(token, score)`` for every token step ``step`` saw: the source, then the visible target prefix.
+
+    Example:
+        >>> pairs = word_attributions(seq, step=0)          # the tiny GPT-2's first forced step
+        >>> [token for token, _ in pairs]
+        ['The', 'capit', 'al', 'of', 'France', 'is']
+        >>> round(sum(score**2 for _, score in pairs), 6)   # normalised: unit L2 norm
+        1.0
+    """
+    if not -seq.num_steps <= step < seq.num_steps:
+        raise IndexError(f"step {step} is out of range: this sequence has {seq.num_steps} step(s)")
+    if seq.extra_dims:
+        raise ValueError(
+            f"word_attributions() needs one score per token, but these attributions keep {seq.extra_dims} "
+            "extra dimension(s); reduce them first, e.g. seq.reduce('sum')"
+        )
+    tokens: list[str] = []
+    scores: list[torch.Tensor] = []
+    if seq.source_attributions is not None:
+        tokens += seq.source
+        scores.append(seq.source_attributions[:, step])
+    if seq.target_attributions is not None:
+        column = seq.target_attributions[:, step]
+        seen = ~column.isnan()
+        tokens += [token for token, keep in zip(seq.target, seen.tolist(), strict=True) if keep]
+        scores.append(column[seen])
+    values = torch.cat(scores).double()
+    if normalize:
+        norm = values.norm()
+        values = values / norm if norm > 0 else values
+    return [(str(token).replace("Ġ", ""), float(v)) for token, v in zip(tokens, values, strict=True)]
+
+
+def predicted_labels(output: AttributionOutput) -> list[str]:
+    """Each text's predicted label (a classifier's output): the trace's first choice at its first step.
+
+    Example:
+        >>> predicted_labels(out)                              # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: predicted labels belong to classifiers; this output explains generation ...
+    """
+    task = output.info.get("task", "generation")
+    if task not in CLASSIFICATION_TASKS:
+        raise ValueError(
+            f"predicted labels belong to classifiers; this output explains {task} (task {task!r})"
+        )
+    labels = []
+    for i, seq in enumerate(output.sequence_attributions):
+        if seq.trace is None:
+            raise ValueError(f"sequence {i} has no trace to read its prediction from")
+        labels.append(seq.trace.top_tokens[0][0])
+    return labels
