@@ -560,6 +560,12 @@ def _attribute_dataset(args) -> int:
     except (ValueError, TypeError) as err:
         raise _worded_as_flags(err) from err
     _check_model_flags(args)
+    from seqattr.dataset_runs.source import open_dataset
+
+    try:  # a missing file or split is reported before the model loads
+        open_dataset(args.data, args.split)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"{args.data}: {err}" if str(args.data) not in str(err) else str(err)) from err
     model = _load_model(args, options)
     run = model.attribute_dataset(
         args.data,
@@ -575,7 +581,7 @@ def _attribute_dataset(args) -> int:
         **options,
         **arguments,
     )
-    print(f"{len(run)} examples, {len(run.errors)} rows skipped; in {args.output_dir}", file=sys.stderr)
+    print(f"{len(run)} example(s), {len(run.errors)} row(s) skipped; in {args.output_dir}", file=sys.stderr)
     return 0
 
 

@@ -219,3 +219,10 @@ def test_memory_stays_flat_in_the_number_of_rows(tmp_path):
         peaks[n] = int(result.stdout.split()[-1])
     assert seqattr.load_dataset_output(tmp_path / "5000").manifest["num_examples"] == 5000
     assert peaks[5000] <= 1.10 * peaks[500], peaks
+
+
+def test_the_cli_refuses_a_missing_file_before_loading_the_model(tmp_path, capsys):
+    from seqattr.cli import main
+
+    assert main(["attribute-dataset", str(tmp_path / "nope.jsonl"), "-m", "never/loaded", "-o", "x"]) == 2
+    assert "nope.jsonl: no such file or folder" in capsys.readouterr().err
