@@ -18,6 +18,7 @@ from seqattr.evaluation import EvaluationResult
 from seqattr.methods import list_methods
 from seqattr.methods.convergence import ConvergenceWarning
 from seqattr.models import AttributionModel, load_model
+from seqattr.models.zero_shot import zero_shot
 from seqattr.step_functions import StepFunctionArgs, list_step_functions, register_step_function
 from seqattr.version import __version__
 
@@ -35,4 +36,5 @@ __all__ = [
     "load_dataset_output",
     "load_model",
     "register_step_function",
+    "zero_shot",
 ]

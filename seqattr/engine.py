@@ -9,6 +9,7 @@ for all steps (fused) or once per step on the step's prefix (stepwise reference)
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -230,7 +231,7 @@ def assemble(
         sequences.append(
             SequenceAttribution(
                 source=model.convert_ids_to_tokens(example.source_ids),
-                target=model.target_tokens(example.target_ids),
+                target=model.target_tokens(example.target_ids, example.source_ids),
                 source_ids=list(example.source_ids),
                 target_ids=list(example.target_ids),
                 source_attributions=source_attributions,
@@ -238,7 +239,11 @@ def assemble(
                 step_scores={name: stored(s[i, :num_steps]) for name, s in scores.items()},
                 attr_pos_start=example.attr_pos_start,
                 attr_pos_end=example.attr_pos_end,
-                trace=None if trace is None else trace.example(i, num_steps, model.step_tokens),
+                trace=None
+                if trace is None
+                else trace.example(
+                    i, num_steps, functools.partial(model.step_tokens, source_ids=example.source_ids)
+                ),
                 # Perturbation features: each token of one carries the feature's score (for aggregation).
                 features=(output.example_info[i].get("features") if output.example_info else None),
             )
@@ -306,7 +311,10 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
                 progress,
             )
             if result.completeness is not None:
-                tokens = [model.step_tokens(row) for row in batch.step_target_ids.tolist()]
+                tokens = [
+                    model.step_tokens(row, e.source_ids)
+                    for row, e in zip(batch.step_target_ids.tolist(), batch.examples, strict=True)
+                ]
                 unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
@@ -315,6 +323,9 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
     warn_if_not_converged(request.method, unconverged, getattr(request.options, "n_steps", None))
 
     info = run_info(model, request)
+    segments = [model.segments(text) for text in request.input_texts]
+    if any(s is not None for s in segments):  # pairs of texts: where each example's two texts lie
+        info["segments"] = segments
     if contrasts is not None:
         info["contrast"] = {
             "contrast_targets": request.contrast_targets,

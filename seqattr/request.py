@@ -44,6 +44,51 @@ def as_text_list(texts: str | Sequence[str], argument: str) -> list[str]:
     return list(texts)
 
 
+def as_input_list(texts: Any, argument: str = "input_texts") -> list[str | tuple[str, str]]:
+    """``texts`` as a non-empty list of inputs: texts, or pairs of texts ``(text_a, text_b)`` (a classifier
+    reading two segments, a question and its context); one text or one pair alone is a list of one.
+
+    Example:
+        >>> as_input_list(("A man sleeps.", "Nobody sleeps."))
+        [('A man sleeps.', 'Nobody sleeps.')]
+        >>> as_input_list([("A man sleeps.", "")])
+        Traceback (most recent call last):
+        ...
+        ValueError: input_texts[0][1] is empty; give text for the model to read
+    """
+
+    def is_pair(value: Any) -> bool:
+        return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
+
+    if isinstance(texts, str) or is_pair(texts):
+        texts = [texts]
+    if not isinstance(texts, Sequence) or not texts:
+        raise ValueError(
+            f"{argument} must be a non-empty string, a pair of strings (text_a, text_b), or a non-empty list "
+            "of them"
+        )
+    inputs: list[str | tuple[str, str]] = []
+    for i, text in enumerate(texts):
+        if is_pair(text):
+            for k, part in enumerate(text):
+                if not part.strip():
+                    raise ValueError(f"{argument}[{i}][{k}] is empty; give text for the model to read")
+            inputs.append(tuple(text))
+        elif isinstance(text, tuple):
+            raise TypeError(
+                f"{argument}[{i}] is a tuple of {len(text)} item(s); a pair of texts is a tuple of 2 strings"
+            )
+        elif not isinstance(text, str):
+            raise TypeError(
+                f"{argument}[{i}] must be a string or a pair of strings, got {type(text).__name__}"
+            )
+        elif not text.strip():
+            raise ValueError(f"{argument}[{i}] is empty; give text for the model to read")
+        else:
+            inputs.append(text)
+    return inputs
+
+
 def _as_name_list(names: str | StepFunction | Sequence[str | StepFunction], argument: str) -> list:
     """A list of step functions given by name or as callables: a single one (``step_scores="entropy"``) is a
     one-element list, where iterating the string would give its letters."""
@@ -77,7 +122,7 @@ class AttributionRequest:
         ValueError: unknown attribution method 'saliencyy'; valid methods: attention, ...
     """
 
-    input_texts: str | Sequence[str]
+    input_texts: str | tuple[str, str] | Sequence[str | tuple[str, str]]
     generated_texts: str | Sequence[str] | None = None
     method: str = "saliency"
     method_options: Mapping[str, Any] = field(default_factory=dict)
@@ -103,7 +148,7 @@ class AttributionRequest:
     step_functions: dict[str, StepFunction] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        texts = as_text_list(self.input_texts, "input_texts")
+        texts = as_input_list(self.input_texts, "input_texts")
         self._set("input_texts", texts)
         if self.generated_texts is not None:
             forced = as_text_list(self.generated_texts, "generated_texts")

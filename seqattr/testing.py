@@ -762,6 +762,170 @@ def _train_sentiment(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epoch
             break
 
 
+# --------------------------------------------------------------------------------------------------
+# Taggers and readers: tiny BERTs for the other classifier heads, each trained a second on a toy task
+# --------------------------------------------------------------------------------------------------
+_PEOPLE = ("alice", "bob")
+_PLACES = (("paris",), ("london",), ("berlin",), ("new", "york"))
+_TAG_TEMPLATES = (
+    ("{person}", "lives", "in", "{place}", "."),
+    ("{person}", "went", "to", "{place}", "."),
+    ("my", "friend", "{person}", "is", "in", "{place}", "today", "."),
+    ("in", "{place}", "{person}", "sat", "on", "the", "mat", "."),
+)
+TAG_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+"""The toy tagging task's tags (BIO): people (``alice``, ``bob``), places (``paris``, ``new york``, ...)."""
+
+
+def tagging_corpus() -> list[tuple[list[str], list[str]]]:
+    """The toy tagging task: ``(words, tags)`` of sentences such as ``"alice lives in new york ."``, one tag
+    per word (`TAG_LABELS`).
+
+    Example:
+        >>> tagging_corpus()[3]
+        (['alice', 'lives', 'in', 'new', 'york', '.'], ['B-PER', 'O', 'O', 'B-LOC', 'I-LOC', 'O'])
+    """
+    corpus = []
+    for template in _TAG_TEMPLATES:
+        for person in _PEOPLE:
+            for place in _PLACES:
+                words: list[str] = []
+                tags: list[str] = []
+                for word in template:
+                    if word == "{person}":
+                        words.append(person)
+                        tags.append("B-PER")
+                    elif word == "{place}":
+                        words += place
+                        tags += ["B-LOC"] + ["I-LOC"] * (len(place) - 1)
+                    else:
+                        words.append(word)
+                        tags.append("O")
+                corpus.append((words, tags))
+    return corpus
+
+
+def qa_corpus() -> list[tuple[str, str, str]]:
+    """The toy extractive QA task: ``(question, context, answer)``; "where" asks for the place of the
+    context, "who" for its person.
+
+    Example:
+        >>> qa_corpus()[0]
+        ('where does alice live?', 'alice lives in paris.', 'paris')
+    """
+    corpus = []
+    for words, tags in tagging_corpus():
+        context = " ".join(words).replace(" .", ".")
+        person = " ".join(w for w, t in zip(words, tags, strict=True) if t.endswith("PER"))
+        place = " ".join(w for w, t in zip(words, tags, strict=True) if t.endswith("LOC"))
+        corpus.append((f"where does {person} live?", context, place))
+        corpus.append((f"who is in {place}?", context, person))
+    return corpus
+
+
+TASKS = ("token-classification", "question-answering")
+"""The tasks of `tiny_task_model`."""
+
+
+@functools.cache  # an unbounded lru_cache
+def tiny_task_model(task: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny BERT with the head of ``task`` (one of `TASKS`) and the BERT tokenizer of `tiny_classifier`,
+    trained for about a second so that its predictions follow a toy task: tagging people and places
+    (`tagging_corpus`, ``BertForTokenClassification``) or answering where / who from a one-sentence context
+    (`qa_corpus`, ``BertForQuestionAnswering``). Cached; read-only; float32, eval mode; the global RNG is left
+    untouched.
+
+    Example:
+        >>> model, tok = tiny_task_model("token-classification")
+        >>> ids = tok("bob went to london.", return_tensors="pt")
+        >>> [model.config.id2label[int(i)] for i in model(**ids).logits.argmax(-1)[0]]
+        ['O', 'B-PER', 'O', 'O', 'B-LOC', 'I-LOC', 'O', 'O']
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    tok = _classifier_tokenizer("bert")
+    config = _bert_classifier_config(tok)
+    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if task == "token-classification":
+            config.id2label, config.label2id = TAG_LABELS, {v: k for k, v in TAG_LABELS.items()}
+            model = transformers.BertForTokenClassification(config).float()
+            _train_tagger(model, tok)
+        else:
+            config.id2label, config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+            model = transformers.BertForQuestionAnswering(config).float()
+            _train_reader(model, tok)
+    return model.eval(), tok
+
+
+def _full_batch_adam(model: PreTrainedModel, batch: dict[str, Any], epochs: int, solved) -> None:
+    """Full-batch Adam on ``batch`` (the labels included: the model computes its own loss) until
+    ``solved(output)`` says every training example is predicted right (or ``epochs`` run out)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        output = model(**batch)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        if float(output.loss.detach()) < 0.05 and solved(output):
+            break
+
+
+def _train_tagger(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: int = 80) -> None:
+    corpus = tagging_corpus()
+    batch = tok([w for w, _ in corpus], is_split_into_words=True, return_tensors="pt", padding=True)
+    labels = torch.zeros_like(batch["input_ids"])
+    for row, (_, tags) in enumerate(corpus):
+        previous = None
+        for position, word in enumerate(batch.word_ids(row)):
+            if word is not None:  # a word's later pieces continue its entity (B- becomes I-)
+                tag = tags[word] if word != previous else tags[word].replace("B-", "I-")
+                labels[row, position] = model.config.label2id[tag]
+            previous = word
+        labels[row, batch["attention_mask"][row] == 0] = -100
+    real = labels != -100
+    _full_batch_adam(
+        model,
+        {**batch, "labels": labels},
+        epochs,
+        lambda out: bool((out.logits.argmax(-1)[real] == labels[real]).all()),
+    )
+
+
+def _train_reader(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: int = 80) -> None:
+    corpus = qa_corpus()
+    batch = tok(
+        [q for q, _, _ in corpus],
+        [c for _, c, _ in corpus],
+        return_tensors="pt",
+        padding=True,
+        return_offsets_mapping=True,
+    )
+    starts, ends = [], []
+    for row, (_, context, answer) in enumerate(corpus):
+        begin = context.index(answer)
+        sequence = batch.sequence_ids(row)
+        tokens = [
+            p
+            for p, (a, b) in enumerate(batch["offset_mapping"][row].tolist())
+            if sequence[p] == 1 and b > begin and a < begin + len(answer)
+        ]
+        starts.append(tokens[0])
+        ends.append(tokens[-1])
+    inputs = {k: v for k, v in batch.items() if k != "offset_mapping"}
+    positions = {"start_positions": torch.tensor(starts), "end_positions": torch.tensor(ends)}
+    _full_batch_adam(
+        model,
+        {**inputs, **positions},
+        epochs,
+        lambda out: bool(
+            (out.start_logits.argmax(-1) == positions["start_positions"]).all()
+            and (out.end_logits.argmax(-1) == positions["end_positions"]).all()
+        ),
+    )
+
+
 __all__ = [
     "ARCHITECTURES",
     "CLASSIFIERS",
@@ -774,7 +938,12 @@ __all__ = [
     "Recipe",
     "SENTIMENT_CORPUS",
     "SENTIMENT_LABELS",
+    "TAG_LABELS",
+    "TASKS",
+    "qa_corpus",
+    "tagging_corpus",
     "tiny_classifier",
+    "tiny_task_model",
     "tiny_model",
     "tiny_tokenizer",
 ]

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertForTokenClassification, LlamaForSequenceClassification
+from transformers import BertConfig, BertForMultipleChoice, LlamaForSequenceClassification
 
 import seqattr
 from seqattr.models.family import SequenceClassifier
@@ -190,13 +190,13 @@ def test_bad_input_gets_clear_errors():
         model.attribute(long_text, show_progress=False)
     with pytest.raises(ValueError, match="a classifier's target is its label"):
         model.attribute(TEXTS[0], attribute_target=True, show_progress=False)
-    tagger = BertForTokenClassification(
+    chooser = BertForMultipleChoice(
         BertConfig(
             vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
         )
     )
     with pytest.raises(TypeError, match=r"classifiers with these heads: \*ForSequenceClassification"):
-        seqattr.load_model(tagger, tokenizer=tiny_classifier("bert")[1])
+        seqattr.load_model(chooser, tokenizer=tiny_classifier("bert")[1])
     gpt2, gpt2_tokenizer = tiny_model("gpt2")
     generative = seqattr.load_model(gpt2, tokenizer=gpt2_tokenizer)
     with pytest.raises(ValueError, match="predicted labels belong to classifiers"):

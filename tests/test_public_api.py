@@ -22,6 +22,7 @@ def test_public_names_are_pinned():
             "load_dataset_output",
             "load_model",
             "register_step_function",
+            "zero_shot",
         ]
     )
     for name in seqattr.__all__:

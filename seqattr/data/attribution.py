@@ -174,6 +174,21 @@ class Operations:
         ]
         return self._one_per_sequence(found)
 
+    def entities(self):
+        """A token classifier's entity spans with their attributions (`seqattr.data.labels.entities`): a list
+        of `Entity` for one example, one such list per example for an output.
+
+        Example:
+            >>> [(e.label, e.text) for e in tagged.entities()[0]]              # doctest: +SKIP
+            [('PER', 'bob'), ('LOC', 'london')]
+        """
+        from seqattr.data.labels import entities
+
+        task = self._recorded("task")
+        if task is not None and task != "token-classification":
+            raise ValueError(f"entities() reads a token classifier's output; this one explains {task}")
+        return self._one_per_sequence([entities(seq) for seq in self._sequences()])
+
     def get_scores_dicts(self) -> list[dict[str, dict]]:
         """One nested dict of scores per example, Inseq-like (`seqattr.data.frames.scores_dict`): a list of
         one for a `SequenceAttribution`."""

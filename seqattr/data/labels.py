@@ -9,6 +9,7 @@ scores divided by their L2 norm when ``normalize`` (as transformers-interpret al
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 
-CLASSIFICATION_TASKS = ("sequence-classification",)
+CLASSIFICATION_TASKS = ("sequence-classification", "token-classification", "question-answering")
 
 
 def word_attributions(
@@ -73,5 +74,78 @@ def predicted_labels(output: AttributionOutput) -> list[str]:
     for i, seq in enumerate(output.sequence_attributions):
         if seq.trace is None:
             raise ValueError(f"sequence {i} has no trace to read its prediction from")
-        labels.append(seq.trace.top_tokens[0][0])
+        if task == "sequence-classification":
+            labels.append(seq.trace.top_tokens[0][0])
+        else:  # a tag per token; QA's start and end (each the most likely alone)
+            labels.append([top[0] for top in seq.trace.top_tokens])
     return labels
+
+
+@dataclass
+class Entity:
+    """A span of tokens a tagger labelled as one entity, with the attributions of its tags.
+
+    ``start``/``end`` are source token positions (``[start, end)``); ``steps`` the steps (columns) that
+    explain its tokens' tags; ``attributions`` the mean of those steps' attributions, one score per source
+    token (``[len(source)]``)."""
+
+    label: str
+    start: int
+    end: int
+    tokens: list[str]
+    steps: list[int]
+    attributions: torch.Tensor
+
+    @property
+    def text(self) -> str:
+        """The entity's tokens joined into words (WordPiece's ``##`` and the ``Ġ``/``▁`` markers handled)."""
+        text = ""
+        for token in self.tokens:
+            if token.startswith("##"):
+                text += token[2:]
+            elif token[:1] in ("Ġ", "▁"):
+                text += " " + token[1:]
+            else:
+                text += " " + token
+        return text.strip()
+
+
+def entities(seq: SequenceAttribution) -> list[Entity]:
+    """The entities of a token classifier's example: consecutive tokens whose explained tags name one entity
+    (``B-X`` starts one, ``I-X`` continues an ``X``; a tag without a prefix continues the same tag), ``O``
+    and other outside tags ending them. Step ``j`` explains the tag of source token
+    ``attr_pos_start - 1 + j``.
+
+    Example:
+        >>> [(e.label, e.text, e.start, e.end) for e in entities(tagged[0])]   # doctest: +SKIP
+        [('PER', 'bob', 1, 2), ('LOC', 'london', 4, 6)]
+    """
+    if not seq.target or seq.target[0] != "<label>" or seq.source_attributions is None:
+        raise ValueError(
+            "entities() reads a token classifier's output (attribute() of a *ForTokenClassification model)"
+        )
+    first = seq.attr_pos_start - 1
+    found: list[Entity] = []
+    current: tuple[str, list[int]] | None = None
+
+    def close() -> None:
+        if current is not None:
+            label, steps = current
+            start, end = first + steps[0], first + steps[-1] + 1
+            scores = seq.source_attributions[:, steps]
+            scores = scores.reshape(*scores.shape[:2], -1).sum(-1) if scores.dim() > 2 else scores
+            found.append(Entity(label, start, end, seq.source[start:end], steps, scores.mean(1)))
+
+    for step, tag in enumerate(seq.steps):
+        prefix, _, kind = tag.partition("-") if tag[:2] in ("B-", "I-") else ("", "", tag)
+        outside = kind in ("O", "") or tag == "O"
+        if outside:
+            close()
+            current = None
+        elif current is not None and prefix != "B" and current[0] == kind:
+            current[1].append(step)
+        else:
+            close()
+            current = (kind, [step])
+    close()
+    return found

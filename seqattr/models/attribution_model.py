@@ -110,13 +110,39 @@ class AttributionModel:
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return list(self.tokenizer.convert_ids_to_tokens(list(ids)))
 
-    def target_tokens(self, ids: Sequence[int]) -> list[str]:
-        """A target's tokens as outputs show them (a classifier's: its start marker and label names)."""
-        return self.family.target_tokens(self, ids)
+    def target_tokens(self, ids: Sequence[int], source_ids: Sequence[int] = ()) -> list[str]:
+        """A target's tokens as outputs show them (a classifier's: its start marker and label names; an
+        extractive QA model's: the answer's positions in ``source_ids``, named by their tokens)."""
+        return self.family.target_tokens(self, ids, source_ids)
 
-    def step_tokens(self, ids: Sequence[int]) -> list[str]:
-        """Names of ids of the steps' vocabulary: tokens, or a classifier's label names."""
-        return self.family.step_tokens(self, ids)
+    def step_tokens(self, ids: Sequence[int], source_ids: Sequence[int] = ()) -> list[str]:
+        """Names of ids of the steps' vocabulary: tokens, a classifier's label names, or QA's positions of
+        ``source_ids``."""
+        return self.family.step_tokens(self, ids, source_ids)
+
+    def token_types(
+        self, ids: Int[Tensor, "batch length"], mask: Int[Tensor, "batch length"]
+    ) -> Int[Tensor, "batch length"] | None:
+        """The segment ids (``token_type_ids``) of padded source ``ids`` that hold pairs of texts: 1 after the
+        first separator token, as BERT-style tokenizers make them; None when the model takes no token types
+        or no row has a second segment (the model's own default, all zeros, is then right).
+
+        Example:
+            >>> classifier.token_types(torch.tensor([[2, 7, 3, 8, 3]]), torch.ones(1, 5))   # doctest: +SKIP
+            tensor([[0, 0, 0, 1, 1]])
+        """
+        sep = self.tokenizer.sep_token_id
+        if (
+            not self.family.takes_pairs
+            or sep is None
+            or "token_type_ids" not in self.tokenizer.model_input_names
+        ):
+            return None
+        is_sep = (ids == sep).long()
+        second = (is_sep.cumsum(-1) - is_sep) > 0
+        if not bool((second & mask.bool() & (ids != sep)).any()):
+            return None
+        return second.long()
 
     # --- model passes -----------------------------------------------------------------------------
 
@@ -154,6 +180,10 @@ class AttributionModel:
         if self._needs_own_mask(mask):
             mask = additive_causal_mask(mask, target_embeds.dtype)
         inputs = self.family.model_inputs(batch, rows, (source_embeds, target_embeds), mask)
+        if batch.source_ids is not None:
+            types = self.token_types(batch.source_ids[rows], batch.source_mask[rows])
+            if types is not None:  # pairs: the second text is segment 1, as the tokenizer says
+                inputs["token_type_ids"] = types
         return self.model(**inputs, use_cache=False, **kwargs)
 
     def _needs_own_mask(self, mask: Int[Tensor, "n length"]) -> bool:
@@ -189,7 +219,8 @@ class AttributionModel:
                 batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1
             ).logits
         output = self.forward(batch, rows, source_embeds, target_embeds)
-        return self.family.step_logits(output)[:, positions - 1]
+        source_mask = None if batch.source_mask is None else batch.source_mask[rows]
+        return self.family.step_logits(output, positions, source_mask)
 
     def special_token_baseline(self, text: str) -> Float[Tensor, "1 length hidden"]:
         """A baseline for ``text`` (``baseline=`` of path methods) that keeps its special tokens and puts the
@@ -270,12 +301,52 @@ class AttributionModel:
             for seq in sequences
         ]
 
-    def _predict(self, prompts: list[list[int]]) -> list[list[int]]:
-        """A classifier's "generation": the predicted label of each prompt, as a one-token output."""
+    def predict(self, prompts: list[list[int]], texts: Sequence[Any]) -> list[list[int]]:
+        """A classifier's "generation": each prompt's (token ids of ``texts``) predicted target ids after the
+        start marker: its label, its tokens' tags, or an answer span's start and end positions.
+
+        Example:
+            >>> classifier.predict([tokenizer("the movie was good.")["input_ids"]], ["..."])  # doctest: +SKIP
+            [[1]]
+        """
         input_ids, attention_mask = self._pad(prompts, left=self.family.prompt_padding_left())
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        types = self.token_types(input_ids, attention_mask)
+        if types is not None:
+            inputs["token_type_ids"] = types
         with torch.no_grad(), left_as_found(self.model):
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return [[int(label)] for label in logits.argmax(-1)]
+            output = self.model(**inputs)
+        return self.family.predictions(self, output, prompts, texts)
+
+    def encode_input(self, text: str | tuple[str, str], i: int) -> list[int]:
+        """The token ids of input ``i``: a text, or a pair of texts (two segments) for the models that read
+        pairs; a pair given to a model that reads one text (or a text to one that needs pairs) is refused."""
+        if isinstance(text, tuple):
+            if not self.family.takes_pairs:
+                raise ValueError(
+                    f"input_texts[{i}] is a pair of texts, but this {self.family} model reads one text: pass "
+                    "a single string (pairs are for sequence classifiers, e.g. NLI, and question answering)"
+                )
+            return self.tokenizer(*text)["input_ids"]
+        if self.family.needs_pairs:
+            raise ValueError(
+                f"input_texts[{i}] is one text, but a question-answering model reads a question and the "
+                "context its answer comes from: call attribute(question=..., context=...)"
+            )
+        return self.tokenizer(text)["input_ids"]
+
+    def segments(self, text: str | tuple[str, str]) -> list[list[int]] | None:
+        """``[start, end)`` token ranges of a pair's two texts in its tokenization (None for one text):
+        the segment boundaries an output of pairs keeps in ``info["segments"]``.
+
+        Example:
+            >>> classifier.segments(("the movie", "was good"))                # doctest: +SKIP
+            [[1, 3], [4, 6]]
+        """
+        if not isinstance(text, tuple):
+            return None
+        sequence = self.tokenizer(*text).sequence_ids()
+        return [[sequence.index(k), len(sequence) - sequence[::-1].index(k)] for k in (0, 1) if k in sequence]
 
     def encode(
         self,
@@ -286,7 +357,7 @@ class AttributionModel:
     ) -> list[tuple[list[int], list[int], int]]:
         """``(source_ids, target_ids, default attr_pos_start)`` per example, generating where not forced
         (``generation_args`` as ``model.generate`` takes them: `AttributionRequest.generate_args`)."""
-        prompts = [self.tokenizer(text)["input_ids"] for text in input_texts]
+        prompts = [self.encode_input(text, i) for i, text in enumerate(input_texts)]
         for i, prompt in enumerate(prompts):
             self.check_length(len(prompt), f"input_texts[{i}]")
         if generated_texts is not None:
@@ -305,8 +376,11 @@ class AttributionModel:
         generations: list[list[int]] = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
+            texts = input_texts[start : start + batch_size]
             generations += (
-                self._generate(chunk, generation_args) if self.family.generates else self._predict(chunk)
+                self._generate(chunk, generation_args)
+                if self.family.generates
+                else self.predict(chunk, texts)
             )
         generation_config = getattr(self.model, "generation_config", None)  # classifiers have none
         start_id = None if generation_config is None else generation_config.decoder_start_token_id
@@ -333,7 +407,7 @@ class AttributionModel:
 
     def attribute(
         self,
-        input_texts: str | Sequence[str],
+        input_texts: str | tuple[str, str] | Sequence[str | tuple[str, str]] | None = None,
         generated_texts: str | Sequence[str] | None = None,
         *,
         method: str | None = None,
@@ -352,13 +426,16 @@ class AttributionModel:
         batch_size: int | None = None,
         show_progress: bool = True,
         fused: bool = True,
-        target: str | int | Sequence[str | int] | None = None,
+        target: Any = None,
+        question: str | Sequence[str] | None = None,
+        context: str | Sequence[str] | None = None,
         **method_kwargs: Any,
     ) -> AttributionOutput:
         """Generate (or take the forced ``generated_texts``) and attribute every step to its inputs.
 
         Args:
-            input_texts: a text or a list of texts (the prompt, or the encoder input).
+            input_texts: a text or a list of texts (the prompt, or the encoder input); a classifier also
+                takes pairs of texts ``(text_a, text_b)`` (e.g. NLI's premise and hypothesis).
             generated_texts: forced outputs instead of generation; for decoder-only models each must start
                 with its prompt.
             method: another registered method for this call (default: the one bound by `load_model`).
@@ -386,7 +463,11 @@ class AttributionModel:
                 for a second.
             fused: explain all steps of a sequence in one pass (True) or step by step (the reference).
             target: a classifier's label to explain (a name of ``config.id2label`` or an index; a list for
-                several texts) instead of the predicted one; the same as ``generated_texts``.
+                several texts) instead of the predicted one; the same as ``generated_texts``. A token
+                classifier's: a list of tags, one per token (a list of lists for several texts); an extractive
+                QA model's: the answer (a piece of the context) or its ``(start, end)`` token positions.
+            question: an extractive QA model's question (a list for several), with ``context``.
+            context: the passage the answer is extracted from (one per question).
             **method_kwargs: the method's options (e.g. ``hidden_reduction="l2"``); they override those
                 given to `load_model`.
 
@@ -396,6 +477,7 @@ class AttributionModel:
             >>> out[0].num_steps, out[0].target_attributions.shape, out[0].step_scores["probability"].shape
             (8, torch.Size([14, 8]), torch.Size([8]))
         """
+        input_texts = question_context_pairs(input_texts, question, context)
         if target is not None:
             if generated_texts is not None:
                 raise ValueError("give the target once: as generated_texts or as target, not both")
@@ -500,3 +582,40 @@ class AttributionModel:
 
     def __repr__(self) -> str:
         return f"AttributionModel({self.model_name!r}, {self.family}, method={self.method_name!r})"
+
+
+def question_context_pairs(
+    input_texts: Any, question: str | Sequence[str] | None, context: str | Sequence[str] | None
+) -> Any:
+    """The inputs of an ``attribute`` call: ``input_texts``, or the ``(question, context)`` pairs of an
+    extractive QA call; a question without its context (or the reverse, or both kinds of input) is refused.
+
+    Example:
+        >>> question_context_pairs(None, "Where does Alice live?", "Alice lives in Paris.")
+        [('Where does Alice live?', 'Alice lives in Paris.')]
+        >>> question_context_pairs(None, "Where does Alice live?", None)
+        Traceback (most recent call last):
+        ...
+        ValueError: question= needs context=: the passage the answer is extracted from, one per question
+    """
+    if question is None and context is None:
+        if input_texts is None:
+            raise TypeError(
+                "attribute() needs input_texts (or, for question answering, question= and context=)"
+            )
+        return input_texts
+    if input_texts is not None:
+        raise ValueError("give the inputs once: input_texts, or question= and context=, not both")
+    if context is None:
+        raise ValueError(
+            "question= needs context=: the passage the answer is extracted from, one per question"
+        )
+    if question is None:
+        raise ValueError("context= needs question=: what to ask of the context")
+    questions = [question] if isinstance(question, str) else list(question)
+    contexts = [context] if isinstance(context, str) else list(context)
+    if len(questions) != len(contexts):
+        raise ValueError(
+            f"got {len(questions)} question(s) but {len(contexts)} context(s); give one per question"
+        )
+    return list(zip(questions, contexts, strict=True))

@@ -73,10 +73,11 @@ def input_embedding_scales(model: PreTrainedModel) -> tuple[float | None, float]
         embeds = embed(ids)
         family = family_of(model)
         if not family.is_encoder_decoder:
-            reference = model(input_ids=ids, use_cache=False).logits
+            # The output's first tensor: the logits (an extractive QA head's start logits).
+            reference = model(input_ids=ids, use_cache=False)[0]
             scale = _matching_scale(
                 reference,
-                lambda s: model(inputs_embeds=embeds * s, use_cache=False).logits,
+                lambda s: model(inputs_embeds=embeds * s, use_cache=False)[0],
                 candidates,
                 type(model).__name__,
             )

@@ -10,7 +10,9 @@ a batch. Everything else in seqattr asks the family (``model.family``) instead o
 A sequence classifier (``*ForSequenceClassification``) is a third family: one step per text, whose
 "vocabulary" is the label set. Its text is the source (attributed, never masked: a bidirectional encoder's
 prediction sees every token), its target is a start marker and the explained label, and "generation" is the
-classifier's prediction. The methods, step functions and views then run on it unchanged.
+classifier's prediction. The methods, step functions and views then run on it unchanged. A token classifier
+(``*ForTokenClassification``) has one step per token, explaining its tag; an extractive QA model
+(``*ForQuestionAnswering``) two, the answer span's start and end, over the input's positions.
 """
 
 from __future__ import annotations
@@ -130,10 +132,25 @@ class ModelFamily:
         """The prompt an example was explained after: its source, or its target before the first step."""
         raise NotImplementedError
 
-    def step_logits(self, output: Any) -> Float[Tensor, "n length vocab"]:
-        """The logits of a forward pass's ``output`` by target position: position ``p - 1`` predicts target
-        token ``p`` (a language model's own logits)."""
-        return output.logits
+    def step_logits(
+        self, output: Any, positions: Int[Tensor, " steps"], source_mask: Tensor | None
+    ) -> Float[Tensor, "n steps vocab"]:
+        """The logits of a forward pass's ``output`` that predict the target tokens at ``positions``: position
+        ``p - 1`` predicts target token ``p`` (a language model's own logits); ``source_mask`` marks the real
+        source tokens of the rows (None without a source)."""
+        return output.logits[:, positions - 1]
+
+    takes_pairs: ClassVar[bool] = False
+    """Inputs may be pairs of texts ``(text_a, text_b)`` (a classifier reading two segments)."""
+    needs_pairs: ClassVar[bool] = False
+    """Inputs must be pairs (extractive QA: a question and its context)."""
+
+    def predictions(
+        self, model: AttributionModel, output: Any, prompts: Sequence[list[int]], texts: Sequence[Any]
+    ) -> list[list[int]]:
+        """A classifier's "generation": the predicted target ids (after the start marker) of each of
+        ``prompts`` (the token ids of ``texts``) from one forward pass's ``output`` over them, padded."""
+        raise NotImplementedError
 
     def scales_of_one_stack(self, scale: float) -> tuple[float | None, float]:
         """``(source, target)`` embedding scales of a model with one embedding stack of factor ``scale``
@@ -144,11 +161,15 @@ class ModelFamily:
         """The forced outputs of an ``attribute`` call as the request validates them (texts here)."""
         return texts
 
-    def target_tokens(self, model: AttributionModel, ids: Sequence[int]) -> list[str]:
-        """The target's tokens as outputs show them."""
+    def target_tokens(
+        self, model: AttributionModel, ids: Sequence[int], source_ids: Sequence[int] = ()
+    ) -> list[str]:
+        """The target's tokens as outputs show them (an example's ``source_ids`` name QA's positions)."""
         return model.convert_ids_to_tokens(ids)
 
-    def step_tokens(self, model: AttributionModel, ids: Sequence[int]) -> list[str]:
+    def step_tokens(
+        self, model: AttributionModel, ids: Sequence[int], source_ids: Sequence[int] = ()
+    ) -> list[str]:
         """Names of ids of the steps' vocabulary (chosen tokens and the trace's alternatives)."""
         return model.convert_ids_to_tokens(ids)
 
@@ -280,28 +301,18 @@ LABEL_START = 0
 LABEL_START_NAME = "<label>"
 
 
-class SequenceClassifier(ModelFamily):
-    """A ``*ForSequenceClassification`` model: one step per text, explaining one label.
-
-    An example's source is the text's token ids, its target ``[LABEL_START, label]`` with the label explained
-    (``attr_pos_start = 1``); the head's logits over the labels are the step's "next-token" logits, so the
-    step functions (probability, logit, logprob, contrastive ones) read the label set as their vocabulary.
-    Encoders (BERT, RoBERTa, DistilBERT: they read their first token) take texts padded on the right.
-    Classifiers that pool their last token (decoder-based ones: Llama, Qwen2, GPT-2 heads) cannot be padded:
-    from ``inputs_embeds`` transformers reads the last position whatever the mask says, so only texts of one
-    length share a batch.
-    """
+class Classifier(ModelFamily):
+    """What the classifier families share: the text (or pair of texts) is the source, attributed and never
+    masked (a bidirectional encoder's prediction sees every token); the target is `LABEL_START` then the
+    explained labels, starting at ``attr_pos_start = 1``; "generation" is one forward pass's prediction
+    (`predictions`), and the head's logits are the steps' "next-token" logits, so the step functions read
+    the label set (or, for extractive QA, the input's positions) as their vocabulary."""
 
     is_encoder_decoder = False
     predictor = "its classification head's"
     pads_target_left = False
     generates = False
-    checks_causality = False  # one step that sees the whole text: nothing to be causal about
-    task = "sequence-classification"
-
-    def __init__(self, pools_last_token: bool) -> None:
-        self.pools_last_token = pools_last_token
-        self.name = "sequence-classifier" + (" (decoder-based)" if pools_last_token else "")
+    checks_causality = False  # its steps see the whole text: nothing to be causal about
 
     def attributes_source(self) -> bool:
         return True
@@ -315,49 +326,78 @@ class SequenceClassifier(ModelFamily):
         return False
 
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
+        if len(set(starts)) > 1:  # batch_spans splits the examples where the start changes
+            raise ValueError("classifier examples in one batch must share attr_pos_start")
         return [0] * len(starts)
 
     def source_tensors(self, examples, pad_token_id):
         return padded_sources(examples, pad_token_id, left=False)
 
     def batch_spans(self, examples, batch_size):
-        spans = super().batch_spans(examples, batch_size)
-        if not self.pools_last_token:
-            return spans
-        cut = []  # a padded text's last position would be a pad: cut where the length changes
-        for start, stop in spans:
-            lengths = [len(e.source_ids) for e in examples[start:stop]]
-            bounds = [
-                start,
-                *(start + i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]),
-                stop,
-            ]
-            cut += list(zip(bounds[:-1], bounds[1:], strict=True))
-        return cut
+        # Targets are padded on the right, so a step column is one position only if the first steps agree
+        # (a negative attr_pos_start resolves per example): cut where the start changes.
+        return cut_where(super().batch_spans(examples, batch_size), examples, lambda e: e.attr_pos_start)
 
     def model_inputs(self, batch, rows, embeds, mask) -> dict[str, Any]:
         return {"inputs_embeds": embeds[0], "attention_mask": batch.source_mask[rows]}
-
-    def step_logits(self, output: Any) -> Float[Tensor, "n 1 labels"]:
-        return output.logits[:, None]  # the one step, at target position 1
 
     def scales_of_one_stack(self, scale: float) -> tuple[float | None, float]:
         return scale, 1.0  # the text is the source
 
     def prompt_padding_left(self) -> bool:
-        return self.pools_last_token
+        return False  # the prediction pass pads as the attribution batches do
 
     def generated_example(self, prompt, generation, decoder_start_id):
         return prompt, [LABEL_START, *generation], 1
-
-    def forced_example(self, model, i, prompt, text, input_text, argument):
-        return prompt, [LABEL_START, label_id(model.model.config, text, f"{argument}[{i}]")], 1
 
     def generation_length(self, prompt_length: int, max_new_tokens: int) -> int:
         return prompt_length  # nothing is generated
 
     def contrast_prompt(self, source, target, start):
         return source
+
+    def target_tokens(self, model, ids, source_ids=()):
+        return [LABEL_START_NAME, *self.step_tokens(model, ids[1:], source_ids)]
+
+    def step_tokens(self, model, ids, source_ids=()):
+        return [label_name(model.model.config, int(i)) for i in ids]
+
+
+class SequenceClassifier(Classifier):
+    """A ``*ForSequenceClassification`` model: one step per text, explaining one label.
+
+    An example's source is the text's token ids (or a pair's: ``(text_a, text_b)``), its target
+    ``[LABEL_START, label]`` with the label explained. Encoders (BERT, RoBERTa, DistilBERT: they read their
+    first token) take texts padded on the right. Classifiers that pool their last token (decoder-based ones:
+    Llama, Qwen2, GPT-2 heads) cannot be padded: from ``inputs_embeds`` transformers reads the last position
+    whatever the mask says, so only texts of one length share a batch.
+    """
+
+    task = "sequence-classification"
+    takes_pairs = True
+
+    def __init__(self, pools_last_token: bool) -> None:
+        self.pools_last_token = pools_last_token
+        self.name = "sequence-classifier" + (" (decoder-based)" if pools_last_token else "")
+
+    def batch_spans(self, examples, batch_size):
+        spans = super().batch_spans(examples, batch_size)
+        if not self.pools_last_token:
+            return spans
+        # A padded text's last position would be a pad: cut where the length changes.
+        return cut_where(spans, examples, lambda e: len(e.source_ids))
+
+    def step_logits(self, output, positions, source_mask):
+        return output.logits[:, None].expand(-1, len(positions), -1)  # the one step, at target position 1
+
+    def prompt_padding_left(self) -> bool:
+        return self.pools_last_token
+
+    def predictions(self, model, output, prompts, texts):
+        return [[int(label)] for label in output.logits.argmax(-1)]
+
+    def forced_example(self, model, i, prompt, text, input_text, argument):
+        return prompt, [LABEL_START, label_id(model.model.config, text, f"{argument}[{i}]")], 1
 
     def forced_texts(self, model, texts):
         # Labels given by index (or name) become names, checked before anything runs.
@@ -370,11 +410,179 @@ class SequenceClassifier(ModelFamily):
         except TypeError:  # not a list: the request says what it takes
             return texts
 
-    def target_tokens(self, model, ids):
-        return [LABEL_START_NAME, *self.step_tokens(model, ids[1:])]
 
-    def step_tokens(self, model, ids):
-        return [label_name(model.model.config, int(i)) for i in ids]
+class TokenClassifier(Classifier):
+    """A ``*ForTokenClassification`` model (a tagger: named entities, parts of speech): one step per token.
+
+    The target is ``[LABEL_START, tag of token 0, tag of token 1, ...]``: step ``j`` explains the tag of
+    source token ``j`` (special tokens included), so target position ``p`` reads the head's logits at source
+    position ``p - 1``, and one forward pass gives every step's logits (the fused engine). A bidirectional
+    encoder has no causal mask: every step sees every token. Texts are padded on the right.
+    """
+
+    name = "token-classifier"
+    task = "token-classification"
+
+    def predictions(self, model, output, prompts, texts):
+        tags = output.logits.argmax(-1)
+        return [tags[row, : len(prompt)].tolist() for row, prompt in enumerate(prompts)]
+
+    def forced_example(self, model, i, prompt, text, input_text, argument):
+        config = model.model.config
+        tags = [label_id(config, tag, f"{argument}[{i}]") for tag in text.split()]
+        special = set(model.tokenizer.all_special_ids)
+        own = [p for p, token in enumerate(prompt) if token not in special]
+        if len(tags) == len(own) != len(prompt):  # words' tags only: special tokens keep the predicted tag
+            full = model.predict([prompt], [input_text])[0]
+            for position, tag in zip(own, tags, strict=True):
+                full[position] = tag
+            tags = full
+        if len(tags) != len(prompt):
+            raise ValueError(
+                f"{argument}[{i}] gives {len(tags)} tag(s) for a text of {len(prompt)} tokens ({len(own)} "
+                f"without special tokens: {model.convert_ids_to_tokens([prompt[p] for p in own])}); give one "
+                "tag per token, with or without the special tokens"
+            )
+        return prompt, [LABEL_START, *tags], 1
+
+    def forced_texts(self, model, texts):
+        # One text's tags are a list of tag names (or indices); several texts take a list of such lists.
+        # The request holds texts: each text's tags become one space-separated string of names.
+        if isinstance(texts, str):
+            return [texts]
+        if not isinstance(texts, Sequence) or not texts:
+            return texts
+        lists = texts if all(isinstance(t, (list, tuple)) for t in texts) else [texts]
+        config = model.model.config
+        forced = []
+        for i, tags in enumerate(lists):
+            if isinstance(tags, str):
+                forced.append(tags)
+                continue
+            names = [label_name(config, label_id(config, tag, f"target[{i}]")) for tag in tags]
+            if any(not name or any(c.isspace() for c in name) for name in names):
+                raise ValueError(f"target[{i}]: tag names with spaces cannot be given; give their indices")
+            forced.append(" ".join(names))
+        return forced
+
+
+QA_STEPS = ("start", "end")
+"""The two steps of an extractive QA example: the answer's first and last token."""
+
+
+class QuestionAnswerer(Classifier):
+    """A ``*ForQuestionAnswering`` model (extractive QA): two steps, the answer span's start and end.
+
+    The source is the tokenized pair ``(question, context)``; the target ``[LABEL_START, start, end]`` holds
+    the span's source positions, and the "vocabulary" of a step is the input's positions: its logits are the
+    head's start (or end) logits, padding masked out so that a batched text scores as it does alone. One
+    forward pass gives both steps (the fused engine). A position is named by its token:
+    ``"paris@12"``.
+    """
+
+    name = "question-answerer"
+    task = "question-answering"
+    takes_pairs = True
+    needs_pairs = True
+    max_answer_tokens: ClassVar[int] = 30
+    """The longest span the prediction considers (as transformers' question-answering pipeline)."""
+
+    def step_logits(self, output, positions, source_mask):
+        logits = torch.stack([output.start_logits, output.end_logits], dim=1)  # target positions 1 and 2
+        logits = logits.masked_fill(~source_mask.bool()[:, None], torch.finfo(logits.dtype).min)
+        return logits[:, positions - 1]
+
+    def predictions(self, model, output, prompts, texts):
+        spans = []
+        for row, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+            context = context_positions(model, text, len(prompt))
+            start, end = output.start_logits[row, context], output.end_logits[row, context]
+            scores = start[:, None] + end[None, :]
+            offsets = torch.arange(len(context))
+            allowed = (offsets[None, :] >= offsets[:, None]) & (
+                offsets[None, :] - offsets[:, None] < self.max_answer_tokens
+            )
+            best = int(scores.masked_fill(~allowed.to(scores.device), float("-inf")).argmax())
+            spans.append([context[best // len(context)], context[best % len(context)]])
+        return spans
+
+    def forced_example(self, model, i, prompt, text, input_text, argument):
+        question, context = input_text
+        what = f"{argument}[{i}]"
+        if text.startswith(SPAN_MARK):
+            start, end = (int(p) for p in text.removeprefix(SPAN_MARK).split())
+            if not 0 <= start <= end < len(prompt):
+                raise ValueError(
+                    f"{what}: the span ({start}, {end}) is not a pair of token positions 0 <= start <= end < "
+                    f"{len(prompt)} of the tokenized question and context; give positions inside it"
+                )
+            return prompt, [LABEL_START, start, end], 1
+        where = context.find(text)
+        if where < 0:
+            raise ValueError(
+                f"{what}: the answer {text[:60]!r} is not in the context; give a piece of the context, or "
+                "the span's token positions as a (start, end) pair"
+            )
+        encoding = model.tokenizer(question, context, return_offsets_mapping=True)
+        sequence = encoding.sequence_ids()
+        tokens = [
+            p
+            for p, (a, b) in enumerate(encoding["offset_mapping"])
+            if sequence[p] == 1 and b > where and a < where + len(text)
+        ]
+        return prompt, [LABEL_START, tokens[0], tokens[-1]], 1
+
+    def forced_texts(self, model, texts):
+        # A span is an answer text or a (start, end) pair of token positions; several examples, a list.
+        if isinstance(texts, str) or is_span(texts):
+            texts = [texts]
+        if not isinstance(texts, Sequence):
+            return texts
+        return [f"{SPAN_MARK}{t[0]} {t[1]}" if is_span(t) else t for t in texts]
+
+    def step_tokens(self, model, ids, source_ids=()):
+        tokens = model.convert_ids_to_tokens(source_ids)
+        return [f"{tokens[int(i)]}@{int(i)}" if int(i) < len(tokens) else f"@{int(i)}" for i in ids]
+
+
+SPAN_MARK = "\x00span "
+"""How a forced answer span given as token positions travels in the request's texts."""
+
+
+def is_span(value: Any) -> bool:
+    """Whether ``value`` is a ``(start, end)`` pair of token positions."""
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
+
+
+def context_positions(model: AttributionModel, pair: tuple[str, str], length: int) -> list[int]:
+    """The positions of the context's tokens in the tokenized ``(question, context)`` pair."""
+    sequence = model.tokenizer(*pair).sequence_ids()
+    positions = [p for p in range(length) if sequence[p] == 1]
+    return positions or list(range(length))
+
+
+def cut_where(spans: list[tuple[int, int]], examples: Sequence[EncodedExample], key) -> list[tuple[int, int]]:
+    """``spans`` cut where ``key`` of consecutive examples changes.
+
+    Example:
+        >>> from seqattr.models.batch import EncodedExample
+        >>> examples = [EncodedExample([1] * n, [0, 1], 1, 2) for n in (2, 2, 3)]
+        >>> cut_where([(0, 3)], examples, lambda e: len(e.source_ids))
+        [(0, 2), (2, 3)]
+    """
+    cut = []
+    for start, stop in spans:
+        bounds = [
+            start,
+            *(i for i in range(start + 1, stop) if key(examples[i]) != key(examples[i - 1])),
+            stop,
+        ]
+        cut += list(zip(bounds[:-1], bounds[1:], strict=True))
+    return cut
 
 
 def label_name(config: PretrainedConfig, index: int) -> str:
@@ -439,7 +647,11 @@ def padded_sources(
 DECODER_ONLY = DecoderOnly()
 ENCODER_DECODER = EncoderDecoder()
 
-CLASSIFIER_HEADS = {"ForSequenceClassification": "sequence classification"}
+CLASSIFIER_HEADS = {
+    "ForSequenceClassification": "sequence classification",
+    "ForTokenClassification": "token classification",
+    "ForQuestionAnswering": "extractive question answering",
+}
 """The classification heads seqattr explains, by the suffix of their transformers class."""
 
 
@@ -477,7 +689,12 @@ def family_of(model: PreTrainedModel | PretrainedConfig) -> ModelFamily:
         (decoder-only, sequence-classifier)
     """
     if isinstance(model, PreTrainedModel):
-        if classifier_head(model) == "ForSequenceClassification":
+        head = classifier_head(model)
+        if head == "ForSequenceClassification":
             return SequenceClassifier(pools_last_token(model))
+        if head == "ForTokenClassification":
+            return TokenClassifier()
+        if head == "ForQuestionAnswering":
+            return QuestionAnswerer()
         model = model.config
     return ENCODER_DECODER if getattr(model, "is_encoder_decoder", False) else DECODER_ONLY

@@ -9,8 +9,10 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -31,10 +33,18 @@ def _not_generative(what: str) -> TypeError:
     )
 
 
+_CLASSIFIER_AUTO_CLASSES = {
+    "ForSequenceClassification": AutoModelForSequenceClassification,
+    "ForTokenClassification": AutoModelForTokenClassification,
+    "ForQuestionAnswering": AutoModelForQuestionAnswering,
+}
+
+
 def _auto_class(config):
     """The transformers Auto class of a checkpoint: its head's (a classifier), else its family's."""
-    if any(classifier_head(name) for name in getattr(config, "architectures", None) or ()):
-        return AutoModelForSequenceClassification
+    for name in getattr(config, "architectures", None) or ():
+        if classifier_head(name) is not None:
+            return _CLASSIFIER_AUTO_CLASSES[classifier_head(name)]
     return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
@@ -52,14 +62,14 @@ def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrain
             raise _not_generative(f"{name!r} ({type(config).__name__})") from err
         raise
     missing = list(info.get("missing_keys", ()))
-    if auto_class is AutoModelForSequenceClassification:
+    if auto_class in _CLASSIFIER_AUTO_CLASSES.values():
         # The head lives outside the base model (``classifier``, ``score``): missing there means random.
         random = [k for k in missing if not k.startswith(model.base_model_prefix + ".")]
         if random:
             raise ValueError(
                 f"{name!r} has no trained classification head: loading it as {type(model).__name__} "
                 f"initialised {', '.join(random[:4])} at random, so its predictions (and any attribution of "
-                "them) are noise. Use a checkpoint fine-tuned for sequence classification."
+                "them) are noise. Use a checkpoint fine-tuned for its task."
             )
         return model
     check_head_loaded(name, model, missing)
