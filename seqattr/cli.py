@@ -215,6 +215,19 @@ def _add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default=None, help="precision of the model, e.g. float32, bfloat16 (default: as saved)"
     )
     parser.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="spread a large model over devices: auto, balanced, sequential or JSON {module: device}",
+    )
+    parser.add_argument(
+        "--max-memory",
+        nargs="+",
+        default=None,
+        metavar="DEVICE=SIZE",
+        help="with --device-map: what each device may hold, e.g. 0=20GiB cpu=60GiB",
+    )
+    parser.add_argument(
         "--stepwise", action="store_true", help="run the stepwise reference instead of the fused engine"
     )
     parser.add_argument(
@@ -554,10 +567,33 @@ def _unloadable_model_message(model: str | None, err: Exception) -> str:
 # --- commands ---------------------------------------------------------------------------------------------
 
 
+def _device_map(args) -> tuple[str | dict | None, dict | None]:
+    """``--device-map`` (a strategy name or a JSON object) and ``--max-memory`` (device indices as ints)."""
+    device_map = None if args.device_map is None else option_value(args.device_map)
+    if device_map is not None and not isinstance(device_map, (str, dict)):
+        raise UsageError(
+            f"--device-map takes auto, balanced, sequential or a JSON object, got {args.device_map!r}"
+        )
+    max_memory = None
+    if args.max_memory:
+        max_memory = {
+            int(name) if name.isdigit() else name: size
+            for name, size in _pairs(args.max_memory, "--max-memory").items()
+        }
+    return device_map, max_memory
+
+
 def _load_model(args, method_options: dict) -> seqattr.AttributionModel:
+    device_map, max_memory = _device_map(args)
     try:
         return seqattr.load_model(
-            args.model, args.method, device=args.device, dtype=args.dtype, **method_options
+            args.model,
+            args.method,
+            device=args.device,
+            dtype=args.dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            **method_options,
         )
     except (OSError, ImportError) as err:  # FileNotFoundError included: a path that does not exist
         if isinstance(err, FileNotFoundError) and "no model folder or file" in str(err):
