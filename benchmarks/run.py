@@ -11,6 +11,7 @@ Usage:
     python3 benchmarks/run.py --methods saliency,occlusion --models gpt2-small --lengths 10,40 --batches 1
     python3 benchmarks/run.py --no-inseq             # seqattr only (fused vs stepwise)
     python3 benchmarks/run.py --chunk-sweep          # time the gradient engine's step-chunk sizes
+    python3 benchmarks/run.py --dataset-run          # attribute-dataset: examples/min, 1 vs 2 processes
 """
 
 from __future__ import annotations
@@ -299,6 +300,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--chunk-sizes", type=csv(int), default=(1, 2, 4, 8, 16, 32, 64), help="for --chunk-sweep"
     )
+    parser.add_argument(
+        "--dataset-run",
+        action="store_true",
+        help="only the dataset row: attribute-dataset examples/min, --dataset-rows rows, 1 vs 2 processes",
+    )
+    parser.add_argument("--dataset-rows", type=int, default=200, help="rows of --dataset-run (default 200)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--docs", action="store_true", help="rewrite the table in docs/benchmarks.md")
     parser.add_argument(
@@ -337,6 +344,18 @@ def main(argv=None) -> int:
         args.models = tuple(m for m in args.models if m in folders)
     if args.chunk_sweep:
         chunk_sweep(args, tokenizers, folders)
+        return 0
+    if args.dataset_run:
+        import dataset_run
+
+        model = (args.models or ("gpt2-small",))[0]
+        method = methods[0] if args.methods else "saliency"
+        results = dataset_run.dataset_rows(folders[model], method, rows=args.dataset_rows)
+        dataset_run.print_rows(results, model, method)
+        path = args.output.with_name("dataset_run.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"model": model, "method": method, "results": results}, indent=1))
+        print(f"wrote {path}")
         return 0
     if not args.no_inseq:
         ensure_inseq()

@@ -2,8 +2,8 @@
 
 ``seqattr attribute -i TEXT [-m MODEL] [-a METHOD] [-o out.json]`` explains a generation (default model:
 SmolLM2-135M-Instruct, which works offline); ``seqattr show|html|plot out.json`` prints, pages or plots a
-saved output; ``seqattr evaluate out.json`` measures its faithfulness; ``seqattr methods`` and
-``seqattr step-functions`` list what can be asked for.
+saved output; ``seqattr evaluate out.json`` measures its faithfulness; ``seqattr report DIR`` pages the
+statistics of a dataset run; ``seqattr methods`` and ``seqattr step-functions`` list what can be asked for.
 
 A user's mistake (an unknown method or step function, an option the method does not take, a missing output
 folder, a device this machine does not have, a model that cannot be found) ends with one
@@ -215,6 +215,19 @@ def _add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default=None, help="precision of the model, e.g. float32, bfloat16 (default: as saved)"
     )
     parser.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="spread a large model over devices: auto, balanced, sequential or JSON {module: device}",
+    )
+    parser.add_argument(
+        "--max-memory",
+        nargs="+",
+        default=None,
+        metavar="DEVICE=SIZE",
+        help="with --device-map: what each device may hold, e.g. 0=20GiB cpu=60GiB",
+    )
+    parser.add_argument(
         "--stepwise", action="store_true", help="run the stepwise reference instead of the fused engine"
     )
     parser.add_argument(
@@ -368,6 +381,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--save", default=None, metavar="FILE", help="also write the result to this JSON file"
     )
     _add_import_argument(evaluate)
+
+    report = command(
+        "report", "write the statistics of a dataset run as one self-contained HTML page (docs/datasets.md)"
+    )
+    report.add_argument(
+        "run", metavar="DIR", help="a dataset run's folder (seqattr attribute-dataset -o DIR), or an OUT.json"
+    )
+    report.add_argument(
+        "-o",
+        "--output-file",
+        default=None,
+        metavar="FILE",
+        help="the page to write (default: DIR/report.html)",
+    )
+    report.add_argument("--title", default=None, help="page title (default: seqattr report · METHOD)")
+    report.add_argument(
+        "--examples",
+        type=int,
+        default=5,
+        metavar="N",
+        help="examples shown at each end of the ranking, each with its view (default 5)",
+    )
+    report.add_argument(
+        "--rank-by",
+        default=None,
+        metavar="NAME",
+        help="rank examples by the mean of this step score, source_share or diagonal_deviation "
+        "(default: probability, else the first step score)",
+    )
 
     command("methods", "list attribution methods")
     _add_import_argument(command("step-functions", "list step functions"))
@@ -525,10 +567,33 @@ def _unloadable_model_message(model: str | None, err: Exception) -> str:
 # --- commands ---------------------------------------------------------------------------------------------
 
 
+def _device_map(args) -> tuple[str | dict | None, dict | None]:
+    """``--device-map`` (a strategy name or a JSON object) and ``--max-memory`` (device indices as ints)."""
+    device_map = None if args.device_map is None else option_value(args.device_map)
+    if device_map is not None and not isinstance(device_map, (str, dict)):
+        raise UsageError(
+            f"--device-map takes auto, balanced, sequential or a JSON object, got {args.device_map!r}"
+        )
+    max_memory = None
+    if args.max_memory:
+        max_memory = {
+            int(name) if name.isdigit() else name: size
+            for name, size in _pairs(args.max_memory, "--max-memory").items()
+        }
+    return device_map, max_memory
+
+
 def _load_model(args, method_options: dict) -> seqattr.AttributionModel:
+    device_map, max_memory = _device_map(args)
     try:
         return seqattr.load_model(
-            args.model, args.method, device=args.device, dtype=args.dtype, **method_options
+            args.model,
+            args.method,
+            device=args.device,
+            dtype=args.dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            **method_options,
         )
     except (OSError, ImportError) as err:  # FileNotFoundError included: a path that does not exist
         if isinstance(err, FileNotFoundError) and "no model folder or file" in str(err):
@@ -654,6 +719,28 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    """``seqattr report DIR``: the dataset-level statistics page (`seqattr.analysis.write_report`)."""
+    from seqattr.analysis import write_report
+
+    source = Path(args.run).expanduser()
+    if source.is_file():
+        data = _load_saved(args.run)
+        target = _default_file(args.run, args.output_file, ".html")
+    else:
+        try:
+            data = seqattr.load_dataset_output(source)
+        except FileNotFoundError as err:
+            raise UsageError(f"{err}; give the -o folder of `seqattr attribute-dataset`") from err
+        target = args.output_file or str(source / "report.html")
+        check_output_path(target)
+    if args.examples < 0:
+        raise UsageError(f"--examples {args.examples}: give 0 or more")
+    write_report(data, target, title=args.title, examples=args.examples, rank_by=args.rank_by)
+    print(f"wrote {target}", file=sys.stderr)
+    return 0
+
+
 def _list(args) -> int:
     listed = list_methods() if args.command == "methods" else list_step_functions()
     width = 40 if args.command == "methods" else 30
@@ -688,6 +775,8 @@ def main(argv: list[str] | None = None) -> int:
             return _attribute_dataset(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "report":
+            return _report(args)
         return _attribute(args)
     except (UsageError, ValueError, TypeError) as err:
         print(f"seqattr: error: {err}", file=sys.stderr)

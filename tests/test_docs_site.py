@@ -75,6 +75,9 @@ def test_api_reference_documents_every_public_name(site):
     # Members are documented too, e.g. the method that does the work.
     assert "seqattr.AttributionModel.attribute" in anchors and "seqattr.AttributionOutput.show" in anchors
     assert "seqattr.trace.GenerationTrace" in anchors
+    from seqattr import analysis
+
+    assert all(f"seqattr.analysis.{name}" in anchors for name in analysis.__all__)
     # The docstrings' "Example:" doctests render as code (docs/hooks/griffe_examples.py), not as ">>>" block
     # quotes with their "#0 saliency" output turned into a heading.
     api = page(site, "reference/api")

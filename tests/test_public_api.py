@@ -29,6 +29,20 @@ def test_public_names_are_pinned():
         assert hasattr(seqattr, name), name
 
 
+def test_analysis_names_are_pinned():
+    import seqattr.analysis
+
+    assert sorted(seqattr.analysis.__all__) == [
+        "DatasetSummary",
+        "report_html",
+        "step_table",
+        "summarize",
+        "write_report",
+    ]
+    for name in seqattr.analysis.__all__:
+        assert hasattr(seqattr.analysis, name), name
+
+
 def test_import_prints_nothing_and_loads_no_views():
     # seqattr.viz itself only registers the views by name; their modules (rich tables, matplotlib,
     # treescope) load when a view is first used.

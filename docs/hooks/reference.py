@@ -189,6 +189,11 @@ def api_page() -> str:
     for name in seqattr.__all__:
         if name not in OUTPUT_CLASSES:
             parts.append(f"::: seqattr.{name}\n")
+    import seqattr.analysis
+
+    # Imported on its own (`import seqattr.analysis`): the dataset-level statistics and report.
+    parts.append("## Dataset analysis\n")
+    parts += [f"::: seqattr.analysis.{name}\n" for name in seqattr.analysis.__all__]
     return "\n".join(parts)
 
 

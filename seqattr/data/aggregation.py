@@ -83,8 +83,14 @@ def _require_token_scores(seq: SequenceAttribution, what: str) -> None:
         )
 
 
-def _repeats(seq: SequenceAttribution, side: str) -> set[int]:
-    """Rows that repeat the score of a feature shown on an earlier row (all tokens of it but the first)."""
+def feature_repeats(seq: SequenceAttribution, side: str) -> set[int]:
+    """Rows that repeat the score of a feature shown on an earlier row (all tokens of it but the first): a
+    feature-level score counts once, on the feature's first row.
+
+    Example:
+        >>> feature_repeats(seq, "target")     # gradient scores: per token, nothing repeated
+        set()
+    """
     spans = (seq.features or {}).get(side, [])
     return {i for a, b in spans for i in range(a + 1, b)}
 
@@ -110,11 +116,11 @@ def _stacked(seq: SequenceAttribution) -> tuple[Tensor, Tensor]:
     blocks, keep = [], []
     if seq.source_attributions is not None:
         blocks.append(seq.source_attributions.float())
-        repeats = _repeats(seq, "source")
+        repeats = feature_repeats(seq, "source")
         keep += [i not in seq.masked_source and i not in repeats for i in range(len(seq.source))]
     if seq.target_attributions is not None:
         blocks.append(seq.target_attributions.float())
-        repeats = _repeats(seq, "target")
+        repeats = feature_repeats(seq, "target")
         keep += [i not in seq.masked_target and i not in repeats for i in range(len(seq.target))]
     if not blocks:
         raise ValueError("this sequence has no attributions (source and target are both None)")

@@ -76,6 +76,23 @@ def _kept_positions(tokens, ids, masked, special_ids) -> list[int]:
     ]
 
 
+def aligned_steps(seq: SequenceAttribution, special_ids: Iterable[int] | None = None) -> list[int]:
+    """The steps an alignment counts, in order: every explained step but the masked and special ones
+    (alignment target index ``j`` is step ``aligned_steps(seq)[j]``).
+
+    Example:
+        >>> aligned_steps(seq)                  # no special or masked step among "the city"
+        [0, 1, 2, 3]
+    """
+    special = set(special_ids or ())
+    masked = set(seq.masked_target)
+    return [
+        t
+        for t, p in enumerate(range(seq.attr_pos_start, seq.attr_pos_end))
+        if p not in masked and not is_special(seq.target[p], seq.target_ids[p], special)
+    ]
+
+
 def extract_alignment(
     seq: SequenceAttribution,
     threshold: float | None = None,
@@ -114,12 +131,7 @@ def extract_alignment(
         row_tokens = seq.target
     else:
         raise ValueError("this sequence has no attributions to align (source and target are both None)")
-    step_positions = range(seq.attr_pos_start, seq.attr_pos_end)
-    steps = [
-        t
-        for t, p in enumerate(step_positions)
-        if p not in set(seq.masked_target) and not is_special(seq.target[p], seq.target_ids[p], special)
-    ]
+    steps = aligned_steps(seq, special)
     links = set()
     if rows and steps:
         block = scores[rows][:, steps].float()

@@ -76,6 +76,23 @@ def _load_pretrained(name: str, dtype, model_kwargs: dict[str, Any]) -> PreTrain
     return model
 
 
+def check_embeddings_placed(model: PreTrainedModel) -> None:
+    """Refuse a dispatched model whose input embeddings were offloaded (their weights on the meta device).
+
+    seqattr embeds the tokens itself and sends inputs to where the embeddings are; offloaded embeddings have
+    no device, and every forward would fail deep inside accelerate ("Cannot copy out of meta tensor").
+    """
+    weight = getattr(model.get_input_embeddings(), "weight", None)
+    if weight is not None and weight.device.type == "meta":
+        placement = getattr(model, "hf_device_map", None)
+        raise ValueError(
+            f"the model's input embeddings were offloaded by its device_map ({placement}): seqattr embeds "
+            "the tokens itself and needs them on a device. Give max_memory room for them on the first "
+            "device, or a device_map that keeps the embedding module on a device (the rest may go to 'cpu' "
+            "or 'disk')"
+        )
+
+
 def check_device(device: str | torch.device | None) -> None:
     """Refuse a device that this machine or this PyTorch build does not have, before anything loads.
 
@@ -121,6 +138,8 @@ def load_model(
     tokenizer: str | PreTrainedTokenizerBase | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
     model_kwargs: dict[str, Any] | None = None,
     tokenizer_kwargs: dict[str, Any] | None = None,
     **method_kwargs: Any,
@@ -139,6 +158,13 @@ def load_model(
         device: where the model runs (default: as loaded, on CPU); a device this machine does not have is
             refused (`check_device`) before anything loads.
         dtype: the precision it runs in (default: as loaded).
+        device_map: spread a model too large for one device over several (accelerate's big-model
+            dispatch): ``"auto"``, ``"balanced"``, ``"sequential"`` or ``{"module name": device}``, where a
+            device may be a GPU index, ``"cpu"`` or ``"disk"`` (offloaded: give
+            ``model_kwargs={"offload_folder": ...}``). Attributions equal the undispatched model's: gradients
+            flow through the dispatched model. For a model loaded here (a loaded model is used as it was
+            dispatched); not with ``device``.
+        max_memory: what each device may hold under ``device_map``, e.g. ``{0: "20GiB", "cpu": "60GiB"}``.
         model_kwargs: passed to the model's ``from_pretrained``.
         tokenizer_kwargs: passed to the tokenizer's ``from_pretrained``.
         **method_kwargs: the method's options, e.g. ``n_steps=50`` for integrated gradients.
@@ -151,6 +177,25 @@ def load_model(
     """
     check_device(device)
     model_kwargs = dict(model_kwargs or {})
+    if device_map is not None and device is not None:
+        raise ValueError(
+            f"device={str(device)!r} puts the whole model on one device and device_map={device_map!r} "
+            "spreads it over several: give one of them"
+        )
+    if max_memory is not None and device_map is None:
+        raise ValueError(
+            'max_memory= bounds what device_map= places on each device; give device_map="auto" too'
+        )
+    if device_map is not None:
+        if isinstance(model, PreTrainedModel):
+            raise ValueError(
+                "device_map= dispatches a model as it loads; this model is already loaded: load it with "
+                "from_pretrained(..., device_map=...) or dispatch it with accelerate.dispatch_model, then "
+                "pass it"
+            )
+        model_kwargs["device_map"] = device_map
+        if max_memory is not None:
+            model_kwargs["max_memory"] = max_memory
     tokenizer_kwargs = dict(tokenizer_kwargs or {})
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -180,6 +225,7 @@ def load_model(
             "model must be a hub id, a local path or a transformers PreTrainedModel,"
             f" got {type(model).__name__}"
         )
+    check_embeddings_placed(hf_model)
     classifier = classifier_head(hf_model) is not None
     if not classifier and (hf_model.get_output_embeddings() is None or not hf_model.can_generate()):
         raise _not_generative(type(hf_model).__name__)
