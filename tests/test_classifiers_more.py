@@ -133,9 +133,9 @@ def test_a_reader_explains_the_start_and_end_of_its_answer(reader):
         question=QUESTIONS[0], context=SENTENCES[0], target="went to", show_progress=False
     )
     assert given[0].steps == ["went@8", "to@9"]
-    assert reader.attribute(
-        question=QUESTIONS[0], context=SENTENCES[0], target=(8, 9), show_progress=False
-    )[0].steps == ["went@8", "to@9"]
+    assert reader.attribute(question=QUESTIONS[0], context=SENTENCES[0], target=(8, 9), show_progress=False)[
+        0
+    ].steps == ["went@8", "to@9"]
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "occlusion"])

@@ -24,6 +24,7 @@ from seqattr.analysis.charts import histogram_chart, line_chart
 from seqattr.analysis.statistics import TOKEN_TYPES, DatasetSummary, examples_of, summarize
 from seqattr.data.attribution import AttributionOutput
 from seqattr.dataset_runs.shards import DatasetOutput, load_dataset_output
+from seqattr.viz.html import page
 
 _CSS = """
 :root { --fg: #1d1d1f; --bg: #ffffff; --muted: #6e6e73; --line: #d2d2d7; --panel: #f5f5f7;
@@ -82,46 +83,39 @@ def _overview(summary: DatasetSummary) -> str:
 
 def _charts(summary: DatasetSummary) -> str:
     steps = summary.by_step["step"]
-    figures = []
+    # (series, title, y label, caption) of each share-like chart, drawn on [0, 1].
+    shares = []
     if any(v is not None for v in summary.by_step["source_share"]):
-        figures.append(
-            _figure(
-                line_chart(
-                    steps,
-                    {"source share": summary.by_step["source_share"]},
-                    title="Source share",
-                    y_label="share",
-                    y_range=(0.0, 1.0),
-                ),
+        shares.append(
+            (
+                {"source share": summary.by_step["source_share"]},
+                "Source share",
+                "share",
                 f"Source share: the share of each step's absolute attribution on the {summary.source_side} "
                 f"against the {summary.prefix_side} (Voita et al. 2021), mean per step position.",
             )
         )
-    figures.append(
-        _figure(
-            line_chart(
-                steps,
-                {kind: summary.by_step[f"{kind}_share"] for kind in TOKEN_TYPES},
-                title="Token types",
-                y_label="share",
-                y_range=(0.0, 1.0),
-            ),
+    shares.append(
+        (
+            {kind: summary.by_step[f"{kind}_share"] for kind in TOKEN_TYPES},
+            "Token types",
+            "share",
             "Share of each step's absolute attribution on special tokens, punctuation and content tokens.",
         )
     )
-    figures.append(
-        _figure(
-            line_chart(
-                steps,
-                {"diagonal deviation": summary.by_step["diagonal_deviation"]},
-                title="Diagonality",
-                y_label="mean |offset|",
-                y_range=(0.0, 1.0),
-            ),
+    shares.append(
+        (
+            {"diagonal deviation": summary.by_step["diagonal_deviation"]},
+            "Diagonality",
+            "mean |offset|",
             "Mean |relative position of the argmax source token − relative step position|: 0 on the "
             "diagonal.",
         )
     )
+    figures = [
+        _figure(line_chart(steps, series, title=title, y_label=y_label, y_range=(0.0, 1.0)), caption)
+        for series, title, y_label, caption in shares
+    ]
     histogram = summary.offset_histogram
     figures.append(
         _figure(
@@ -264,19 +258,7 @@ def report_html(
             _table(header, _example_rows(summary, highest, column)),
         ]
         body += _embedded_views(data, summary, [*lowest, *[r for r in highest if r not in lowest]], column)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-{"".join(body)}
-</body>
-</html>
-"""
+    return page(title, _CSS, "".join(body) + "\n")
 
 
 def _embedded_views(data: Any, summary: DatasetSummary, rows: list[int], column: str) -> list[str]:

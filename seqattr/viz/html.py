@@ -163,20 +163,35 @@ def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | 
     )
     # "</" inside a script element would end it early: escape it in the JSON payload.
     data = json.dumps({"examples": examples}, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
+    return page(
+        title,
+        CSS,
+        f"""<h1>{html.escape(title)}</h1>
+<div class="info">{_info_line(output.info)}</div>
+{sections}
+<script type="application/json" id="seqattr-data">{data}</script>
+<script>{JS}</script>
+""",
+    )
+
+
+def page(title: str, css: str, body: str) -> str:
+    """A self-contained HTML document: ``title``, the ``css`` inline, then ``body``.
+
+    Example:
+        >>> document = page("t", "p { color: red }", "<p>hi</p>")
+        >>> document.startswith("<!DOCTYPE"), "<title>t</title>" in document, "<p>hi</p></body>" in document
+        (True, True, True)
+    """
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>{CSS}</style>
+<style>{css}</style>
 </head>
 <body>
-<h1>{html.escape(title)}</h1>
-<div class="info">{_info_line(output.info)}</div>
-{sections}
-<script type="application/json" id="seqattr-data">{data}</script>
-<script>{JS}</script>
-</body>
+{body}</body>
 </html>
 """
