@@ -120,3 +120,52 @@ def test_max_features_refuses_with_the_cost():
         ValueError, match=r"integrated_hessians on 7 tokens .* exceeds max_features=4: .*7 x 7"
     ):
         model.attribute("The cat sat on", "The cat sat on the mat", show_progress=False)
+
+
+def small_output() -> seqattr.AttributionOutput:
+    model = exact_model("gpt2", "integrated_hessians", n_steps=2)
+    return model.attribute(["The cat", "A dog"], ["The cat sat on", "A dog ran"], show_progress=False)
+
+
+def test_interactions_survive_save_load_slicing_and_normalising(tmp_path):
+    out = small_output()
+    out.save(tmp_path / "out.json")
+    loaded = seqattr.load(tmp_path / "out.json")
+    for mine, theirs in zip(loaded, out, strict=True):
+        assert torch.equal(mine.interactions.nan_to_num(7.0), theirs.interactions.nan_to_num(7.0))
+    seq = out[0]
+    first = seq[:1]  # the first step, the target tokens it saw and the one it predicts
+    assert first.interactions.shape == (len(first.target), len(first.target), 1)
+    assert_close(first.interactions, seq.interactions[: len(first.target), : len(first.target), :1])
+    normalized = seq.normalize()  # rows still add up to the (normalised) attributions
+    assert_close(normalized.interactions.nansum(1), normalized.target_attributions.nan_to_num())
+    assert seq.aggregate("word").interactions is None  # token pairs are not merged into words
+
+
+def test_interactions_frame_views_and_plot(tmp_path):
+    from rich.console import Console
+
+    from seqattr.viz.console import format_score
+
+    out = small_output()
+    frame = out.to_dataframe(interactions=True)
+    seen = sum(int((~seq.interactions.isnan()).sum()) for seq in out)
+    assert len(frame) == seen
+    row = frame[
+        (frame.example == 0) & (frame.step == 0) & (frame.position == 1) & (frame.partner_position == 0)
+    ]
+    assert float(row.score.iloc[0]) == pytest.approx(float(out[0].interactions[1, 0, 0]))
+    assert (row.token.iloc[0], row.partner_token.iloc[0]) == ("Ġcat", "The")
+    with pytest.raises(ValueError, match="no interactions; attribute with method='integrated_hessians'"):
+        exact_model("gpt2").attribute("The cat", "The cat sat").to_dataframe(interactions=True)
+
+    console = Console(record=True, width=200)
+    out.show_interactions(step=0, console=console)
+    text = console.export_text()
+    first_row = [format_score(float(v)) for v in out[0].interactions[:2, :2, 0].flatten()[:2]]
+    assert "step 0" in text and f"The  {first_row[0]}  {first_row[1]}" in text  # a main effect, a pair
+    figure = out[1].plot_interactions(step=-1)
+    figure.savefig(tmp_path / "pairs.png")
+    assert (tmp_path / "pairs.png").stat().st_size > 0
+    with pytest.raises(IndexError, match="step=5 is out of range"):
+        out.show_interactions(step=5, console=console)

@@ -136,12 +136,12 @@ class Operations:
 
     # Data frames and dictionaries (imported lazily: pandas loads only when used).
 
-    def to_dataframe(self):
-        """Long-format pandas frame, one row per visible (token, step) score of every example
-        (`seqattr.data.frames.to_dataframe`)."""
+    def to_dataframe(self, interactions: bool = False):
+        """Long-format pandas frame, one row per visible (token, step) score of every example, or with
+        ``interactions`` one row per visible (token, token, step) interaction (`seqattr.data.frames`)."""
         from seqattr.data.frames import to_dataframe
 
-        return to_dataframe(self)
+        return to_dataframe(self, interactions=interactions)
 
     def alignments(
         self,
