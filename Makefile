@@ -14,6 +14,9 @@ install:
 	# transformers-interpret, the classifier explainer tests/test_classifiers.py compares against: its own pins
 	# (old transformers) are not needed, it imports and runs with this project's torch and transformers.
 	$(PYTHON) -m pip install --no-deps "transformers-interpret==0.10.0"
+	# path-explain, whose PyTorch explainer tests/test_interactions.py compares integrated Hessians with: its
+	# package imports TensorFlow, which is not needed (the test loads the PyTorch explainer by file path).
+	$(PYTHON) -m pip install --no-deps "path-explain==0.0.7"
 	@$(MAKE) --no-print-directory install-chromium
 
 # Debian's chromium for the HTML view's browser tests (tests/test_html.py skips them without it): installed

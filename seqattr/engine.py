@@ -206,6 +206,30 @@ def _nan_where_hidden(values: Tensor, visible: torch.Tensor) -> Tensor:
     return values.masked_fill(~mask, float("nan"))
 
 
+def example_interactions(
+    output: MethodOutput,
+    i: int,
+    example: EncodedExample,
+    target_rows: slice,
+    visible_target: torch.Tensor,
+    num_steps: int,
+) -> Tensor:
+    """Example ``i``'s interactions ``[features, features, steps]`` cut from the padded batch's: its source
+    positions then its target positions (the attributed sides), NaN where a step cannot see either token."""
+    parts, visible = [], []
+    source_count = 0
+    if output.source_attributions is not None:
+        source_count = output.source_attributions.shape[1]
+        parts.append(torch.arange(len(example.source_ids)))
+        visible.append(torch.ones(len(example.source_ids), num_steps, dtype=torch.bool))
+    if output.target_attributions is not None:
+        parts.append(source_count + torch.arange(target_rows.start, target_rows.stop))
+        visible.append(visible_target[i, target_rows, :num_steps].cpu())
+    index, seen = torch.cat(parts).to(output.interactions.device), torch.cat(visible)
+    values = stored(output.interactions[i][index][:, index][..., :num_steps]).clone()
+    return values.masked_fill(~(seen[:, None] & seen[None, :]), float("nan"))
+
+
 def assemble(
     model: AttributionModel,
     batch: AttributionBatch,
@@ -228,6 +252,9 @@ def assemble(
             target = output.target_attributions[i, target_rows, :num_steps]
             target_attributions = _nan_where_hidden(target, visible_target[i, target_rows, :num_steps])
         scores = {**step_scores, **output.step_scores}
+        interactions = None
+        if output.interactions is not None:
+            interactions = example_interactions(output, i, example, target_rows, visible_target, num_steps)
         sequences.append(
             SequenceAttribution(
                 source=model.convert_ids_to_tokens(example.source_ids),
@@ -246,6 +273,7 @@ def assemble(
                 ),
                 # Perturbation features: each token of one carries the feature's score (for aggregation).
                 features=(output.example_info[i].get("features") if output.example_info else None),
+                interactions=interactions,
             )
         )
     return sequences

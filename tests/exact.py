@@ -77,7 +77,7 @@ def assert_sequences_close(
     assert actual.source_ids == expected.source_ids
     assert actual.target_ids == expected.target_ids
     assert (actual.attr_pos_start, actual.attr_pos_end) == (expected.attr_pos_start, expected.attr_pos_end)
-    for name in ("source_attributions", "target_attributions"):
+    for name in ("source_attributions", "target_attributions", "interactions"):
         mine, theirs = getattr(actual, name), getattr(expected, name)
         assert (mine is None) == (theirs is None), f"{name}: one is None, the other is not"
         if mine is not None:

@@ -119,6 +119,12 @@ METHODS: list[Row] = [
         },
         GRADIENT_FAMILIES,
     ),
+    # Interactions of issue 12 (few points: the stepwise reference takes one double backward per token).
+    Row("integrated_hessians", {"n_steps": 1, "return_convergence_delta": True}, GRADIENT_FAMILIES),
+    Row(
+        "expected_hessians",
+        {"n_steps": 1, "n_baselines": 2, "references": torch.full((1, 64), 0.1, dtype=torch.float64)},
+    ),
     # Perturbation and internals methods of issue 5 (few samples: these are invariants, not estimates; a
     # missing seed is drawn from torch's generator, which each call here seeds).
     Row("occlusion", {}, (*PERTURBATION_FAMILIES, "marian:source")),

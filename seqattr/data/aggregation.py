@@ -34,12 +34,19 @@ if TYPE_CHECKING:
     from seqattr.data.attribution import SequenceAttribution
 
 
-def _replace_tensors(seq: SequenceAttribution, fn: Callable[[Tensor], Tensor]) -> SequenceAttribution:
-    """A copy with ``fn`` applied to the attribution tensors (step scores untouched)."""
+def _replace_tensors(
+    seq: SequenceAttribution, fn: Callable[[Tensor], Tensor], interactions: bool = False
+) -> SequenceAttribution:
+    """A copy with ``fn`` applied to the attribution tensors (step scores untouched), and to the interactions
+    with ``interactions`` (a per-step scaling: their last dimension is the steps, as the attributions')."""
+    changes = {}
+    if interactions and seq.interactions is not None:
+        changes["interactions"] = fn(seq.interactions)
     return dataclasses.replace(
         seq,
         source_attributions=None if seq.source_attributions is None else fn(seq.source_attributions),
         target_attributions=None if seq.target_attributions is None else fn(seq.target_attributions),
+        **changes,
     )
 
 
@@ -142,7 +149,7 @@ def normalize(seq: SequenceAttribution) -> SequenceAttribution:
     rows, keep = _stacked(seq)
     norm = rows[keep].abs().nansum(0)
     norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-    return _replace_tensors(seq, lambda t: t / norm.to(t.dtype))
+    return _replace_tensors(seq, lambda t: t / norm.to(t.dtype), interactions=True)
 
 
 def rescale(seq: SequenceAttribution, per_step: bool = False) -> SequenceAttribution:
@@ -160,7 +167,7 @@ def rescale(seq: SequenceAttribution, per_step: bool = False) -> SequenceAttribu
     else:
         scale = magnitudes.max() if magnitudes.numel() else torch.tensor(1.0)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return _replace_tensors(seq, lambda t: t / scale.to(t.dtype))
+    return _replace_tensors(seq, lambda t: t / scale.to(t.dtype), interactions=True)
 
 
 def mask(
@@ -280,6 +287,9 @@ def subtract(a: SequenceAttribution, b: SequenceAttribution) -> SequenceAttribut
         masked_target=tuple(sorted(set(a.masked_target) | set(b.masked_target))),
         # Feature-level only when both are, over the same features: otherwise tokens of a feature differ.
         features=a.features if a.features == b.features else None,
+        interactions=(
+            None if a.interactions is None or b.interactions is None else a.interactions - b.interactions
+        ),
     )
 
 
@@ -315,7 +325,17 @@ def slice_steps(seq: SequenceAttribution, index: int | slice) -> SequenceAttribu
         masked_target=tuple(p for p in seq.masked_target if p < end),
         trace=None if seq.trace is None else _slice_trace(seq.trace, steps),
         features=None if seq.features is None else _slice_features(seq.features, end),
+        interactions=_slice_interactions(seq, steps, end),
     )
+
+
+def _slice_interactions(seq: SequenceAttribution, steps: slice, end: int) -> Tensor | None:
+    """The interactions of the steps ``steps``, over the source and the target tokens before ``end``."""
+    if seq.interactions is None:
+        return None
+    kept = len(seq.source) if seq.source_attributions is not None else 0
+    kept += end if seq.target_attributions is not None else 0
+    return seq.interactions[:kept, :kept, steps]
 
 
 def _slice_features(features: dict, end: int) -> dict:

@@ -136,12 +136,12 @@ class Operations:
 
     # Data frames and dictionaries (imported lazily: pandas loads only when used).
 
-    def to_dataframe(self):
-        """Long-format pandas frame, one row per visible (token, step) score of every example
-        (`seqattr.data.frames.to_dataframe`)."""
+    def to_dataframe(self, interactions: bool = False):
+        """Long-format pandas frame, one row per visible (token, step) score of every example, or with
+        ``interactions`` one row per visible (token, token, step) interaction (`seqattr.data.frames`)."""
         from seqattr.data.frames import to_dataframe
 
-        return to_dataframe(self)
+        return to_dataframe(self, interactions=interactions)
 
     def alignments(
         self,
@@ -244,6 +244,12 @@ class SequenceAttribution(Views, Operations):
     """Feature-level scores: the perturbation features whose every token repeats the feature's one score,
     ``{"granularity": "word", "source": [[start, end], ...], "target": [[start, end], ...]}``; aggregation
     (`aggregate`, `normalize`) counts such a feature once, not once per token. ``None``: per-token scores."""
+    interactions: Tensor | None = None
+    """Pairwise token interactions of the interaction methods (``integrated_hessians``,
+    ``expected_hessians``): ``[features, features, steps]`` over the source tokens, then the target tokens
+    (the attributed sides, as ``source_attributions`` and ``target_attributions``), NaN where a step cannot
+    see either token. Row ``i`` adds up to token ``i``'s attribution (the diagonal holds the main effects).
+    ``None`` for the other methods."""
 
     @property
     def steps(self) -> list[str]:
@@ -435,6 +441,7 @@ def map_sequence_tensors(seq: SequenceAttribution, fn) -> SequenceAttribution:
         target_attributions=apply(seq.target_attributions),
         step_scores={name: apply(score) for name, score in seq.step_scores.items()},
         trace=None if seq.trace is None else seq.trace.map_tensors(fn),
+        interactions=apply(seq.interactions),
     )
 
 
@@ -450,6 +457,7 @@ def sequences_close(seq: SequenceAttribution, other: SequenceAttribution, rtol: 
     pairs = [
         (seq.source_attributions, other.source_attributions),
         (seq.target_attributions, other.target_attributions),
+        (seq.interactions, other.interactions),
     ]
     if seq.step_scores.keys() != other.step_scores.keys():
         return False

@@ -72,8 +72,50 @@ def _sequence_rows(seq: SequenceAttribution, example: int) -> dict[str, list]:
     return columns
 
 
-def to_dataframe(attributions: AttributionOutput | SequenceAttribution) -> pd.DataFrame:
-    """The long-format frame of an output or of one example (see the module docstring for the columns).
+INTERACTION_COLUMNS = [
+    "example", "step", "step_position", "step_token", "side", "position", "token",
+    "partner_side", "partner_position", "partner_token", "score",
+]  # fmt: skip
+"""Columns of ``to_dataframe(interactions=True)``: one row per visible token pair of a step."""
+
+
+def feature_labels(seq: SequenceAttribution) -> list[tuple[str, int, str]]:
+    """``(side, position, token)`` of each row of ``seq.interactions``: the source's, then the target's."""
+    labels = []
+    if seq.source_attributions is not None:
+        labels += [("source", i, token) for i, token in enumerate(seq.source)]
+    if seq.target_attributions is not None:
+        labels += [("target", i, token) for i, token in enumerate(seq.target)]
+    return labels
+
+
+def _interaction_rows(seq: SequenceAttribution, example: int) -> dict[str, list]:
+    if seq.interactions is None:
+        raise ValueError(
+            "these attributions hold no interactions; attribute with method='integrated_hessians' or "
+            "'expected_hessians' (or call to_dataframe() for the per-token scores)"
+        )
+    columns: dict[str, list] = {name: [] for name in INTERACTION_COLUMNS}
+    labels = feature_labels(seq)
+    array = seq.interactions.float().numpy()
+    rows, partners, steps = np.nonzero(~np.isnan(array))
+    order = np.lexsort((partners, rows, steps))  # step by step, then row by row
+    for row, partner, step in zip(*(x[order].tolist() for x in (rows, partners, steps)), strict=True):
+        side, position, token = labels[row]
+        partner_side, partner_position, partner_token = labels[partner]
+        values = [example, step, seq.attr_pos_start + step, seq.target[seq.attr_pos_start + step], side]
+        values += [position, token, partner_side, partner_position, partner_token, array[row, partner, step]]
+        for name, value in zip(INTERACTION_COLUMNS, values, strict=True):
+            columns[name].append(value)
+    return columns
+
+
+def to_dataframe(
+    attributions: AttributionOutput | SequenceAttribution, interactions: bool = False
+) -> pd.DataFrame:
+    """The long-format frame of an output or of one example (see the module docstring for the columns); with
+    ``interactions`` the frame of the interaction methods' token pairs (`INTERACTION_COLUMNS`: one row per
+    visible pair of a step, ``score`` the pair's interaction; the diagonal pairs hold the main effects).
 
     Example:
         >>> df = out.to_dataframe()
@@ -86,6 +128,12 @@ def to_dataframe(attributions: AttributionOutput | SequenceAttribution) -> pd.Da
 
     sequences = [attributions] if isinstance(attributions, SequenceAttribution) else list(attributions)
     frames = []
+    if interactions:
+        frames = [
+            pd.DataFrame(_interaction_rows(seq, i)).astype({"score": "float32"})
+            for i, seq in enumerate(sequences)
+        ]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERACTION_COLUMNS)
     for example, seq in enumerate(sequences):
         frame = pd.DataFrame(_sequence_rows(seq, example))
         frames.append(frame.astype({"score": "float32", **{name: "float32" for name in seq.step_scores}}))

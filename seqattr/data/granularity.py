@@ -245,6 +245,7 @@ def merge_groups(
         masked_source=masked(source_groups, set(seq.masked_source)),
         masked_target=masked(target_groups, set(seq.masked_target)),
         features=merged_features,
+        interactions=None,  # token pairs are not merged into word pairs (yet): dropped, not left unmerged
         **changes,
     )
 

@@ -10,8 +10,9 @@ Adding a view = a function ``view(attributions, **options)`` in a module of `seq
 `register_view` line in ``seqattr/viz/__init__.py``, and a method here if it deserves one.
 
 Example:
-    >>> sorted(registered_views())
-    ['html', 'notebook', 'plot', 'rich', 'terminal', 'treescope']
+    >>> sorted(registered_views())  # doctest: +NORMALIZE_WHITESPACE
+    ['html', 'interactions_plot', 'interactions_terminal', 'notebook', 'plot', 'rich', 'terminal',
+     'treescope']
     >>> render("html", out[0], title="one example").startswith("<!DOCTYPE html>")
     True
 """
@@ -78,6 +79,16 @@ class Views:
     def save_plot(self, path: str | Path, *, dpi: int = 200, **options) -> None:
         """Save `plot`'s figure; the format follows the suffix (``.png``, ``.svg``, ``.pdf``)."""
         self.plot(**options).savefig(path, dpi=dpi)
+
+    def show_interactions(self, step: int = -1, console=None, example: int = 0) -> None:
+        """Print one step's token x token interaction heatmap in the terminal (interaction methods:
+        ``integrated_hessians``, ``expected_hessians``); ``step`` counts explained steps (default the last),
+        ``example`` picks one example of an output."""
+        render("interactions_terminal", self, step=step, console=console, example=example)
+
+    def plot_interactions(self, step: int = -1, example: int = 0):
+        """A matplotlib heatmap of one step's token x token interactions (`seqattr.viz.interactions`)."""
+        return render("interactions_plot", self, step=step, example=example)
 
     def _repr_html_(self) -> str:
         return render("notebook", self)

@@ -57,6 +57,9 @@ class MethodOutput:
     example_info: list[dict[str, Any]] | None = None
     """One JSON-able dict per example of the batch (e.g. feature spans): ``info["method_info"]["examples"]``.
     """
+    interactions: Tensor | None = None
+    """Pairwise interactions ``[batch, features, features, steps]`` (interaction methods): the features are
+    the attributed source positions, then the attributed target positions, both padded as the attributions."""
     completeness: Completeness | None = None
     """Each step's convergence delta and ``f(input) - f(baseline)``, from path methods: the engine warns
     where the attributions miss completeness (`seqattr.methods.convergence`)."""

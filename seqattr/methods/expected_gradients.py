@@ -21,15 +21,16 @@ import torch
 
 from seqattr.methods.base import MethodInputs
 from seqattr.methods.integrated_gradients import IntegratedGradients
-from seqattr.methods.options import ConvergenceDelta, Seed, check_positive_int
+from seqattr.methods.options import ConvergenceDelta, MethodOptions, Seed, check_positive_int
 from seqattr.methods.path_base import Baselines, IntegrationOptions
 from seqattr.typing import Tensor
 
 
 @dataclass
-class ExpectedGradientsOptions(Seed, ConvergenceDelta, IntegrationOptions):
-    n_steps: int = 20
-    """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest)."""
+class References(MethodOptions):
+    """The baseline distribution of the expected-value methods (``expected_gradients``,
+    ``expected_hessians``)."""
+
     references: Sequence[str] | Tensor | None = None
     """The baseline distribution: None = every token of the input vocabulary; a list of texts = their tokens;
     a float tensor ``[n, hidden]`` = those vectors. Each position of each baseline draws one uniformly."""
@@ -58,9 +59,13 @@ class ExpectedGradientsOptions(Seed, ConvergenceDelta, IntegrationOptions):
                 )
 
 
-def _reference_pool(
-    model, options: ExpectedGradientsOptions, hidden: int
-) -> tuple[Tensor | None, Tensor | None]:
+@dataclass
+class ExpectedGradientsOptions(Seed, ConvergenceDelta, References, IntegrationOptions):
+    n_steps: int = 20
+    """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest)."""
+
+
+def _reference_pool(model, options: References, hidden: int) -> tuple[Tensor | None, Tensor | None]:
     """``(token ids, None)`` or ``(None, vectors)``: what baseline positions are drawn from."""
     references = options.references
     if references is None:
@@ -77,7 +82,7 @@ def _reference_pool(
     return torch.tensor(ids), None
 
 
-def draw_baselines(model, inputs: MethodInputs, options: ExpectedGradientsOptions) -> list[Baselines]:
+def draw_baselines(model, inputs: MethodInputs, options) -> list[Baselines]:
     """``n_baselines`` full-size baselines; each attributed position draws a reference uniformly (on CPU)."""
     ids, vectors = _reference_pool(model, options, inputs.target_embeds.shape[-1])
     pool_size = len(ids) if ids is not None else len(vectors)
