@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForTokenClassification, BertModel, GPT2Config, GPT2Model
+from transformers import BertConfig, BertForMultipleChoice, BertModel, GPT2Config, GPT2Model
 
 import seqattr
 from conftest import attribution_model
@@ -47,14 +47,19 @@ def test_unknown_option_lists_the_valid_ones(gpt2):
         gpt2.attribute(PROMPT, hidden_reduction="max", show_progress=False)
 
 
-@pytest.mark.parametrize("texts", ["", "   ", [], [""], ["fine", " \n"], None])
+@pytest.mark.parametrize("texts", ["", "   ", [], [""], ["fine", " \n"]])
 def test_empty_input_is_refused(gpt2, texts):
     with pytest.raises(ValueError, match="input_texts.*(non-empty|is empty)"):
         gpt2.attribute(texts, show_progress=False)
 
 
+def test_no_input_is_refused(gpt2):
+    with pytest.raises(TypeError, match=r"attribute\(\) needs input_texts \(or, for question answering"):
+        gpt2.attribute(None, show_progress=False)
+
+
 def test_input_that_is_not_text_is_refused(gpt2):
-    with pytest.raises(TypeError, match=r"input_texts\[0\] must be a string, got int"):
+    with pytest.raises(TypeError, match=r"input_texts\[0\] must be a string or a pair of strings, got int"):
         gpt2.attribute([1], show_progress=False)
 
 
@@ -110,10 +115,10 @@ def _bert_config() -> BertConfig:
     "build",
     [
         lambda: BertModel(_bert_config()),
-        lambda: BertForTokenClassification(_bert_config()),
+        lambda: BertForMultipleChoice(_bert_config()),
         lambda: GPT2Model(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)),
     ],
-    ids=["BertModel", "BertForTokenClassification", "GPT2Model"],
+    ids=["BertModel", "BertForMultipleChoice", "GPT2Model"],
 )
 def test_a_model_without_a_language_modelling_head_is_refused(build):
     model = build()

@@ -113,12 +113,19 @@ def test_step_scores_of_another_type_are_refused():
 # --- loading keywords ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("keyword", ["device_map", "torch_dtype", "attn_implementation", "trust_remote_code"])
+@pytest.mark.parametrize("keyword", ["torch_dtype", "attn_implementation", "trust_remote_code"])
 def test_a_loading_keyword_given_as_a_method_option_points_to_model_kwargs(keyword):
     with pytest.raises(
         TypeError, match=rf"saliency got unknown option\(s\) {keyword}.*model_kwargs=\{{'{keyword}'"
     ):
         attribution_model("gpt2", "saliency", **{keyword: "cpu"})
+
+
+def test_device_map_of_a_loaded_model_points_to_dispatching_it():
+    with pytest.raises(
+        ValueError, match=r"device_map= dispatches a model as it loads; this model is already"
+    ):
+        attribution_model("gpt2", "saliency", device_map="cpu")
 
 
 # --- precision -----------------------------------------------------------------------------------------

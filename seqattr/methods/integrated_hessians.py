@@ -42,13 +42,12 @@ from seqattr.methods.options import (
     ConvergenceDelta,
     InternalBatch,
     MethodOptions,
-    check_positive_int,
     int_option,
 )
 from seqattr.methods.path_base import (
-    INTEGRATION_METHODS,
     Baselines,
     block_coefficients,
+    check_integration,
     completeness_gap,
     integration_rule,
     point_blocks,
@@ -78,12 +77,7 @@ class HessianOptions(InternalBatch, MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        check_positive_int("n_steps", self.n_steps)
-        if self.integration_method not in INTEGRATION_METHODS:
-            raise ValueError(
-                f"unknown integration_method {self.integration_method!r}; "
-                f"valid: {', '.join(INTEGRATION_METHODS)}"
-            )
+        check_integration(self.n_steps, self.integration_method)
 
 
 @dataclass

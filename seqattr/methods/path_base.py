@@ -54,12 +54,23 @@ class IntegrationOptions(InternalBatch, GradientOptions):
 
     def validate(self) -> None:
         super().validate()
-        check_positive_int("n_steps", self.n_steps)
-        if self.integration_method not in INTEGRATION_METHODS:
-            raise ValueError(
-                f"unknown integration_method {self.integration_method!r}; "
-                f"valid: {', '.join(INTEGRATION_METHODS)}"
-            )
+        check_integration(self.n_steps, self.integration_method)
+
+
+def check_integration(n_steps: int, integration_method: str) -> None:
+    """Refuse a quadrature the rules cannot make: ``n_steps`` not a positive integer, an unknown method.
+
+    Example:
+        >>> check_integration(8, "simpson")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown integration_method 'simpson'; valid: riemann_left, riemann_right, ...
+    """
+    check_positive_int("n_steps", n_steps)
+    if integration_method not in INTEGRATION_METHODS:
+        raise ValueError(
+            f"unknown integration_method {integration_method!r}; valid: {', '.join(INTEGRATION_METHODS)}"
+        )
 
 
 @dataclass
