@@ -649,36 +649,31 @@ def _tokenizer_roberta() -> PreTrainedTokenizerBase:
 def _bert_classifier_config(tok: PreTrainedTokenizerBase):
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=MAX_POSITIONS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=tok.pad_token_id,
-        id2label=SENTIMENT_LABELS,
-        label2id=_SENTIMENT_IDS,
-    )
+    return BertConfig(max_position_embeddings=MAX_POSITIONS, **_bert_encoder_sizes(tok))
 
 
 def _roberta_classifier_config(tok: PreTrainedTokenizerBase):
     from transformers import RobertaConfig
 
     return RobertaConfig(
+        max_position_embeddings=MAX_POSITIONS + 2,  # RoBERTa's positions start after its padding index
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **_bert_encoder_sizes(tok),
+    )
+
+
+def _bert_encoder_sizes(tok: PreTrainedTokenizerBase) -> dict:
+    """The tiny sizes, no dropout and the sentiment labels shared by the BERT and RoBERTa classifiers."""
+    return dict(
         vocab_size=len(tok),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=MAX_POSITIONS + 2,  # RoBERTa's positions start after its padding index
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
         id2label=SENTIMENT_LABELS,
         label2id=_SENTIMENT_IDS,
     )
