@@ -31,6 +31,7 @@ from seqattr.ground_truth import alignment_scores, list_tasks, load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+CACHE = ROOT / "benchmarks" / "results" / "quality_cache"
 DOC = ROOT / "docs" / "quality.md"
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
@@ -104,35 +105,71 @@ def ground_truth_rows(methods: list[str], progress: Progress) -> list[dict]:
 
 
 def faithfulness_rows(methods: list[str], prompts: list[str], progress: Progress) -> list[dict]:
+    """Each method on each prompt, evaluated; one cached file per (method, prompt), so a run can resume.
+
+    The full grid takes hours on a CPU: an interrupted run (or one spread over several sessions, `nice`d in
+    the background) keeps every finished pair under benchmarks/results/quality_cache/ and computes only the
+    rest.
+    """
     model = seqattr.load_model()
-    job = progress.add_task("SmolLM2 faithfulness", total=len(methods))
+    job = progress.add_task("SmolLM2 faithfulness", total=len(methods) * len(prompts))
     rows = []
     for method in methods:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            started = time.perf_counter()
-            out = model.attribute(
-                prompts,
-                method=method,
-                generation_args=GENERATION,
-                show_progress=False,
-                **OPTIONS.get(method, {}),
-            )
-            attributed = time.perf_counter() - started
-            steps = sum(seq.num_steps for seq in out)
-            result = model.evaluate(out, metrics=list(METRICS))
+        pairs = [_prompt_evaluation(model, method, index, prompt) for index, prompt in enumerate(prompts)]
+        for _ in pairs:
+            progress.advance(job)
+        steps = sum(pair["steps"] for pair in pairs)
         rows.append(
             {
                 "method": method,
                 "steps": steps,
-                "seconds_per_step": out.info["timing"]["attribution_s"] / steps,
-                "total_s": attributed,
-                "means": result.means(),
-                "random": result.random_means(),
+                "seconds_per_step": sum(pair["attribution_s"] for pair in pairs) / steps,
+                "total_s": sum(pair["total_s"] for pair in pairs),
+                "means": _step_means(pairs, "per_step"),
+                "random": _step_means(pairs, "random_per_step"),
             }
         )
-        progress.advance(job)
     return rows
+
+
+def _prompt_evaluation(model, method: str, index: int, prompt: str) -> dict:
+    """One method on one prompt: its per-step metric values (and the random ranking's), cached on disk."""
+    cached = CACHE / method / f"{index:02d}.json"
+    if cached.exists():
+        pair = json.loads(cached.read_text())
+        if pair["prompt"] == prompt and pair["options"] == OPTIONS.get(method, {}):
+            return pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        started = time.perf_counter()
+        out = model.attribute(
+            prompt, method=method, generation_args=GENERATION, show_progress=False, **OPTIONS.get(method, {})
+        )
+        attributed = time.perf_counter() - started
+        result = model.evaluate(out, metrics=list(METRICS))
+    pair = {
+        "prompt": prompt,
+        "options": OPTIONS.get(method, {}),
+        "steps": out[0].num_steps,
+        "attribution_s": out.info["timing"]["attribution_s"],
+        "total_s": attributed,
+        "per_step": {metric: result.per_step[0][metric].tolist() for metric in METRICS},
+        "random_per_step": {metric: result.random_per_step[0][metric].tolist() for metric in METRICS},
+    }
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cached.with_suffix(".tmp")
+    temporary.write_text(json.dumps(pair))
+    temporary.replace(cached)  # atomic: a killed run never leaves half a file to resume from
+    return pair
+
+
+def _step_means(pairs: list[dict], key: str) -> dict[str, float]:
+    """Each metric's mean over all steps of all prompts (NaN steps skipped), as EvaluationResult.means."""
+    means = {}
+    for metric in METRICS:
+        values = [v for pair in pairs for v in pair[key][metric] if not math.isnan(v)]
+        means[metric] = sum(values) / len(values) if values else math.nan
+    return means
 
 
 def _number(value: float, digits: int = 3) -> str:
