@@ -98,7 +98,7 @@ def plan(args, methods: list[str]) -> list[Config]:
 
 
 def ensure_inseq() -> None:
-    check = [str(INSEQ_PYTHON), "-c", "import inseq"]
+    check = [str(INSEQ_PYTHON), "-c", "import inseq, datasets"]  # datasets: an older .bench-venv lacks it
     if INSEQ_PYTHON.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return
     print("creating Inseq's environment in .bench-venv/ (once; a few minutes)", flush=True)

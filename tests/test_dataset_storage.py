@@ -2,13 +2,16 @@
 bytes with dtype and shape; ``storage_dtype`` float32, float16 or bfloat16 with exactly the rounding each
 implies; an index of the rows in each shard; the same bytes for the same rows; a folder of the earlier JSONL
 format refused with the fix; ``to_dataset`` read from the shards themselves. Also the GPU form of the
-dispatch check (skipped without CUDA)."""
+dispatch check (skipped without CUDA) and the dataset row of `make bench` against Inseq (its Inseq half
+skipped without .bench-venv/)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
+from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
@@ -270,3 +273,41 @@ def test_attributions_through_a_model_split_over_gpu_and_cpu_equal_the_undispatc
     ]
     for (_, plain), (_, dispatched) in zip(*runs, strict=True):
         assert dispatched.allclose(plain, rtol=1e-4, atol=1e-5)
+
+
+# --- the dataset row of `make bench` (benchmarks/dataset_run.py): what it reports, not how fast ------------
+
+INSEQ_PYTHON = Path(__file__).resolve().parent.parent / ".bench-venv" / "bin" / "python"
+
+
+def test_the_bench_dataset_row_reports_seqattr_and_inseq_on_the_same_rows(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dataset_run
+
+    hf_model, tokenizer = tiny_model("gpt2")
+    hf_model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    with_inseq = (
+        INSEQ_PYTHON.exists()
+    )  # created by benchmarks/setup_inseq.sh (make bench), not by make install
+    results = dataset_run.dataset_rows(
+        tmp_path / "model", rows=6, processes=(1,), inseq_python=INSEQ_PYTHON if with_inseq else None
+    )
+    assert all("error" not in r for r in results), results
+    assert [(r["tool"], r["processes"], r["rows"]) for r in results] == [("seqattr", 1, 6)] + (
+        [("inseq", 1, 6)] if with_inseq else []
+    )
+    assert results[0]["same_records"] and results[0]["examples_per_minute"] > 0
+    if with_inseq:
+        assert results[1]["examples"] == 6  # Inseq attributed every row
+        assert dataset_run.vs_inseq(results) == round(
+            results[0]["examples_per_minute"] / results[1]["examples_per_minute"], 2
+        )
+    meta = {"date": "d", "nproc": 2, "cpu": "c", "versions": {"torch": "t", "transformers": "x"}}
+    meta |= {"command": "python3 benchmarks/run.py", "load_average": (1.0, 1.0, 1.0)}
+    page = tmp_path / "bench.md"
+    page.write_text(f"before\n{dataset_run.DOCS_START}\nold\n{dataset_run.DOCS_END}\nafter\n")
+    dataset_run.write_docs({"meta": meta, "model": "m", "method": "saliency", "results": results}, page)
+    text = page.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| seqattr | 1 | 6 |" in text and ("| inseq | 1 | 6 |" in text) == with_inseq
