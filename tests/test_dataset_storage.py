@@ -199,6 +199,23 @@ def test_to_dataset_reads_the_shards_as_a_datasets_table(gpt2, alone, tmp_path):
     assert table.cache_files  # memory-mapped from disk, not a table held in memory
 
 
+def test_to_dataset_leaves_out_shards_whose_rows_all_failed(gpt2, tmp_path):
+    data = datasets.Dataset.from_list([*ROWS[:2], ROWS[2], ROWS[2], ROWS[3]])  # rows 2 and 3 empty
+    out = gpt2.attribute_dataset(
+        data, output_dir=tmp_path / "some", target_column="target", shard_size=2, show_progress=False
+    )
+    assert [entry["rows"] for entry in out.index] == [[0, 1], [], [4]]
+    assert list(out.to_dataset()["row"]) == [0, 1, 4]
+    none = gpt2.attribute_dataset(
+        datasets.Dataset.from_list([ROWS[2]]),
+        output_dir=tmp_path / "none",
+        target_column="target",
+        show_progress=False,
+    )
+    assert len(none) == 0 and none.to_dataset().num_rows == 0
+    assert none.to_dataset().column_names == SHARD_SCHEMA.names
+
+
 def test_a_folder_of_the_earlier_jsonl_format_is_refused_with_the_fix(gpt2, tmp_path):
     # What seqattr wrote before Parquet shards: JSON lines with base64 tensors, manifest format_version 1.
     old = tmp_path / "old"

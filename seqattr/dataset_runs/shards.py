@@ -283,7 +283,8 @@ class DatasetOutput:
         """
         import datasets
 
-        files = [str(path) for path in self.shard_files()]
+        # A shard whose rows all failed holds no row, which the Parquet reader of `datasets` cannot read.
+        files = [str(self.output_dir / entry["file"]) for entry in self.index if entry["rows"]]
         if not files:
             return datasets.Dataset(SHARD_SCHEMA.empty_table())
         return datasets.Dataset.from_parquet(files)
