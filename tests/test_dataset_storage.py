@@ -126,6 +126,17 @@ def test_every_storage_dtype_round_trips_with_exactly_its_rounding(
         assert torch.equal(stored.trace.token_ids, expected.trace.token_ids)
 
 
+def test_the_analysis_reads_a_run_stored_in_bfloat16(gpt2, tmp_path):
+    from seqattr.analysis import summarize
+
+    full = summarize(run(gpt2, tmp_path / "full"))
+    half = summarize(run(gpt2, tmp_path / "half", storage_dtype="bfloat16"))
+    assert half.overall.keys() == full.overall.keys()
+    for name, value in full.overall.items():
+        # shares of sums of values each within 2^-8 of float32's
+        assert half.overall[name] == pytest.approx(value, rel=2**-7, abs=1e-6), name
+
+
 def test_a_shard_keeps_every_field_of_an_example_bit_for_bit(gpt2, tmp_path):
     seq = gpt2.attribute("The sky", generation_args={"max_new_tokens": 3}, show_progress=False)[0]
     assert seq.trace is not None
