@@ -11,7 +11,9 @@ Usage:
     python3 benchmarks/run.py --methods saliency,occlusion --models gpt2-small --lengths 10,40 --batches 1
     python3 benchmarks/run.py --no-inseq             # seqattr only (fused vs stepwise)
     python3 benchmarks/run.py --chunk-sweep          # time the gradient engine's step-chunk sizes
-    python3 benchmarks/run.py --dataset-run          # attribute-dataset: examples/min, 1 vs 2 processes
+    python3 benchmarks/run.py --dataset-run          # only the dataset row: 1 vs 2 processes vs Inseq
+
+Every invocation but --chunk-sweep ends with the dataset row (`dataset_run.py`; --no-dataset-row skips it).
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def plan(args, methods: list[str]) -> list[Config]:
 
 
 def ensure_inseq() -> None:
-    check = [str(INSEQ_PYTHON), "-c", "import inseq"]
+    check = [str(INSEQ_PYTHON), "-c", "import inseq, datasets"]  # datasets: an older .bench-venv lacks it
     if INSEQ_PYTHON.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return
     print("creating Inseq's environment in .bench-venv/ (once; a few minutes)", flush=True)
@@ -303,9 +305,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--dataset-run",
         action="store_true",
-        help="only the dataset row: attribute-dataset examples/min, --dataset-rows rows, 1 vs 2 processes",
+        help="only the dataset row: attribute-dataset examples/min, --dataset-rows rows, 1 vs 2 processes "
+        "vs Inseq's attribute-dataset (--no-inseq: without it)",
     )
-    parser.add_argument("--dataset-rows", type=int, default=200, help="rows of --dataset-run (default 200)")
+    parser.add_argument("--dataset-rows", type=int, default=200, help="rows of the dataset row (default 200)")
+    parser.add_argument("--no-dataset-row", action="store_true", help="skip the dataset row after the grid")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--docs", action="store_true", help="rewrite the table in docs/benchmarks.md")
     parser.add_argument(
@@ -345,20 +349,11 @@ def main(argv=None) -> int:
     if args.chunk_sweep:
         chunk_sweep(args, tokenizers, folders)
         return 0
-    if args.dataset_run:
-        import dataset_run
-
-        model = (args.models or ("gpt2-small",))[0]
-        method = methods[0] if args.methods else "saliency"
-        results = dataset_run.dataset_rows(folders[model], method, rows=args.dataset_rows)
-        dataset_run.print_rows(results, model, method)
-        path = args.output.with_name("dataset_run.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"model": model, "method": method, "results": results}, indent=1))
-        print(f"wrote {path}")
-        return 0
     if not args.no_inseq:
         ensure_inseq()
+    if args.dataset_run:
+        dataset_row(args, methods, folders)
+        return 0
     configs = [c for c in plan(args, methods) if c.model in folders]
     runs = sum(len(c.engines) for c in configs)
     print(f"{len(configs)} configurations, {runs} runs; methods: {', '.join(methods)}")
@@ -373,7 +368,35 @@ def main(argv=None) -> int:
     print(f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
     if args.docs:
         report.write_docs(document, ROOT / "docs" / "benchmarks.md")
+    if not args.no_dataset_row:
+        dataset_row(args, methods, folders)
     return 0
+
+
+def dataset_row(args, methods: list[str], folders: dict[str, Path]) -> None:
+    """The dataset row: ``--dataset-rows`` rows through `seqattr attribute-dataset` in 1 and 2 processes and
+    through Inseq's `attribute-dataset`, on GPT-2-small with saliency unless ``--dataset-run`` names others;
+    benchmarks/results/dataset_run.json, and docs/benchmarks.md's dataset table with ``--docs``."""
+    import dataset_run
+
+    model = args.models[0] if args.dataset_run and args.models else "gpt2-small"
+    method = methods[0] if args.dataset_run and args.methods else "saliency"
+    folder = folders.get(model) or cases.model_folder(model)
+    # Inseq's method of the same name, with both sides' defaults (what saliency compares equal with);
+    # a method Inseq lacks is timed for seqattr only.
+    inseq_method = cases.method_spec(method).inseq_method
+    inseq = None if args.no_inseq or inseq_method is None else INSEQ_PYTHON
+    results = dataset_run.dataset_rows(
+        folder, method, rows=args.dataset_rows, inseq_python=inseq, inseq_method=inseq_method
+    )
+    dataset_run.print_rows(results, model, method)
+    document = {"meta": report.machine(args), "model": model, "method": method, "results": results}
+    path = args.output.with_name("dataset_run.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1))
+    print(f"wrote {path}")
+    if args.docs:
+        dataset_run.write_docs(document, ROOT / "docs" / "benchmarks.md")
 
 
 if __name__ == "__main__":

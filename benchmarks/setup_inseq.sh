@@ -11,6 +11,8 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION"
+# scikit-learn: Inseq's LIME needs it and does not declare it; datasets: `inseq attribute-dataset` (the dataset
+# row) reads its rows with it and does not declare it either.
 "$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" "inseq==0.7.1" "transformers==5.23.0" "captum==0.9.0" \
-    "scikit-learn==1.9.1"  # Inseq's LIME needs it and does not declare it
-"$VENV/bin/python" -c "import importlib.metadata as m; print('inseq env:', *(p + ' ' + m.version(p) for p in ('inseq', 'torch', 'transformers', 'captum')))"
+    "scikit-learn==1.9.1" "datasets==5.2.0"
+"$VENV/bin/python" -c "import importlib.metadata as m; print('inseq env:', *(p + ' ' + m.version(p) for p in ('inseq', 'torch', 'transformers', 'captum', 'datasets')))"

@@ -307,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dataset.add_argument(
         "--storage-dtype",
-        choices=["float16", "float32"],
+        choices=["float16", "bfloat16", "float32"],
         default=None,
-        help="store attributions in this float type (default: as computed)",
+        help="store attributions and step scores in this float type (default: as computed)",
     )
     _add_attribution_arguments(dataset)
     _add_import_argument(dataset)

@@ -165,7 +165,9 @@ def test_two_processes_under_accelerate_write_the_same_records_as_one(saved, one
     assert folder_bytes(output_dir) == one_process
     shards = sorted(p for p in one_process if p.startswith("shard-"))
     assert len(shards) == 10
-    assert sum(1 for name in shards for _ in one_process[name].splitlines()) == 200
+    index = [json.loads(line) for line in one_process["index.jsonl"].splitlines()]
+    assert [entry["file"] for entry in index] == shards
+    assert sorted(row for entry in index for row in entry["rows"]) == list(range(200))
 
 
 def test_a_run_killed_mid_way_resumes_to_the_same_output(saved, one_process):
@@ -174,11 +176,11 @@ def test_a_run_killed_mid_way_resumes_to_the_same_output(saved, one_process):
         [sys.executable, *command(saved, output_dir)], env=ENV, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
-    while len(list(output_dir.glob("shard-*.jsonl"))) < 2 and time.monotonic() < deadline:
+    while len(list(output_dir.glob("shard-*.parquet"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.005)  # a shard takes ~50 ms here: the kill lands well before the last of 10
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = len(list(output_dir.glob("shard-*.jsonl")))
+    done = len(list(output_dir.glob("shard-*.parquet")))
     assert 2 <= done < 10, f"killed after {done} shards: not mid-way"
     assert not (output_dir / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="has not finished"):

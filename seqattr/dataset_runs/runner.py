@@ -22,14 +22,18 @@ import torch
 
 from seqattr.dataset_runs.shards import (
     ERRORS_FILE,
+    FORMAT_VERSION,
+    INDEX_FILE,
     MANIFEST_FILE,
     RUN_FILE,
+    SHARD_FORMAT,
     DatasetOutput,
     load_dataset_output,
-    read_shard,
-    shard_lines,
+    shard_errors,
     shard_path,
+    shard_rows,
     write_atomically,
+    write_shard,
 )
 from seqattr.dataset_runs.source import Row, dataset_rows, fingerprint, open_dataset
 from seqattr.engine import run_info
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     from seqattr.data.attribution import SequenceAttribution
     from seqattr.models.attribution_model import AttributionModel
 
-STORAGE_DTYPES = {None: None, "float32": torch.float32, "float16": torch.float16}
+STORAGE_DTYPES = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Arguments of `attribute` that a dataset run sets itself.
 _RUN_OWNED = {"input_texts", "generated_texts", "batch_size", "show_progress"}
 
@@ -151,6 +155,11 @@ def _check_settings(output_dir: Path, settings: dict[str, Any]) -> None:
     if path.exists():
         earlier = json.loads(path.read_text())
         differing = sorted(k for k in settings.keys() | earlier.keys() if settings.get(k) != earlier.get(k))
+        if "shard_format" not in earlier:  # run.json of a seqattr that wrote JSONL shards
+            raise ValueError(
+                f"{output_dir} holds an unfinished run of an earlier seqattr (JSONL shards); this seqattr "
+                f"writes {SHARD_FORMAT} shards and cannot complete it: choose another output_dir"
+            )
         if differing:
             raise ValueError(
                 f"{output_dir} holds a run with other settings ({', '.join(differing)} differ); "
@@ -192,8 +201,9 @@ def attribute_dataset(
         batch_size: rows per model call (rows of similar length are batched together).
         on_error: ``"skip"`` records a row that cannot be attributed (empty, too long, a forced target
             that does not fit) in ``errors.jsonl`` and goes on; ``"raise"`` stops the run.
-        storage_dtype: store attributions and step scores as ``"float16"`` (half the size) or
-            ``"float32"``; default as computed.
+        storage_dtype: store attributions and step scores as ``"float16"`` or ``"bfloat16"`` (half the
+            size of float32: float16 keeps 11 significant bits, bfloat16 8 bits but float32's range) or
+            ``"float32"``; default as computed. Recorded in the manifest's settings.
         show_progress: a progress bar of rows, rows per second, time left and rows skipped.
         **attribute_args: the keywords of `attribute` (method options included), the same for every row.
 
@@ -239,6 +249,7 @@ def attribute_dataset(
         "split": split,
         "shard_size": shard_size,
         "storage_dtype": storage_dtype,
+        "shard_format": SHARD_FORMAT,
     }
     settings = json.loads(json.dumps(settings, default=str))
     if rank == 0:
@@ -260,7 +271,7 @@ def attribute_dataset(
                 progress.advance(len(rows), skipped=0)
                 continue
             results = worker.run(rows)
-            write_atomically(path, shard_lines(results))
+            write_shard(path, results)
             progress.advance(len(rows), skipped=sum(isinstance(v, str) for v in results.values()))
     if state is not None:
         state.wait_for_everyone()
@@ -274,17 +285,26 @@ def attribute_dataset(
 def _write_manifest(
     output_dir: Path, num_shards: int, info: dict[str, Any], settings: dict[str, Any]
 ) -> None:
-    errors, examples = [], 0
+    # Read from the shards' row column and metadata (no attribution is decoded).
+    errors, index = [], []
     for shard in range(num_shards):
-        for record in read_shard(shard_path(output_dir, shard)):
-            if "error" in record:
-                errors.append(record)
-            else:
-                examples += 1
+        path = shard_path(output_dir, shard)
+        failed = shard_errors(path)
+        errors += failed
+        index.append(
+            {
+                "shard": shard,
+                "file": path.name,
+                "rows": shard_rows(path),
+                "errors": [e["row"] for e in failed],
+            }
+        )
+    examples = sum(len(entry["rows"]) for entry in index)
     write_atomically(output_dir / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors))
+    write_atomically(output_dir / INDEX_FILE, "".join(json.dumps(entry) + "\n" for entry in index))
     manifest = {
         "format": "seqattr-dataset",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "info": info,
         "settings": settings,
         "num_shards": num_shards,
