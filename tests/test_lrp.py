@@ -192,6 +192,105 @@ def llama_relevance(model, ids: list[int], queries: list[int], tokens: list[int]
 
 
 # --------------------------------------------------------------------------------------------------------
+# T5 by hand: RMS norms (identity), relative attention bias (a bias: it absorbs its share), cross-attention,
+# ReLU MLP (identity rule), decoder output scaled before the tied head
+# --------------------------------------------------------------------------------------------------------
+class T5Attention:
+    """One T5 attention (no score scaling) remembered for the backward rule."""
+
+    def __init__(self, module, queries_from, keys_from, bias, visible) -> None:
+        n = module.n_heads
+        self.q, self.k, self.v = (
+            Projected(x, p)
+            for x, p in ((queries_from, module.q), (keys_from, module.k), (keys_from, module.v))
+        )
+        self.att = Attention(heads(self.q.y, n), heads(self.k.y, n), heads(self.v.y, n), 1.0, bias, visible)
+        self.out = Projected(merge_heads(self.att.o), module.o)
+        self.n = n
+
+    def backward(self, relevance: torch.Tensor, variant: str):
+        """Relevance of the queries' and the keys' inputs (the same tensor in a self-attention)."""
+        r_q, r_k, r_v = self.att.backward(heads(self.out.back(relevance), self.n), variant)
+        r_queries = self.q.back(merge_heads(r_q))
+        return r_queries, self.k.back(merge_heads(r_k)) + self.v.back(merge_heads(r_v))
+
+
+class T5Stack:
+    """An encoder or decoder stack of T5 by hand: forward, then the rules backward."""
+
+    def __init__(self, stack, embeds, causal: bool, encoded=None) -> None:
+        length = embeds.shape[0]
+        self.stack, self.encoded = stack, encoded
+        visible = torch.ones(length, length, dtype=torch.bool)
+        visible = visible.tril() if causal else visible
+        bias = stack.block[0].layer[0].SelfAttention.compute_bias(length, length)[0].double()
+        self.blocks, h = [], embeds
+        for block in stack.block:
+            steps = []
+            normed = rms_norm(
+                h, block.layer[0].layer_norm
+            )  # a self-attention's keys come from its queries' input
+            self_attention = T5Attention(block.layer[0].SelfAttention, normed, normed, bias, visible)
+            steps.append(("self", self_attention, h, h + self_attention.out.y))
+            h = h + self_attention.out.y
+            if encoded is not None:
+                cross_visible = torch.ones(length, encoded.shape[0], dtype=torch.bool)
+                cross = T5Attention(
+                    block.layer[1].EncDecAttention,
+                    rms_norm(h, block.layer[1].layer_norm),
+                    encoded,
+                    None,
+                    cross_visible,
+                )
+                steps.append(("cross", cross, h, h + cross.out.y))
+                h = h + cross.out.y
+            ff = block.layer[-1].DenseReluDense
+            inner = Projected(rms_norm(h, block.layer[-1].layer_norm), ff.wi)
+            outer = Projected(torch.relu(inner.y), ff.wo)
+            steps.append(("ff", (inner, outer), h, h + outer.y))
+            h = h + outer.y
+            self.blocks.append(steps)
+        self.output = rms_norm(h, stack.final_layer_norm)
+
+    def backward(self, relevance: torch.Tensor, variant: str):
+        """Relevance of the embeddings and (decoder) of the encoder's output, from the stack output's."""
+        r_h, r_encoded = relevance, 0.0  # final norm: identity rule
+        for steps in reversed(self.blocks):
+            for kind, part, before, after in reversed(steps):
+                r_before, r_part = sum_rule(before, after, r_h), sum_rule(after - before, after, r_h)
+                if kind == "ff":
+                    inner, outer = part
+                    r_h = r_before + inner.back(outer.back(r_part))  # ReLU and norm: identity rules
+                elif kind == "cross":
+                    r_queries, r_keys = part.backward(r_part, variant)
+                    r_h, r_encoded = r_before + r_queries, r_encoded + r_keys
+                else:
+                    r_queries, r_keys = part.backward(r_part, variant)
+                    r_h = r_before + r_queries + r_keys
+        return r_h, r_encoded
+
+
+@torch.no_grad()
+def t5_relevance(model, source: list[int], target: list[int], queries, tokens, variant: str):
+    """Source ``[S, steps]`` and target ``[T, steps]`` relevance of each step's logit, by the rules."""
+    shared = model.shared.weight
+    encoder = T5Stack(model.encoder, shared[source], causal=False)
+    decoder = T5Stack(model.decoder, shared[target], causal=True, encoded=encoder.output)
+    head = Projected(
+        decoder.output * model.model_dim**-0.5, model.lm_head
+    )  # the scaling is linear: R unchanged
+    sources, targets = [], []
+    for query, token in zip(queries, tokens, strict=True):
+        relevance = torch.zeros_like(head.y)
+        relevance[query, token] = head.y[query, token]
+        r_target, r_encoded = decoder.backward(head.back(relevance), variant)
+        r_source, _ = encoder.backward(r_encoded, variant)
+        sources.append(r_source.sum(-1))
+        targets.append(r_target.sum(-1))
+    return torch.stack(sources, 1), torch.stack(targets, 1)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Models and runs
 # --------------------------------------------------------------------------------------------------------
 def sized_model(architecture: str, layers: int, zero_biases: bool = False, seed: int = 0):
@@ -237,6 +336,27 @@ def test_llama_relevance_equals_the_rules_by_hand(variant, layers):
     visible = ~actual.isnan()
     assert visible.any() and torch.equal(visible, torch.ones_like(expected, dtype=torch.bool).triu(1 - start))
     assert_close(actual[visible], expected[visible], rtol=1e-5, what=f"{variant}, {layers} layers")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_t5_relevance_equals_the_rules_by_hand(variant, layers):
+    model, tokenizer = sized_model("t5", layers)
+    out = attribute(model, tokenizer, variant, PROMPT, TARGET, attribute_target=True)
+    ids, start = out.target_ids, out.attr_pos_start
+    steps = range(start, len(ids))
+    source, target = t5_relevance(
+        model, out.source_ids, ids, [p - 1 for p in steps], [ids[p] for p in steps], variant
+    )
+    assert_close(out.source_attributions, source, rtol=1e-5, what=f"source, {variant}, {layers} layers")
+    visible = ~out.target_attributions.isnan()
+    assert torch.equal(visible, torch.ones_like(target, dtype=torch.bool).triu(1 - start))
+    assert_close(
+        out.target_attributions[visible],
+        target[visible],
+        rtol=1e-5,
+        what=f"target, {variant}, {layers} layers",
+    )
 
 
 def test_the_two_variants_differ_and_differ_from_input_x_gradient():
