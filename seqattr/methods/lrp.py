@@ -100,9 +100,11 @@ def linearised_norm(module: nn.Module, x: Tensor) -> Tensor:
     """The norm of ``x`` with its std (LayerNorm) or RMS (RMSNorm) detached, less its bias: the identity
     rule."""
     if isinstance(module, nn.LayerNorm):
-        centred = x - x.mean(-1, keepdim=True)
+        # In float32 at least, as torch's kernel computes it (half precision would round the statistics).
+        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        centred = wide - wide.mean(-1, keepdim=True)
         std = (centred.pow(2).mean(-1, keepdim=True) + module.eps).sqrt()
-        normed = centred / std.detach()
+        normed = (centred / std.detach()).to(x.dtype)
         return normed * module.weight if module.weight is not None else normed
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
     # RMSNorm: transformers computes the RMS in float32 and casts back before the gain.
@@ -186,8 +188,12 @@ class RuleHooks:
                 # The rule rewrites the norm's gradient from its formula: refuse a norm it does not reproduce.
                 bias = getattr(module, "bias", None)
                 expected = linear + bias if bias is not None else linear
+                # A wrong formula (e.g. a gain of 1 + weight) is off by O(1); rounding by a few ulps.
+                tolerance = max(1e-3, 8 * torch.finfo(output.dtype).eps)
                 scale = float(output.detach().abs().max()) + 1e-6
-                if not torch.allclose(expected.detach(), output.detach(), rtol=1e-3, atol=1e-3 * scale):
+                if not torch.allclose(
+                    expected.detach(), output.detach(), rtol=tolerance, atol=tolerance * scale
+                ):
                     raise UnsupportedNorm(
                         f"{type(module).__name__} computes no LayerNorm or RMSNorm the LRP rules know "
                         "(x / rms(x) * weight or (x - mean) / std * weight + bias)"
