@@ -519,3 +519,13 @@ def test_the_benchmark_reports_attnlrp_against_fused_saliency():
         t for t in report._targets([row("saliency", 2.0), row("attnlrp", 3.2)]) if "attnlrp" in t["target"]
     ]
     assert not target["met"]
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "bart", "llama"])
+def test_half_precision_models_get_the_float32_relevance_to_rounding(architecture):
+    """The norm rules hold in bfloat16 (LayerNorm's statistics in float32, as torch's kernel takes them)."""
+    model, tokenizer = tiny_model(architecture)
+    kwargs = {"attribute_target": True} if model.config.is_encoder_decoder else {}
+    reference = attribute(model, tokenizer, "attnlrp", PROMPT, TARGET, **kwargs).target_attributions
+    half = attribute(copy.deepcopy(model).bfloat16(), tokenizer, "attnlrp", PROMPT, TARGET, **kwargs)
+    assert_close(half.target_attributions, reference, rtol=0.1, what=f"{architecture} bfloat16")
