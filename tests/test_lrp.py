@@ -293,10 +293,12 @@ def t5_relevance(model, source: list[int], target: list[int], queries, tokens, v
 # --------------------------------------------------------------------------------------------------------
 # Models and runs
 # --------------------------------------------------------------------------------------------------------
-def sized_model(architecture: str, layers: int, zero_biases: bool = False, seed: int = 0):
+def sized_model(architecture: str, layers: int, zero_biases: bool = False, seed: int = 0, **config_changes):
     """A float64 model of the zoo's ``architecture`` with ``layers`` layers (encoder and decoder alike)."""
     base, tokenizer = tiny_model(architecture)
     config = copy.deepcopy(base.config)
+    for name, value in config_changes.items():
+        setattr(config, name, value)
     for name in ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers"):
         if hasattr(config, name):
             setattr(config, name, layers)
@@ -381,12 +383,20 @@ def relevance_sums(out) -> torch.Tensor:
     return total
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2", "t5", "bart", "marian"])
+GATED_T5 = {"is_gated_act": True, "dense_act_fn": "gelu_new", "feed_forward_proj": "gated-gelu"}
+"""T5 v1.1 / Flan-T5's gated MLP (``wi_0``, ``wi_1``, ``wo``)."""
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2", "t5", "t5:gated", "bart", "marian"])
 def test_cp_lrp_conserves_each_steps_logit_without_biases(architecture):
     """CP-LRP: with no bias (linear and norm biases, position embeddings zeroed) each step's relevances add up
     to its logit exactly (Llama-like norms compute in float32: to float32 rounding). T5's relative attention
-    bias reaches only the detached scores."""
-    model, tokenizer = sized_model(architecture, 2, zero_biases=True)
+    bias reaches only the detached scores; a gated MLP's gate is detached."""
+    gated = architecture.endswith(":gated")
+    architecture = architecture.removesuffix(":gated")
+    model, tokenizer = sized_model(architecture, 2, zero_biases=True, **(GATED_T5 if gated else {}))
+    if gated:
+        assert type(model.decoder.block[0].layer[-1].DenseReluDense).__name__ == "T5DenseGatedActDense"
     kwargs = {"attribute_target": True} if model.config.is_encoder_decoder else {}
     out = attribute(model, tokenizer, "cp_lrp", PROMPT, TARGET, **kwargs)
     logits = out.step_scores["logit"]

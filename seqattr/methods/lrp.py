@@ -114,6 +114,7 @@ def linearised_norm(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def is_norm(module: nn.Module) -> bool:
+    """LayerNorm, or an RMSNorm by its class name (transformers' ``*RMSNorm``, T5's ``T5LayerNorm``)."""
     if isinstance(module, nn.LayerNorm):
         return True
     name = type(module).__name__
@@ -196,7 +197,8 @@ class RuleHooks:
                 ):
                     raise UnsupportedNorm(
                         f"{type(module).__name__} computes no LayerNorm or RMSNorm the LRP rules know "
-                        "(x / rms(x) * weight or (x - mean) / std * weight + bias)"
+                        "(x / rms(x) * weight or (x - mean) / std * weight + bias); use a method without "
+                        "rules for this model (input_x_gradient, integrated_gradients)"
                     )
                 checked.add(id(module))
             return with_gradient_of(output, linear)
