@@ -126,8 +126,9 @@ def rope_rule(x: torch.Tensor, matrices: torch.Tensor, relevance: torch.Tensor) 
 
 @torch.no_grad()
 def llama_relevance(model, ids: list[int], queries: list[int], tokens: list[int], variant: str):
-    """Input relevance ``[T, steps]`` of each step's logit (query position, token) and each step's softmax
-    leak (AttnLRP's softmax rule is not conservative), by the rules' formulas."""
+    """Input relevance ``[T, steps]`` of each step's logit (query position, token), each step's softmax
+    leak (AttnLRP's softmax rule is not conservative) and the relevance at each layer's output
+    ``[layers, T, steps]``, by the rules' formulas."""
     config = model.config
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
     dim = config.hidden_size // n_heads
@@ -162,13 +163,14 @@ def llama_relevance(model, ids: list[int], queries: list[int], tokens: list[int]
         h = h3
     head = Projected(rms_norm(h, model.model.norm), model.lm_head)
 
-    columns, leaks = [], []
+    columns, leaks, at_layers = [], [], []
     for query, token in zip(queries, tokens, strict=True):
         relevance = torch.zeros_like(head.y)
         relevance[query, token] = head.y[query, token]
         r_h = head.back(relevance)  # final norm: identity rule
-        leak = 0.0
+        leak, outputs = 0.0, []
         for h, q, k, v, q_heads, k_heads, att, out, h2, gate, up, down, h3 in reversed(layers):
+            outputs.insert(0, r_h.sum(-1))
             r_h2, r_down = sum_rule(h2, h3, r_h), sum_rule(down.y, h3, r_h)
             r_product = down.back(r_down)
             if variant == "cp_lrp":  # the gate is a constant: the product is linear in up
@@ -188,7 +190,8 @@ def llama_relevance(model, ids: list[int], queries: list[int], tokens: list[int]
             r_h = r_h + r_n1  # input norm: identity rule
         columns.append(r_h.sum(-1))
         leaks.append(leak)
-    return torch.stack(columns, 1), torch.tensor(leaks, dtype=torch.float64)
+        at_layers.append(torch.stack(outputs))
+    return torch.stack(columns, 1), torch.tensor(leaks, dtype=torch.float64), torch.stack(at_layers, -1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -333,11 +336,29 @@ def test_llama_relevance_equals_the_rules_by_hand(variant, layers):
     out = attribute(model, tokenizer, variant, PROMPT, TARGET)
     ids, start = out.target_ids, out.attr_pos_start
     steps = range(start, len(ids))
-    expected, _ = llama_relevance(model, ids, [p - 1 for p in steps], [ids[p] for p in steps], variant)
+    expected, _, _ = llama_relevance(model, ids, [p - 1 for p in steps], [ids[p] for p in steps], variant)
     actual = out.target_attributions
     visible = ~actual.isnan()
     assert visible.any() and torch.equal(visible, torch.ones_like(expected, dtype=torch.bool).triu(1 - start))
     assert_close(actual[visible], expected[visible], rtol=1e-5, what=f"{variant}, {layers} layers")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("layer", [0, 1])
+def test_layer_relevance_equals_the_rules_by_hand(variant, layer):
+    """``layer_attnlrp`` / ``layer_cp_lrp``: the relevance at a decoder layer's output, by hand too."""
+    model, tokenizer = sized_model("llama", 2)
+    out = seqattr.load_model(
+        model, f"layer_{variant}", tokenizer=tokenizer, target_layer=f"model.layers.{layer}"
+    )
+    out = out.attribute(PROMPT, TARGET, attributed_fn="logit", show_progress=False)[0]
+    ids, start = out.target_ids, out.attr_pos_start
+    steps = range(start, len(ids))
+    _, _, at_layers = llama_relevance(model, ids, [p - 1 for p in steps], [ids[p] for p in steps], variant)
+    visible = ~out.target_attributions.isnan()
+    assert_close(
+        out.target_attributions[visible], at_layers[layer][visible], what=f"layer {layer}, {variant}"
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -410,7 +431,7 @@ def test_attnlrp_conserves_each_steps_logit_less_the_softmax_terms():
     out = attribute(model, tokenizer, "attnlrp", PROMPT, TARGET)
     ids, start = out.target_ids, out.attr_pos_start
     steps = range(start, len(ids))
-    _, leaks = llama_relevance(model, ids, [p - 1 for p in steps], [ids[p] for p in steps], "attnlrp")
+    _, leaks, _ = llama_relevance(model, ids, [p - 1 for p in steps], [ids[p] for p in steps], "attnlrp")
     logits = out.step_scores["logit"].double()
     torch.testing.assert_close(relevance_sums(out).double() + leaks, logits, rtol=1e-6, atol=1e-6)
     assert leaks.abs().max() > 1e-3 * logits.abs().max()

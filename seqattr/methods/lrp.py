@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from captum.attr import InputXGradient as CaptumInputXGradient
@@ -46,6 +47,8 @@ from transformers.activations import ACT2CLS
 
 from seqattr.methods.base import MethodInputs, MethodOutput
 from seqattr.methods.gradient import GradientOptions, PointwiseGradientMethod
+from seqattr.methods.layer_gradient_x_activation import LayerGradientXActivation
+from seqattr.methods.options import TargetLayer
 from seqattr.typing import Tensor
 
 SUPPORTED_ARCHITECTURES = {
@@ -282,4 +285,39 @@ class CPLRP(AttnLRP):
     """CP-LRP relevance (Ali et al. 2022): LRP with the attention weights held constant (values only)."""
 
     name = "cp_lrp"
+    variant = "cp_lrp"
+
+
+@dataclass
+class LayerLRPOptions(TargetLayer, GradientOptions):
+    """Options of the layer variants: the layer, the hidden reduction."""
+
+    multiply_by_inputs: ClassVar[bool] = True  # relevance is activation x modified gradient, always
+
+
+class LayerAttnLRP(LayerGradientXActivation):
+    """AttnLRP relevance at a layer's activations (default layer: the input embeddings)."""
+
+    name = "layer_attnlrp"
+    variant = "attnlrp"
+    Options = LayerLRPOptions
+    unitless = False
+
+    def attribute_fused(self, inputs: MethodInputs, options: LayerLRPOptions) -> MethodOutput:
+        with lrp_rules(self.model.model, self.variant, self.name):
+            output = super().attribute_fused(inputs, options)
+        output.info["lrp_rules"] = self.variant
+        return output
+
+    def attribute_stepwise(self, inputs: MethodInputs, options: LayerLRPOptions) -> MethodOutput:
+        with lrp_rules(self.model.model, self.variant, self.name):
+            output = super().attribute_stepwise(inputs, options)
+        output.info["lrp_rules"] = self.variant
+        return output
+
+
+class LayerCPLRP(LayerAttnLRP):
+    """CP-LRP relevance at a layer's activations (default layer: the input embeddings)."""
+
+    name = "layer_cp_lrp"
     variant = "cp_lrp"
