@@ -201,6 +201,10 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         cheap=True,
         note="input x gradient summed over the hidden dimension on both sides",
     ),
+    "attnlrp": MethodSpec(
+        cheap=True,
+        note="no Inseq method; its fused time is compared with fused saliency's (one forward, one backward)",
+    ),
     "integrated_gradients": MethodSpec(
         seqattr_options={"baseline": "unk"},
         inseq_method="integrated_gradients",
@@ -223,7 +227,15 @@ METHOD_SPECS: dict[str, MethodSpec] = {
 """Methods whose conventions were matched by hand. A method not listed here runs with its defaults on
 both sides (Inseq only if it has a method of the same name) and without an agreement check."""
 
-HEADLINE_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "occlusion", "lime", "attention")
+HEADLINE_METHODS = (
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "occlusion",
+    "lime",
+    "attention",
+    "attnlrp",
+)
 """The methods of the quick grid (those the targets name)."""
 
 INSEQ_METHODS = (

@@ -22,6 +22,8 @@ AGREEMENT_TOLERANCE = 1e-3
 TARGET_STEPS = 40
 TARGET_MODELS = ("smollm2", "gpt2-small")
 GRADIENT_TARGET, PERTURBATION_TARGET, MEMORY_TARGET, OVERHEAD_TARGET = 2.0, 20.0, 0.5, 0.2
+RELEVANCE_TARGET = 1.5
+"""AttnLRP is one forward and one batched backward, as saliency: its fused time within 1.5x of saliency's."""
 DOCS_START, DOCS_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -250,6 +252,31 @@ def _targets(rows: list[dict]) -> list[dict]:
                     "by": measured / OVERHEAD_TARGET,
                 }
             )
+    return targets + _relevance_targets(rows)
+
+
+def _relevance_targets(rows: list[dict]) -> list[dict]:
+    """AttnLRP's fused time over fused saliency's, on the same model, length and batch (issue 13)."""
+    fused = {_key(row): row["engines"].get("fused", {}).get("median_s") for row in rows}
+    targets = []
+    for row in rows:
+        if row["method"] != "attnlrp" or row["model"] not in TARGET_MODELS or row["scenario"] == "memory":
+            continue
+        if row["steps"] != TARGET_STEPS or row["batch"] != 1:
+            continue
+        mine, saliency = fused[_key(row)], fused.get(_key({**row, "method": "saliency"}))
+        measured = mine / saliency if mine and saliency else None
+        targets.append(
+            {
+                "target": f"attnlrp within {RELEVANCE_TARGET:g}x of fused saliency",
+                "model": row["model"],
+                "method": row["method"],
+                "required": RELEVANCE_TARGET,
+                "measured": measured,
+                "met": measured is not None and measured <= RELEVANCE_TARGET,
+                "by": None if measured is None else measured / RELEVANCE_TARGET,
+            }
+        )
     return targets
 
 

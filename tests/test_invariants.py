@@ -125,6 +125,11 @@ METHODS: list[Row] = [
         "expected_hessians",
         {"n_steps": 1, "n_baselines": 2, "references": torch.full((1, 64), 0.1, dtype=torch.float64)},
     ),
+    # Relevance methods of issue 13: every family of the zoo (the rules' hooks differ by module layout).
+    Row("attnlrp", {}, INTERNALS_FAMILIES),
+    Row("cp_lrp", {"hidden_reduction": None}, INTERNALS_FAMILIES),
+    Row("layer_attnlrp", {}, GRADIENT_FAMILIES),
+    Row("layer_cp_lrp", {"target_layer": INNER_LAYER, "hidden_reduction": None}, INNER_LAYER_FAMILIES),
     # Perturbation and internals methods of issue 5 (few samples: these are invariants, not estimates; a
     # missing seed is drawn from torch's generator, which each call here seeds).
     Row("occlusion", {}, (*PERTURBATION_FAMILIES, "marian:source")),
