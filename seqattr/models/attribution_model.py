@@ -95,7 +95,8 @@ class AttributionModel:
 
     @property
     def max_positions(self) -> int | None:
-        """The longest sequence the model's position embeddings cover (None when unbounded, e.g. T5)."""
+        """The longest sequence the model's position embeddings cover (None when unbounded, e.g. T5): its
+        ``max_position_embeddings`` less the positions it skips before the first token (RoBERTa's 2)."""
         config = (
             self.model.config.get_text_config()
             if hasattr(self.model.config, "get_text_config")
@@ -104,7 +105,7 @@ class AttributionModel:
         for name in ("max_position_embeddings", "n_positions"):
             value = getattr(config, name, None)
             if isinstance(value, int) and value > 0:
-                return value
+                return value - self.architecture.position_offset
         return None
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
