@@ -3,13 +3,16 @@ the entity-span view, taggers and readers on more architectures, and the CLI for
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
+import torch
 import transformers
 
 import seqattr
-from seqattr.testing import CLASSIFIER_RECIPES, tiny_classifier
+from seqattr.cli import main
+from seqattr.testing import CLASSIFIER_RECIPES, tiny_classifier, tiny_task_model
 
 # --- the length check counts RoBERTa's skipped positions ----------------------------------------------
 
@@ -35,3 +38,75 @@ def test_a_roberta_of_few_positions_refuses_a_text_its_positions_do_not_cover():
         ValueError, match=r"input_texts\[0\] is 11 tokens long, longer than the model's context of 10"
     ):
         explainer.attribute(longer, show_progress=False)
+
+
+# --- the command line: pairs and question answering ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, str]:
+    """The tiny sentiment classifier, reader and tagger saved as a user would have them on disk."""
+    folders = {}
+    for name, (model, tok) in {
+        "classifier": tiny_classifier("bert"),
+        "reader": tiny_task_model("question-answering"),
+        "tagger": tiny_task_model("token-classification"),
+    }.items():
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        folders[name] = str(folder)
+    return folders
+
+
+def test_the_cli_explains_a_pair_as_the_python_api_does(saved, tmp_path):
+    path = tmp_path / "pair.json"
+    code = main(
+        ["attribute", "-m", saved["classifier"], "-a", "saliency", "-i", "the movie", "--text-pair",
+         "was good.", "-o", str(path), "--no-show"]
+    )  # fmt: skip
+    assert code == 0
+    loaded = seqattr.load(path)
+    model, tok = tiny_classifier("bert")
+    expected = seqattr.load_model(model, "saliency", tokenizer=tok).attribute(
+        ("the movie", "was good."), show_progress=False
+    )
+    assert loaded.info["segments"] == expected.info["segments"]
+    assert loaded.predicted_label == expected.predicted_label
+    torch.testing.assert_close(loaded[0].source_attributions, expected[0].source_attributions)
+
+
+def test_the_cli_explains_a_question_as_the_python_api_does(saved, tmp_path):
+    path = tmp_path / "qa.json"
+    question, context = "where does bob live?", "bob lives in london."
+    code = main(
+        ["attribute", "-m", saved["reader"], "-a", "saliency", "--question", question, "--context", context,
+         "-o", str(path), "--no-show"]
+    )  # fmt: skip
+    assert code == 0
+    loaded = seqattr.load(path)
+    model, tok = tiny_task_model("question-answering")
+    expected = seqattr.load_model(model, "saliency", tokenizer=tok).attribute(
+        question=question, context=context, show_progress=False
+    )
+    assert loaded[0].steps == expected[0].steps and loaded[0].steps[0].startswith("london")
+    torch.testing.assert_close(loaded[0].source_attributions, expected[0].source_attributions)
+
+
+@pytest.mark.parametrize(
+    ("model", "flags", "message"),
+    [
+        ("tagger", ["-i", "bob went to paris.", "--text-pair", "x"], r"--text-pair: .* reads one text; drop"),
+        ("classifier", ["--question", "who?", "--context", "bob sat."], r"--question/--context are for"),
+        ("reader", ["-i", "bob lives in paris."], r"-i: .* give --question and --context instead of -i"),
+        ("reader", ["--question", "who?"], r"--question needs --context"),
+        ("reader", ["--context", "bob sat."], r"--context needs --question"),
+        ("classifier", ["-i", "a", "b", "--text-pair", "c"], r"2 -i text\(s\) but 1 --text-pair"),
+        ("reader", ["-i", "a", "--question", "who?", "--context", "c"], r"give the inputs once"),
+        ("classifier", [], r"needs -i/--input-texts \(or, for an extractive QA model, --question"),
+    ],
+)
+def test_the_cli_refuses_inputs_a_model_does_not_read_naming_the_flags(saved, capsys, model, flags, message):
+    code = main(["attribute", "-m", saved[model], "-a", "saliency", "--no-show", *flags])
+    assert code != 0
+    assert re.search(message, capsys.readouterr().err)
