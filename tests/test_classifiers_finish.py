@@ -3,6 +3,7 @@ the entity-span view, taggers and readers on more architectures, and the CLI for
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 
@@ -12,7 +13,7 @@ import transformers
 
 import seqattr
 from seqattr.cli import main
-from seqattr.testing import CLASSIFIER_RECIPES, tiny_classifier, tiny_task_model
+from seqattr.testing import CLASSIFIER_RECIPES, MULTI_LABELS, tiny_classifier, tiny_task_model
 
 # --- the length check counts RoBERTa's skipped positions ----------------------------------------------
 
@@ -110,3 +111,136 @@ def test_the_cli_refuses_inputs_a_model_does_not_read_naming_the_flags(saved, ca
     code = main(["attribute", "-m", saved[model], "-a", "saliency", "--no-show", *flags])
     assert code != 0
     assert re.search(message, capsys.readouterr().err)
+
+
+# --- multi-label classifiers: each label an independent sigmoid ---------------------------------------
+
+MULTI_TEXTS = ["the weather was nice.", "the movie was bad."]
+
+
+@pytest.fixture(scope="module")
+def multi():
+    model, tokenizer = tiny_task_model("multi-label-classification")
+    return seqattr.load_model(model, "saliency", tokenizer=tokenizer)
+
+
+def sigmoid_logits(text: str) -> torch.Tensor:
+    hf_model, tokenizer = tiny_task_model("multi-label-classification")
+    with torch.no_grad():
+        return hf_model(**tokenizer(text, return_tensors="pt")).logits[0]
+
+
+def test_a_multi_label_classifier_explains_each_label_whose_sigmoid_passes_one_half(multi):
+    assert multi.family.multi_label and str(multi.family) == "sequence-classifier (multi-label)"
+    out = multi.attribute(
+        MULTI_TEXTS, show_progress=False, step_scores=["probability", "logprob", "logit", "entropy"]
+    )
+    assert out.info["multi_label"] is True
+    names = MULTI_LABELS
+    for seq, text in zip(out, MULTI_TEXTS, strict=True):
+        logits = sigmoid_logits(text)
+        probs = torch.sigmoid(logits)
+        above = [i for i in range(len(names)) if probs[i] > 0.5]
+        assert seq.steps == [names[i] for i in above]  # in label order
+        # The step functions read sigmoid(logit), not a softmax over the labels.
+        torch.testing.assert_close(seq.step_scores["probability"], probs[above])
+        torch.testing.assert_close(seq.step_scores["logprob"], torch.nn.functional.logsigmoid(logits[above]))
+        torch.testing.assert_close(seq.step_scores["logit"], logits[above])
+        bernoulli = -(probs * probs.log() + (1 - probs) * (1 - probs).log()).sum()
+        torch.testing.assert_close(seq.step_scores["entropy"], bernoulli.expand(len(above)))
+        # The prediction table holds every label with its sigmoid probability, most probable first.
+        order = probs.argsort(descending=True)
+        assert seq.trace.top_tokens[0] == [names[int(i)] for i in order]
+        torch.testing.assert_close(seq.trace.top_probabilities[0], probs[order])
+    # The toy task's truth: nice weather is positive and about the weather; a bad movie is negative.
+    assert out.predicted_labels == [["positive", "weather"], ["negative"]]
+    assert [seq.steps for seq in out] == [["positive", "weather"], ["negative"]]
+
+
+def test_multi_label_gradients_equal_autograd_of_the_sigmoid(multi):
+    from test_classifiers_more import embeddings_gradient_x_input
+
+    hf_model, tokenizer = tiny_task_model("multi-label-classification")
+    out = multi.attribute(
+        MULTI_TEXTS[0], method="input_x_gradient", hidden_reduction="sum", show_progress=False
+    )
+    encoding = tokenizer(MULTI_TEXTS[0], return_tensors="pt")
+    for step, label in enumerate(out[0].steps):
+        index = hf_model.config.label2id[label]
+        expected = embeddings_gradient_x_input(
+            hf_model, encoding, lambda output, index=index: torch.sigmoid(output.logits[0, index])
+        )
+        torch.testing.assert_close(out[0].source_attributions[:, step], expected, atol=1e-6, rtol=1e-4)
+
+
+def test_given_labels_of_a_multi_label_classifier_by_name_index_or_list(multi):
+    def steps(target):
+        return [seq.steps for seq in multi.attribute(
+            MULTI_TEXTS[: len(target) if isinstance(target, list) and isinstance(target[0], list) else 1],
+            target=target,
+            show_progress=False,
+        )]  # fmt: skip
+
+    assert steps("weather") == [["weather"]]
+    assert steps(2) == [["weather"]]
+    assert steps(["negative", 2]) == [["negative", "weather"]]  # one text's labels
+    assert steps([["weather"], ["positive", "negative"]]) == [["weather"], ["positive", "negative"]]
+    out = multi.attribute(MULTI_TEXTS[1], target="weather", show_progress=False, step_scores=["probability"])
+    torch.testing.assert_close(
+        out[0].step_scores["probability"], torch.sigmoid(sigmoid_logits(MULTI_TEXTS[1])[2:3])
+    )
+    assert out.predicted_labels == [["negative"]]  # the prediction stays the model's
+    with pytest.raises(ValueError, match=r"target\[0\] 'rainy' is not a label .* 2='weather'"):
+        multi.attribute(MULTI_TEXTS[0], target=["positive", "rainy"], show_progress=False)
+    with pytest.raises(ValueError, match=r"target\[1\] names no label"):
+        multi.attribute(MULTI_TEXTS, target=[["positive"], []], show_progress=False)
+
+
+def test_a_text_with_no_label_above_one_half_explains_its_most_probable_label():
+    hf_model, tokenizer = tiny_task_model("multi-label-classification")
+    doubtful = copy.deepcopy(hf_model)
+    with torch.no_grad():
+        doubtful.classifier.bias -= 50.0  # every sigmoid far below 0.5
+    out = seqattr.load_model(doubtful, "saliency", tokenizer=tokenizer).attribute(
+        MULTI_TEXTS[0], show_progress=False, step_scores=["probability"]
+    )
+    assert out.predicted_labels == [[]]
+    assert out[0].steps == ["positive"]  # the most probable
+    assert float(out[0].step_scores["probability"][0]) < 0.5
+
+
+def test_contrastive_and_distribution_step_functions_on_independent_labels(multi):
+    logits = sigmoid_logits(MULTI_TEXTS[0])
+    probs = torch.sigmoid(logits)
+    out = multi.attribute(
+        MULTI_TEXTS[0],
+        target="positive",
+        contrast_targets="weather",
+        attributed_fn="contrast_prob_diff",
+        step_scores=["contrast_prob_diff", "contrast_prob"],
+        show_progress=False,
+    )
+    torch.testing.assert_close(out[0].step_scores["contrast_prob_diff"][0], probs[1] - probs[2])
+    torch.testing.assert_close(out[0].step_scores["contrast_prob"][0], probs[2])
+    # The input changes: KL sums each label's yes/no divergence.
+    other = sigmoid_logits(MULTI_TEXTS[1])
+    out = multi.attribute(
+        MULTI_TEXTS[0],
+        target="positive",
+        contrast_sources=MULTI_TEXTS[1],
+        step_scores=["kl_divergence"],
+        show_progress=False,
+    )
+    q = torch.sigmoid(other)
+    kl = (probs * (probs / q).log() + (1 - probs) * ((1 - probs) / (1 - q)).log()).sum()
+    torch.testing.assert_close(out[0].step_scores["kl_divergence"][0], kl)
+    with pytest.raises(ValueError, match="labels are independent yes/no decisions"):
+        multi.attribute(MULTI_TEXTS[0], step_scores=["top_p_size"], show_progress=False)
+
+
+def test_the_page_of_a_multi_label_classifier_names_every_predicted_label(multi, tmp_path):
+    out = multi.attribute(MULTI_TEXTS[0], show_progress=False)
+    probs = torch.sigmoid(sigmoid_logits(MULTI_TEXTS[0]))
+    page = out.to_html()
+    assert f"predicted labels: positive ({probs[1]:.2f}), weather ({probs[2]:.2f})" in page
+    assert "explained: positive, weather" in page

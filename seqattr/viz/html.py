@@ -28,6 +28,7 @@ from seqattr.data.aggregation import unperturbed
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.data.labels import CLASSIFICATION_TASKS
 from seqattr.data.tokens import detect_scheme, token_labels
+from seqattr.step_functions import MULTI_LABEL_THRESHOLD
 from seqattr.viz.html_assets import CSS, JS
 
 _INFO_KEYS = ("method", "model", "attributed_fn", "engine", "aggregations")
@@ -125,6 +126,14 @@ _EXAMPLE = """
 
 def _heading(index: int, seq: SequenceAttribution, info: dict[str, Any]) -> str:
     """An example's heading; a classifier's names its predicted and its explained label."""
+    if info.get("multi_label") and seq.trace is not None:  # every label above 0.5, with its sigmoid
+        above = ", ".join(
+            f"{label} ({p:.2f})"
+            for label, p in zip(seq.trace.top_tokens[0], seq.trace.top_probabilities[0].tolist(), strict=True)
+            if p > MULTI_LABEL_THRESHOLD
+        )
+        explained = ", ".join(seq.steps)
+        return html.escape(f"Example {index} · predicted labels: {above or 'none'} · explained: {explained}")
     if info.get("task", "generation") in CLASSIFICATION_TASKS and seq.trace is not None:
         predicted = seq.trace.top_tokens[0][0]
         probability = float(seq.trace.top_probabilities[0][0])
