@@ -663,8 +663,26 @@ def _roberta_classifier_config(tok: PreTrainedTokenizerBase):
     )
 
 
+def _deberta_v2_classifier_config(tok: PreTrainedTokenizerBase):
+    """DeBERTa-v2 (relative positions, disentangled attention) on the BERT tokenizer: the model reads ids, so
+    the sentencepiece tokenizer of the real ones, which needs a trained model file, is not needed."""
+    from transformers import DebertaV2Config
+
+    return DebertaV2Config(
+        max_position_embeddings=MAX_POSITIONS,
+        relative_attention=True,
+        position_buckets=16,
+        pos_att_type=["p2c", "c2p"],
+        pooler_hidden_size=32,
+        pooler_dropout=0.0,
+        type_vocab_size=0,
+        **_bert_encoder_sizes(tok),
+    )
+
+
 def _bert_encoder_sizes(tok: PreTrainedTokenizerBase) -> dict:
-    """The tiny sizes, no dropout and the sentiment labels shared by the BERT and RoBERTa classifiers."""
+    """The tiny sizes, no dropout and the sentiment labels shared by the BERT, RoBERTa and DeBERTa-v2
+    classifiers."""
     return dict(
         vocab_size=len(tok),
         hidden_size=32,
@@ -715,6 +733,9 @@ CLASSIFIER_RECIPES: dict[str, Recipe] = {
         "DistilBertForSequenceClassification", _tokenizer_bert, _distilbert_classifier_config
     ),
     "roberta": Recipe("RobertaForSequenceClassification", _tokenizer_roberta, _roberta_classifier_config),
+    "deberta-v2": Recipe(
+        "DebertaV2ForSequenceClassification", _tokenizer_bert, _deberta_v2_classifier_config
+    ),
     "llama": Recipe("LlamaForSequenceClassification", _tokenizer_llama, _llama_classifier_config),
 }
 """The tiny sequence classifiers of the zoo, by name (`tiny_classifier`)."""

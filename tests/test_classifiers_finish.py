@@ -4,6 +4,8 @@ the entity-span view, taggers and readers on more architectures, and the CLI for
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import re
 import warnings
 
@@ -14,6 +16,8 @@ import transformers
 import seqattr
 from seqattr.cli import main
 from seqattr.testing import CLASSIFIER_RECIPES, MULTI_LABELS, tiny_classifier, tiny_task_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::seqattr.ConvergenceWarning")  # few IG points on purpose
 
 # --- the length check counts RoBERTa's skipped positions ----------------------------------------------
 
@@ -244,3 +248,135 @@ def test_the_page_of_a_multi_label_classifier_names_every_predicted_label(multi,
     page = out.to_html()
     assert f"predicted labels: positive ({probs[1]:.2f}), weather ({probs[2]:.2f})" in page
     assert "explained: positive, weather" in page
+
+
+# --- taggers and readers on more architectures --------------------------------------------------------
+
+MORE_ARCHITECTURES = ("distilbert", "roberta", "qwen2")  # BERT's are tests/test_classifiers_more.py's
+TAGGED = ["bob went to london.", "alice lives in new york."]
+QUESTIONS = ["where does bob live?", "who is in paris?"]
+CONTEXTS = ["bob went to london.", "alice lives in paris."]
+TASK_CASES = [
+    pytest.param(task, architecture, id=f"{task}-{architecture}")
+    for task in ("token-classification", "question-answering")
+    for architecture in MORE_ARCHITECTURES
+]
+
+
+@functools.cache
+def task_explainer(task: str, architecture: str, method: str = "saliency", **options):
+    model, tokenizer = tiny_task_model(task, architecture)
+    return seqattr.load_model(model, method, tokenizer=tokenizer, **options)
+
+
+def task_inputs(task: str, i: int | None = None) -> dict:
+    if task == "token-classification":
+        return {"input_texts": TAGGED if i is None else TAGGED[i]}
+    if i is None:
+        return {"question": QUESTIONS, "context": CONTEXTS}
+    return {"question": QUESTIONS[i], "context": CONTEXTS[i]}
+
+
+def gradient_x_input(hf_model, encoding, score) -> torch.Tensor:
+    """Input x gradient of ``score(output)`` on the word embeddings, summed over the hidden size, by autograd
+    (the inputs the model's forward takes: DistilBERT has no token types)."""
+    from test_classifiers_more import embeddings_gradient_x_input
+
+    accepted = inspect.signature(hf_model.forward).parameters
+    return embeddings_gradient_x_input(hf_model, {k: v for k, v in encoding.items() if k in accepted}, score)
+
+
+@pytest.mark.parametrize(("task", "architecture"), TASK_CASES)
+def test_more_architectures_follow_their_toy_task(task, architecture):
+    explainer = task_explainer(task, architecture)
+    assert explainer.family.task == task
+    out = explainer.attribute(**task_inputs(task), show_progress=False)
+    if task == "token-classification":
+        found = [[(e.label, e.text) for e in entities] for entities in out.entities()]
+        assert found == [[("PER", "bob"), ("LOC", "london")], [("PER", "alice"), ("LOC", "new york")]]
+    else:
+        tokenizer = explainer.tokenizer
+        answers = []
+        for seq in out:
+            start, end = (int(s.rsplit("@", 1)[1]) for s in seq.steps)
+            answers.append(tokenizer.decode(seq.source_ids[start : end + 1]).strip())
+        assert answers == ["london", "alice"]
+
+
+@pytest.mark.parametrize(("task", "architecture"), TASK_CASES)
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion"])
+def test_more_architectures_fused_equals_stepwise_and_batched_equals_single(task, architecture, method):
+    options = {"n_steps": 4} if method == "integrated_gradients" else {}
+    explainer = task_explainer(task, architecture, method, **options)
+    fused = explainer.attribute(**task_inputs(task), show_progress=False, step_scores=["probability"])
+    stepwise = explainer.attribute(**task_inputs(task), show_progress=False, fused=False)
+    for i in range(2):
+        single = explainer.attribute(**task_inputs(task, i), show_progress=False, step_scores=["probability"])
+        for other in (stepwise[i], single[0]):
+            torch.testing.assert_close(
+                fused[i].source_attributions, other.source_attributions, atol=1e-5, rtol=1e-4, equal_nan=True
+            )
+        torch.testing.assert_close(fused[i].step_scores["probability"], single[0].step_scores["probability"])
+
+
+@pytest.mark.parametrize(("task", "architecture"), TASK_CASES)
+def test_more_architectures_equal_a_direct_autograd_computation(task, architecture):
+    hf_model, tokenizer = tiny_task_model(task, architecture)
+    explainer = task_explainer(task, architecture, "input_x_gradient", hidden_reduction="sum")
+    out = explainer.attribute(**task_inputs(task, 1), show_progress=False)
+    seq = out[0]
+    if task == "token-classification":
+        encoding = tokenizer(TAGGED[1], return_tensors="pt")
+        heads = [
+            lambda output, j=j, tag=hf_model.config.label2id[tag]: output.logits.softmax(-1)[0, j, tag]
+            for j, tag in enumerate(seq.steps)
+        ]
+    else:
+        encoding = tokenizer(QUESTIONS[1], CONTEXTS[1], return_tensors="pt")
+        positions = [int(s.rsplit("@", 1)[1]) for s in seq.steps]
+        heads = [
+            lambda output, name=name, p=p: getattr(output, name).softmax(-1)[0, p]
+            for name, p in zip(("start_logits", "end_logits"), positions, strict=True)
+        ]
+    assert len(seq.source_ids) == encoding["input_ids"].shape[1]
+    for step, score in enumerate(heads):
+        expected = gradient_x_input(hf_model, encoding, score)
+        ours = seq.source_attributions[:, step]
+        seen = ~ours.isnan()
+        torch.testing.assert_close(ours[seen], expected[seen], atol=1e-6, rtol=1e-4)
+        assert bool((expected[~seen] == 0).all())  # what a step does not see has no gradient either
+
+
+@pytest.mark.parametrize("method", ["input_x_gradient", "occlusion"])
+def test_a_causal_taggers_step_does_not_see_the_tokens_after_its_own(method):
+    """Qwen2ForTokenClassification tags token j from tokens 0..j: the later ones are NaN in step j's
+    column, for gradient and perturbation methods alike; a reader's steps see every token (each is a
+    softmax over all positions)."""
+    tagger = task_explainer("token-classification", "qwen2", method)
+    assert str(tagger.family) == "token-classifier (decoder-based)"
+    seq = tagger.attribute(TAGGED[1], show_progress=False)[0]
+    n = len(seq.source_ids)
+    later = torch.arange(n)[:, None] > torch.arange(n)[None, :]  # token p after step j's token
+    assert torch.equal(seq.source_attributions.isnan(), later)
+    assert len(seq.word_attributions(step=2)) == 3  # the tokens the step saw
+    place = seq.entities()[1]
+    assert place.label == "LOC" and place.attributions[: place.end].isfinite().all()
+    assert place.attributions[place.end :].isnan().all()  # after the entity: seen by none of its steps
+    reader = task_explainer("question-answering", "qwen2", method)
+    assert (
+        not reader.attribute(**task_inputs("question-answering", 0), show_progress=False)[0]
+        .source_attributions.isnan()
+        .any()
+    )
+
+
+def test_a_deberta_v2_classifier_equals_a_direct_autograd_computation():
+    hf_model, tokenizer = tiny_classifier("deberta-v2")
+    explainer = seqattr.load_model(hf_model, "input_x_gradient", tokenizer=tokenizer, hidden_reduction="sum")
+    text = "the music was boring."
+    out = explainer.attribute(text, show_progress=False)
+    assert out.predicted_label == "negative"
+    expected = gradient_x_input(
+        hf_model, tokenizer(text, return_tensors="pt"), lambda output: output.logits.softmax(-1)[0, 0]
+    )
+    torch.testing.assert_close(out[0].source_attributions[:, 0], expected, atol=1e-6, rtol=1e-4)
