@@ -6,16 +6,22 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import io
+import json
+import math
 import re
 import warnings
 
 import pytest
 import torch
 import transformers
+from rich.console import Console
 
 import seqattr
 from seqattr.cli import main
+from seqattr.data.tokens import token_labels
 from seqattr.testing import CLASSIFIER_RECIPES, MULTI_LABELS, tiny_classifier, tiny_task_model
+from seqattr.viz.console import format_score
 
 pytestmark = pytest.mark.filterwarnings("ignore::seqattr.ConvergenceWarning")  # few IG points on purpose
 
@@ -380,3 +386,118 @@ def test_a_deberta_v2_classifier_equals_a_direct_autograd_computation():
         hf_model, tokenizer(text, return_tensors="pt"), lambda output: output.logits.softmax(-1)[0, 0]
     )
     torch.testing.assert_close(out[0].source_attributions[:, 0], expected, atol=1e-6, rtol=1e-4)
+
+
+# --- the entity-span view -----------------------------------------------------------------------------
+
+
+def tagged_output(architecture: str):
+    return task_explainer("token-classification", architecture, "input_x_gradient").attribute(
+        TAGGED, show_progress=False
+    )
+
+
+def printed(view) -> str:
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    view(console)
+    return console.file.getvalue()
+
+
+@pytest.mark.parametrize("architecture", ["bert", "qwen2"])
+def test_the_terminal_entity_view_marks_the_spans_and_shows_their_attributions(architecture):
+    out = tagged_output(architecture)
+    text = printed(lambda console: out.show_entities(console=console))
+    assert "[bob](PER) went to [london](LOC)" in text
+    assert "[alice](PER) lives in [new york](LOC)" in text
+    assert text.index("#0") < text.index("[bob](PER)") < text.index("#1") < text.index("[alice](PER)")
+    # One column per entity, holding its attribution (the mean of its steps) for every input token.
+    seq = out[1]
+    one = printed(lambda console: seq.show_entities(entity="new york", console=console))
+    assert "LOC new york" in one and "PER alice" not in one
+    place = seq.entities()[1]
+    labels = token_labels(seq.source)
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in one.splitlines()
+        if line.count("│") == 3
+    }
+    assert list(rows) == labels
+    for position, label in enumerate(labels):
+        value = float(place.attributions[position])
+        own = "*" if place.start <= position < place.end else ""
+        assert rows[label] == ("" if math.isnan(value) else format_score(value) + own)
+    if architecture == "qwen2":  # the causal tagger's steps do not see the tokens after the entity
+        assert rows[labels[-1]] == ""
+
+
+def test_the_entity_view_refuses_an_unknown_entity_and_other_tasks():
+    out = tagged_output("bert")
+    with pytest.raises(ValueError, match=r"entity='paris' is not an entity .* 0=PER:'bob', 1=LOC:'london'"):
+        out[0].show_entities(entity="paris", console=Console(file=io.StringIO()))
+    sentiment = seqattr.load_model(
+        *tiny_classifier("bert")[:1], "saliency", tokenizer=tiny_classifier("bert")[1]
+    )
+    with pytest.raises(ValueError, match="reads a token classifier's output; this one explains sequence"):
+        sentiment.attribute("the movie was good.", show_progress=False).show_entities()
+
+
+def test_the_page_of_a_tagger_marks_its_entities_and_carries_their_attributions():
+    out = tagged_output("qwen2")
+    page = out.to_html()
+    for i, seq in enumerate(out):
+        section = page.split(f'id="example-{i}"')[1].split("</section>")[0]
+        marks = re.findall(
+            r'<mark class="entity" data-entity="(\d+)" data-label="(\w+)"[^>]*>([^<]*)<', section
+        )
+        assert [(label, text) for _, label, text in marks] == [(e.label, e.text) for e in seq.entities()]
+    data = json.loads(
+        re.search(r'id="seqattr-data">(.*?)</script>', page, re.S).group(1).replace("<\\/", "</")
+    )
+    for payload, seq in zip(data["examples"], out, strict=True):
+        for given, entity in zip(payload["entities"], seq.entities(), strict=True):
+            expected = [None if math.isnan(v) else pytest.approx(v) for v in entity.attributions.tolist()]
+            assert given["scores"] == expected and (given["start"], given["end"]) == (
+                entity.start,
+                entity.end,
+            )
+    assert 'class="entity-text"' not in tiny_sentiment_page()  # other tasks' pages have no entity block
+
+
+def tiny_sentiment_page() -> str:
+    model, tokenizer = tiny_classifier("bert")
+    explainer = seqattr.load_model(model, "saliency", tokenizer=tokenizer)
+    return explainer.attribute("the movie was good.", show_progress=False).to_html()
+
+
+def test_clicking_an_entity_colours_the_input_by_its_attribution(tmp_path):
+    from browser import browser_page, chromium_or_skip
+
+    executable = chromium_or_skip()
+    out = tagged_output("qwen2")
+    path = tmp_path / "entities.html"
+    out.save_html(path)
+    with browser_page(executable) as page:
+        page.open(path)
+        assert page.errors() == []
+        state = "document.getElementById('example-1').dataset.selectedEntity"
+        assert page.evaluate(state) == "0"
+        page.mouse('#example-1 mark.entity[data-entity="1"]')
+        assert page.evaluate(state) == "1"
+        tokens = page.evaluate(
+            """Array.from(document.querySelectorAll('#example-1 .entity-scores .tok')).map(e => ({
+                score: e.dataset.score, cls: e.className, background: e.style.background }))"""
+        )
+        entity = out[1].entities()[1]
+        assert len(tokens) == len(out[1].source)
+        for position, token in enumerate(tokens):
+            value = float(entity.attributions[position])
+            if math.isnan(value):
+                assert token["score"] == "" and "unseen" in token["cls"]
+            else:
+                assert float(token["score"]) == pytest.approx(value, abs=1e-6)
+            assert ("selected" in token["cls"]) == (entity.start <= position < entity.end)
+        assert any(token["background"] for token in tokens)
+        assert (
+            page.evaluate("document.querySelector('#example-1 mark.entity.selected').dataset.entity") == "1"
+        )
+        assert page.errors() == []
