@@ -104,6 +104,19 @@ def test_the_cli_explains_a_question_as_the_python_api_does(saved, tmp_path):
     torch.testing.assert_close(loaded[0].source_attributions, expected[0].source_attributions)
 
 
+def test_the_cli_explains_given_labels_of_a_multi_label_classifier(tmp_path):
+    model, tok = tiny_task_model("multi-label-classification")
+    folder = tmp_path / "multi"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    path = tmp_path / "multi.json"
+    flags = ["attribute", "-m", str(folder), "-a", "saliency", "-i", "the movie was bad.", "--no-show"]
+    assert main([*flags, "-g", "positive weather", "-o", str(path)]) == 0
+    loaded = seqattr.load(path)
+    assert loaded[0].steps == ["positive", "weather"] and loaded.predicted_labels == [["negative"]]
+    assert main([*flags, "-g", "positive rainy"]) == 2  # refused, listing the labels
+
+
 @pytest.mark.parametrize(
     ("model", "flags", "message"),
     [
@@ -202,6 +215,10 @@ def test_given_labels_of_a_multi_label_classifier_by_name_index_or_list(multi):
     assert out.predicted_labels == [["negative"]]  # the prediction stays the model's
     with pytest.raises(ValueError, match=r"target\[0\] 'rainy' is not a label .* 2='weather'"):
         multi.attribute(MULTI_TEXTS[0], target=["positive", "rainy"], show_progress=False)
+    with pytest.raises(
+        ValueError, match=r"one text's labels .* there are 2 texts; give one list of labels per"
+    ):
+        multi.attribute(MULTI_TEXTS, target=["positive", "negative"], show_progress=False)
     with pytest.raises(ValueError, match=r"target\[1\] names no label"):
         multi.attribute(MULTI_TEXTS, target=[["positive"], []], show_progress=False)
 

@@ -447,6 +447,10 @@ class SequenceClassifier(Classifier):
         config, what = model.model.config, f"{argument}[{i}]"
         if self.multi_label and text.startswith(LABELS_MARK):
             return prompt, [LABEL_START, *(int(k) for k in text.removeprefix(LABELS_MARK).split())], 1
+        names = {str(name) for name in config.id2label.values()}
+        if self.multi_label and text not in names and len(text.split()) > 1:
+            # Several labels of one text as a command line gives them: "toxic insult".
+            return prompt, [LABEL_START, *(label_id(config, label, what) for label in text.split())], 1
         return prompt, [LABEL_START, label_id(config, text, what)], 1
 
     def forced_texts(self, model, texts):
