@@ -526,7 +526,14 @@ def cli_inputs(args) -> list[str] | list[tuple[str, str]]:
 
 def check_inputs_fit(args, model: seqattr.AttributionModel) -> None:
     """Refuse, worded with the flags, inputs the loaded model does not read: ``--text-pair`` for a model of
-    one text, ``--question`` for a model that is not an extractive QA one, ``-i`` alone for one that is."""
+    one text, ``--question`` for a model that is not an extractive QA one, ``-i`` alone for one that is.
+
+    Example:
+        >>> args = build_parser().parse_args(["attribute", "-i", "a", "--text-pair", "b"])
+        >>> check_inputs_fit(args, model)                   # the tiny GPT-2 reads one text
+        Traceback (most recent call last):
+        seqattr.cli.UsageError: --text-pair: GPT2LMHeadModel is a decoder-only model, which reads one ...
+    """
     family = model.family
     if args.question is not None and not family.needs_pairs:
         raise UsageError(

@@ -96,7 +96,13 @@ class Views:
         """Print a token classifier's entity-span view in the terminal (`seqattr.viz.entities`): the text with
         its predicted entities marked (``[london](LOC)``), then each entity's attribution over the input
         tokens; ``entity`` picks one (an index, its text or its label), ``example`` one example of an output.
-        The HTML page (`to_html`) shows the same, an entity's attribution on click."""
+        The HTML page (`to_html`) shows the same, an entity's attribution on click.
+
+        Example:
+            >>> tagged.show_entities(entity="london")          # a tagger's output  # doctest: +SKIP
+            #0
+            [bob](PER) went to [london](LOC) .
+        """
         render("entities_terminal", self, entity=entity, console=console, example=example)
 
     def _repr_html_(self) -> str:

@@ -10,9 +10,14 @@ HTML page (`seqattr.viz.html`) shows the same marked text above each token class
 entity colours the input tokens by its attribution.
 
 Example:
-    >>> tagged.show_entities()                                  # doctest: +SKIP
-    [bob](PER) went to [london](LOC).
-    ...
+    >>> from seqattr.testing import tiny_task_model
+    >>> hf_tagger, tagger_tokenizer = tiny_task_model("token-classification")
+    >>> tagger = seqattr.load_model(hf_tagger, "saliency", tokenizer=tagger_tokenizer)
+    >>> tagged = tagger.attribute("bob went to london.", show_progress=False)
+    >>> tagged.show_entities()                                  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    #0
+    [bob](PER) went to [london](LOC) .
+    ...PER bob ... LOC london ...
 """
 
 from __future__ import annotations
@@ -51,8 +56,12 @@ def text_pieces(seq: SequenceAttribution, entities: list[Entity]) -> list[tuple[
     tokens between them as others, special tokens left out, a span's leading space kept outside it.
 
     Example:
-        >>> [(text, k) for text, k in text_pieces(tagged[0], tagged[0].entities())]   # doctest: +SKIP
-        [('bob', 0), (' went to ', None), ('london', 1), ('.', None)]
+        >>> from seqattr.testing import tiny_task_model
+        >>> hf_tagger, tagger_tokenizer = tiny_task_model("token-classification")
+        >>> tagger = seqattr.load_model(hf_tagger, "saliency", tokenizer=tagger_tokenizer)
+        >>> seq = tagger.attribute("bob went to london.", show_progress=False)[0]
+        >>> text_pieces(seq, seq.entities())
+        [('bob', 0), (' went to ', None), ('london', 1), (' .', None)]
     """
     scheme = detect_scheme(seq.source)
     if scheme == "plain":  # whole words without subword markers (WordPiece without ##): words apart
@@ -109,7 +118,18 @@ def pick_entities(entities: list[Entity], entity: int | str | None) -> list[int]
 def entity_renderable(
     seq: SequenceAttribution, entity: int | str | None = None, title: str | None = None
 ) -> Group:
-    """The terminal view of one example: its marked text, then the chosen entities' attributions."""
+    """The terminal view of one example: its marked text, then the chosen entities' attributions.
+
+    Example:
+        >>> from rich.console import Console
+        >>> from seqattr.testing import tiny_task_model
+        >>> hf_tagger, tagger_tokenizer = tiny_task_model("token-classification")
+        >>> tagger = seqattr.load_model(hf_tagger, "saliency", tokenizer=tagger_tokenizer)
+        >>> seq = tagger.attribute("bob went to london.", show_progress=False)[0]
+        >>> Console(width=80).print(entity_renderable(seq, "london"))    # doctest: +ELLIPSIS
+        [bob](PER) went to [london](LOC) .
+        ...LOC london...
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -168,7 +188,13 @@ def show(
     its marked text and the attributions of its entities (all, or ``entity``: an index, a text or a label).
 
     Example:
-        >>> tagged.show_entities(entity="london")                 # doctest: +SKIP
+        >>> from seqattr.testing import tiny_task_model
+        >>> hf_tagger, tagger_tokenizer = tiny_task_model("token-classification")
+        >>> tagger = seqattr.load_model(hf_tagger, "saliency", tokenizer=tagger_tokenizer)
+        >>> show(tagger.attribute("bob went to london.", show_progress=False), entity=0)  # doctest: +ELLIPSIS
+        #0
+        [bob](PER) went to [london](LOC) .
+        ...PER bob...
     """
     from rich.console import Console, Group
 
