@@ -267,8 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.epilog = QUICK_START
     attribute.formatter_class = _formatter
     _add_model_arguments(attribute)
-    attribute.add_argument("-i", "--input-texts", nargs="+", required=True, help="input text(s)")
+    attribute.add_argument("-i", "--input-texts", nargs="+", default=None, help="input text(s)")
     attribute.add_argument("-g", "--generated-texts", nargs="+", default=None, help="forced output text(s)")
+    attribute.add_argument(
+        "--text-pair",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="a sequence classifier's second text for each -i text (NLI's hypothesis): explains the pair",
+    )
+    attribute.add_argument(
+        "--question", nargs="+", default=None, help="an extractive QA model's question(s), with --context"
+    )
+    attribute.add_argument(
+        "--context", nargs="+", default=None, help="the passage each --question's answer is extracted from"
+    )
     attribute.add_argument(
         "-o",
         "--output",
@@ -455,9 +468,10 @@ def build_request(args) -> AttributionRequest:
         seqattr.cli.UsageError: --batch-size must be a positive integer, got 0
     """
     method, options, arguments = attribution_arguments(args)
+    inputs = cli_inputs(args)
     try:
         request = AttributionRequest(
-            args.input_texts, args.generated_texts, method=method, method_options=options, **arguments
+            inputs, args.generated_texts, method=method, method_options=options, **arguments
         )
     except (ValueError, TypeError) as err:
         raise _worded_as_flags(err) from err
@@ -465,6 +479,83 @@ def build_request(args) -> AttributionRequest:
         check_output_path(args.output)
     _check_model_flags(args)
     return request
+
+
+def cli_inputs(args) -> list[str] | list[tuple[str, str]]:
+    """The inputs of ``seqattr attribute``: the ``-i`` texts, each paired with its ``--text-pair`` text, or
+    the ``(question, context)`` pairs of ``--question``/``--context``, as `AttributionModel.attribute` takes
+    them.
+
+    Example:
+        >>> parse = build_parser().parse_args
+        >>> cli_inputs(parse(["attribute", "-i", "a man sleeps", "--text-pair", "a person rests"]))
+        [('a man sleeps', 'a person rests')]
+        >>> cli_inputs(parse(["attribute", "--question", "Who?", "--context", "Bob went.", "Ann sat."]))
+        Traceback (most recent call last):
+        seqattr.cli.UsageError: got 1 --question but 2 --context; give one --context per --question
+    """
+    if args.question is not None or args.context is not None:
+        if args.input_texts is not None or args.text_pair is not None:
+            raise UsageError(
+                "give the inputs once: -i (with --text-pair) or --question with --context, not both"
+            )
+        if args.context is None:
+            raise UsageError("--question needs --context: the passage the answer is extracted from")
+        if args.question is None:
+            raise UsageError("--context needs --question: what to ask of the context")
+        if len(args.question) != len(args.context):
+            raise UsageError(
+                f"got {len(args.question)} --question but {len(args.context)} --context; give one --context "
+                "per --question"
+            )
+        return list(zip(args.question, args.context, strict=True))
+    if args.input_texts is None:
+        raise UsageError(
+            "seqattr attribute needs -i/--input-texts (or, for an extractive QA model, --question and "
+            "--context)"
+        )
+    if args.text_pair is None:
+        return args.input_texts
+    if len(args.text_pair) != len(args.input_texts):
+        raise UsageError(
+            f"got {len(args.input_texts)} -i text(s) but {len(args.text_pair)} --text-pair text(s); give one "
+            "--text-pair text per -i text"
+        )
+    return list(zip(args.input_texts, args.text_pair, strict=True))
+
+
+def check_inputs_fit(args, model: seqattr.AttributionModel) -> None:
+    """Refuse, worded with the flags, inputs the loaded model does not read: ``--text-pair`` for a model of
+    one text, ``--question`` for a model that is not an extractive QA one, ``-i`` alone for one that is.
+
+    Example:
+        >>> args = build_parser().parse_args(["attribute", "-i", "a", "--text-pair", "b"])
+        >>> check_inputs_fit(args, model)                   # the tiny GPT-2 reads one text
+        Traceback (most recent call last):
+        seqattr.cli.UsageError: --text-pair: GPT2LMHeadModel is a decoder-only model, which reads one ...
+    """
+    family = model.family
+    if args.question is not None and not family.needs_pairs:
+        raise UsageError(
+            f"--question/--context are for extractive question-answering models; {model.model_name} is a "
+            f"{family} model: give its text(s) with -i"
+            + (" (and a second text with --text-pair)" if family.takes_pairs else "")
+        )
+    if args.text_pair is not None and not family.takes_pairs:
+        raise UsageError(
+            f"--text-pair: {model.model_name} is a {family} model, which reads one text; drop --text-pair "
+            "(pairs are for sequence classifiers, e.g. NLI)"
+        )
+    if args.text_pair is not None and family.needs_pairs:
+        raise UsageError(
+            f"--text-pair: {model.model_name} is an extractive question-answering model; give --question and "
+            "--context instead of -i and --text-pair"
+        )
+    if args.input_texts is not None and family.needs_pairs:
+        raise UsageError(
+            f"-i: {model.model_name} is an extractive question-answering model, which reads a question and "
+            "its context: give --question and --context instead of -i"
+        )
 
 
 # The keywords of `AttributionRequest` whose CLI flag has another name.
@@ -607,6 +698,7 @@ def _load_model(args, method_options: dict) -> seqattr.AttributionModel:
 def _attribute(args) -> int:
     request = build_request(args)
     model = _load_model(args, request.method_options)
+    check_inputs_fit(args, model)
     out = attribute(model, request)
     if args.output:  # saved before showing, so that nothing after the attribution can lose it
         out.save(args.output)

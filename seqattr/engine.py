@@ -43,6 +43,7 @@ from seqattr.typing import Float, Int, Tensor
 
 if TYPE_CHECKING:
     from seqattr.models.attribution_model import AttributionModel
+    from seqattr.models.family import ModelFamily
 
 
 class StepObjective:
@@ -132,6 +133,7 @@ def step_function_args(
         contrast_target_ids=contrast_ids,
         contrast_forward=contrast_forward,
         forward=forward,
+        multi_label=model.family.multi_label,
     )
 
 
@@ -157,7 +159,8 @@ def compute_step_scores(
         rows = torch.arange(batch.size, device=batch.target_ids.device)
         args = step_function_args(model, batch, rows, source, target, slice(None), contrast)
         scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
-        return StepScoring(scores, BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k))
+        trace = BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k, args.multi_label)
+        return StepScoring(scores, trace)
 
 
 def run_batch(
@@ -207,6 +210,7 @@ def _nan_where_hidden(values: Tensor, visible: torch.Tensor) -> Tensor:
 
 
 def example_interactions(
+    family: ModelFamily,
     output: MethodOutput,
     i: int,
     example: EncodedExample,
@@ -221,7 +225,7 @@ def example_interactions(
     if output.source_attributions is not None:
         source_count = output.source_attributions.shape[1]
         parts.append(torch.arange(len(example.source_ids)))
-        visible.append(torch.ones(len(example.source_ids), num_steps, dtype=torch.bool))
+        visible.append(family.source_visibility(example.attr_pos_start, len(example.source_ids), num_steps))
     if output.target_attributions is not None:
         parts.append(source_count + torch.arange(target_rows.start, target_rows.stop))
         visible.append(visible_target[i, target_rows, :num_steps].cpu())
@@ -247,14 +251,19 @@ def assemble(
         source_attributions = target_attributions = None
         if output.source_attributions is not None:
             source = output.source_attributions[i, : len(example.source_ids), :num_steps]
-            source_attributions = _nan_where_hidden(source, torch.ones(source.shape[:2], dtype=torch.bool))
+            visible = model.family.source_visibility(
+                example.attr_pos_start, len(example.source_ids), num_steps
+            )
+            source_attributions = _nan_where_hidden(source, visible)
         if output.target_attributions is not None:
             target = output.target_attributions[i, target_rows, :num_steps]
             target_attributions = _nan_where_hidden(target, visible_target[i, target_rows, :num_steps])
         scores = {**step_scores, **output.step_scores}
         interactions = None
         if output.interactions is not None:
-            interactions = example_interactions(output, i, example, target_rows, visible_target, num_steps)
+            interactions = example_interactions(
+                model.family, output, i, example, target_rows, visible_target, num_steps
+            )
         sequences.append(
             SequenceAttribution(
                 source=model.convert_ids_to_tokens(example.source_ids),
@@ -404,6 +413,7 @@ def run_info(model: AttributionModel, request: AttributionRequest) -> dict[str, 
         "model_class": type(model.model).__name__,
         "is_encoder_decoder": model.is_encoder_decoder,
         "task": model.family.task,
+        **({"multi_label": True} if model.family.multi_label else {}),
         # Lets views and aggregation mask special tokens later (out.mask_special()) without the tokenizer.
         "special_token_ids": sorted(model.tokenizer.all_special_ids),
         "device": str(model.device),

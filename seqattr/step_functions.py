@@ -50,6 +50,9 @@ class StepFunctionArgs:
     """Runs the contrast sequence once; read its result through ``contrast_logits``."""
     forward: Callable[..., StepLogits] | None = field(default=None, repr=False)
     """Another forward pass over the same inputs: ``forward(dropout=True)`` runs it with dropout active."""
+    multi_label: bool = False
+    """The "vocabulary" is a multi-label classifier's labels, each an independent yes/no: a label's
+    probability is ``sigmoid(logit)``, not a softmax over the labels (`log_probabilities`)."""
 
     @functools.cached_property
     def contrast_logits(self) -> Float[Tensor, "n steps vocab"]:
@@ -177,6 +180,47 @@ def promote(logits: Float[Tensor, "*dims"]) -> Float[Tensor, "*dims"]:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
+MULTI_LABEL_THRESHOLD = 0.5
+"""A multi-label classifier predicts every label whose probability, ``sigmoid(logit)``, passes this."""
+
+
+def log_probabilities(
+    logits: Float[Tensor, "*dims vocab"], multi_label: bool = False
+) -> Float[Tensor, "*dims vocab"]:
+    """The log-probability of every entry of ``logits`` (promoted as `promote` says): ``log_softmax`` over
+    the vocabulary, or for a multi-label classifier ``logsigmoid`` of each label alone (its labels are
+    independent yes/no decisions, so their probabilities need not sum to 1).
+
+    Example:
+        >>> logits = torch.tensor([0.0, 2.0])
+        >>> log_probabilities(logits).exp(), log_probabilities(logits, multi_label=True).exp()
+        (tensor([0.1192, 0.8808]), tensor([0.5000, 0.8808]))
+    """
+    logits = promote(logits)
+    return torch.nn.functional.logsigmoid(logits) if multi_label else torch.log_softmax(logits, dim=-1)
+
+
+def bernoulli_entropy(logits: Float[Tensor, "*dims vocab"]) -> Float[Tensor, "*dims vocab"]:
+    """The entropy (nats) of each label of a multi-label classifier alone, a yes/no of probability
+    ``sigmoid(logit)``; their sum is the entropy of the labels' joint distribution (they are independent).
+
+    Example:
+        >>> bernoulli_entropy(torch.tensor([0.0, 20.0])).round(decimals=4)
+        tensor([0.6931, 0.0000])
+    """
+    logits = promote(logits)
+    p = torch.sigmoid(logits)
+    return -(p * torch.nn.functional.logsigmoid(logits) + (1 - p) * torch.nn.functional.logsigmoid(-logits))
+
+
+def _no_nucleus(name: str) -> ValueError:
+    return ValueError(
+        f"{name} reads one distribution over the vocabulary (a top-p nucleus); a multi-label classifier's "
+        "labels are independent yes/no decisions with no such distribution: leave top_p at 1.0, or use "
+        "probability / entropy"
+    )
+
+
 def _gather(values: Float[Tensor, "n steps vocab"], ids: Int[Tensor, "n steps"]) -> StepScores:
     return values.gather(-1, ids[..., None])[..., 0]
 
@@ -234,7 +278,7 @@ def probability(args: StepFunctionArgs) -> StepScores:
 
 def logprob(args: StepFunctionArgs) -> StepScores:
     """Log-probability of the target token."""
-    return _gather(torch.log_softmax(promote(args.logits), dim=-1), args.target_ids)
+    return _gather(log_probabilities(args.logits, args.multi_label), args.target_ids)
 
 
 def logit(args: StepFunctionArgs) -> StepScores:
@@ -263,12 +307,16 @@ def rank(args: StepFunctionArgs) -> StepScores:
 
 def entropy(args: StepFunctionArgs) -> StepScores:
     """Entropy of the next-token distribution (nats)."""
+    if args.multi_label:  # independent labels: the joint distribution's entropy is the sum of theirs
+        return bernoulli_entropy(args.logits).sum(-1)
     logprobs = torch.log_softmax(promote(args.logits), dim=-1)
     return -(logprobs.exp() * logprobs).sum(-1)
 
 
 def top_p_size(args: StepFunctionArgs, *, top_p: float = 0.9) -> StepScores:
     """Number of most probable tokens whose mass reaches top_p (default 0.9); not differentiable."""
+    if args.multi_label:
+        raise _no_nucleus("top_p_size")
     return nucleus_mask(args.logits, top_p).sum(-1).float()
 
 
@@ -288,7 +336,9 @@ def mc_dropout_prob_avg(args: StepFunctionArgs, *, n_mcd_steps: int = 5, seed: i
         if seed is not None:
             torch.manual_seed(seed)
         total = sum(
-            probability(StepFunctionArgs(args.forward(dropout=True), args.target_ids))
+            probability(
+                StepFunctionArgs(args.forward(dropout=True), args.target_ids, multi_label=args.multi_label)
+            )
             for _ in range(n_mcd_steps)
         )
     return total / n_mcd_steps
@@ -304,7 +354,7 @@ def contrast_prob(args: StepFunctionArgs) -> StepScores:
 
 def contrast_logprob(args: StepFunctionArgs) -> StepScores:
     """Log-probability of the contrast token given the contrast sequence's prefix."""
-    return _gather(torch.log_softmax(promote(args.contrast_logits), dim=-1), _contrast_ids(args))
+    return _gather(log_probabilities(args.contrast_logits, args.multi_label), _contrast_ids(args))
 
 
 def contrast_logits(args: StepFunctionArgs) -> StepScores:
@@ -331,8 +381,17 @@ def kl_divergence(args: StepFunctionArgs, *, top_k: int = 0, top_p: float = 1.0)
     """KL(original || contrast) of the next-token distributions, over the original's top_k / top_p tokens.
 
     Both distributions are restricted to the tokens the original distribution keeps (its ``top_k`` most
-    probable, 0 = all, and its ``top_p`` nucleus, 1.0 = all) and renormalised there.
+    probable, 0 = all, and its ``top_p`` nucleus, 1.0 = all) and renormalised there. For a multi-label
+    classifier (independent labels) it is the sum, over the kept labels, of each label's yes/no KL.
     """
+    if args.multi_label:
+        if top_p != 1.0:
+            raise _no_nucleus("kl_divergence with top_p")
+        keep = top_k_mask(args.logits, top_k)
+        p, q = (log_probabilities(x, True) for x in (args.logits, args.contrast_logits))
+        p_not, q_not = (log_probabilities(-x, True) for x in (args.logits, args.contrast_logits))
+        per_label = p.exp() * (p - q) + p_not.exp() * (p_not - q_not)
+        return (per_label * keep).sum(-1)
     keep = top_k_mask(args.logits, top_k) & nucleus_mask(args.logits, top_p)
 
     def restricted_logprobs(logits: Tensor) -> Tensor:

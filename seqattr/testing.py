@@ -663,8 +663,26 @@ def _roberta_classifier_config(tok: PreTrainedTokenizerBase):
     )
 
 
+def _deberta_v2_classifier_config(tok: PreTrainedTokenizerBase):
+    """DeBERTa-v2 (relative positions, disentangled attention) on the BERT tokenizer: the model reads ids, so
+    the sentencepiece tokenizer of the real ones, which needs a trained model file, is not needed."""
+    from transformers import DebertaV2Config
+
+    return DebertaV2Config(
+        max_position_embeddings=MAX_POSITIONS,
+        relative_attention=True,
+        position_buckets=16,
+        pos_att_type=["p2c", "c2p"],
+        pooler_hidden_size=32,
+        pooler_dropout=0.0,
+        type_vocab_size=0,
+        **_bert_encoder_sizes(tok),
+    )
+
+
 def _bert_encoder_sizes(tok: PreTrainedTokenizerBase) -> dict:
-    """The tiny sizes, no dropout and the sentiment labels shared by the BERT and RoBERTa classifiers."""
+    """The tiny sizes, no dropout and the sentiment labels shared by the BERT, RoBERTa and DeBERTa-v2
+    classifiers."""
     return dict(
         vocab_size=len(tok),
         hidden_size=32,
@@ -698,10 +716,11 @@ def _distilbert_classifier_config(tok: PreTrainedTokenizerBase):
     )
 
 
-def _llama_classifier_config(tok: PreTrainedTokenizerBase):
-    config = _llama_style_config("LlamaConfig", tok)
+def _llama_classifier_config(tok: PreTrainedTokenizerBase, config_name: str = "LlamaConfig"):
+    """A decoder-based classifier's config: the zoo's Llama-style decoder at the encoders' width (32)."""
+    config = _llama_style_config(config_name, tok)
     config.hidden_size, config.intermediate_size = 32, 64
-    config.pad_token_id = tok.eos_token_id  # batches need one; the tokenizer pads with </s> too
+    config.pad_token_id = tok.eos_token_id  # batches need one; the tokenizer pads with its eos too
     config.id2label, config.label2id = SENTIMENT_LABELS, _SENTIMENT_IDS
     config.num_labels = len(SENTIMENT_LABELS)
     config.initializer_range = 0.02
@@ -714,6 +733,9 @@ CLASSIFIER_RECIPES: dict[str, Recipe] = {
         "DistilBertForSequenceClassification", _tokenizer_bert, _distilbert_classifier_config
     ),
     "roberta": Recipe("RobertaForSequenceClassification", _tokenizer_roberta, _roberta_classifier_config),
+    "deberta-v2": Recipe(
+        "DebertaV2ForSequenceClassification", _tokenizer_bert, _deberta_v2_classifier_config
+    ),
     "llama": Recipe("LlamaForSequenceClassification", _tokenizer_llama, _llama_classifier_config),
 }
 """The tiny sequence classifiers of the zoo, by name (`tiny_classifier`)."""
@@ -837,16 +859,58 @@ def qa_corpus() -> list[tuple[str, str, str]]:
     return corpus
 
 
-TASKS = ("token-classification", "question-answering")
+TASKS = ("token-classification", "question-answering", "multi-label-classification")
 """The tasks of `tiny_task_model`."""
+
+TASK_ARCHITECTURES = {"bert": "Bert", "distilbert": "DistilBert", "roberta": "Roberta", "qwen2": "Qwen2"}
+"""The architectures of `tiny_task_model` and their transformers class prefix: three encoders and a causal
+decoder (whose tokens see only their left context)."""
+
+_TASK_HEADS = {
+    "token-classification": "ForTokenClassification",
+    "question-answering": "ForQuestionAnswering",
+    "multi-label-classification": "ForSequenceClassification",
+}
+
+MULTI_LABELS = {0: "negative", 1: "positive", 2: "weather"}
+"""The toy multi-label task's labels: the sentiment of `SENTIMENT_CORPUS`'s texts, and whether they are
+about the weather (``"the weather was nice."`` is positive and weather)."""
+
+
+def multi_labels(text: str) -> list[int]:
+    """The toy multi-label task's labels of ``text`` (`MULTI_LABELS`), a 0/1 per label.
+
+    Example:
+        >>> multi_labels("the weather was cold."), multi_labels("my day was great.")
+        ([1, 0, 1], [0, 1, 0])
+    """
+    positive = sentiment_label(text)
+    return [1 - positive, positive, int("weather" in text.split())]
+
+
+def _task_config(architecture: str, tok: PreTrainedTokenizerBase):
+    """The sentiment classifiers' config of ``architecture`` (their sizes; labels set by the task)."""
+    if architecture == "qwen2":
+        return _llama_classifier_config(tok, "Qwen2Config")
+    return CLASSIFIER_RECIPES[architecture].config(tok)
+
+
+def _task_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
+    if architecture in CLASSIFIER_RECIPES:
+        return _classifier_tokenizer(architecture)
+    return tiny_tokenizer(architecture)
 
 
 @functools.cache  # an unbounded lru_cache
-def tiny_task_model(task: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A tiny BERT with the head of ``task`` (one of `TASKS`) and the BERT tokenizer of `tiny_classifier`,
-    trained for about a second so that its predictions follow a toy task: tagging people and places
-    (`tagging_corpus`, ``BertForTokenClassification``) or answering where / who from a one-sentence context
-    (`qa_corpus`, ``BertForQuestionAnswering``). Cached; read-only; float32, eval mode; the global RNG is left
+def tiny_task_model(
+    task: str, architecture: str = "bert", seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny model of ``architecture`` (one of `TASK_ARCHITECTURES`) with the head of ``task`` (one of
+    `TASKS`) and the tokenizer of its zoo classifier, trained for a few seconds so that its predictions
+    follow a toy task: tagging people and places (`tagging_corpus`, ``*ForTokenClassification``), answering
+    where / who from a one-sentence context (`qa_corpus`, ``*ForQuestionAnswering``), or the labels of
+    `multi_labels` (a ``*ForSequenceClassification`` with ``problem_type="multi_label_classification"``).
+    The sizes are those of `tiny_classifier`'s. Cached; read-only; float32, eval mode; the global RNG is left
     untouched.
 
     Example:
@@ -857,19 +921,44 @@ def tiny_task_model(task: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrain
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    tok = _classifier_tokenizer("bert")
-    config = _bert_classifier_config(tok)
+    if architecture not in TASK_ARCHITECTURES:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; expected one of {', '.join(TASK_ARCHITECTURES)}"
+        )
+    tok = _task_tokenizer(architecture)
+    config = _task_config(architecture, tok)
+    if task == "token-classification":
+        labels = TAG_LABELS
+    elif task == "question-answering":
+        labels = {0: "LABEL_0", 1: "LABEL_1"}
+    else:
+        labels = MULTI_LABELS
+        config.problem_type = "multi_label_classification"
+    config.id2label, config.label2id = labels, {v: k for k, v in labels.items()}
+    config.num_labels = len(labels)
+    model_class = getattr(transformers, TASK_ARCHITECTURES[architecture] + _TASK_HEADS[task])
     with _quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if task == "token-classification":
-            config.id2label, config.label2id = TAG_LABELS, {v: k for k, v in TAG_LABELS.items()}
-            model = transformers.BertForTokenClassification(config).float()
-            _train_tagger(model, tok)
-        else:
-            config.id2label, config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
-            model = transformers.BertForQuestionAnswering(config).float()
-            _train_reader(model, tok)
+        model = model_class(config).float()
+        {
+            "token-classification": _train_tagger,
+            "question-answering": _train_reader,
+            "multi-label-classification": _train_multi_label,
+        }[task](model, tok)
     return model.eval(), tok
+
+
+def _padded(tok: PreTrainedTokenizerBase, *texts: list[str], **kwargs: Any) -> Any:
+    """``tok(*texts)`` padded on the right; tokenizers without a pad token pad with their eos (as
+    `seqattr.load_model` sets it)."""
+    padding_side, pad = tok.padding_side, tok.pad_token
+    tok.padding_side = "right"
+    if pad is None:
+        tok.pad_token = tok.eos_token
+    try:
+        return tok(*texts, return_tensors="pt", padding=True, **kwargs)
+    finally:
+        tok.padding_side, tok.pad_token = padding_side, pad
 
 
 def _full_batch_adam(model: PreTrainedModel, batch: dict[str, Any], epochs: int, solved) -> None:
@@ -888,16 +977,23 @@ def _full_batch_adam(model: PreTrainedModel, batch: dict[str, Any], epochs: int,
 
 def _train_tagger(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: int = 80) -> None:
     corpus = tagging_corpus()
-    batch = tok([w for w, _ in corpus], is_split_into_words=True, return_tensors="pt", padding=True)
-    labels = torch.zeros_like(batch["input_ids"])
-    for row, (_, tags) in enumerate(corpus):
+    texts = [" ".join(words) for words, _ in corpus]
+    batch = _padded(tok, texts, return_offsets_mapping=True)
+    labels = torch.zeros_like(batch["input_ids"])  # special tokens are outside any entity ("O")
+    for row, (words, tags) in enumerate(corpus):
+        ends = torch.tensor([len(" ".join(words[: k + 1])) for k in range(len(words))])
         previous = None
-        for position, word in enumerate(batch.word_ids(row)):
-            if word is not None:  # a word's later pieces continue its entity (B- becomes I-)
-                tag = tags[word] if word != previous else tags[word].replace("B-", "I-")
-                labels[row, position] = model.config.label2id[tag]
+        for position, (a, b) in enumerate(batch["offset_mapping"][row].tolist()):
+            if b <= a:
+                continue
+            # The word holding the token's last character (byte-level tokens may start with its space);
+            # a word's later pieces continue its entity (B- becomes I-).
+            word = int((ends < b).sum())
+            tag = tags[word] if word != previous else tags[word].replace("B-", "I-")
+            labels[row, position] = model.config.label2id[tag]
             previous = word
         labels[row, batch["attention_mask"][row] == 0] = -100
+    del batch["offset_mapping"]
     real = labels != -100
     _full_batch_adam(
         model,
@@ -909,13 +1005,7 @@ def _train_tagger(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: 
 
 def _train_reader(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: int = 80) -> None:
     corpus = qa_corpus()
-    batch = tok(
-        [q for q, _, _ in corpus],
-        [c for _, c, _ in corpus],
-        return_tensors="pt",
-        padding=True,
-        return_offsets_mapping=True,
-    )
+    batch = _padded(tok, [q for q, _, _ in corpus], [c for _, c, _ in corpus], return_offsets_mapping=True)
     starts, ends = [], []
     for row, (_, context, answer) in enumerate(corpus):
         begin = context.index(answer)
@@ -940,6 +1030,17 @@ def _train_reader(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: 
     )
 
 
+def _train_multi_label(model: PreTrainedModel, tok: PreTrainedTokenizerBase, epochs: int = 150) -> None:
+    batch = _padded(tok, list(SENTIMENT_CORPUS))
+    labels = torch.tensor([multi_labels(text) for text in SENTIMENT_CORPUS], dtype=torch.float32)
+    _full_batch_adam(  # the model's own loss: binary cross-entropy per label (its problem_type)
+        model,
+        {**batch, "labels": labels},
+        epochs,
+        lambda out: bool(((out.logits > 0) == labels.bool()).all()),
+    )
+
+
 __all__ = [
     "ARCHITECTURES",
     "CLASSIFIERS",
@@ -952,8 +1053,11 @@ __all__ = [
     "Recipe",
     "SENTIMENT_CORPUS",
     "SENTIMENT_LABELS",
+    "MULTI_LABELS",
     "TAG_LABELS",
     "TASKS",
+    "TASK_ARCHITECTURES",
+    "multi_labels",
     "qa_corpus",
     "tagging_corpus",
     "tiny_classifier",

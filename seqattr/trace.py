@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seqattr.step_functions import promote
+from seqattr.step_functions import MULTI_LABEL_THRESHOLD, bernoulli_entropy, log_probabilities, promote
 from seqattr.typing import Float, Int, Tensor
 
 DEFAULT_TOP_K = 5
@@ -102,9 +102,16 @@ class BatchTrace:
 
     @classmethod
     def from_logits(
-        cls, logits: Float[Tensor, "batch steps vocab"], target_ids: Int[Tensor, "batch steps"], top_k: int
+        cls,
+        logits: Float[Tensor, "batch steps vocab"],
+        target_ids: Int[Tensor, "batch steps"],
+        top_k: int,
+        multi_label: bool = False,
     ) -> BatchTrace:
-        """The trace of every step from its next-token logits.
+        """The trace of every step from its next-token logits; for a ``multi_label`` classifier each label's
+        own probability ``sigmoid(logit)`` (`seqattr.step_functions.log_probabilities`), its entropy the sum
+        of the labels' yes/no entropies, and the alternatives every label above 0.5 however many (at least
+        ``top_k``), so that the table lists the whole prediction.
 
         Example:
             >>> trace = BatchTrace.from_logits(torch.randn(1, 3, 10), torch.tensor([[1, 2, 3]]), top_k=2)
@@ -112,15 +119,20 @@ class BatchTrace:
             torch.Size([1, 3, 2])
         """
         logits = promote(logits.detach())  # computed in float64 for float64 logits, stored as float32
-        logprobs = torch.log_softmax(logits, dim=-1)
+        logprobs = log_probabilities(logits, multi_label)
         probs = logprobs.exp()
+        if multi_label:
+            entropy = bernoulli_entropy(logits).sum(-1)
+            top_k = max(top_k, int((probs > MULTI_LABEL_THRESHOLD).sum(-1).max()) if probs.numel() else 0)
+        else:
+            entropy = -(probs * logprobs).sum(-1)
         chosen_logit = logits.gather(-1, target_ids[..., None])
         top_probabilities, top_ids = probs.topk(min(top_k, logits.shape[-1]), dim=-1)
         return cls(
             token_ids=target_ids.detach().cpu(),
             probabilities=probs.gather(-1, target_ids[..., None])[..., 0].float().cpu(),
             ranks=(logits > chosen_logit).sum(-1).cpu(),
-            entropy=-(probs * logprobs).sum(-1).float().cpu(),
+            entropy=entropy.float().cpu(),
             top_ids=top_ids.cpu(),
             top_probabilities=top_probabilities.float().cpu(),
         )

@@ -19,7 +19,10 @@ This table is the one place for fused == stepwise and batched == single across m
 (tests/test_gradient_methods.py, ...) keep only comparisons with independent references.
 
 A family is an architecture of `seqattr.testing`; ``"t5:source"`` is an encoder-decoder that attributes its
-source only (``attribute_target=False``). An option may differ by family: `by_family` (e.g. a layer name).
+source only (``attribute_target=False``). ``"tagger:qwen2"``, ``"reader:roberta"``,
+``"classifier:deberta-v2"`` are classifiers (`CLASSIFIER_FAMILIES`: a head and an architecture of
+`seqattr.testing.tiny_task_model` or `tiny_classifier`), which explain their own predictions on two inputs
+and attribute to the input only. An option may differ by family: `by_family` (e.g. a layer name).
 Randomised methods must be reproducible for these to hold: each call here runs after ``torch.manual_seed(0)``,
 and a method's draws must not depend on the batch it is in (or the row must fix its seed option, or it is
 listed by `draws_follow_the_batch`).
@@ -28,6 +31,7 @@ listed by `draws_follow_the_batch`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from typing import NamedTuple
 
@@ -36,7 +40,7 @@ import torch
 
 import seqattr
 from exact import assert_identical, assert_sequences_close, exact_model, probability64
-from seqattr.testing import ENCODER_DECODER, tiny_model
+from seqattr.testing import ENCODER_DECODER, tiny_classifier, tiny_model, tiny_task_model
 
 FAMILIES = ("llama", "t5")
 """The default families: one decoder-only and one encoder-decoder architecture (tests/test_batching.py
@@ -47,6 +51,27 @@ source only."""
 PERTURBATION_FAMILIES = ("gpt2", "llama", "t5", "bart")
 INTERNALS_FAMILIES = ("gpt2", "llama", "qwen2", "t5", "bart", "marian")
 SOURCE_ONLY = ":source"
+CLASSIFIER_FAMILIES = (
+    "tagger:distilbert",
+    "tagger:roberta",
+    "tagger:qwen2",
+    "reader:distilbert",
+    "reader:roberta",
+    "reader:qwen2",
+    "classifier:deberta-v2",
+)
+"""Classifier heads (issue 14) on the architectures their own test files do not cover (BERT's are in
+tests/test_classifiers*.py): taggers and readers on two encoders and a causal decoder (whose tagger's steps
+do not see the tokens after their own: NaN), a DeBERTa-v2 sequence classifier."""
+CLASSIFIER_INPUTS = {
+    "tagger": ["bob went to london.", "alice lives in new york."],
+    "reader": [
+        ("where does bob live?", "bob went to london."),
+        ("who is in paris?", "alice lives in paris."),
+    ],
+    "classifier": ["the movie was wonderful.", "my day was sad and the music was boring."],
+}
+"""Each classifier head's two inputs (of different lengths), standing for `PROMPTS`."""
 
 
 class by_family(dict):  # noqa: N801  (reads as a value in the table)
@@ -76,7 +101,7 @@ class Row(NamedTuple):
 
 
 METHODS: list[Row] = [
-    Row("saliency", {}),
+    Row("saliency", {}, (*FAMILIES, *CLASSIFIER_FAMILIES)),
     Row("saliency", {"abs": False, "hidden_reduction": None}),
     Row("input_x_gradient", {}),
     Row("input_x_gradient", {"hidden_reduction": "l2"}),
@@ -84,7 +109,11 @@ METHODS: list[Row] = [
     # samples) so that batched == single holds; with noise their draws depend on the batch, as var_grad's and
     # GradientSHAP's (`draws_follow_the_batch`): fused == stepwise still holds, since a step's prefix gets
     # exactly the first draws of the whole sequence.
-    Row("integrated_gradients", {**RIEMANN, "return_convergence_delta": True}, GRADIENT_FAMILIES),
+    Row(
+        "integrated_gradients",
+        {**RIEMANN, "return_convergence_delta": True},
+        (*GRADIENT_FAMILIES, *CLASSIFIER_FAMILIES),
+    ),
     Row("integrated_gradients", {**RIEMANN, "baseline": "unk", "hidden_reduction": None}),
     Row("deeplift", {"return_convergence_delta": True}, GRADIENT_FAMILIES),
     Row("smooth_grad", {"stdevs": 0.0, "nt_samples": 2}),
@@ -132,7 +161,7 @@ METHODS: list[Row] = [
     Row("layer_cp_lrp", {"target_layer": INNER_LAYER, "hidden_reduction": None}, INNER_LAYER_FAMILIES),
     # Perturbation and internals methods of issue 5 (few samples: these are invariants, not estimates; a
     # missing seed is drawn from torch's generator, which each call here seeds).
-    Row("occlusion", {}, (*PERTURBATION_FAMILIES, "marian:source")),
+    Row("occlusion", {}, (*PERTURBATION_FAMILIES, "marian:source", *CLASSIFIER_FAMILIES)),
     Row("occlusion", {"window": 2, "granularity": "word", "baseline": "unk"}),
     Row("occlusion", {"window": 3, "stride": 2, "granularity": "all_tokens"}, PERTURBATION_FAMILIES),
     Row("feature_ablation", {"inference_mode": "logits"}),
@@ -170,6 +199,23 @@ def architecture(family: str) -> str:
     return family.removesuffix(SOURCE_ONLY)
 
 
+def is_classifier(family: str) -> bool:
+    return family in CLASSIFIER_FAMILIES
+
+
+@functools.cache
+def float64_classifier(family: str):
+    """A float64 copy of a classifier family's cached tiny model, and its tokenizer."""
+    head, name = family.split(":")
+    if head == "classifier":
+        model, tokenizer = tiny_classifier(name)
+    else:
+        model, tokenizer = tiny_task_model(
+            {"tagger": "token-classification", "reader": "question-answering"}[head], name
+        )
+    return copy.deepcopy(model).double(), tokenizer
+
+
 def row_id(row: Row) -> str:
     def value(v):
         if isinstance(v, torch.Tensor):
@@ -202,6 +248,16 @@ def options_for(row: Row, family: str) -> dict:
 def attribute(family: str, row: Row, prompts: list[str], model=None, **kwargs) -> seqattr.AttributionOutput:
     """``row``'s method on the shared float64 model of ``family``, or on ``model`` (a Hugging Face one)."""
     options = options_for(row, family)
+    if is_classifier(family):  # its own predictions on the inputs standing for the prompts
+        hf_model, tokenizer = float64_classifier(family)
+        inputs = CLASSIFIER_INPUTS[family.split(":")[0]]
+        torch.manual_seed(0)
+        return seqattr.load_model(hf_model, row.method, tokenizer=tokenizer, **options).attribute(
+            [inputs[PROMPTS.index(prompt)] for prompt in prompts],
+            attributed_fn=kwargs.pop("attributed_fn", probability64),
+            show_progress=False,
+            **kwargs,
+        )
     if model is None:
         model = exact_model(architecture(family), row.method, **options)
     else:
@@ -254,6 +310,8 @@ def test_batched_equals_single(row, family):
 
 def attributed_sides(row: Row, family: str) -> tuple[bool, bool]:
     """Whether the row attributes source and target positions on ``family`` (a layer has its own side)."""
+    if is_classifier(family):
+        return True, False  # the input text (or pair), never the label
     encoder_decoder = architecture(family) in ENCODER_DECODER
     source, target = encoder_decoder, not family.endswith(SOURCE_ONLY)
     layer = options_for(row, family).get("target_layer")
@@ -267,12 +325,17 @@ def attributed_sides(row: Row, family: str) -> tuple[bool, bool]:
 def test_scores_are_finite_exactly_where_a_step_can_see(row, family):
     has_source, has_target = attributed_sides(row, family)
     for seq in fused_batch(family, row_index(row)):
-        assert seq.num_steps >= 2
+        assert seq.num_steps >= (1 if family.startswith("classifier:") else 2)
         assert (seq.source_attributions is not None) == has_source
         assert (seq.target_attributions is not None) == has_target
         if has_source:
-            assert seq.source_attributions.shape[:2] == (len(seq.source_ids), seq.num_steps)
-            assert seq.source_attributions.isfinite().all()
+            source = seq.source_attributions
+            assert source.shape[:2] == (len(seq.source_ids), seq.num_steps)
+            visible = torch.ones(source.shape[:2], dtype=torch.bool)
+            if family == "tagger:qwen2":  # step j tags token j, from tokens 0..j only
+                visible = torch.arange(len(seq.source_ids))[:, None] <= torch.arange(seq.num_steps)[None, :]
+            assert source[visible].isfinite().all(), "a visible score is not finite"
+            assert source[~visible].isnan().all(), "a score a step cannot see is not NaN"
         if has_target:
             target = seq.target_attributions
             assert target.shape[:2] == (len(seq.target_ids), seq.num_steps)

@@ -185,7 +185,7 @@ def test_both_data_classes_have_the_same_views_from_one_registry(tmp_path):
         obj.save_plot(tmp_path / "figure.png")
         assert (tmp_path / "figure.png").stat().st_size > 0
     assert {"terminal", "html", "plot", "notebook", "treescope", "rich"} <= set(registered_views())
-    with pytest.raises(ValueError, match="unknown view 'heatmap'; registered views: html"):
+    with pytest.raises(ValueError, match="unknown view 'heatmap'; registered views: entities_terminal, html"):
         render("heatmap", out)
 
 

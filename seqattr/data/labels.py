@@ -9,10 +9,13 @@ scores divided by their L2 norm when ``normalize`` (as transformers-interpret al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
+from seqattr.data.tokens import detect_scheme, token_texts
+from seqattr.step_functions import MULTI_LABEL_THRESHOLD
 
 if TYPE_CHECKING:
     from seqattr.data.attribution import AttributionOutput, SequenceAttribution
@@ -41,9 +44,11 @@ def word_attributions(
         )
     tokens: list[str] = []
     scores: list[torch.Tensor] = []
-    if seq.source_attributions is not None:
-        tokens += seq.source
-        scores.append(seq.source_attributions[:, step])
+    if seq.source_attributions is not None:  # a causal tagger's step does not see the tokens after its own
+        column = seq.source_attributions[:, step]
+        seen = ~column.isnan()
+        tokens += [token for token, keep in zip(seq.source, seen.tolist(), strict=True) if keep]
+        scores.append(column[seen])
     if seq.target_attributions is not None:
         column = seq.target_attributions[:, step]
         seen = ~column.isnan()
@@ -56,8 +61,10 @@ def word_attributions(
     return [(str(token).replace("Ġ", ""), float(v)) for token, v in zip(tokens, values, strict=True)]
 
 
-def predicted_labels(output: AttributionOutput) -> list[str]:
-    """Each text's predicted label (a classifier's output): the trace's first choice at its first step.
+def predicted_labels(output: AttributionOutput) -> list[str] | list[list[str]]:
+    """Each text's predicted label (a classifier's output): the trace's first choice at its first step; a
+    multi-label classifier's (``info["multi_label"]``): the list of its labels whose probability,
+    ``sigmoid(logit)``, passes 0.5, most probable first (the trace lists all of them).
 
     Example:
         >>> predicted_labels(out)                              # doctest: +ELLIPSIS
@@ -74,11 +81,23 @@ def predicted_labels(output: AttributionOutput) -> list[str]:
     for i, seq in enumerate(output.sequence_attributions):
         if seq.trace is None:
             raise ValueError(f"sequence {i} has no trace to read its prediction from")
-        if task == "sequence-classification":
+        if task == "sequence-classification" and output.info.get("multi_label"):
+            labels.append(multi_label_prediction(seq))
+        elif task == "sequence-classification":
             labels.append(seq.trace.top_tokens[0][0])
         else:  # a tag per token; QA's start and end (each the most likely alone)
             labels.append([top[0] for top in seq.trace.top_tokens])
     return labels
+
+
+def multi_label_prediction(seq: SequenceAttribution) -> list[str]:
+    """A multi-label classifier's prediction for one text: the labels of its trace (the same at every step,
+    the text's one forward pass) whose probability passes 0.5, most probable first."""
+    return [
+        label
+        for label, p in zip(seq.trace.top_tokens[0], seq.trace.top_probabilities[0].tolist(), strict=True)
+        if p > MULTI_LABEL_THRESHOLD
+    ]
 
 
 @dataclass
@@ -87,7 +106,8 @@ class Entity:
 
     ``start``/``end`` are source token positions (``[start, end)``); ``steps`` the steps (columns) that
     explain its tokens' tags; ``attributions`` the mean of those steps' attributions, one score per source
-    token (``[len(source)]``)."""
+    token (``[len(source)]``; for a causal decoder's tagger the mean over the steps that see the token, NaN
+    after the entity's last token)."""
 
     label: str
     start: int
@@ -95,19 +115,18 @@ class Entity:
     tokens: list[str]
     steps: list[int]
     attributions: torch.Tensor
+    scheme: str | None = field(default=None, repr=False)
+    """The subword scheme of the tokens' text (`seqattr.data.tokens.detect_scheme` of the whole input, which
+    the entity's own few tokens may not show); None: detected from the entity's tokens."""
 
     @property
     def text(self) -> str:
-        """The entity's tokens joined into words (WordPiece's ``##`` and the ``Ġ``/``▁`` markers handled)."""
-        text = ""
-        for token in self.tokens:
-            if token.startswith("##"):
-                text += token[2:]
-            elif token[:1] in ("Ġ", "▁"):
-                text += " " + token[1:]
-            else:
-                text += " " + token
-        return text.strip()
+        """The entity's tokens joined into words (WordPiece's ``##``, byte-level BPE's ``Ġ`` and
+        SentencePiece's ``▁`` handled: a byte-level token without ``Ġ`` continues the word before it)."""
+        scheme = self.scheme or detect_scheme(self.tokens)
+        if scheme == "plain":  # no subword marker anywhere (e.g. WordPiece of whole words): words apart
+            return " ".join(self.tokens)
+        return "".join(token_texts(self.tokens, scheme)).strip()
 
 
 def entities(seq: SequenceAttribution) -> list[Entity]:
@@ -125,6 +144,7 @@ def entities(seq: SequenceAttribution) -> list[Entity]:
             "entities() reads a token classifier's output (attribute() of a *ForTokenClassification model)"
         )
     first = seq.attr_pos_start - 1
+    scheme = detect_scheme(seq.source)
     found: list[Entity] = []
     current: tuple[str, list[int]] | None = None
 
@@ -134,7 +154,8 @@ def entities(seq: SequenceAttribution) -> list[Entity]:
             start, end = first + steps[0], first + steps[-1] + 1
             scores = seq.source_attributions[:, steps]
             scores = scores.reshape(*scores.shape[:2], -1).sum(-1) if scores.dim() > 2 else scores
-            found.append(Entity(label, start, end, seq.source[start:end], steps, scores.mean(1)))
+            # Over the steps that see a token (a causal tagger's see none after their own: NaN if none does).
+            found.append(Entity(label, start, end, seq.source[start:end], steps, scores.nanmean(1), scheme))
 
     for step, tag in enumerate(seq.steps):
         prefix, _, kind = tag.partition("-") if tag[:2] in ("B-", "I-") else ("", "", tag)

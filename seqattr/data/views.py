@@ -11,8 +11,8 @@ Adding a view = a function ``view(attributions, **options)`` in a module of `seq
 
 Example:
     >>> sorted(registered_views())  # doctest: +NORMALIZE_WHITESPACE
-    ['html', 'interactions_plot', 'interactions_terminal', 'notebook', 'plot', 'rich', 'terminal',
-     'treescope']
+    ['entities_terminal', 'html', 'interactions_plot', 'interactions_terminal', 'notebook', 'plot', 'rich',
+     'terminal', 'treescope']
     >>> render("html", out[0], title="one example").startswith("<!DOCTYPE html>")
     True
 """
@@ -89,6 +89,21 @@ class Views:
     def plot_interactions(self, step: int = -1, example: int = 0):
         """A matplotlib heatmap of one step's token x token interactions (`seqattr.viz.interactions`)."""
         return render("interactions_plot", self, step=step, example=example)
+
+    def show_entities(
+        self, entity: int | str | None = None, console=None, example: int | None = None
+    ) -> None:
+        """Print a token classifier's entity-span view in the terminal (`seqattr.viz.entities`): the text with
+        its predicted entities marked (``[london](LOC)``), then each entity's attribution over the input
+        tokens; ``entity`` picks one (an index, its text or its label), ``example`` one example of an output.
+        The HTML page (`to_html`) shows the same, an entity's attribution on click.
+
+        Example:
+            >>> tagged.show_entities(entity="london")          # a tagger's output  # doctest: +SKIP
+            #0
+            [bob](PER) went to [london](LOC) .
+        """
+        render("entities_terminal", self, entity=entity, console=console, example=example)
 
     def _repr_html_(self) -> str:
         return render("notebook", self)

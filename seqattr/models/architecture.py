@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -98,6 +99,10 @@ class ArchitectureFacts:
     """Factor applied to source ``inputs_embeds`` (None without a source)."""
     target_embedding_scale: float
     """Factor applied to target ``inputs_embeds``."""
+    position_offset: int = 0
+    """Position ids the model skips before its first token (RoBERTa's start after its padding index, so a
+    model of ``max_position_embeddings`` positions reads ``max_position_embeddings - position_offset``
+    tokens)."""
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> ArchitectureFacts:
@@ -112,4 +117,22 @@ class ArchitectureFacts:
         source, target = input_embedding_scales(model)
         # A capability of the architecture (transformers' causal LMs have it; its encoder-decoders do not).
         keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
-        return cls(family, keeps, source, target)
+        return cls(family, keeps, source, target, position_offset(model))
+
+
+def position_offset(model: nn.Module) -> int:
+    """The position id of ``model``'s first token: 0, or for RoBERTa-like embeddings (RoBERTa, XLM-R,
+    CamemBERT, Longformer: positions count from ``padding_idx + 1``) the id they give the first of a
+    sequence of ``inputs_embeds``, read from their own position function.
+
+    Example:
+        >>> from seqattr.testing import tiny_classifier
+        >>> position_offset(tiny_classifier("roberta")[0]), position_offset(tiny_classifier("bert")[0])
+        (2, 0)
+    """
+    for module in model.modules():
+        make_positions = getattr(module, "create_position_ids_from_inputs_embeds", None)
+        padding_idx = getattr(module, "padding_idx", None)
+        if callable(make_positions) and isinstance(padding_idx, int):
+            return int(make_positions(torch.zeros(1, 1, 1), padding_idx)[0, 0])
+    return 0

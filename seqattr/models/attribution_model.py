@@ -95,7 +95,8 @@ class AttributionModel:
 
     @property
     def max_positions(self) -> int | None:
-        """The longest sequence the model's position embeddings cover (None when unbounded, e.g. T5)."""
+        """The longest sequence the model's position embeddings cover (None when unbounded, e.g. T5): its
+        ``max_position_embeddings`` less the positions it skips before the first token (RoBERTa's 2)."""
         config = (
             self.model.config.get_text_config()
             if hasattr(self.model.config, "get_text_config")
@@ -104,7 +105,7 @@ class AttributionModel:
         for name in ("max_position_embeddings", "n_positions"):
             value = getattr(config, name, None)
             if isinstance(value, int) and value > 0:
-                return value
+                return value - self.architecture.position_offset
         return None
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
@@ -529,6 +530,7 @@ class AttributionModel:
         }
         options = {k: v for k, v in arguments.items() if k not in own}
         if generated_texts is not None:  # a classifier's label indices become their names
+            check_label_sets(self.family, input_texts, generated_texts)
             generated_texts = self.family.forced_texts(self, generated_texts)
         method = method or self.method_name
         if method == self.method_name:
@@ -582,6 +584,27 @@ class AttributionModel:
 
     def __repr__(self) -> str:
         return f"AttributionModel({self.model_name!r}, {self.family}, method={self.method_name!r})"
+
+
+def check_label_sets(family: ModelFamily, input_texts: Any, target: Any) -> None:
+    """Refuse a flat list of labels given to a multi-label classifier for several texts: it reads as one
+    text's labels, so the counts would not match; say how to give one set per text.
+
+    Example:
+        >>> from seqattr.models.family import SequenceClassifier
+        >>> check_label_sets(SequenceClassifier(False, multi_label=True), ["a", "b"], ["x", "y"])
+        Traceback (most recent call last):
+        ...
+        ValueError: target=['x', 'y'] is one text's labels for a multi-label classifier, but there are 2 ...
+    """
+    several = isinstance(input_texts, list) and len(input_texts) > 1  # a tuple is one pair of texts
+    flat = isinstance(target, (list, tuple)) and not any(isinstance(t, (list, tuple)) for t in target)
+    if family.multi_label and several and flat:
+        raise ValueError(
+            f"target={list(target)!r} is one text's labels for a multi-label classifier, but there are "
+            f"{len(input_texts)} texts; give one list of labels per text, e.g. "
+            f"target=[[{target[0]!r}], ...]"
+        )
 
 
 def question_context_pairs(

@@ -85,7 +85,9 @@ class AttributionBatch:
         target_len = max(o + len(e.target_ids) for o, e in zip(offsets, examples, strict=True))
         num_steps = max(e.attr_pos_end - e.attr_pos_start for e in examples)
 
-        target_ids = torch.full((len(examples), target_len), pad_token_id, dtype=torch.long)
+        target_ids = torch.full(
+            (len(examples), target_len), family.target_pad_id(pad_token_id), dtype=torch.long
+        )
         target_mask = torch.zeros_like(target_ids)
         step_mask = torch.zeros(len(examples), num_steps, dtype=torch.bool)
         for i, (offset, example) in enumerate(zip(offsets, examples, strict=True)):

@@ -67,7 +67,11 @@ def input_embedding_scales(model: PreTrainedModel) -> tuple[float | None, float]
     """``(source, target)`` factors for the embedding lookup fed as ``inputs_embeds`` (source: None for
     decoder-only models), so that the forward pass equals the one on token ids."""
     embed = model.get_input_embeddings()
-    ids = (torch.arange(1, _PROBE_LENGTH + 1, device=model.device) % embed.num_embeddings)[None]
+    # Not the pad id: from ids, RoBERTa-like models give a pad the padding position (from inputs_embeds
+    # every token gets a real one), so a probe holding it would differ for a reason other than a scale.
+    pad = getattr(model.config.get_text_config(), "pad_token_id", None)
+    ids = [i % embed.num_embeddings for i in range(1, _PROBE_LENGTH + 2) if i != pad][:_PROBE_LENGTH]
+    ids = torch.tensor([ids], device=model.device)
     candidates = _candidates(model)
     with torch.no_grad():
         embeds = embed(ids)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from seqattr.typing import Float, Int, Tensor
+from seqattr.step_functions import MULTI_LABEL_THRESHOLD
+from seqattr.typing import Bool, Float, Int, Tensor
 
 if TYPE_CHECKING:
     from seqattr.models.attribution_model import AttributionModel
@@ -46,6 +47,9 @@ class ModelFamily:
     """Steps are next-token predictions, which need a causal decoder (`seqattr.models.causality`)."""
     task: ClassVar[str] = "generation"
     """What the model does, as ``out.info["task"]`` records it."""
+    multi_label: bool = False
+    """A multi-label classifier: its labels are independent (sigmoid) yes/no decisions, and a text's
+    prediction is every label whose probability passes 0.5 (``out.info["multi_label"]``)."""
 
     def attributes_source(self) -> bool:
         """Whether attributions go to a separate source (the encoder input)."""
@@ -58,6 +62,16 @@ class ModelFamily:
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
         """Padded index of each example's first target token, given each one's first explained position."""
         raise NotImplementedError
+
+    def target_pad_id(self, pad_token_id: int) -> int:
+        """The id that pads targets: the tokenizer's pad, or for a classifier `LABEL_START`, an index every
+        step's vocabulary has (a tokenizer's pad id can be past the last label, e.g. Qwen2's).
+
+        Example:
+            >>> DECODER_ONLY.target_pad_id(420), TokenClassifier().target_pad_id(420)
+            (420, 0)
+        """
+        return pad_token_id
 
     def source_tensors(
         self, examples: Sequence[EncodedExample], pad_token_id: int
@@ -151,6 +165,20 @@ class ModelFamily:
         """A classifier's "generation": the predicted target ids (after the start marker) of each of
         ``prompts`` (the token ids of ``texts``) from one forward pass's ``output`` over them, padded."""
         raise NotImplementedError
+
+    def source_visibility(
+        self, attr_pos_start: int, source_len: int, num_steps: int
+    ) -> Bool[Tensor, "source_len steps"]:
+        """Which source tokens each explained step can see (the others are NaN in the output): all of them,
+        except for a causal decoder's tagger (`TokenClassifier`).
+
+        Example:
+            >>> TokenClassifier(reads_left_context=True).source_visibility(1, 3, 3).int()
+            tensor([[1, 1, 1],
+                    [0, 1, 1],
+                    [0, 0, 1]], dtype=torch.int32)
+        """
+        return torch.ones(source_len, num_steps, dtype=torch.bool)
 
     def scales_of_one_stack(self, scale: float) -> tuple[float | None, float]:
         """``(source, target)`` embedding scales of a model with one embedding stack of factor ``scale``
@@ -333,6 +361,9 @@ class Classifier(ModelFamily):
     def source_tensors(self, examples, pad_token_id):
         return padded_sources(examples, pad_token_id, left=False)
 
+    def target_pad_id(self, pad_token_id: int) -> int:
+        return LABEL_START
+
     def batch_spans(self, examples, batch_size):
         # Targets are padded on the right, so a step column is one position only if the first steps agree
         # (a negative attr_pos_start resolves per example): cut where the start changes.
@@ -371,14 +402,24 @@ class SequenceClassifier(Classifier):
     first token) take texts padded on the right. Classifiers that pool their last token (decoder-based ones:
     Llama, Qwen2, GPT-2 heads) cannot be padded: from ``inputs_embeds`` transformers reads the last position
     whatever the mask says, so only texts of one length share a batch.
+
+    A multi-label classifier (``config.problem_type == "multi_label_classification"``) has one step per
+    label it explains: by default each label whose ``sigmoid(logit)`` passes 0.5 (the most probable one when
+    none does), in label order; the step functions and the trace read ``sigmoid(logit)`` as the label's
+    probability (`seqattr.step_functions.log_probabilities`).
     """
 
     task = "sequence-classification"
     takes_pairs = True
 
-    def __init__(self, pools_last_token: bool) -> None:
+    def __init__(self, pools_last_token: bool, multi_label: bool = False) -> None:
         self.pools_last_token = pools_last_token
-        self.name = "sequence-classifier" + (" (decoder-based)" if pools_last_token else "")
+        self.multi_label = multi_label
+        self.name = (
+            "sequence-classifier"
+            + (" (decoder-based)" if pools_last_token else "")
+            + (" (multi-label)" if multi_label else "")
+        )
 
     def batch_spans(self, examples, batch_size):
         spans = super().batch_spans(examples, batch_size)
@@ -394,12 +435,27 @@ class SequenceClassifier(Classifier):
         return self.pools_last_token
 
     def predictions(self, model, output, prompts, texts):
-        return [[int(label)] for label in output.logits.argmax(-1)]
+        if not self.multi_label:
+            return [[int(label)] for label in output.logits.argmax(-1)]
+        above = torch.sigmoid(output.logits.float()) > MULTI_LABEL_THRESHOLD
+        return [
+            row.nonzero()[:, 0].tolist() if bool(row.any()) else [int(best)]
+            for row, best in zip(above, output.logits.argmax(-1), strict=True)
+        ]
 
     def forced_example(self, model, i, prompt, text, input_text, argument):
-        return prompt, [LABEL_START, label_id(model.model.config, text, f"{argument}[{i}]")], 1
+        config, what = model.model.config, f"{argument}[{i}]"
+        if self.multi_label and text.startswith(LABELS_MARK):
+            return prompt, [LABEL_START, *(int(k) for k in text.removeprefix(LABELS_MARK).split())], 1
+        names = {str(name) for name in config.id2label.values()}
+        if self.multi_label and text not in names and len(text.split()) > 1:
+            # Several labels of one text as a command line gives them: "toxic insult".
+            return prompt, [LABEL_START, *(label_id(config, label, what) for label in text.split())], 1
+        return prompt, [LABEL_START, label_id(config, text, what)], 1
 
     def forced_texts(self, model, texts):
+        if self.multi_label:
+            return self._forced_label_sets(model, texts)
         # Labels given by index (or name) become names, checked before anything runs.
         labels = [texts] if isinstance(texts, (str, int)) else texts
         config = model.model.config
@@ -410,6 +466,25 @@ class SequenceClassifier(Classifier):
         except TypeError:  # not a list: the request says what it takes
             return texts
 
+    def _forced_label_sets(self, model: AttributionModel, texts: Any) -> Any:
+        # A multi-label target is a label (name or index) or a list of labels for one text, a list of such
+        # lists for several; each text's labels travel as one string of indices, checked here.
+        if isinstance(texts, (str, int)):
+            texts = [[texts]]
+        elif isinstance(texts, Sequence) and texts and not any(isinstance(t, (list, tuple)) for t in texts):
+            texts = [texts]
+        if not isinstance(texts, Sequence):
+            return texts  # the request says what it takes
+        config = model.model.config
+        forced = []
+        for i, labels in enumerate(texts):
+            labels = [labels] if isinstance(labels, (str, int)) else list(labels)
+            if not labels:
+                raise ValueError(f"target[{i}] names no label; give at least one label to explain")
+            ids = [label_id(config, label, f"target[{i}]") for label in labels]
+            forced.append(LABELS_MARK + " ".join(map(str, ids)))
+        return forced
+
 
 class TokenClassifier(Classifier):
     """A ``*ForTokenClassification`` model (a tagger: named entities, parts of speech): one step per token.
@@ -417,11 +492,24 @@ class TokenClassifier(Classifier):
     The target is ``[LABEL_START, tag of token 0, tag of token 1, ...]``: step ``j`` explains the tag of
     source token ``j`` (special tokens included), so target position ``p`` reads the head's logits at source
     position ``p - 1``, and one forward pass gives every step's logits (the fused engine). A bidirectional
-    encoder has no causal mask: every step sees every token. Texts are padded on the right.
+    encoder has no causal mask: every step sees every token. A causal decoder's tagger (Llama, Qwen2:
+    `reads_left_context`) tags a token from it and the tokens before it: the tokens after it are unseen, NaN
+    in the step's column (`source_visibility`). Texts are padded on the right.
     """
 
-    name = "token-classifier"
     task = "token-classification"
+
+    def __init__(self, reads_left_context: bool = False) -> None:
+        self.reads_left_context = reads_left_context
+        self.name = "token-classifier" + (" (decoder-based)" if reads_left_context else "")
+
+    def source_visibility(self, attr_pos_start, source_len, num_steps):
+        visible = super().source_visibility(attr_pos_start, source_len, num_steps)
+        if not self.reads_left_context:
+            return visible
+        # Step j tags source token attr_pos_start - 1 + j, which sees itself and the tokens before it.
+        tagged = attr_pos_start - 1 + torch.arange(num_steps)
+        return visible & (torch.arange(source_len)[:, None] <= tagged[None, :])
 
     def predictions(self, model, output, prompts, texts):
         tags = output.logits.argmax(-1)
@@ -545,6 +633,9 @@ class QuestionAnswerer(Classifier):
         return [f"{tokens[int(i)]}@{int(i)}" if int(i) < len(tokens) else f"@{int(i)}" for i in ids]
 
 
+LABELS_MARK = "\x00labels "
+"""How a multi-label target (label indices) travels in the request's texts."""
+
 SPAN_MARK = "\x00span "
 """How a forced answer span given as token positions travels in the request's texts."""
 
@@ -667,9 +758,10 @@ def classifier_head(model: PreTrainedModel | str) -> str | None:
     return next((suffix for suffix in CLASSIFIER_HEADS if name.endswith(suffix)), None)
 
 
-def pools_last_token(model: PreTrainedModel) -> bool:
-    """Whether a classifier reads its last token (its base model is causal: Llama, Qwen2, GPT-2 heads)
-    rather than its first (bidirectional encoders), measured on two probe rows sharing their first half."""
+def reads_left_context(model: PreTrainedModel) -> bool:
+    """Whether a classifier's base model is causal (Llama, Qwen2, GPT-2 heads: a token sees only the tokens
+    before it, so a sequence classifier reads its last token) rather than a bidirectional encoder, measured
+    on two probe rows sharing their first half."""
     vocab = model.get_input_embeddings().num_embeddings
     first = torch.arange(3, 11) % vocab
     second = first.clone()
@@ -691,9 +783,10 @@ def family_of(model: PreTrainedModel | PretrainedConfig) -> ModelFamily:
     if isinstance(model, PreTrainedModel):
         head = classifier_head(model)
         if head == "ForSequenceClassification":
-            return SequenceClassifier(pools_last_token(model))
+            multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
+            return SequenceClassifier(reads_left_context(model), multi_label)
         if head == "ForTokenClassification":
-            return TokenClassifier()
+            return TokenClassifier(reads_left_context(model))
         if head == "ForQuestionAnswering":
             return QuestionAnswerer()
         model = model.config

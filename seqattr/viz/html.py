@@ -28,6 +28,8 @@ from seqattr.data.aggregation import unperturbed
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.data.labels import CLASSIFICATION_TASKS
 from seqattr.data.tokens import detect_scheme, token_labels
+from seqattr.step_functions import MULTI_LABEL_THRESHOLD
+from seqattr.viz.entities import label_colours, text_pieces
 from seqattr.viz.html_assets import CSS, JS
 
 _INFO_KEYS = ("method", "model", "attributed_fn", "engine", "aggregations")
@@ -94,6 +96,38 @@ def example_payload(seq: SequenceAttribution) -> dict[str, Any]:
     }
 
 
+def entities_block(seq: SequenceAttribution) -> str:
+    """A token classifier's example's entity block (`seqattr.viz.entities`): its text with each predicted
+    entity as a clickable span (``<mark class="entity" data-entity="k">``) followed by its label, and a strip
+    of input tokens the script colours by the selected entity's attribution.
+
+    Example:
+        >>> "data-entity" in entities_block(tagged[0])          # doctest: +SKIP
+        True
+    """
+    found = seq.entities()
+    colours = label_colours(found)
+    pieces = []
+    for text, k in text_pieces(seq, found):
+        if k is None:
+            pieces.append(html.escape(text))
+            continue
+        entity = found[k]
+        pieces.append(
+            f'<mark class="entity" data-entity="{k}" data-label="{html.escape(entity.label)}" '
+            f'style="border-color: {colours[entity.label]}" title="{html.escape(entity.label)}: '
+            f'{html.escape(entity.text)}">{html.escape(text)}<span class="entity-label" '
+            f'style="background: {colours[entity.label]}">{html.escape(entity.label)}</span></mark>'
+        )
+    hint = "click an entity to colour the input by its attribution" if found else "no entity"
+    return f"""
+  <div class="entities-block"><h3>entities</h3>
+    <p class="entity-text">{"".join(pieces)}</p>
+    <div class="strip entity-scores"><span class="strip-label">entity</span></div>
+    <div class="muted">{hint} (the mean of its tags' steps; faded: unseen by its steps)</div>
+  </div>"""
+
+
 def _info_line(info: dict[str, Any]) -> str:
     parts = []
     for key in _INFO_KEYS:
@@ -108,7 +142,7 @@ _EXAMPLE = """
 <section class="example" id="example-{index}">
   <h2>{heading}</h2>
   <div class="legend"><span>{low}</span><span class="{ramp}"></span><span>+{scale}</span>
-    <span>· hover or click a generated (outlined) token</span></div>
+    <span>· hover or click a generated (outlined) token</span></div>{entities}
   <div class="layout">
     <div class="main">
       <div class="strips"></div>
@@ -125,6 +159,14 @@ _EXAMPLE = """
 
 def _heading(index: int, seq: SequenceAttribution, info: dict[str, Any]) -> str:
     """An example's heading; a classifier's names its predicted and its explained label."""
+    if info.get("multi_label") and seq.trace is not None:  # every label above 0.5, with its sigmoid
+        above = ", ".join(
+            f"{label} ({p:.2f})"
+            for label, p in zip(seq.trace.top_tokens[0], seq.trace.top_probabilities[0].tolist(), strict=True)
+            if p > MULTI_LABEL_THRESHOLD
+        )
+        explained = ", ".join(seq.steps)
+        return html.escape(f"Example {index} · predicted labels: {above or 'none'} · explained: {explained}")
     if info.get("task", "generation") in CLASSIFICATION_TASKS and seq.trace is not None:
         predicted = seq.trace.top_tokens[0][0]
         probability = float(seq.trace.top_probabilities[0][0])
@@ -150,6 +192,14 @@ def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | 
         output = attributions
     title = title or f"seqattr · {output.info.get('method', 'attributions')}"
     examples = [example_payload(seq) for seq in output.sequence_attributions]
+    tagged = output.info.get("task") == "token-classification"
+    if tagged:  # each entity's attribution over the input tokens, which the page shows on click
+        for payload, seq in zip(examples, output.sequence_attributions, strict=True):
+            payload["entities"] = [
+                {"label": e.label, "text": e.text, "start": e.start, "end": e.end, "steps": e.steps,
+                 "scores": [_number(v) for v in e.attributions.float().tolist()]}
+                for e in seq.entities()
+            ]  # fmt: skip
     sections = "".join(
         _EXAMPLE.format(
             index=i,
@@ -158,6 +208,7 @@ def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | 
             # No negative score: the scale runs from 0 in one hue (the diverging half would stay unused).
             low="0" if examples[i]["unsigned"] else f"−{examples[i]['scale']:.3g}",
             ramp="ramp unsigned" if examples[i]["unsigned"] else "ramp",
+            entities=entities_block(seq) if tagged else "",
         )
         for i, seq in enumerate(output.sequence_attributions)
     )

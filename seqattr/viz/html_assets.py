@@ -3,8 +3,9 @@
 
 The script reads the page's JSON payload and builds, for every example: the token strips (click or hover a
 generated token to colour the source and prefix by that step's scores), a details panel (step scores, trace,
-strongest contributors), the heatmap matrix, and the generation trace table. Its colour scale is the same as
-the terminal view's (`seqattr.viz.console.cell_style`).
+strongest contributors), the heatmap matrix, and the generation trace table; for a token classifier, its
+entity spans select the entity whose attribution colours a strip of input tokens (`seqattr.viz.entities`).
+Its colour scale is the same as the terminal view's (`seqattr.viz.console.cell_style`).
 """
 
 CSS = """
@@ -58,6 +59,12 @@ table.trace tr.off-greedy td { font-weight: 700; color: #b26b00; }
 table.trace tr.sel td { background: var(--panel); outline: 1px solid var(--accent); }
 .alt { display: inline-block; margin-right: 8px; font-family: ui-monospace, Menlo, Consolas, monospace; }
 .muted { color: var(--muted); }
+.entity-text { font-size: 15px; line-height: 2; }
+mark.entity { background: none; color: inherit; border: 2px solid; border-radius: 4px; padding: 0 3px;
+              cursor: pointer; }
+mark.entity.selected { outline: 2px solid var(--accent); outline-offset: 1px; }
+.entity-label { color: #fff; font-size: 10px; font-weight: 700; border-radius: 3px; padding: 0 3px;
+                margin-left: 4px; vertical-align: middle; }
 """
 
 JS = r"""
@@ -269,6 +276,36 @@ JS = r"""
         row.insertCell().textContent = fmt(value);
       }
       panel.appendChild(top);
+    }
+
+    // Entities of a token classifier: clicking one colours the input tokens by its attribution, on one
+    // scale for all of the example's entities.
+    if (ex.entities && ex.entities.length) {
+      const strip = root.querySelector(".entity-scores");
+      const marks = Array.from(root.querySelectorAll("mark.entity"));
+      const entityScale = Math.max(0, ...ex.entities.flatMap((e) => e.scores.filter((v) => v !== null).map(Math.abs)));
+      const entityTokens = ex.labels.source.map((label, pos) => {
+        const span = el("span", "tok", label);
+        span.dataset.pos = pos;
+        strip.appendChild(span);
+        return span;
+      });
+      function showEntity(k) {
+        root.dataset.selectedEntity = k;
+        marks.forEach((mark) => mark.classList.toggle("selected", Number(mark.dataset.entity) === k));
+        const entity = ex.entities[k];
+        strip.querySelector(".strip-label").textContent = entity.label + " " + entity.text;
+        entityTokens.forEach((span, pos) => {
+          const value = entity.scores[pos];
+          span.dataset.score = value === null ? "" : String(value);
+          span.classList.toggle("unseen", value === null);
+          span.classList.toggle("selected", pos >= entity.start && pos < entity.end);
+          paint(span, value, entityScale);
+          span.title = ex.tokens.source[pos] + (value === null ? "" : ": " + fmt(value));
+        });
+      }
+      marks.forEach((mark) => mark.addEventListener("click", () => showEntity(Number(mark.dataset.entity))));
+      showEntity(0);
     }
 
     // Fix the details panel at its tallest so that hovering never changes the page's height: a page
