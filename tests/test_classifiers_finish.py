@@ -504,3 +504,11 @@ def test_clicking_an_entity_colours_the_input_by_its_attribution(tmp_path):
             page.evaluate("document.querySelector('#example-1 mark.entity.selected').dataset.entity") == "1"
         )
         assert page.errors() == []
+
+
+def test_evaluating_a_classifier_output_says_classifiers_are_not_supported_yet():
+    hf_model, tokenizer = tiny_classifier("bert")
+    model = seqattr.load_model(hf_model, "saliency", tokenizer=tokenizer)
+    out = model.attribute("a good film")
+    with pytest.raises(ValueError, match="supports decoder-only and encoder-decoder models.*classifier"):
+        model.evaluate(out)

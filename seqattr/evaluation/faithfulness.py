@@ -177,6 +177,13 @@ def check_output(model: AttributionModel, output: AttributionOutput) -> None:
             f"this output was aggregated ({', '.join(aggregated)}); evaluate() removes tokens, so evaluate "
             "the token-level output (before aggregate())"
         )
+    if model.family not in (DECODER_ONLY, ENCODER_DECODER):
+        # The removal curves re-run generation steps; a classifier's steps (labels, tags, span ends) are not
+        # built yet, and the family check below would otherwise blame a model mismatch.
+        raise ValueError(
+            f"evaluate() supports decoder-only and encoder-decoder models; {model.model_name!r} is a "
+            f"{model.family} model, whose outputs it cannot evaluate yet"
+        )
     recorded = output.info.get("is_encoder_decoder")
     family = None if recorded is None else (DECODER_ONLY, ENCODER_DECODER)[bool(recorded)]
     if family is not None and family is not model.family:
