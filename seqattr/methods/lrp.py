@@ -227,6 +227,9 @@ def lrp_rules(model: nn.Module, variant: str, method: str | None = None) -> Iter
     ``"cp_lrp"``); forward values are unchanged. Every hook is removed on exit, also after an exception.
 
     Example:
+        >>> def hooks(model):  # the doctest model is shared: compare with what it had before
+        ...     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+        >>> before = hooks(hf_model)
         >>> inputs = hf_tokenizer("The cat sat", return_tensors="pt")
         >>> embeds = hf_model.get_input_embeddings()(inputs.input_ids).detach().requires_grad_()
         >>> with lrp_rules(hf_model, "attnlrp"):
@@ -234,8 +237,8 @@ def lrp_rules(model: nn.Module, variant: str, method: str | None = None) -> Iter
         ...     relevance = (embeds * torch.autograd.grad(logit, embeds)[0]).sum(-1)
         >>> relevance.shape                                   # one relevance per token
         torch.Size([1, 4])
-        >>> sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in hf_model.modules())
-        0
+        >>> hooks(hf_model) == before                         # the rules' hooks are gone
+        True
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown LRP variant {variant!r}; valid: {', '.join(VARIANTS)}")
