@@ -199,10 +199,7 @@ def markdown(document: dict) -> str:
 
 def write_docs(document: dict, path: Path) -> None:
     """Replace the dataset row's part of ``path`` (between its markers) with ``document``'s table."""
-    text = path.read_text()
-    if DOCS_START not in text or DOCS_END not in text:
-        raise SystemExit(f"{path} has no {DOCS_START} ... {DOCS_END} section to rewrite")
-    head, rest = text.split(DOCS_START, 1)
-    _, tail = rest.split(DOCS_END, 1)
-    path.write_text(f"{head}{DOCS_START}\n{markdown(document)}\n{DOCS_END}{tail}")
+    from report import rewrite_section  # a sibling script, as run.py imports it
+
+    rewrite_section(path, DOCS_START, DOCS_END, markdown(document))
     print(f"updated {path}")

@@ -512,12 +512,17 @@ def markdown(document: dict) -> str:
     return "\n".join(lines)
 
 
+def rewrite_section(path: Path, start: str, end: str, body: str) -> None:
+    """Replace what lies between the ``start`` and ``end`` markers of the doc at ``path`` with ``body``."""
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} section to rewrite")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+
+
 def write_docs(document: dict, path: Path) -> None:
     """Replace the generated part of ``path`` (between the bench markers) with the latest tables."""
-    text = path.read_text()
-    if DOCS_START not in text or DOCS_END not in text:
-        raise SystemExit(f"{path} has no {DOCS_START} ... {DOCS_END} section to rewrite")
-    head, rest = text.split(DOCS_START, 1)
-    _, tail = rest.split(DOCS_END, 1)
-    path.write_text(f"{head}{DOCS_START}\n{markdown(document)}\n{DOCS_END}{tail}")
+    rewrite_section(path, DOCS_START, DOCS_END, markdown(document))
     console.print(f"updated {path}")
