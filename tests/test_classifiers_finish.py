@@ -506,9 +506,11 @@ def test_clicking_an_entity_colours_the_input_by_its_attribution(tmp_path):
         assert page.errors() == []
 
 
-def test_evaluating_a_classifier_output_says_classifiers_are_not_supported_yet():
+def test_evaluating_a_classifier_output_gives_its_one_steps_metrics():
+    # Once refused as not supported; tests/test_classifier_evaluation.py checks every value by hand.
     hf_model, tokenizer = tiny_classifier("bert")
     model = seqattr.load_model(hf_model, "saliency", tokenizer=tokenizer)
     out = model.attribute("a good film")
-    with pytest.raises(ValueError, match="supports decoder-only and encoder-decoder models.*classifier"):
-        model.evaluate(out)
+    result = model.evaluate(out, metrics=["comprehensiveness"])
+    assert result.steps == [out[0].steps] and result.per_step[0]["comprehensiveness"].shape == (1,)
+    assert not result.per_step[0]["comprehensiveness"].isnan().any()

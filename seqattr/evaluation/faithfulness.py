@@ -23,6 +23,14 @@ unperturbed input. With ``m_k = ceil(k * n_t)`` for each fraction ``k``:
   ``p_i``; the value is ``f_t(x) - f_t(x with the kept features)`` (a step whose scores are all equal has
   ``p_i = 1``).
 
+Classifiers are evaluated the same way (`seqattr.models.family`): the step's "token" is the explained
+label (a sequence classifier: one step per explained label; a token classifier: one step per token, its tag;
+extractive QA: the answer's start and end positions), ``f_t`` reads that label's probability from the
+classifier's head, and the features are the input text's tokens (a pair's two texts; special tokens such as
+``[CLS]`` and ``[SEP]`` stay, so a pair keeps both segments). A causal decoder's tagger sees the tokens up to
+the one it tags: those are its step's features. Deleting tokens would remove or move what a token
+classifier's or a QA model's step explains, so ``removal="delete"`` is refused for them (`check_removal`).
+
 Every metric is also computed for a *random ranking* of the same features (uniform random scores, seeded per
 example and step): the chance level the attribution must beat.
 
@@ -63,7 +71,7 @@ from seqattr.methods.options import check_baseline
 from seqattr.methods.path_base import Baselines, resolve_baselines
 from seqattr.methods.perturbation import PerturbationSetup, clean_scores, run_rows
 from seqattr.models.batch import AttributionBatch, EncodedExample
-from seqattr.models.family import DECODER_ONLY, ENCODER_DECODER
+from seqattr.models.family import DECODER_ONLY, ENCODER_DECODER, ModelFamily
 from seqattr.step_functions import StepFunction, bind_step_functions
 from seqattr.typing import Float, Tensor
 
@@ -177,18 +185,10 @@ def check_output(model: AttributionModel, output: AttributionOutput) -> None:
             f"this output was aggregated ({', '.join(aggregated)}); evaluate() removes tokens, so evaluate "
             "the token-level output (before aggregate())"
         )
-    if model.family not in (DECODER_ONLY, ENCODER_DECODER):
-        # The removal curves re-run generation steps; a classifier's steps (labels, tags, span ends) are not
-        # built yet, and the family check below would otherwise blame a model mismatch.
+    recorded = _recorded_family(output.info)
+    if recorded is not None and recorded != _family_name(model.family):
         raise ValueError(
-            f"evaluate() supports decoder-only and encoder-decoder models; {model.model_name!r} is a "
-            f"{model.family} model, whose outputs it cannot evaluate yet"
-        )
-    recorded = output.info.get("is_encoder_decoder")
-    family = None if recorded is None else (DECODER_ONLY, ENCODER_DECODER)[bool(recorded)]
-    if family is not None and family is not model.family:
-        raise ValueError(
-            f"this output was made with a {family} model ({output.info.get('model')!r}) but "
+            f"this output was made with a {recorded} model ({output.info.get('model')!r}) but "
             f"{model.model_name!r} is a {model.family} model; evaluate with the model that made the output"
         )
     vocab = model.model.get_input_embeddings().num_embeddings
@@ -199,13 +199,16 @@ def check_output(model: AttributionModel, output: AttributionOutput) -> None:
                 f"{seq.attribution_shape[2:]}); a ranking needs one score per token: reduce them first, "
                 "e.g. out.reduce('sum')"
             )
-        for side, ids, tokens in (
-            ("source", seq.source_ids, seq.source),
-            ("target", seq.target_ids, seq.target),
+        # A classifier's target ids are labels (or, for QA, source positions): its steps' vocabulary.
+        target_vocab = vocab if model.family.generates else _step_vocabulary(model, seq.source_ids)
+        for side, ids, tokens, limit in (
+            ("source", seq.source_ids, seq.source, vocab),
+            ("target", seq.target_ids, seq.target, target_vocab),
         ):
-            if (
-                any(not 0 <= token_id < vocab for token_id in ids)
-                or model.convert_ids_to_tokens(ids) != tokens
+            if any(not 0 <= token_id < limit for token_id in ids) or tokens != (
+                model.convert_ids_to_tokens(ids)
+                if side == "source"
+                else model.target_tokens(ids, seq.source_ids)
             ):
                 raise ValueError(
                     f"example {i}: the output's {side} tokens are not this model's tokens for the same ids "
@@ -214,6 +217,60 @@ def check_output(model: AttributionModel, output: AttributionOutput) -> None:
                 )
         if seq.target_attributions is None and (seq.source_attributions is None or not seq.source):
             raise ValueError(f"example {i} has no attributions to evaluate")
+
+
+def _recorded_family(info: dict) -> str | None:
+    """The kind of model an output records it was made with, as `_family_name` names a family: its task
+    (a classifier's; multi-label or not), or for generation decoder-only / encoder-decoder (None: not
+    recorded). A classifier records ``is_encoder_decoder=False`` too, which alone would read as
+    decoder-only."""
+    task = info.get("task", "generation")
+    if task != "generation":
+        return task + (" (multi-label)" if info.get("multi_label") else "")
+    recorded = info.get("is_encoder_decoder")
+    return None if recorded is None else (DECODER_ONLY, ENCODER_DECODER)[bool(recorded)].name
+
+
+def _family_name(family: ModelFamily) -> str:
+    """How `_recorded_family` names ``family``."""
+    if family.generates:
+        return family.name
+    return family.task + (" (multi-label)" if family.multi_label else "")
+
+
+def _step_vocabulary(model: AttributionModel, source_ids: Sequence[int]) -> int:
+    """How many ids a classifier's steps choose from: its labels, or an extractive QA model's input
+    positions (``LABEL_START``, 0, is one of both)."""
+    if model.family.task == "question-answering":
+        return len(source_ids)
+    return int(model.model.config.num_labels)
+
+
+POSITIONAL_TASKS = {
+    "token-classification": "each step explains the tag of one input token",
+    "question-answering": "the explained labels are input positions (the answer's start and end)",
+}
+"""Classifier tasks whose steps are tied to input positions, which ``removal="delete"`` would move."""
+
+
+def check_removal(model: AttributionModel, removal: str) -> None:
+    """Refuse ``removal="delete"`` where deleting a token removes or moves what a step explains.
+
+    Example:
+        >>> check_removal(model, "delete")   # a language model: its steps follow the deletion
+        >>> import seqattr
+        >>> from seqattr.testing import tiny_task_model
+        >>> hf_tagger, tokenizer = tiny_task_model("token-classification")
+        >>> check_removal(seqattr.load_model(hf_tagger, tokenizer=tokenizer), "delete")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: removal='delete' cannot evaluate a token-classification model: each step explains ...
+    """
+    if removal == "delete" and model.family.task in POSITIONAL_TASKS:
+        raise ValueError(
+            f"removal='delete' cannot evaluate a {model.family.task} model: "
+            f"{POSITIONAL_TASKS[model.family.task]}, and deleting tokens would remove or move them; "
+            "use removal='replace' (the removed tokens become the baseline, positions stay)"
+        )
 
 
 def evaluate(
@@ -236,6 +293,7 @@ def evaluate(
     metrics, fractions = check_settings(metrics, fractions, baseline, removal, by, seed)
     name, arguments, step_function = evaluated_step_function(output.info)
     check_output(model, output)
+    check_removal(model, removal)
     per_step, random_per_step, step_values = [], [], []
     for index, seq in enumerate(output):
         run = _SequenceRun(model, seq, step_function, baseline)
@@ -305,6 +363,7 @@ class _SequenceRun:
         self.setup = PerturbationSetup(inputs, features, inputs.objective, baselines, {})
         self.positions = self._feature_positions(features)
         self.scores = self._feature_scores()
+        self.visible_counts = self._visible_counts(features)
 
     def _feature_positions(self, features: FeatureMap) -> list[tuple[str, int]]:
         """``(side, token position)`` of each feature, in feature order (one token each)."""
@@ -323,8 +382,22 @@ class _SequenceRun:
             return torch.zeros(0, seq.num_steps, dtype=torch.float64)
         return torch.stack(rows).double()
 
+    def _visible_counts(self, features: FeatureMap) -> list[int]:
+        """How many features each step sees: the feature map's count, less the source tokens the family
+        hides from the step (a causal decoder's tagger sees the tokens up to the one it tags). Hidden tokens
+        come last in token order, so what a step sees is still the first ``n`` features."""
+        seq = self.seq
+        seen = self.model.family.source_visibility(seq.attr_pos_start, len(seq.source_ids), seq.num_steps)
+        counts = []
+        for step in range(seq.num_steps):
+            hidden = sum(
+                1 for side, position in self.positions if side == "source" and not seen[position, step]
+            )
+            counts.append(int(features.visible[0, step]) - hidden)
+        return counts
+
     def visible(self, step: int) -> int:
-        return int(self.setup.features.visible[0, step])
+        return self.visible_counts[step]
 
     def evaluate(
         self, index: int, metrics: list[str], fractions: list[float], removal: str, by: str, seed: int
@@ -474,8 +547,11 @@ class _SequenceRun:
                 * self.setup.inputs.target_embeds.element_size()
             )
             size = max(1, CHUNK_BYTES // max(per_row, 1))
-            for begin in range(0, len(group), size):
-                part = group[begin : begin + size]
+            # The family's batches: a classifier that pools its last token takes only texts of one length
+            # (padding would move its last position), so rows are ordered by length first.
+            group.sort(key=lambda job: len(job[2].source_ids))
+            for begin, stop in model.family.batch_spans([example for _, _, example in group], size):
+                part = group[begin:stop]
                 batch_scores = self._plain_scores([example for _, _, example in part])
                 for j, (row, first, example) in enumerate(part):
                     count = example.attr_pos_end - example.attr_pos_start
