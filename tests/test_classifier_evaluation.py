@@ -342,17 +342,38 @@ def test_another_classifiers_output_is_refused_naming_both_kinds():
 # --- dataset runs -------------------------------------------------------------------------------------------
 
 
+def _dataset(kind: str, tokenizer) -> tuple[list[str], list[str]]:
+    """A few texts of ``kind``'s toy task and a target per text, as a dataset's column holds it: a label
+    name; a tagger's tags (one per token), a multi-label classifier's labels, space-separated."""
+    if kind == "sequence":
+        return ["the movie was wonderful.", "my day was sad and the music was boring."], [
+            "negative",
+            "negative",
+        ]
+    if kind == "multi-label-classification":
+        return ["the weather was nice.", "my day was sad."], ["weather", "negative weather"]
+    texts = ["bob went to london.", "alice lives in new york."]
+    tags = []
+    for text in texts:
+        tokens = tokenizer.tokenize(text)
+        tags.append(" ".join(["B-PER", *["O"] * (len(tokens) - 2), "B-LOC"]))  # not all the predicted ones
+    return texts, tags
+
+
 @pytest.mark.parametrize(
-    ("kind", "architecture", "target_column"),
-    [("sequence", "bert", None), ("sequence", "bert", "label"), ("token-classification", "bert", None)],
+    ("kind", "target_column"),
+    [
+        ("sequence", None),
+        ("sequence", "target"),
+        ("token-classification", None),
+        ("token-classification", "target"),
+        ("multi-label-classification", "target"),
+    ],
 )
-def test_a_dataset_run_of_a_classifier_reads_back_as_direct_calls(
-    tmp_path, kind, architecture, target_column
-):
-    model = classifier(kind, architecture, "integrated_gradients", n_steps=8)
-    texts = ["the movie was wonderful.", "bob went to london.", "my day was sad and the music was boring."]
-    labels = ["negative", "positive", "negative"]  # named labels, not all the predicted ones
-    data = datasets.Dataset.from_dict({"text": texts, "label": labels})
+def test_a_dataset_run_of_a_classifier_reads_back_as_direct_calls(tmp_path, kind, target_column):
+    model = classifier(kind, "bert", "integrated_gradients", n_steps=8)
+    texts, targets = _dataset(kind, model.tokenizer)
+    data = datasets.Dataset.from_dict({"text": texts, "target": targets})
     run = model.attribute_dataset(
         data,
         output_dir=tmp_path / "run",
@@ -364,9 +385,15 @@ def test_a_dataset_run_of_a_classifier_reads_back_as_direct_calls(
     assert run.errors == [] and run.info["task"] == model.family.task
     assert run.info["method_options"]["n_steps"] == 8
     rows = list(run)
-    assert [row for row, _ in rows] == [0, 1, 2]
+    assert [row for row, _ in rows] == list(range(len(texts)))
     for row, seq in rows:
-        target = None if target_column is None else labels[row]
+        # attribute()'s own form of one text's target: a label, or a list of tags / labels.
+        target = None
+        if target_column is not None:
+            target = targets[row] if kind == "sequence" else targets[row].split()
         direct = model.attribute(texts[row], target, step_scores=["probability"], show_progress=False)
-        assert seq.target == direct[0].target
+        if kind == "token-classification" and target is not None:
+            assert seq.steps[1:-1] == target  # the words' tags as given; [CLS] and [SEP] keep their own
+        elif target is not None:
+            assert seq.steps == ([target] if kind == "sequence" else target)
         assert_sequences_close(seq, direct[0])

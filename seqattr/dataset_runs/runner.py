@@ -114,7 +114,9 @@ class _ShardWorker:
         return {row.index: _stored(seq, self.dtype) for row, seq in zip(rows, out, strict=True)}
 
     def _call(self, rows: list[Row]):
-        targets = None if rows[0].target_text is None else [r.target_text for r in rows]
+        targets = (
+            None if rows[0].target_text is None else [row_target(self.model, r.target_text) for r in rows]
+        )
         return self.model.attribute(
             [r.input_text for r in rows],
             targets,
@@ -127,6 +129,29 @@ class _ShardWorker:
         if self.on_error == "raise":
             raise ValueError(f"row {row.index}: {err}") from err
         return f"{type(err).__name__}: {err}"
+
+
+def row_target(model: AttributionModel, text: str) -> Any:
+    """A row's target column as `attribute` takes one text's among several: the text, or for a tagger (its
+    tags) and a multi-label classifier (its labels), the space-separated names as a list; a flat list of
+    such strings would read as one text's tags or labels.
+
+    Example:
+        >>> row_target(model, "Hello there")       # a generative model's forced output: as it is
+        'Hello there'
+        >>> import seqattr
+        >>> from seqattr.testing import tiny_task_model
+        >>> hf_tagger, tokenizer = tiny_task_model("token-classification")
+        >>> row_target(seqattr.load_model(hf_tagger, tokenizer=tokenizer), "B-PER O O B-LOC O")
+        ['B-PER', 'O', 'O', 'B-LOC', 'O']
+    """
+    family = model.family
+    if family.task == "token-classification":
+        return text.split()
+    if family.multi_label:
+        names = {str(name) for name in model.model.config.id2label.values()}
+        return [text] if text in names else text.split()  # a label whose name holds a space stays whole
+    return text
 
 
 def _row_problem(row: Row) -> str | None:
@@ -195,7 +220,9 @@ def attribute_dataset(
         output_dir: the folder of the run (see `seqattr.dataset_runs.shards`). Run the same call again
             after an interruption: finished shards are kept, the rest is done, nothing twice.
         input_column: the column of input texts (prompts, or sources of an encoder-decoder).
-        target_column: a column of forced outputs (default: generate).
+        target_column: a column of forced outputs (default: generate); for a classifier, the labels to
+            explain (default: the predicted ones): a label name, a tagger's tags or a multi-label
+            classifier's labels separated by spaces (`row_target`).
         split: the split of a dataset dictionary or hub name.
         shard_size: rows per shard (the unit of resumption and of the split between processes).
         batch_size: rows per model call (rows of similar length are batched together).
