@@ -20,6 +20,7 @@ from seqattr.contrast import ContrastBatch, encode_contrasts
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.methods.base import (
     AttributionMethod,
+    CleanLogits,
     MethodInputs,
     MethodOutput,
     describe_options,
@@ -73,6 +74,9 @@ class StepObjective:
         self.progress = progress
         """Advanced by one at every evaluation (one forward pass); methods may announce theirs with
         `seqattr.progress.expect_passes`."""
+        self.clean_logits: CleanLogits | None = None
+        """Set by a method (`CleanLogits.kept_by`) around calls on the clean embeddings: their logits are
+        recorded for the step scores and the trace."""
 
     def rows_for(self, n: int) -> Int[Tensor, " n"]:
         if n % self.batch.size:
@@ -92,6 +96,8 @@ class StepObjective:
             self.model, self.batch, rows, source_embeds, target_embeds, steps, self.contrast
         )
         scores = self.step_function(args)
+        if self.clean_logits is not None:
+            self.clean_logits.add(rows, steps, args.logits)
         if self.progress is not None:
             self.progress.advance()
         tracked = any(x is not None and x.requires_grad for x in (source_embeds, target_embeds))
@@ -112,8 +118,10 @@ def step_function_args(
     target_embeds: Float[Tensor, "n prefix_len hidden"],
     steps: slice,
     contrast: ContrastBatch | None,
+    logits: Float[Tensor, "n steps vocab"] | None = None,
 ) -> StepFunctionArgs:
-    """One forward pass's logits for the selected steps, the contrast pass (run on first use) and a rerun."""
+    """One forward pass's logits for the selected steps (``logits`` when already computed), the contrast
+    pass (run on first use) and a rerun."""
     positions = batch.step_positions[steps]
 
     def forward(dropout: bool = False) -> Float[Tensor, "n steps vocab"]:
@@ -128,7 +136,7 @@ def step_function_args(
             return contrast.step_logits(model, rows, source_embeds, target_embeds, steps)
 
     return StepFunctionArgs(
-        logits=forward(),
+        logits=forward() if logits is None else logits,
         target_ids=batch.step_target_ids[rows][:, steps],
         contrast_target_ids=contrast_ids,
         contrast_forward=contrast_forward,
@@ -151,13 +159,15 @@ def compute_step_scores(
     step_functions: dict[str, StepFunction],
     trace_top_k: int,
     contrast: ContrastBatch | None = None,
+    logits: Float[Tensor, "batch steps vocab"] | None = None,
 ) -> StepScoring:
-    """All requested step scores and the trace from one forward pass over the batch (no gradients); step
-    functions that read the contrast share one more pass over the contrast sequences."""
+    """All requested step scores and the trace from one forward pass over the batch (no gradients), or from
+    the clean ``logits`` a method's own passes computed (`CleanLogits`: then no pass); step functions that
+    read the contrast share one more pass over the contrast sequences."""
     with torch.no_grad():
         source, target = model.embed_batch(batch)
         rows = torch.arange(batch.size, device=batch.target_ids.device)
-        args = step_function_args(model, batch, rows, source, target, slice(None), contrast)
+        args = step_function_args(model, batch, rows, source, target, slice(None), contrast, logits)
         scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
         trace = BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k, args.multi_label)
         return StepScoring(scores, trace)
@@ -334,8 +344,15 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             contrast = None
             if contrasts is not None:
                 contrast = ContrastBatch.from_examples(model, batch, contrasts[start:stop])
-            # Scores first: a step function that cannot run (e.g. contrastive without a contrast) fails fast.
-            scoring = compute_step_scores(model, batch, request.step_functions, request.trace_top_k, contrast)
+            # Scores first (a step function that cannot run fails fast), unless the method's own passes
+            # give the clean logits (`CleanLogits`): then they serve the scores and the trace, no extra pass.
+            # Not with a contrast: its no-grad pass must meet logits from the same kind of pass (a gradient
+            # pass may pick other attention kernels, 1e-5 apart on T5), so that target == contrast gives 0.
+            scoring = None
+            if not (request.fused and method.keeps_clean_logits and contrast is None):
+                scoring = compute_step_scores(
+                    model, batch, request.step_functions, request.trace_top_k, contrast
+                )
             result = run_batch(
                 model,
                 method,
@@ -347,6 +364,10 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
                 contrast,
                 progress,
             )
+            if scoring is None:
+                scoring = compute_step_scores(
+                    model, batch, request.step_functions, request.trace_top_k, contrast, result.step_logits
+                )
             if result.completeness is not None:
                 tokens = [
                     model.step_tokens(row, e.source_ids)

@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 
 import seqattr
+from seqattr.methods.base import get_method_class
 from seqattr.testing import tiny_model
 from tests.conftest import attribution_model
 
@@ -99,19 +100,50 @@ def test_trace_top_k_is_checked():
         attribution_model("gpt2").attribute("The cat", "The cat sat", trace_top_k=0)
 
 
-def test_scores_and_trace_come_from_one_forward_pass():
-    """Saliency's passes track gradients; scores and trace share the one batch pass that does not."""
-    model, _ = tiny_model("gpt2")
-    am = attribution_model("gpt2")  # loading may run the model (e.g. to measure embedding scales)
+def _count_passes(architecture: str, method: str, **kwargs) -> tuple[list[bool], seqattr.AttributionOutput]:
+    model, _ = tiny_model(architecture)
+    am = attribution_model(
+        architecture, method
+    )  # loading may run the model (e.g. to measure embedding scales)
     calls = []
     handle = model.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     try:
-        am.attribute(
+        out = am.attribute(
             ["The cat sat", "a dog"],
-            ["The cat sat on the mat", "a dog runs"],
+            ["The cat sat on the mat", "a dog runs"]
+            if architecture == "gpt2"
+            else ["Le chat", "un chien court"],
             show_progress=False,
             step_scores=["probability", "entropy", "rank"],
+            **kwargs,
         )
     finally:
         handle.remove()
+    return calls, out
+
+
+def test_scores_and_trace_come_from_one_forward_pass():
+    """A method without a clean pass of the model's own (AttnLRP's forward runs under its rules, with
+    gradients) gets one no-grad pass that serves all step scores and the trace."""
+    calls, _ = _count_passes("gpt2", "attnlrp")
     assert calls.count(False) == 1 and calls.count(True) >= 1
+
+
+KEEPS_CLEAN_LOGITS = ["saliency", "input_x_gradient", "attention", "occlusion", "integrated_gradients"]
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "bart"])
+@pytest.mark.parametrize("method", KEEPS_CLEAN_LOGITS)
+def test_methods_with_a_clean_pass_need_no_scoring_pass(architecture, method, monkeypatch):
+    """The logits of a method's own pass over the clean batch (saliency's forward, attention's, occlusion's
+    clean rows, the input end of integrated gradients' completeness check) serve the step scores and the
+    trace: one pass fewer than with a scoring pass of its own, and the same values (1e-5: attention's pass
+    runs eager attention, the scoring pass the model's own)."""
+    calls, fused = _count_passes(architecture, method)
+    monkeypatch.setattr(get_method_class(method), "keeps_clean_logits", False)
+    calls_with_scoring_pass, reference = _count_passes(architecture, method)
+    assert len(calls_with_scoring_pass) == len(calls) + 1
+    for a, b in zip(fused, reference, strict=True):
+        for name in ("probability", "entropy", "rank"):
+            torch.testing.assert_close(a.step_scores[name], b.step_scores[name], atol=1e-5, rtol=1e-5)
+        assert a.trace.allclose(b.trace, rtol=1e-5, atol=1e-5)

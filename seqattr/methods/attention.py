@@ -5,9 +5,10 @@ token): decoder-only models give target attributions from self-attention; encode
 source attributions from the decoder's cross-attention and target attributions from the decoder's
 self-attention. Attributions are ``[positions, steps, layers, heads]`` for the selected ``layers`` and
 ``heads``; ``aggregate_heads`` / ``aggregate_layers`` (``mean`` or ``max``) remove those dimensions (heads
-first). The step function is not used. One forward pass per example (eager attention, see
-`eager_attention`; each example alone, see `each_example`) gives all its steps; the stepwise reference runs
-one pass per step on its prefix.
+first). The step function is not used. One forward pass over the whole batch (eager attention, see
+`eager_attention`) gives every example's steps, and its logits serve the step scores and the trace
+(`CleanLogits`); the stepwise reference runs one pass per step on its prefix (each example alone, see
+`each_example`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Attention(AttributionMethod):
 
     name = "attention"
     Options = AttentionOptions
+    keeps_clean_logits = True
 
     def _finish(self, weights: Tensor, options: AttentionOptions, info: dict) -> Tensor:
         """Select and aggregate ``[..., layers, heads]``."""
@@ -82,19 +84,37 @@ class Attention(AttributionMethod):
         info["extra_dims"] = dims
         return weights
 
-    def _pass(self, inputs: MethodInputs, target_embeds: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """Per-query weights ``[n, queries, keys, layers, heads]``: source (cross) and target (self) side."""
+    def _pass(
+        self, inputs: MethodInputs, target_embeds: Tensor, with_logits: bool = False
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Per-query weights ``[n, queries, keys, layers, heads]`` of the source (cross) and target (self)
+        side, and with ``with_logits`` the same pass's step logits (`CleanLogits`: no scoring pass)."""
         batch = inputs.batch
         rows = torch.arange(batch.size, device=batch.target_ids.device)
+        logits = None
         with torch.no_grad():
-            out = self.model.forward(batch, rows, inputs.source_embeds, target_embeds, output_attentions=True)
+            if with_logits:
+                logits, out = self.model.step_output(
+                    batch,
+                    rows,
+                    inputs.source_embeds,
+                    target_embeds,
+                    batch.step_positions,
+                    output_attentions=True,
+                )
+            else:
+                out = self.model.forward(
+                    batch, rows, inputs.source_embeds, target_embeds, output_attentions=True
+                )
         if inputs.attribute_source:  # encoder-decoder: cross-attention to the source
             target = stacked(out.decoder_attentions) if inputs.attribute_target else None
-            return stacked(out.cross_attentions), target
-        return None, stacked(out.attentions)
+            return stacked(out.cross_attentions), target, logits
+        return None, stacked(out.attentions), logits
 
     def attribute_fused(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
-        return each_example(self.model, inputs, lambda single: self._fused(single, options))
+        # The whole batch in one pass: left padding cannot turn into NaN (a padding query attends to itself,
+        # `AttributionModel.forward`), and padding keys get weight 0 from every real query.
+        return self._fused(inputs, options)
 
     def attribute_stepwise(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
         return each_example(self.model, inputs, lambda single: self._stepwise(single, options))
@@ -102,17 +122,17 @@ class Attention(AttributionMethod):
     def _fused(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
         info: dict = {}
         with eager_attention(self.model.model) as note:
-            source, target = self._pass(inputs, inputs.target_embeds)
+            source, target, logits = self._pass(inputs, inputs.target_embeds, with_logits=True)
         info["attention_implementation"] = note
         batch = inputs.batch
         source = None if source is None else self._finish(query_rows(source, batch), options, info)
         target = None if target is None else self._finish(query_rows(target, batch), options, info)
-        return MethodOutput(source, target, info=info)
+        return MethodOutput(source, target, info=info, step_logits=logits)
 
     def _stepwise(self, inputs: MethodInputs, options: AttentionOptions) -> MethodOutput:
         info: dict = {}
         with eager_attention(self.model.model) as note:
-            source, target = prefix_rows(inputs, lambda target_embeds: self._pass(inputs, target_embeds))
+            source, target = prefix_rows(inputs, lambda target_embeds: self._pass(inputs, target_embeds)[:2])
         info["attention_implementation"] = note
         source = None if source is None else self._finish(source, options, info)
         target = None if target is None else self._finish(target, options, info)

@@ -12,8 +12,10 @@ Two paths, held equal by the tests:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from seqattr.methods.options import MethodOptions
-from seqattr.typing import Float, Tensor
+from seqattr.typing import Float, Int, Tensor
 
 if TYPE_CHECKING:
     from seqattr.engine import StepObjective
@@ -63,6 +65,55 @@ class MethodOutput:
     completeness: Completeness | None = None
     """Each step's convergence delta and ``f(input) - f(baseline)``, from path methods: the engine warns
     where the attributions miss completeness (`seqattr.methods.convergence`)."""
+    step_logits: Tensor | None = None
+    """``[batch, steps, vocab]``: every real step's next-token logits on the unperturbed batch, when the
+    method's own passes computed them (`CleanLogits`); the engine then scores the steps and builds the
+    generation trace from them instead of running a pass of its own."""
+
+
+class CleanLogits:
+    """The step logits of a method's passes over the unperturbed batch, collected piece by piece.
+
+    A method that evaluates its objective on the clean embeddings anyway (the clean row of occlusion, the one
+    forward of saliency or attention) keeps those logits: the step scores and the trace then cost no extra
+    pass. `logits` is None unless every real step (``batch.step_mask``) of every example was recorded.
+
+    Example:
+        >>> record = CleanLogits(batch)                                  # doctest: +SKIP
+        >>> with record.kept_by(inputs.objective):                       # doctest: +SKIP
+        ...     scores = inputs.objective(inputs.source_embeds, inputs.target_embeds)
+        >>> record.logits.shape                       # [batch, steps, vocab]  # doctest: +SKIP
+    """
+
+    def __init__(self, batch: AttributionBatch) -> None:
+        self.batch = batch
+        self._values: Tensor | None = None
+        self._covered = torch.zeros(batch.size, batch.num_steps, dtype=torch.bool)
+
+    def add(self, rows: Int[Tensor, " n"], steps: slice, logits: Float[Tensor, "n steps vocab"]) -> None:
+        """Record ``logits`` of the steps ``steps`` for the batch examples ``rows`` (clean copies)."""
+        if self._values is None:
+            self._values = logits.new_zeros(self.batch.size, self.batch.num_steps, logits.shape[-1])
+        columns = torch.arange(self.batch.num_steps)[steps]
+        index = rows.to(self._values.device)
+        self._values[index[:, None], columns.to(self._values.device)[None, :]] = logits.detach()
+        self._covered[rows.cpu()[:, None], columns[None, :]] = True
+
+    @property
+    def logits(self) -> Float[Tensor, "batch steps vocab"] | None:
+        if self._values is None or not bool(self._covered[self.batch.step_mask.cpu()].all()):
+            return None
+        return self._values
+
+    @contextlib.contextmanager
+    def kept_by(self, objective: Any) -> Iterator[CleanLogits]:
+        """Inside the block, ``objective``'s calls are on the clean embeddings: their logits are recorded."""
+        previous = getattr(objective, "clean_logits", None)
+        objective.clean_logits = self
+        try:
+            yield self
+        finally:
+            objective.clean_logits = previous
 
 
 @dataclass
@@ -168,6 +219,9 @@ class AttributionMethod:
     the embedding scale); the terminal view then shows them normalised per step unless asked for raw."""
     Options: ClassVar[type] = NoOptions
     """A dataclass of the method's keyword options, with their defaults."""
+    keeps_clean_logits: ClassVar[bool] = False
+    """True when the fused path runs the model on the clean batch anyway and returns those passes' logits
+    (`MethodOutput.step_logits`); the engine then scores the steps from them after the method, not before."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

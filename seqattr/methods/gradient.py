@@ -13,13 +13,14 @@ that the tests hold the fused path to.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput
 from seqattr.methods.options import MethodOptions
 from seqattr.reductions import HIDDEN_REDUCTIONS, get_reduction
 from seqattr.typing import Float, Tensor
@@ -204,16 +205,27 @@ class PointwiseGradientMethod(AttributionMethod):
 
     def attribute_fused(self, inputs: MethodInputs, options: GradientOptions) -> MethodOutput:
         writer = AttributionWriter(inputs)
-        for steps in step_chunks(inputs, n_points=inputs.batch.size):
-            grads = step_gradients(inputs, inputs.source_embeds, inputs.target_embeds, steps)
-            source = target = None
-            if grads.source is not None:
-                source = options.reduce(self.point_attribution(grads.source, inputs.source_embeds, options))
-            if grads.target is not None:
-                prefix = inputs.target_embeds[:, : grads.target.shape[2]]
-                target = options.reduce(self.point_attribution(grads.target, prefix, options))
-            writer.write(steps, source, target)
-        return writer.output()
+        clean = CleanLogits(inputs.batch)
+        # The forward passes run on the clean embeddings: with the model's own forward (not LRP's rules),
+        # their logits serve the step scores and the trace.
+        with clean.kept_by(inputs.objective) if self.keeps_clean_logits else contextlib.nullcontext():
+            for steps in step_chunks(inputs, n_points=inputs.batch.size):
+                self._write_chunk(inputs, options, writer, steps)
+        output = writer.output()
+        output.step_logits = clean.logits
+        return output
+
+    def _write_chunk(
+        self, inputs: MethodInputs, options: GradientOptions, writer: AttributionWriter, steps: slice
+    ) -> None:
+        grads = step_gradients(inputs, inputs.source_embeds, inputs.target_embeds, steps)
+        source = target = None
+        if grads.source is not None:
+            source = options.reduce(self.point_attribution(grads.source, inputs.source_embeds, options))
+        if grads.target is not None:
+            prefix = inputs.target_embeds[:, : grads.target.shape[2]]
+            target = options.reduce(self.point_attribution(grads.target, prefix, options))
+        writer.write(steps, source, target)
 
     def attribute_stepwise(self, inputs: MethodInputs, options: GradientOptions) -> MethodOutput:
         def attribute_step(forward, attributed, additional):

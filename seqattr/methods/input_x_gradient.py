@@ -11,6 +11,7 @@ class InputXGradient(PointwiseGradientMethod):
     """Input embeddings multiplied by the gradient of each step's score."""
 
     name = "input_x_gradient"
+    keeps_clean_logits = True
     Options = GradientOptions
 
     def point_attribution(self, gradient, points, options: GradientOptions):

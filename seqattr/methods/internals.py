@@ -165,5 +165,16 @@ def each_example(
             merged[b, start : start + piece.shape[1], : piece.shape[2]] = piece[0]
         return merged
 
+    step_logits = None
+    if all(part.step_logits is not None for part in parts):  # each example's steps are its first columns
+        first = parts[0].step_logits
+        step_logits = first.new_zeros(batch.size, batch.num_steps, first.shape[-1])
+        for b, part in enumerate(parts):
+            step_logits[b, : part.step_logits.shape[1]] = part.step_logits[0]
     source_len = 0 if batch.source_ids is None else batch.source_ids.shape[1]
-    return MethodOutput(merge("source", source_len), merge("target", batch.target_ids.shape[1]), info=info)
+    return MethodOutput(
+        merge("source", source_len),
+        merge("target", batch.target_ids.shape[1]),
+        info=info,
+        step_logits=step_logits,
+    )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
+from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.options import int_option
 from seqattr.methods.perturbation import (
     PerturbationOptions,
@@ -59,6 +59,7 @@ class Occlusion(AttributionMethod):
 
     name = "occlusion"
     Options = OcclusionOptions
+    keeps_clean_logits = True
 
     def _window(self, options) -> tuple[int, int]:
         return options.window, options.stride
@@ -84,9 +85,12 @@ class Occlusion(AttributionMethod):
                     gates.append(gate)
         dtype = output_dtype(inputs.target_embeds.dtype)
         scores = torch.zeros(batch.size, max(features.max_features, 1), batch.num_steps, dtype=dtype)
+        clean = CleanLogits(batch)
         if rows:
             row_index = torch.tensor(rows, device=device)
-            effects = (clean_scores(setup)[row_index] - run_rows(setup, row_index, torch.stack(gates))).cpu()
+            with clean.kept_by(inputs.objective):  # the clean rows' logits serve the step scores
+                clean_rows = clean_scores(setup)
+            effects = (clean_rows[row_index] - run_rows(setup, row_index, torch.stack(gates))).cpu()
             visible = features.visible.cpu()
             for b, first, size, row_start, count in groups:
                 # Features of this side each step sees (source: all of them, in real steps).
@@ -94,7 +98,9 @@ class Occlusion(AttributionMethod):
                 scores[b, first : first + size] = _window_means(
                     effects[row_start : row_start + count], seen, size, window, stride
                 )
-        return feature_output(setup, scores)
+        output = feature_output(setup, scores)
+        output.step_logits = clean.logits
+        return output
 
     def attribute_stepwise(self, inputs: MethodInputs, options) -> MethodOutput:
         setup = setup_perturbation(self, inputs, options)

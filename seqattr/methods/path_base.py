@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput
 from seqattr.methods.convergence import CONVERGENCE_DELTA, Completeness
 from seqattr.methods.gradient import (
     AttributionWriter,
@@ -297,12 +297,16 @@ def step_scores_at(
         return inputs.objective(source, target).detach()
 
 
-def completeness_gap(inputs: MethodInputs, baselines: list[Baselines]) -> Float[Tensor, "batch steps"]:
+def completeness_gap(
+    inputs: MethodInputs, baselines: list[Baselines], clean: CleanLogits | None = None
+) -> Float[Tensor, "batch steps"]:
     """``f(input) - f(baseline)`` of every step (the mean over ``baselines`` of ``f(baseline)``): what the
     attributions of a path method add up to when its integral converged (2 passes without gradients, or
-    ``1 + len(baselines)``)."""
+    ``1 + len(baselines)``). ``clean`` records the ``f(input)`` pass's logits (`CleanLogits`)."""
     start = torch.stack([step_scores_at(inputs, *b.for_roles(inputs)) for b in baselines]).mean(0)
-    return step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds) - start
+    with clean.kept_by(inputs.objective) if clean is not None else contextlib.nullcontext():
+        end = step_scores_at(inputs, inputs.source_embeds, inputs.target_embeds)
+    return end - start
 
 
 def with_completeness(
@@ -402,6 +406,7 @@ class PathMethod(AttributionMethod):
 
     Options: ClassVar[type] = IntegratedGradientsOptions
     completeness: ClassVar[bool] = True
+    keeps_clean_logits: ClassVar[bool] = True  # from the completeness check's pass (none without it)
     """Whether the attributions of a step add up to ``f(input) - f(baseline)`` (checked, and warned about)."""
     split_positions: ClassVar[bool] = False
     """Whether the stepwise reference passes each token to Captum as its own input (see `captum_stepwise`)."""
@@ -481,9 +486,15 @@ class PathMethod(AttributionMethod):
                 write_sums(writer, steps, sums, options.hidden_reduction)
         if not self.completeness:
             return writer.output()
-        # The completeness check costs passes without gradients; it runs always, for the warning.
-        gap = completeness_gap(inputs, baselines)
-        return with_completeness(writer.output(), inputs, options, baselines, torch.cat(totals, 1) - gap, gap)
+        # The completeness check costs passes without gradients; it runs always, for the warning. Its pass on
+        # the input also gives the step scores and the trace (`CleanLogits`).
+        clean = CleanLogits(inputs.batch)
+        gap = completeness_gap(inputs, baselines, clean)
+        output = with_completeness(
+            writer.output(), inputs, options, baselines, torch.cat(totals, 1) - gap, gap
+        )
+        output.step_logits = clean.logits
+        return output
 
     def attribute_stepwise(self, inputs: MethodInputs, options) -> MethodOutput:
         baselines = self.draw_baselines(inputs, options)

@@ -19,6 +19,7 @@ class Saliency(PointwiseGradientMethod):
     """Gradient of each step's score w.r.t. the input embeddings (absolute by default)."""
 
     name = "saliency"
+    keeps_clean_logits = True
     Options = SaliencyOptions
 
     def point_attribution(self, gradient, points, options: SaliencyOptions):

@@ -210,18 +210,38 @@ class AttributionModel:
         positions: Int[Tensor, " steps"],
     ) -> Float[Tensor, "n steps vocab"]:
         """Next-token logits predicting the target tokens at ``positions`` (padded indices) for ``n`` rows."""
+        return self.step_output(batch, rows, source_embeds, target_embeds, positions)[0]
+
+    def step_output(
+        self,
+        batch: AttributionBatch,
+        rows: Int[Tensor, " n"],
+        source_embeds: Float[Tensor, "n source_len hidden"] | None,
+        target_embeds: Float[Tensor, "n prefix_len hidden"],
+        positions: Int[Tensor, " steps"],
+        **kwargs: Any,
+    ) -> tuple[Float[Tensor, "n steps vocab"], Any]:
+        """`step_logits` and the Hugging Face output of the same pass (``kwargs`` go to the model, e.g.
+        ``output_attentions=True``): a method that needs the pass's internals gets the logits with them.
+
+        Example:
+            >>> logits, out = model.step_output(  # doctest: +SKIP
+            ...     batch, rows, None, target, positions, output_attentions=True
+            ... )
+        """
         prefix_len = target_embeds.shape[1]
         if int(positions.max()) > prefix_len:
             raise ValueError(
                 f"steps up to position {int(positions.max())} need {int(positions.max())} target embeddings"
             )
         if self.has_logits_to_keep:  # the LM head runs only where a step is explained
-            return self.forward(
-                batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1
-            ).logits
-        output = self.forward(batch, rows, source_embeds, target_embeds)
+            output = self.forward(
+                batch, rows, source_embeds, target_embeds, logits_to_keep=positions - 1, **kwargs
+            )
+            return output.logits, output
+        output = self.forward(batch, rows, source_embeds, target_embeds, **kwargs)
         source_mask = None if batch.source_mask is None else batch.source_mask[rows]
-        return self.family.step_logits(output, positions, source_mask)
+        return self.family.step_logits(output, positions, source_mask), output
 
     def special_token_baseline(self, text: str) -> Float[Tensor, "1 length hidden"]:
         """A baseline for ``text`` (``baseline=`` of path methods) that keeps its special tokens and puts the
