@@ -8,6 +8,7 @@ path-explain's own PyTorch explainer, the ``max_features`` refusal, the output's
 from __future__ import annotations
 
 import importlib.util
+import math
 import pathlib
 
 import pytest
@@ -16,6 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import seqattr
 import seqattr.methods.integrated_hessians as integrated_hessians
+from browser import browser_page, chromium_or_skip
 from exact import assert_close, exact_model, float64_model, probability64
 
 
@@ -139,7 +141,6 @@ def test_interactions_survive_save_load_slicing_and_normalising(tmp_path):
     assert_close(first.interactions, seq.interactions[: len(first.target), : len(first.target), :1])
     normalized = seq.normalize()  # rows still add up to the (normalised) attributions
     assert_close(normalized.interactions.nansum(1), normalized.target_attributions.nan_to_num())
-    assert seq.aggregate("word").interactions is None  # token pairs are not merged into words
 
 
 def test_interactions_frame_views_and_plot(tmp_path):
@@ -169,3 +170,97 @@ def test_interactions_frame_views_and_plot(tmp_path):
     assert (tmp_path / "pairs.png").stat().st_size > 0
     with pytest.raises(IndexError, match="step=5 is out of range"):
         out.show_interactions(step=5, console=console)
+
+
+@pytest.mark.filterwarnings("ignore::seqattr.ConvergenceWarning")
+@pytest.mark.parametrize("architecture", ["gpt2", "bart"])
+def test_word_pairs_sum_their_token_pairs(architecture):
+    """``aggregate("word")`` merges token pairs into word pairs: each pair of words is the sum of its token
+    pairs (checked on a merged word against the token matrix by hand), the rows still add up to the merged
+    attributions, and NaN marks exactly the pairs a merged step does not see."""
+    model = exact_model(architecture, "integrated_hessians", n_steps=2)
+    target = "The cat sat on the mat" if architecture == "gpt2" else "Le chat sur"
+    out = model.attribute("The cat sat on", target, show_progress=False, attribute_target=True)
+    tokens, words = out[0], out.aggregate("word")[0]
+    assert words.interactions.shape == (len(both_sides(words)), len(both_sides(words)), words.num_steps)
+    # Rows add up to the merged attributions on the steps of one token each (a step merged from several
+    # tokens also had its own earlier tokens as partners, which the merged step does not see).
+    single = [k for k, step in enumerate(words.steps) if step in tokens.steps]
+    assert (
+        single and len(single) < words.num_steps if architecture == "bart" else len(single) == words.num_steps
+    )
+    assert_close(words.interactions[..., single].nansum(1), both_sides(words)[:, single].nan_to_num())
+    seen = ~both_sides(words).isnan()  # [features, steps]: NaN exactly where either word is unseen
+    assert torch.equal(~words.interactions.isnan(), seen[:, None, :] & seen[None, :, :])
+    # "sat" is one word of two tokens ("Ġs", "at") in the prompt; "cat" one token before it.
+    # The prompt is the source of Bart, the start of GPT-2's target: either way the first features.
+    side_tokens, side_words = tokens.source or tokens.target, words.source or words.target
+    s = side_tokens.index("Ġs")
+    cat_token, sat_word, cat_word = (
+        side_tokens.index("Ġcat"),
+        side_words.index("Ġsat"),
+        side_words.index("Ġcat"),
+    )
+    step = words.num_steps - 1  # the last step: a single generated token in both token and word views
+    expected = tokens.interactions[[cat_token, cat_token], [s, s + 1], tokens.num_steps - 1].sum()
+    assert_close(words.interactions[cat_word, sat_word, step], expected)
+    expected = tokens.interactions[s : s + 2, s : s + 2, tokens.num_steps - 1].sum()
+    assert_close(words.interactions[sat_word, sat_word, step], expected)
+    console_text = _terminal_text(words)
+    assert "Ġsat" in console_text or "sat" in console_text
+
+
+def _terminal_text(seq) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    seq.show_interactions(step=-1, console=console)
+    return console.export_text()
+
+
+@pytest.fixture(scope="module")
+def page():
+    executable = chromium_or_skip()
+    with browser_page(executable) as tab:
+        yield tab
+
+
+def test_html_page_shows_a_tokens_partners_on_the_selected_step(page, tmp_path):
+    """The page's interactions block: click a step, then a token; every token shows its interaction with the
+    clicked one on that step (the numbers of ``seq.interactions``), unseen ones faded, the top partners
+    listed; another step updates them."""
+    out = small_output()
+    seq = out[0]
+    path = tmp_path / "pairs.html"
+    out.save_html(path)
+    page.events.clear()
+    page.open(path)
+    assert page.errors() == []
+    page.mouse('#example-0 .strips .tok.step[data-step="1"]')
+    page.mouse('#example-0 .interaction-scores .tok[data-feature="1"]')
+    assert page.evaluate("document.getElementById('example-0').dataset.anchor") == "1"
+
+    def states():
+        return page.evaluate(
+            """Array.from(document.querySelectorAll('#example-0 .interaction-scores .tok')).map(e => ({
+                score: e.dataset.score, cls: e.className }))"""
+        )
+
+    for step in (1, 0):
+        if step == 0:
+            page.mouse('#example-0 .strips .tok.step[data-step="0"]')
+        for partner, state in enumerate(states()):
+            value = float(seq.interactions[1, partner, step])
+            if math.isnan(value):
+                assert state["score"] == "" and "unseen" in state["cls"]
+            else:
+                assert float(state["score"]) == pytest.approx(value, abs=1e-6)
+            assert ("selected" in state["cls"]) == (partner == 1)
+    listed = page.evaluate("document.querySelector('#example-0 table.partners').textContent")
+    row = seq.interactions[1, :, 0].clone()
+    row[1] = float("nan")
+    strongest = int(row.nan_to_num(0).abs().argmax())
+    assert seq.target[strongest] in listed
+    assert page.errors() == []
+    # A page without interactions has no such block.
+    assert "interactions-block" not in exact_model("gpt2").attribute("The cat", "The cat sat").to_html()

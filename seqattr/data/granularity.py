@@ -245,9 +245,52 @@ def merge_groups(
         masked_source=masked(source_groups, set(seq.masked_source)),
         masked_target=masked(target_groups, set(seq.masked_target)),
         features=merged_features,
-        interactions=None,  # token pairs are not merged into word pairs (yet): dropped, not left unmerged
+        interactions=_merge_interactions(seq, source_groups, target_groups, step_groups, fn, step_fn),
         **changes,
     )
+
+
+def _merge_interactions(
+    seq: SequenceAttribution,
+    source_groups: Sequence[Span],
+    target_groups: Sequence[Span],
+    step_groups: Sequence[Span],
+    fn: Reduction,
+    step_fn: Reduction,
+) -> Tensor | None:
+    """Group x group interactions ``[groups, groups, merged steps]``: each pair of groups holds ``fn`` over
+    its token pairs (rows, then columns), the steps merged by ``step_fn`` as the attributions are. With
+    ``sum`` (the default) two words' pair is the sum of their tokens' pairs, so each row still adds up to the
+    merged attribution on every step of one token. NaN where the merged step does not see one of the two
+    groups, as for the attributions: a step merged from several tokens (a generated word) hides its own
+    earlier tokens, so its rows miss those partners' share.
+
+    Example:
+        >>> words = ih_out.aggregate("words")[0]                                   # doctest: +SKIP
+        >>> words.interactions.shape[0] == len(words.source) + len(words.target)    # doctest: +SKIP
+        True
+    """
+    if seq.interactions is None:
+        return None
+    num_source = len(seq.source) if seq.source_attributions is not None else 0
+    source = list(source_groups) if num_source else []
+    target = list(target_groups) if seq.target_attributions is not None else []
+    groups = source + [(a + num_source, b + num_source) for a, b in target]
+    filled = seq.interactions.float().nan_to_num(0.0)  # unseen pairs add nothing; NaN is put back below
+    rows = torch.stack([fn(filled[a:b], 0) for a, b in groups], 0)
+    pairs = torch.stack([fn(rows[:, a:b], 1) for a, b in groups], 1)
+    start = seq.attr_pos_start
+    merged = _merge(pairs, [(a - start, b - start) for a, b in step_groups], 2, step_fn)
+    # Every merged step sees the source groups, and the target groups that end before its first token.
+    target_ends = torch.tensor([b for _, b in target], dtype=torch.long)
+    step_starts = torch.tensor([a for a, _ in step_groups], dtype=torch.long)
+    seen = torch.cat(
+        [
+            torch.ones(len(source), len(step_groups), dtype=torch.bool),
+            target_ends[:, None] <= step_starts[None, :],
+        ]
+    )
+    return merged.masked_fill(~(seen[:, None, :] & seen[None, :, :]), float("nan"))
 
 
 def aggregate(

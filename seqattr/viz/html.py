@@ -3,7 +3,9 @@
 For every example the page shows the source and target tokens (hover or click a generated token to colour
 the source and prefix tokens by its attributions; tokens the step cannot see are faded), a details panel
 (step scores, the generation trace's probability, rank, entropy and top alternatives, the strongest
-contributors), the heatmap matrix (click a column to select its step) and the trace table.
+contributors), the heatmap matrix (click a column to select its step) and the trace table. Outputs of the
+interaction methods (``integrated_hessians``, ``expected_hessians``) get an interactions block: click a token
+to colour the others by their interaction with it on the selected step, its top partners listed.
 
 The numbers travel as JSON inside the page (NaN, i.e. unseen, as ``null``); attributions with extra
 dimensions are summed over them, as in the terminal view.
@@ -80,7 +82,7 @@ def example_payload(seq: SequenceAttribution) -> dict[str, Any]:
         for v in row
         if v is not None
     ]
-    return {
+    payload = {
         "tokens": {"source": [str(t) for t in seq.source], "target": [str(t) for t in seq.target]},
         "labels": {"source": token_labels(seq.source, scheme), "target": token_labels(seq.target, scheme)},
         "start": seq.attr_pos_start,
@@ -93,6 +95,24 @@ def example_payload(seq: SequenceAttribution) -> dict[str, Any]:
             name: [_number(v) for v in s.float().tolist()] for name, s in seq.step_scores.items()
         },
         "trace": _trace(seq),
+    }
+    if seq.interactions is not None:
+        payload["interactions"] = _interactions(seq)
+    return payload
+
+
+def _interactions(seq: SequenceAttribution) -> dict[str, Any]:
+    """The interaction matrix for the page: its features as ``[side, position]`` (the source tokens, then the
+    target tokens, as `SequenceAttribution.interactions`), the values ``[feature][partner][step]`` (null where
+    unseen) and their scale."""
+    features = [["source", i] for i in range(len(seq.source)) if seq.source_attributions is not None]
+    features += [["target", i] for i in range(len(seq.target)) if seq.target_attributions is not None]
+    values = seq.interactions.float()
+    finite = values[values.isfinite()]
+    return {
+        "features": features[: values.shape[0]],
+        "values": [[[_number(v) for v in partner] for partner in row] for row in values.tolist()],
+        "scale": float(finite.abs().max()) if finite.numel() else 0.0,
     }
 
 
@@ -128,6 +148,15 @@ def entities_block(seq: SequenceAttribution) -> str:
   </div>"""
 
 
+INTERACTIONS_BLOCK = """
+      <div class="interactions-block"><h3>interactions</h3>
+        <div class="strip interaction-scores"><span class="strip-label">partners of</span></div>
+        <table class="partners"></table>
+        <div class="muted">click a token to colour its partners by their interaction with it on the selected
+          step (its own cell, outlined, is its main effect; faded: unseen by the step)</div>
+      </div>"""
+
+
 def _info_line(info: dict[str, Any]) -> str:
     parts = []
     for key in _INFO_KEYS:
@@ -145,7 +174,7 @@ _EXAMPLE = """
     <span>· hover or click a generated (outlined) token</span></div>{entities}
   <div class="layout">
     <div class="main">
-      <div class="strips"></div>
+      <div class="strips"></div>{interactions}
       <h3>heatmap</h3>
       <div class="scroll"><table class="matrix"></table></div>
       <div class="trace-block"><h3>generation trace</h3>
@@ -209,6 +238,7 @@ def to_html(attributions: AttributionOutput | SequenceAttribution, title: str | 
             low="0" if examples[i]["unsigned"] else f"−{examples[i]['scale']:.3g}",
             ramp="ramp unsigned" if examples[i]["unsigned"] else "ramp",
             entities=entities_block(seq) if tagged else "",
+            interactions=INTERACTIONS_BLOCK if seq.interactions is not None else "",
         )
         for i, seq in enumerate(output.sequence_attributions)
     )

@@ -216,6 +216,7 @@ JS = r"""
       matrixCells.forEach((cells, s) => cells.forEach((c) => c.classList.toggle("sel-col", s === step)));
       traceRows.forEach((row, s) => row.classList.toggle("sel", s === step));
       details(step);
+      showPartners(step);
     }
 
     function details(step) {
@@ -306,6 +307,51 @@ JS = r"""
       }
       marks.forEach((mark) => mark.addEventListener("click", () => showEntity(Number(mark.dataset.entity))));
       showEntity(0);
+    }
+
+    // Interactions (integrated / expected Hessians): a token picked in the block's strip, its partners
+    // coloured by their interaction with it on the selected step, on one scale for the whole example.
+    let showPartners = () => {};
+    if (ex.interactions) {
+      const inter = ex.interactions;
+      const strip = root.querySelector(".interaction-scores");
+      const partners = root.querySelector("table.partners");
+      let anchor = null;
+      const nodes = inter.features.map(([side, pos], f) => {
+        const span = el("span", "tok", ex.labels[side][pos]);
+        span.dataset.feature = f;
+        span.addEventListener("click", () => { anchor = f; showPartners(Number(root.dataset.selectedStep)); });
+        strip.appendChild(span);
+        return span;
+      });
+      showPartners = (step) => {
+        root.dataset.anchor = anchor === null ? "" : String(anchor);
+        const row = anchor === null ? null : inter.values[anchor];
+        strip.querySelector(".strip-label").textContent = anchor === null ? "partners of (click a token)"
+          : "partners of " + ex.labels[inter.features[anchor][0]][inter.features[anchor][1]];
+        const ranked = [];
+        nodes.forEach((span, f) => {
+          const value = row === null ? null : row[f][step];
+          span.dataset.score = value === null ? "" : String(value);
+          span.classList.toggle("unseen", row !== null && value === null);
+          span.classList.toggle("selected", f === anchor);
+          paint(span, value, inter.scale);
+          const [side, pos] = inter.features[f];
+          span.title = ex.tokens[side][pos] + (value === null ? "" : ": " + fmt(value));
+          if (value !== null && f !== anchor) ranked.push([Math.abs(value), f, value]);
+        });
+        ranked.sort((a, b) => b[0] - a[0]);
+        partners.replaceChildren();
+        for (const [, f, value] of ranked.slice(0, 5)) {
+          const [side, pos] = inter.features[f];
+          const r = partners.insertRow();
+          const token = el("span", "tok", ex.labels[side][pos]);
+          paint(token, value, inter.scale);
+          r.insertCell().appendChild(token);
+          r.insertCell().textContent = side + " " + pos;
+          r.insertCell().textContent = fmt(value);
+        }
+      };
     }
 
     // Fix the details panel at its tallest so that hovering never changes the page's height: a page
