@@ -227,6 +227,40 @@ def write_docs(text: str) -> None:
     DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
+def updated(previous: dict, new: dict) -> dict:
+    """``previous`` results with ``new``'s methods measured again or added: the other methods' rows are kept,
+    and the date says which methods were measured when. Both must use the same prompts.
+
+    Example:
+        >>> old = {"methods": ["a"], "num_prompts": 3, "date": "d1", "ground_truth": [{"method": "a"}],
+        ...        "faithfulness": [{"method": "a"}]}
+        >>> new = {**old, "methods": ["b"], "date": "d2", "ground_truth": [{"method": "b"}],
+        ...        "faithfulness": [{"method": "b"}]}
+        >>> merged = updated(old, new)
+        >>> merged["methods"], [r["method"] for r in merged["faithfulness"]], merged["date"]
+        (['a', 'b'], ['a', 'b'], 'd1 (b: d2)')
+    """
+    if previous["num_prompts"] != new["num_prompts"] and previous["faithfulness"] and new["faithfulness"]:
+        sys.exit(
+            f"--update: {RESULTS} has {previous['num_prompts']} prompts, this run {new['num_prompts']}; "
+            f"pass --prompts {previous['num_prompts']} or run every method again"
+        )
+    measured = set(new["methods"])
+    methods = sorted(set(previous["methods"]) | measured)
+
+    def rows(key: str) -> list[dict]:
+        kept = [r for r in previous[key] if r["method"] not in measured] + new[key]
+        return sorted(kept, key=lambda r: (r.get("task", ""), methods.index(r["method"])))
+
+    return {
+        **previous,
+        "methods": methods,
+        "date": f"{previous['date']} ({', '.join(sorted(measured))}: {new['date']})",
+        "ground_truth": rows("ground_truth") if new["ground_truth"] else previous["ground_truth"],
+        "faithfulness": rows("faithfulness") if new["faithfulness"] else previous["faithfulness"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
@@ -234,6 +268,11 @@ def main() -> None:
     parser.add_argument("--skip-tasks", action="store_true", help="no ground-truth tasks")
     parser.add_argument("--skip-smollm2", action="store_true", help="no SmolLM2 faithfulness")
     parser.add_argument("--docs", action="store_true", help="also write the tables into docs/quality.md")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other methods' rows of benchmarks/results/quality.json (same number of prompts)",
+    )
     args = parser.parse_args()
     methods = args.methods.split(",") if args.methods else sorted(seqattr.list_methods())
     prompts = PROMPTS[: args.prompts]
@@ -257,6 +296,8 @@ def main() -> None:
             results["ground_truth"] = ground_truth_rows(methods, progress)
         if not args.skip_smollm2:
             results["faithfulness"] = faithfulness_rows(methods, prompts, progress)
+    if args.update and RESULTS.exists():
+        results = updated(json.loads(RESULTS.read_text()), results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1))
     text = markdown(results)
