@@ -168,6 +168,10 @@ class AttributionMethod:
     the embedding scale); the terminal view then shows them normalised per step unless asked for raw."""
     Options: ClassVar[type] = NoOptions
     """A dataclass of the method's keyword options, with their defaults."""
+    attributes_function: ClassVar[bool] = True
+    """The method explains the attributed function (``attributed_fn=``); False for methods that read the
+    model's internals instead (attention weights, value zeroing), which cannot explain a quantity of
+    interest (`seqattr.qoi`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
