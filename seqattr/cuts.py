@@ -141,14 +141,10 @@ def resolve_module(
 def _unknown(hf_model: nn.Module, layer: str | int, what: str, names: dict) -> str:
     all_names = [name for name in names.values() if name]
     close = difflib.get_close_matches(str(layer), all_names, n=6, cutoff=0.6)
-    hint = (
-        f"; close dotted names: {', '.join(close)}"
-        if close
-        else f"; dotted names such as {', '.join(all_names[1:4])}"
-    )
+    hint = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(all_names[1:4])}"
     return (
-        f"{type(hf_model).__name__} has no {what} named {layer!r}; valid short names: "
-        f"{', '.join(valid_short_names(hf_model))}{hint} (all: [n for n, _ in model.model.named_modules()])"
+        f"{what} {layer!r}: {type(hf_model).__name__} has no layer named {layer!r}; {hint}; or a short name: "
+        f"{', '.join(valid_short_names(hf_model))} (all names: [n for n, _ in model.model.named_modules()])"
     )
 
 
