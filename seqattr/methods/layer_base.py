@@ -76,7 +76,7 @@ class LayerMethod:
     and ``layer_deeplift.py``)."""
 
     def layer_run(self, inputs: MethodInputs, options) -> LayerRun:
-        return LayerRun(self.model, inputs, options.target_layer)
+        return LayerRun(self.model, inputs, options.target_layer, options.attribute_to_layer_input)
 
 
 class LayerRun:
@@ -87,9 +87,17 @@ class LayerRun:
     would run twice.
     """
 
-    def __init__(self, model, inputs: MethodInputs, target_layer: str | nn.Module | None) -> None:
+    def __init__(
+        self,
+        model,
+        inputs: MethodInputs,
+        target_layer: str | int | nn.Module | None,
+        to_input: bool = False,
+    ) -> None:
         self.inputs = inputs
         self.name, self.module = resolve_layer(model.model, target_layer)
+        self.to_input = to_input and self.module is not None
+        """The tap sits on the layer's (first) input instead of its output."""
         self.tap = LayerTap()
         if self.module is None:
             self.side = "embeddings"
@@ -127,7 +135,18 @@ class LayerRun:
                     return (self.tap(output[0]), *output[1:])
                 return self.tap(output)
 
-            self._hook = self.module.register_forward_hook(through_tap)
+            def input_through_tap(module, args):
+                if not args:
+                    raise ValueError(
+                        f"layer {self.name!r} takes its input by keyword; attribute_to_layer_input needs a "
+                        "layer called with its input as first positional argument (e.g. a Linear)"
+                    )
+                return (self.tap(args[0]), *args[1:])
+
+            if self.to_input:
+                self._hook = self.module.register_forward_pre_hook(input_through_tap)
+            else:
+                self._hook = self.module.register_forward_hook(through_tap)
         return self
 
     def __exit__(self, *exc) -> None:

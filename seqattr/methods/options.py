@@ -183,6 +183,9 @@ class TargetLayer(MethodOptions):
     target_layer: str | int | nn.Module | None = None
     """The layer attributed: a module of the model, its dotted name, a block index or a short name such as
     ``"decoder.3.mlp"`` (`seqattr.cuts`); None = the input embeddings."""
+    attribute_to_layer_input: bool = False
+    """Attribute to the layer's input instead of its output (Captum's option of the same name), e.g. an MLP's
+    hidden neurons as the input of its down projection."""
 
     def validate(self) -> None:
         super().validate()
