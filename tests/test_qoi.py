@@ -251,3 +251,170 @@ def test_bad_qoi_arguments_are_refused_when_made():
         seqattr.qoi.head(0, 1, reduce="max")
     with pytest.raises(ValueError, match="1-d float vector"):
         seqattr.qoi.direction(0, torch.ones(2, 2))
+
+
+# --- attribution to a cut at full resolution: internal influence ------------------------------------------
+
+
+def _attribute_exact(architecture, method, **options):
+    target = {"attribute_target": True} if architecture in ENCODER_DECODER else {}
+    if options.pop("source_only", False):
+        target = {}
+    model = exact_model(architecture, method, **options)
+    return model.attribute(PROMPT, forced(architecture), **target, **RUN)[0]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "layer", "doi", "layer_method"),
+    [
+        ("gpt2", "decoder.1.mlp", "linear", "layer_integrated_gradients"),
+        ("llama", "decoder.0", "point", "layer_gradient_x_activation"),
+        ("t5", "encoder.1", "linear", "layer_integrated_gradients"),
+        ("bart", "decoder.0.cross_attention", "point", "layer_gradient_x_activation"),
+    ],
+)
+def test_internal_influence_per_neuron_sums_to_the_layer_attribution(architecture, layer, doi, layer_method):
+    source_only = layer.startswith("encoder")
+    steps = {"n_steps": 8} if doi == "linear" else {}
+    per_neuron = _attribute_exact(
+        architecture, "internal_influence", target_layer=layer, doi=doi, source_only=source_only, **steps
+    )
+    summed = _attribute_exact(
+        architecture, layer_method, target_layer=layer, source_only=source_only, **steps
+    )
+    side = "source_attributions" if source_only else "target_attributions"
+    neurons = getattr(per_neuron, side)
+    hidden = tiny_model(architecture)[0].get_input_embeddings().weight.shape[1]
+    assert neurons.dim() == 3 and neurons.shape[-1] == hidden  # [positions, steps, neurons]
+    assert_close(neurons.sum(-1), getattr(summed, side))
+
+
+def test_internal_influence_per_head_groups_the_output_projection_input():
+    """per_head: each head's influence is the sum of its neurons at the input of the attention's output
+    projection; all heads together are the layer attribution there."""
+    per_head = _attribute_exact(
+        "llama", "internal_influence", target_layer="decoder.1.attention", per_head=True
+    )
+    projection = "model.layers.1.self_attn.o_proj"
+    per_neuron = _attribute_exact(
+        "llama", "internal_influence", target_layer=projection, attribute_to_layer_input=True
+    )
+    layer = _attribute_exact(
+        "llama", "layer_integrated_gradients", target_layer=projection, attribute_to_layer_input=True
+    )
+    num_heads = tiny_model("llama")[0].config.num_attention_heads
+    assert per_head.target_attributions.shape[-1] == num_heads
+    grouped = per_neuron.target_attributions.unflatten(-1, (num_heads, -1)).sum(-1)
+    assert_close(per_head.target_attributions, grouped)
+    assert_close(per_head.target_attributions.sum(-1), layer.target_attributions)
+
+
+def test_layer_attribution_to_a_layer_input_equals_autograd():
+    """attribute_to_layer_input: gradient x activation of the MLP's hidden neurons (the input of its output
+    projection, 4x the hidden width), each step, equals torch's gradient of the step's probability there."""
+    hf_model, _ = float64_model("gpt2")
+    seq = _attribute_exact(
+        "gpt2",
+        "layer_gradient_x_activation",
+        target_layer="transformer.h.1.mlp.c_proj",
+        attribute_to_layer_input=True,
+        hidden_reduction=None,
+    )
+    ids = torch.tensor([seq.target_ids])
+    for step, position in enumerate(range(seq.attr_pos_start, seq.attr_pos_end)):
+        leaves = []
+
+        def replace(module, args, _leaves=leaves):
+            _leaves.append(args[0].detach().requires_grad_())
+            return (_leaves[-1],)
+
+        handle = hf_model.transformer.h[1].mlp.c_proj.register_forward_pre_hook(replace)
+        try:
+            logits = hf_model(ids).logits
+        finally:
+            handle.remove()
+        probability = torch.softmax(logits[0, position - 1], -1)[ids[0, position]]
+        (grad,) = torch.autograd.grad(probability, leaves)
+        expected = (grad * leaves[0])[0, :position]
+        assert expected.shape[-1] == 4 * 64
+        assert_close(seq.target_attributions[:position, step], expected.detach(), what=f"step {step}")
+
+
+def test_top_units_lists_the_units_that_drove_a_step():
+    seq = _attribute_exact("gpt2", "internal_influence", target_layer="decoder.1.mlp", n_steps=4)
+    for step in (0, -1):
+        per_unit = seq.target_attributions[:, step].nansum(0)
+        top = seqattr.methods.internal_influence.top_units(seq, step, k=5)
+        assert [i for i, _ in top] == per_unit.abs().argsort(descending=True)[:5].tolist()
+        assert [v for _, v in top] == pytest.approx(per_unit[[i for i, _ in top]].tolist())
+    top_units = seqattr.methods.internal_influence.top_units
+    with pytest.raises(ValueError, match=r"step=9: this sequence has 3 steps"):
+        top_units(seq, 9)
+    with pytest.raises(ValueError, match="needs per-unit scores"):
+        top_units(_attribute_exact("gpt2", "saliency"), 0)
+
+
+# --- distributions of interest by name ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doi_options", "method", "options"),
+    [
+        ({"doi": "point", "multiply_by_inputs": False}, "saliency", {"abs": False}),
+        ({"doi": "point"}, "input_x_gradient", {}),
+        ({"doi": "linear", "n_steps": 6}, "integrated_gradients", {"n_steps": 6}),
+        ({"doi": "linear", "n_steps": 6, "rebatch_size": 2}, "integrated_gradients", {"n_steps": 6}),
+        ({"doi": "gaussian", "stdevs": 0.0, "nt_samples": 2}, "input_x_gradient", {}),
+        ({"doi": "gaussian", "stdevs": 0.0, "multiply_by_inputs": False}, "saliency", {"abs": False}),
+    ],
+)
+@pytest.mark.parametrize("architecture", ["llama", "t5"])
+def test_distributions_of_interest_at_the_inputs_are_the_gradient_methods(
+    architecture, doi_options, method, options
+):
+    """At the input embeddings (no target_layer), the point DoI is saliency / input x gradient, the linear
+    DoI integrated gradients (rebatch_size only batches it), the Gaussian DoI without noise the point DoI."""
+    doi = _attribute_exact(architecture, "internal_influence", hidden_reduction="sum", **doi_options)
+    reference = _attribute_exact(architecture, method, **options)
+    for side in ("source_attributions", "target_attributions"):
+        if getattr(reference, side) is not None:
+            assert_close(getattr(doi, side), getattr(reference, side), what=side)
+
+
+def test_the_gaussian_doi_draws_its_noise_from_its_seed():
+    runs = [
+        _attribute_exact(
+            "gpt2", "internal_influence", target_layer="decoder.0", doi="gaussian", stdevs=0.5, seed=seed
+        )
+        for seed in (1, 1, 2)
+    ]
+    point = _attribute_exact("gpt2", "internal_influence", target_layer="decoder.0", doi="point")
+    torch.testing.assert_close(runs[0].target_attributions, runs[1].target_attributions, equal_nan=True)
+    for other in (runs[2], point):
+        assert not torch.allclose(
+            runs[0].target_attributions.nan_to_num(), other.target_attributions.nan_to_num()
+        )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"doi": "uniform"}, r"unknown doi 'uniform'; valid: 'point', 'linear', 'gaussian'"),
+        ({"rebatch_size": 2, "internal_batch_size": 4}, "name the same thing; give one of them"),
+        ({"rebatch_size": 0}, "rebatch_size"),
+        ({"per_head": True}, "per_head=True needs an attention layer as target_layer"),
+        (
+            {"per_head": True, "target_layer": "decoder.0.attention", "attribute_to_layer_input": True},
+            "leave attribute_to_layer_input=False",
+        ),
+    ],
+)
+def test_bad_internal_influence_options_are_refused_at_load(options, message):
+    with pytest.raises(ValueError, match=message):
+        attribution_model("gpt2", "internal_influence", **options)
+
+
+def test_per_head_needs_an_attention_layer():
+    model = attribution_model("gpt2", "internal_influence", per_head=True, target_layer="decoder.0.mlp")
+    with pytest.raises(ValueError, match="is not an attention module"):
+        model.attribute(PROMPT, forced("gpt2"), **RUN)
