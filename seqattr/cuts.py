@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from seqattr.models.family import ENCODER_DECODER, family_of
+
 PARTS = ("mlp", "attention", "cross_attention")
 """The parts of a block a short name can select."""
 
@@ -45,9 +47,8 @@ def stacks(hf_model: nn.Module) -> dict[str, nn.ModuleList]:
         >>> {side: len(blocks) for side, blocks in stacks(hf_model).items()}
         {'decoder': 2}
     """
-    config = getattr(hf_model, "config", None)
     sides = {"decoder": hf_model}
-    if getattr(config, "is_encoder_decoder", False):
+    if _has_encoder(hf_model):
         sides = {"encoder": hf_model.get_encoder(), "decoder": hf_model.get_decoder()}
     found = {}
     for side, stack in sides.items():
@@ -150,9 +151,13 @@ def _unknown(hf_model: nn.Module, layer: str | int, what: str, names: dict) -> s
 
 def is_in_encoder(hf_model: nn.Module, module: nn.Module) -> bool:
     """True when ``module`` belongs to an encoder-decoder's encoder (its positions are source tokens)."""
-    if not getattr(getattr(hf_model, "config", None), "is_encoder_decoder", False):
-        return False
-    return any(m is module for m in hf_model.get_encoder().modules())
+    return _has_encoder(hf_model) and any(m is module for m in hf_model.get_encoder().modules())
+
+
+def _has_encoder(hf_model: nn.Module) -> bool:
+    """Whether the model is an encoder-decoder (its family says: seqattr.models.family)."""
+    config = getattr(hf_model, "config", None)
+    return config is not None and family_of(config) is ENCODER_DECODER
 
 
 @dataclass(frozen=True)
