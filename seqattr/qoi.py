@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -57,14 +58,14 @@ class QuantityOfInterest:
             raise ValueError(f"at must be 'output' or 'input' (of the layer), got {at!r}")
         self.layer = layer
         self.at = at
-        self._resolved: dict[int, tuple[str, nn.Module]] = {}
+        # Resolved per model, held weakly (a quantity may outlive a model, or serve several).
+        self._resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # --- what is read ---------------------------------------------------------------------------------
 
     def module(self, hf_model: nn.Module) -> tuple[str, nn.Module]:
         """``(dotted name, module)`` whose output (or input) this quantity reads in ``hf_model``."""
-        key = id(hf_model)
-        if key not in self._resolved:
+        if hf_model not in self._resolved:
             name, module = resolve_module(hf_model, self.layer)
             if is_in_encoder(hf_model, module):
                 raise ValueError(
@@ -72,8 +73,8 @@ class QuantityOfInterest:
                     "steps (no position per step); choose a decoder module, e.g. 'decoder.0.mlp' or "
                     "'decoder.0.cross_attention'"
                 )
-            self._resolved[key] = (name, module)
-        return self._resolved[key]
+            self._resolved[hf_model] = (name, module)
+        return self._resolved[hf_model]
 
     def reduce(self, values: Float[Tensor, "n steps *dims"]) -> Float[Tensor, "n steps"]:
         """The quantity from the activations at each step's position."""
@@ -178,11 +179,11 @@ class Head(QuantityOfInterest):
             raise ValueError(f"head reduce must be 'sum' or 'l2', got {reduce!r}")
         self.index = index
         self.how = reduce
-        self.num_heads: dict[int, int] = {}
+        self.num_heads: int | None = None
+        """The heads of the attention in the model of the current pass (set when `recording` resolves it)."""
 
     def module(self, hf_model):
-        key = id(hf_model)
-        if key not in self._resolved:
+        if hf_model not in self._resolved:
             heads = attention_heads(hf_model, self.layer)
             if is_in_encoder(hf_model, heads.projection):
                 raise ValueError(
@@ -195,13 +196,12 @@ class Head(QuantityOfInterest):
                     f"{self!r}: head index {self.index} is out of range; {heads.attention!r} has "
                     f"{heads.num_heads} heads (indices 0..{heads.num_heads - 1})"
                 )
-            self.num_heads[key] = heads.num_heads
-            self._resolved[key] = (heads.attention + " (heads)", heads.projection)
-        return self._resolved[key]
+            self._resolved[hf_model] = (heads.attention + " (heads)", heads.projection, heads.num_heads)
+        name, projection, self.num_heads = self._resolved[hf_model]
+        return name, projection
 
     def reduce(self, values):
-        (num_heads,) = set(self.num_heads.values()) or {None}
-        heads = values.unflatten(-1, (num_heads, values.shape[-1] // num_heads))[..., self.index, :]
+        heads = values.unflatten(-1, (self.num_heads, values.shape[-1] // self.num_heads))[..., self.index, :]
         return heads.sum(-1) if self.how == "sum" else torch.linalg.vector_norm(heads, dim=-1)
 
     def __repr__(self) -> str:

@@ -418,3 +418,11 @@ def test_per_head_needs_an_attention_layer():
     model = attribution_model("gpt2", "internal_influence", per_head=True, target_layer="decoder.0.mlp")
     with pytest.raises(ValueError, match="is not an attention module"):
         model.attribute(PROMPT, forced("gpt2"), **RUN)
+
+
+def test_misplaced_qoi_and_doi_arguments_say_where_they_go():
+    model = attribution_model("gpt2", "saliency")
+    with pytest.raises(TypeError, match=r"quantity of interest is the attributed function: attributed_fn="):
+        model.attribute(PROMPT, forced("gpt2"), qoi=seqattr.qoi.neuron(0, 1), **RUN)
+    with pytest.raises(TypeError, match=r"doi= and rebatch_size= are options of method='internal_influence'"):
+        model.attribute(PROMPT, forced("gpt2"), doi="linear", **RUN)

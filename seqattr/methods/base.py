@@ -215,6 +215,10 @@ class AttributionMethod:
                     f". {', '.join(loading)}: {what} of from_pretrained, not a method option; pass "
                     f"load_model(..., model_kwargs={{{passed}}})"
                 )
+            if "qoi" in unknown:
+                message += ". A quantity of interest is the attributed function: attributed_fn=seqattr.qoi..."
+            if {"doi", "rebatch_size"} & set(unknown) and cls.name != "internal_influence":
+                message += ". doi= and rebatch_size= are options of method='internal_influence'"
             raise TypeError(message)
         kwargs = {
             name: check_option_type(cls.name, name, declared[name], value, _default(fields[name]))
