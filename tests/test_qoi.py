@@ -426,3 +426,15 @@ def test_misplaced_qoi_and_doi_arguments_say_where_they_go():
         model.attribute(PROMPT, forced("gpt2"), qoi=seqattr.qoi.neuron(0, 1), **RUN)
     with pytest.raises(TypeError, match=r"doi= and rebatch_size= are options of method='internal_influence'"):
         model.attribute(PROMPT, forced("gpt2"), doi="linear", **RUN)
+
+
+def test_a_failing_qoi_leaves_no_hook_on_the_model():
+    hf_model, _ = tiny_model("gpt2")
+    mlp = hf_model.transformer.h[0].mlp
+    with pytest.raises(ValueError, match="out of range"):
+        _attribute("gpt2", seqattr.qoi.neuron("decoder.0.mlp", 99))
+    with pytest.raises(ValueError, match="returned"):
+        _attribute(
+            "gpt2", seqattr.qoi.activation("decoder.0.mlp", lambda values: values), "integrated_gradients"
+        )
+    assert not mlp._forward_hooks and not mlp._forward_pre_hooks
