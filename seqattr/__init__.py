@@ -11,6 +11,7 @@ Example:
 """
 
 from seqattr import methods as _methods  # noqa: F401  (registers the built-in methods)
+from seqattr import qoi  # noqa: F401  (seqattr.qoi.neuron(...): quantities of interest)
 from seqattr import viz as _viz  # noqa: F401  (registers the built-in views)
 from seqattr.data import AttributionOutput, SequenceAttribution, load
 from seqattr.dataset_runs.shards import load_dataset_output

@@ -31,6 +31,7 @@ from seqattr.methods.convergence import describe_failures, warn_if_not_converged
 from seqattr.models.batch import AttributionBatch, EncodedExample
 from seqattr.models.model_state import left_as_found
 from seqattr.progress import PassProgress
+from seqattr.qoi import QuantityOfInterest, quantities_in, recording
 from seqattr.request import AttributionRequest
 from seqattr.step_functions import (
     StepFunction,
@@ -77,6 +78,8 @@ class StepObjective:
         self.clean_logits: CleanLogits | None = None
         """Set by a method (`CleanLogits.kept_by`) around calls on the clean embeddings: their logits are
         recorded for the step scores and the trace."""
+        self.quantities = quantities_in([step_function])
+        """The step function when it is a quantity of interest: its activations are recorded in each pass."""
 
     def rows_for(self, n: int) -> Int[Tensor, " n"]:
         if n % self.batch.size:
@@ -93,7 +96,7 @@ class StepObjective:
         if rows is None:
             rows = self.rows_for(target_embeds.shape[0])
         args = step_function_args(
-            self.model, self.batch, rows, source_embeds, target_embeds, steps, self.contrast
+            self.model, self.batch, rows, source_embeds, target_embeds, steps, self.contrast, self.quantities
         )
         scores = self.step_function(args)
         if self.clean_logits is not None:
@@ -118,11 +121,19 @@ def step_function_args(
     target_embeds: Float[Tensor, "n prefix_len hidden"],
     steps: slice,
     contrast: ContrastBatch | None,
+    quantities: list[QuantityOfInterest] | tuple = (),
     logits: Float[Tensor, "n steps vocab"] | None = None,
 ) -> StepFunctionArgs:
-    """One forward pass's logits for the selected steps (``logits`` when already computed), the contrast
-    pass (run on first use) and a rerun."""
+    """One forward pass's logits for the selected steps, the contrast pass (run on first use) and a rerun;
+    the activations that ``quantities`` (of interest, `seqattr.qoi`) read are recorded in that pass. With
+    ``logits`` already computed (`CleanLogits`) and no quantity to record, no pass runs."""
     positions = batch.step_positions[steps]
+    if quantities and model.family.task != "generation":
+        raise ValueError(
+            f"quantities of interest ({', '.join(map(repr, quantities))}) read a generative model's "
+            f"internals at each step's position; a {model.family.task} model has no such positions: "
+            "attribute one of its step functions (e.g. 'probability')"
+        )
 
     def forward(dropout: bool = False) -> Float[Tensor, "n steps vocab"]:
         with dropout_active(model.model) if dropout else contextlib.nullcontext():
@@ -135,9 +146,15 @@ def step_function_args(
         def contrast_forward() -> Float[Tensor, "n steps vocab"]:
             return contrast.step_logits(model, rows, source_embeds, target_embeds, steps)
 
+    activations: dict = {}
+    if logits is None or quantities:
+        with recording(model.model, quantities) as activations:
+            logits = forward()
     return StepFunctionArgs(
-        logits=forward() if logits is None else logits,
+        logits=logits,
         target_ids=batch.step_target_ids[rows][:, steps],
+        activations=activations,
+        positions=positions,
         contrast_target_ids=contrast_ids,
         contrast_forward=contrast_forward,
         forward=forward,
@@ -167,7 +184,10 @@ def compute_step_scores(
     with torch.no_grad():
         source, target = model.embed_batch(batch)
         rows = torch.arange(batch.size, device=batch.target_ids.device)
-        args = step_function_args(model, batch, rows, source, target, slice(None), contrast, logits)
+        quantities = quantities_in(step_functions.values())
+        args = step_function_args(
+            model, batch, rows, source, target, slice(None), contrast, quantities, logits
+        )
         scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
         trace = BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k, args.multi_label)
         return StepScoring(scores, trace)

@@ -15,6 +15,7 @@ from typing import Any
 
 from seqattr.methods.base import get_method_class
 from seqattr.methods.options import MethodOptions, Seed
+from seqattr.qoi import quantities_in
 from seqattr.step_functions import StepFunction, bind_step_functions, step_function_name
 from seqattr.trace import DEFAULT_TOP_K, check_top_k
 
@@ -186,6 +187,14 @@ class AttributionRequest:
             [self.attributed_fn or "probability"], self.attributed_fn_args, "attributed_fn_args"
         )
         self._set("attributed", attributed)
+        method_class = get_method_class(self.method)
+        for quantity in quantities_in([attributed]):
+            if not method_class.attributes_function:
+                raise ValueError(
+                    f"{self.method} reads the model's internals and does not attribute a function, so it "
+                    f"cannot explain the quantity of interest {quantity!r}; use a gradient method (saliency, "
+                    "input_x_gradient, integrated_gradients, ...), a perturbation or a layer method"
+                )
         names = _as_name_list(self.step_scores, "step_scores")
         self._set("step_scores", names)
         bound = bind_step_functions(names, self.step_scores_args, "step_scores_args")

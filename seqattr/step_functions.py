@@ -50,6 +50,12 @@ class StepFunctionArgs:
     """Runs the contrast sequence once; read its result through ``contrast_logits``."""
     forward: Callable[..., StepLogits] | None = field(default=None, repr=False)
     """Another forward pass over the same inputs: ``forward(dropout=True)`` runs it with dropout active."""
+    activations: Mapping[Any, Tensor] = field(default_factory=dict, repr=False)
+    """Internal activations of the forward pass that gave ``logits``, recorded for the quantities of interest
+    among the step functions (`seqattr.qoi`), by quantity: ``[n, prefix_len, *dims]`` each."""
+    positions: Int[Tensor, " steps"] | None = None
+    """The padded target position of each step: its logits (and a quantity of interest) come from the model's
+    output at position ``p - 1``."""
     multi_label: bool = False
     """The "vocabulary" is a multi-label classifier's labels, each an independent yes/no: a label's
     probability is ``sigmoid(logit)``, not a softmax over the labels (`log_probabilities`)."""

@@ -136,6 +136,24 @@ METHODS: list[Row] = [
             ("layer_deeplift", {"return_convergence_delta": True}),
         )
     ),
+    # Internal influence (issue 12): every neuron (or head) of a cut, under each distribution of interest.
+    Row("internal_influence", {**RIEMANN, "target_layer": INNER_LAYER}, INNER_LAYER_FAMILIES),
+    Row("internal_influence", {"doi": "point", "target_layer": INNER_LAYER}, INNER_LAYER_FAMILIES),
+    Row(
+        "internal_influence",
+        {"doi": "gaussian", "stdevs": 0.05, "nt_samples": 2, "target_layer": INNER_LAYER},
+        INNER_LAYER_FAMILIES,
+    ),
+    Row(
+        "internal_influence",
+        {**RIEMANN, "per_head": True, "target_layer": "decoder.0.attention"},
+        ("gpt2", "llama"),
+    ),
+    Row(
+        "internal_influence",
+        {"doi": "point", "per_head": True, "target_layer": "decoder.1.cross_attention"},
+        ("t5", "bart"),
+    ),
     Row("sequential_integrated_gradients", RIEMANN, GRADIENT_FAMILIES),
     Row("discretized_integrated_gradients", {"n_steps": 3}, GRADIENT_FAMILIES),
     Row(
@@ -185,7 +203,8 @@ METHODS: list[Row] = [
 def draws_follow_the_batch(row: Row) -> bool:
     """Whether the row's random draws are made per row of the batch, so one example alone gets other draws."""
     noisy_tunnel = row.method in {"smooth_grad", "square_grad"} and row.options.get("stdevs", 1.0) > 0
-    return row.method in {"var_grad", "gradient_shap"} or noisy_tunnel
+    noisy_cut = row.method == "internal_influence" and row.options.get("doi") == "gaussian"  # drawn per batch
+    return row.method in {"var_grad", "gradient_shap"} or noisy_tunnel or noisy_cut
 
 
 PROMPTS = ["The cat sat on the mat.", "Why"]

@@ -194,6 +194,11 @@ def api_page() -> str:
     # Imported on its own (`import seqattr.analysis`): the dataset-level statistics and report.
     parts.append("## Dataset analysis\n")
     parts += [f"::: seqattr.analysis.{name}\n" for name in seqattr.analysis.__all__]
+    # Quantities of interest and attribution to internal cuts (docs/interactions_and_internals.md).
+    parts.append("## Quantities of interest and internal cuts\n")
+    quantities = ("neuron", "neurons", "head", "direction", "activation")
+    parts += [f"::: seqattr.qoi.{name}\n" for name in quantities]
+    parts += ["::: seqattr.methods.internal_influence.top_units\n", "::: seqattr.cuts.resolve_module\n"]
     return "\n".join(parts)
 
 

@@ -65,6 +65,7 @@ class Attention(AttributionMethod):
     """Attention weights of each step's query, per layer and head (selectable, aggregatable)."""
 
     name = "attention"
+    attributes_function = False  # reads the model's internals, not the attributed function
     Options = AttentionOptions
     keeps_clean_logits = True
 

@@ -74,6 +74,7 @@ class AttentionRollout(AttributionMethod):
     """Attention propagated through all layers with the residual connection (Abnar & Zuidema 2020)."""
 
     name = "attention_rollout"
+    attributes_function = False  # reads the model's internals, not the attributed function
 
     def _rows(self, inputs: MethodInputs, target_embeds: Tensor) -> tuple[Tensor | None, Tensor]:
         """Rollout rows ``[n, queries, keys]`` over the source (None for decoder-only) and the target."""

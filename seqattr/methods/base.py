@@ -222,6 +222,10 @@ class AttributionMethod:
     keeps_clean_logits: ClassVar[bool] = False
     """True when the fused path runs the model on the clean batch anyway and returns those passes' logits
     (`MethodOutput.step_logits`); the engine then scores the steps from them after the method, not before."""
+    attributes_function: ClassVar[bool] = True
+    """The method explains the attributed function (``attributed_fn=``); False for methods that read the
+    model's internals instead (attention weights, value zeroing), which cannot explain a quantity of
+    interest (`seqattr.qoi`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -265,6 +269,10 @@ class AttributionMethod:
                     f". {', '.join(loading)}: {what} of from_pretrained, not a method option; pass "
                     f"load_model(..., model_kwargs={{{passed}}})"
                 )
+            if "qoi" in unknown:
+                message += ". A quantity of interest is the attributed function: attributed_fn=seqattr.qoi..."
+            if {"doi", "rebatch_size"} & set(unknown) and cls.name != "internal_influence":
+                message += ". doi= and rebatch_size= are options of method='internal_influence'"
             raise TypeError(message)
         kwargs = {
             name: check_option_type(cls.name, name, declared[name], value, _default(fields[name]))

@@ -19,12 +19,12 @@ activations are the layer's output on the baseline inputs.
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
+from seqattr.cuts import resolve_module
 from seqattr.methods.base import MethodInputs, refuse_contrast
 from seqattr.methods.gradient import batched_step_backward
 from seqattr.methods.options import check_target_layer
@@ -62,24 +62,11 @@ def resolve_layer(hf_model: nn.Module, target_layer: str | nn.Module | None) -> 
         ('transformer.h.0.mlp', 'GPT2MLP')
     """
     check_target_layer(target_layer)
-    names = {module: name for name, module in hf_model.named_modules()}
     if target_layer is None or target_layer is hf_model.get_input_embeddings():
         return EMBEDDINGS, None
-    if isinstance(target_layer, nn.Module):
-        if target_layer not in names:
-            raise ValueError(f"target_layer {type(target_layer).__name__} is not a module of the model")
-        return names[target_layer], target_layer
-    try:
-        module = hf_model.get_submodule(target_layer)
-    except AttributeError:
-        all_names = [name for name in names.values() if name]
-        close = difflib.get_close_matches(target_layer, all_names, n=6, cutoff=0.6)
-        hint = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(all_names[1:6])}"
-        raise ValueError(
-            f"{type(hf_model).__name__} has no layer named {target_layer!r}; {hint} "
-            "(all names: [name for name, _ in model.model.named_modules()])"
-        ) from None
-    return (EMBEDDINGS, None) if module is hf_model.get_input_embeddings() else (target_layer, module)
+    # A module, a dotted name, or a short name that works on every architecture ("decoder.3.mlp", 3).
+    name, module = resolve_module(hf_model, target_layer, "target_layer")
+    return (EMBEDDINGS, None) if module is hf_model.get_input_embeddings() else (name, module)
 
 
 class LayerMethod:
@@ -89,7 +76,7 @@ class LayerMethod:
     and ``layer_deeplift.py``)."""
 
     def layer_run(self, inputs: MethodInputs, options) -> LayerRun:
-        return LayerRun(self.model, inputs, options.target_layer)
+        return LayerRun(self.model, inputs, options.target_layer, options.attribute_to_layer_input)
 
 
 class LayerRun:
@@ -100,9 +87,17 @@ class LayerRun:
     would run twice.
     """
 
-    def __init__(self, model, inputs: MethodInputs, target_layer: str | nn.Module | None) -> None:
+    def __init__(
+        self,
+        model,
+        inputs: MethodInputs,
+        target_layer: str | int | nn.Module | None,
+        to_input: bool = False,
+    ) -> None:
         self.inputs = inputs
         self.name, self.module = resolve_layer(model.model, target_layer)
+        self.to_input = to_input and self.module is not None
+        """The tap sits on the layer's (first) input instead of its output."""
         self.tap = LayerTap()
         if self.module is None:
             self.side = "embeddings"
@@ -140,7 +135,18 @@ class LayerRun:
                     return (self.tap(output[0]), *output[1:])
                 return self.tap(output)
 
-            self._hook = self.module.register_forward_hook(through_tap)
+            def input_through_tap(module, args):
+                if not args:
+                    raise ValueError(
+                        f"layer {self.name!r} takes its input by keyword; attribute_to_layer_input needs a "
+                        "layer called with its input as first positional argument (e.g. a Linear)"
+                    )
+                return (self.tap(args[0]), *args[1:])
+
+            if self.to_input:
+                self._hook = self.module.register_forward_pre_hook(input_through_tap)
+            else:
+                self._hook = self.module.register_forward_hook(through_tap)
         return self
 
     def __exit__(self, *exc) -> None:

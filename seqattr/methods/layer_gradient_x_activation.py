@@ -37,7 +37,7 @@ class LayerGradientXActivation(AttributionMethod):
 
     def attribute_fused(self, inputs: MethodInputs, options: LayerGradientXActivationOptions) -> MethodOutput:
         writer = AttributionWriter(inputs)
-        with LayerRun(self.model, inputs, options.target_layer) as run:
+        with LayerRun(self.model, inputs, options.target_layer, options.attribute_to_layer_input) as run:
             activations = run.activations(inputs.source_embeds, inputs.target_embeds)
             for steps in step_chunks(inputs, n_points=inputs.batch.size):
                 values = run.truncate(activations, int(inputs.batch.step_positions[steps].max()))
@@ -53,7 +53,7 @@ class LayerGradientXActivation(AttributionMethod):
     def attribute_stepwise(
         self, inputs: MethodInputs, options: LayerGradientXActivationOptions
     ) -> MethodOutput:
-        with LayerRun(self.model, inputs, options.target_layer) as run:
+        with LayerRun(self.model, inputs, options.target_layer, options.attribute_to_layer_input) as run:
 
             def attribute_step(forward, attributed, additional):
                 captum = CaptumLayerGradientXActivation(

@@ -180,8 +180,12 @@ class ConvergenceDelta(MethodOptions):
 
 @dataclass
 class TargetLayer(MethodOptions):
-    target_layer: str | nn.Module | None = None
-    """The layer attributed: a module of the model or its dotted name; None = the input embeddings."""
+    target_layer: str | int | nn.Module | None = None
+    """The layer attributed: a module of the model, its dotted name, a block index or a short name such as
+    ``"decoder.3.mlp"`` (`seqattr.cuts`); None = the input embeddings."""
+    attribute_to_layer_input: bool = False
+    """Attribute to the layer's input instead of its output (Captum's option of the same name), e.g. an MLP's
+    hidden neurons as the input of its down projection."""
 
     def validate(self) -> None:
         super().validate()
@@ -189,8 +193,11 @@ class TargetLayer(MethodOptions):
 
 
 def check_target_layer(target_layer) -> None:
-    """Refuse a target layer that is neither a module, a dotted name nor None."""
-    if target_layer is not None and not isinstance(target_layer, (str, nn.Module)):
+    """Refuse a target layer that is neither a module, a name, a block index nor None."""
+    if target_layer is not None and (
+        isinstance(target_layer, bool) or not isinstance(target_layer, (str, int, nn.Module))
+    ):
         raise TypeError(
-            f"target_layer must be a module, its dotted name or None, got {type(target_layer).__name__}"
+            "target_layer must be a module, its dotted name, a block index, a short name such as "
+            f"'decoder.0.mlp', or None; got {type(target_layer).__name__}"
         )

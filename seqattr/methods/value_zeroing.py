@@ -121,6 +121,7 @@ class ValueZeroing(AttributionMethod):
     """Cosine distance of each layer's output at the step's query when one token's values are zeroed."""
 
     name = "value_zeroing"
+    attributes_function = False  # reads the model's internals, not the attributed function
     Options = ValueZeroingOptions
 
     def _scores(
