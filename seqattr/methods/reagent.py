@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from seqattr.features import GRANULARITIES, build_feature_map
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype, refuse_contrast
 from seqattr.methods.options import MethodOptions, Seed, check_int_range, int_option
 from seqattr.methods.perturbation import PerturbationSetup, feature_output, score_chunks
 from seqattr.step_functions import get_step_function
@@ -491,6 +491,11 @@ class Reagent(AttributionMethod):
     def _setup(
         self, inputs: MethodInputs, options: ReagentOptions
     ) -> tuple[PerturbationSetup, object, object]:
+        inputs = refuse_contrast(
+            inputs,
+            "reagent measures the probability of the step's token (its update needs a change in [-1, 1])",
+            "attribute the token's probability (attributed_fn='probability', the default)",
+        )
         features = build_feature_map(
             self.model, inputs.batch, options.granularity, inputs.attribute_source, inputs.attribute_target
         )
