@@ -421,40 +421,42 @@ def probe_embeddings(
 
 def fused_scorer(setup: PerturbationSetup, model) -> Scorer:
     """Scores every request's probes at its own step in shared forward calls: probes ordered by step, a call
-    taking as many as the memory budget allows (`score_chunks` for the steps the call spans)."""
+    taking as many as the memory budget allows (`score_chunks` for the steps the call spans); only one call's
+    embeddings and logits exist at a time."""
     batch = setup.batch
 
     def score(requests, objective) -> list[Tensor]:
-        sizes = [ids.shape[0] for _, ids, _ in requests]
-        columns = torch.cat(
-            [
-                torch.full((n,), s.column, dtype=torch.long)
-                for (s, _, _), n in zip(requests, sizes, strict=True)
-            ]
-        )
-        order = torch.argsort(columns, stable=True)
+        order = sorted(range(len(requests)), key=lambda i: requests[i][0].column)
+        # One entry per probe, ordered by step: (request, row in it, column).
+        probes = [(i, j, requests[i][0].column) for i in order for j in range(requests[i][1].shape[0])]
+        results = [
+            torch.empty(ids.shape[0], dtype=setup.inputs.target_embeds.dtype) for _, ids, _ in requests
+        ]
+        start = 0
         with torch.no_grad():
-            rows, source, target = probe_embeddings(setup, requests, model)
-            start = 0
-            out = torch.empty(len(columns), dtype=setup.inputs.target_embeds.dtype)
-            while start < len(order):
-                stop = start + 1
-                low = int(columns[order[start]])
-                while stop < len(order):
-                    high = int(columns[order[stop]])
-                    if stop + 1 - start > score_chunks(setup, slice(low, high + 1)).rows:
-                        break
+            while start < len(probes):
+                low, stop = probes[start][2], start + 1
+                while (
+                    stop < len(probes)
+                    and stop + 1 - start <= score_chunks(setup, slice(low, probes[stop][2] + 1)).rows
+                ):
                     stop += 1
-                part = order[start:stop]
-                high = int(columns[part[-1]])
-                steps = slice(low, high + 1)
-                prefix = target[part][:, : int(batch.step_positions[high])]
-                scores = objective(None if source is None else source[part], prefix, steps, rows[part])
-                out[part] = (
-                    scores[torch.arange(len(part)), columns[part].to(scores.device) - low].cpu().to(out.dtype)
-                )
+                part = probes[start:stop]
+                high = part[-1][2]
+                pieces = []
+                for i in dict.fromkeys(i for i, _, _ in part):  # the requests of the call, in order
+                    local = torch.tensor([j for r, j, _ in part if r == i])
+                    step, ids, slots = requests[i]
+                    pieces.append((step, ids[local], slots[local]))
+                rows, source, target = probe_embeddings(setup, pieces, model)
+                prefix = target[:, : int(batch.step_positions[high])]
+                scores = objective(source, prefix, slice(low, high + 1), rows)
+                columns = torch.tensor([column - low for _, _, column in part], device=scores.device)
+                values = scores[torch.arange(len(part), device=scores.device), columns].cpu()
+                for (i, j, _), value in zip(part, values, strict=True):
+                    results[i][j] = value
                 start = stop
-        return list(out.split(sizes))
+        return results
 
     return score
 
