@@ -176,8 +176,10 @@ def masked_lm_sampler(model: nn.Module, mask_token_id: int, vocab: int) -> Sampl
 
     def sample(ids: Tensor, replaced: Tensor, generator: torch.Generator) -> Tensor:
         masked = ids.masked_fill(replaced, mask_token_id)
+        parameter = next(model.parameters(), None)  # the masked LM may live on another device
         with torch.no_grad():
-            logits = model(input_ids=masked)["logits"]
+            logits = model(input_ids=masked if parameter is None else masked.to(parameter.device))["logits"]
+        replaced = replaced.to(logits.device)
         if logits.shape[-1] != vocab:
             raise ValueError(
                 f"replacer_model predicts {logits.shape[-1]} tokens but the attributed model's vocabulary "
@@ -186,7 +188,8 @@ def masked_lm_sampler(model: nn.Module, mask_token_id: int, vocab: int) -> Sampl
         probabilities = torch.softmax(logits[replaced].float(), dim=-1).cpu()
         out = ids.clone()
         if probabilities.shape[0]:
-            out[replaced] = torch.multinomial(probabilities, 1, generator=generator)[:, 0].to(ids.device)
+            drawn = torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+            out[replaced.to(ids.device)] = drawn.to(ids.device)
         return out
 
     return sample
@@ -249,7 +252,7 @@ Scorer = Callable[[list[tuple[StepProbes, Tensor, Tensor]], object], list[Tensor
 """``([(step, slot ids [n, slots], replaced slots [n, slots]), ...], objective) -> [scores [n], ...]``."""
 
 
-def step_probes(setup: PerturbationSetup, seed: int, num_probes: int) -> list[StepProbes]:
+def step_probes(setup: PerturbationSetup, seed: int) -> list[StepProbes]:
     """Every real step that sees a feature, ordered by step column."""
     batch, features = setup.batch, setup.features
     steps = []
@@ -283,12 +286,14 @@ def step_probes(setup: PerturbationSetup, seed: int, num_probes: int) -> list[St
     return steps
 
 
-def keep_mask(importance: Float[Tensor, "n features"], options: ReagentOptions) -> Bool[Tensor, "n features"]:
+def stopping_check_replaced(
+    importance: Float[Tensor, "n features"], options: ReagentOptions
+) -> Bool[Tensor, "n features"]:
     """Features the stopping check replaces: all but the top ones by importance (only those with
     ``invert_keep``), as Inseq's ``RankingTokenReplacer``.
 
     Example:
-        >>> keep_mask(torch.tensor([[0.1, 0.6, 0.3]]), ReagentOptions(keep_top_n=1))
+        >>> stopping_check_replaced(torch.tensor([[0.1, 0.6, 0.3]]), ReagentOptions(keep_top_n=1))
         tensor([[ True, False,  True]])
     """
     n = importance.shape[-1]
@@ -367,7 +372,7 @@ def run_probes(
         # Stopping check: the least important features replaced; the token among the top k predictions.
         checks = []
         for step in active:
-            replaced = keep_mask(torch.softmax(step.logit_scores, -1), options)
+            replaced = stopping_check_replaced(torch.softmax(step.logit_scores, -1), options)
             ids, slots = step.replaced_ids(replaced, sampler)
             running = ~step.stopped
             checks.append((step, ids[running], slots[running]))
@@ -512,7 +517,7 @@ class Reagent(AttributionMethod):
         seed = options.resolved_seed()
         sampler = make_sampler(self.model, options)
         dtype = output_dtype(inputs.target_embeds.dtype)
-        steps = step_probes(setup, seed, options.num_probes)
+        steps = step_probes(setup, seed)
         if fused:
             run_probes(steps, fused_scorer(setup, self.model), probability, rank, sampler, options, dtype)
         else:
