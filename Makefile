@@ -17,6 +17,10 @@ install:
 	# path-explain, whose PyTorch explainer tests/test_interactions.py compares integrated Hessians with: its
 	# package imports TensorFlow, which is not needed (the test loads the PyTorch explainer by file path).
 	$(PYTHON) -m pip install --no-deps "path-explain==0.0.7"
+	# Inseq, whose ReAGent tests/test_reagent.py compares seqattr's reagent with (same model, ids and draws): its
+	# ReAGent modules import with this project's dependencies (jaxtyping, treescope, captum, transformers);
+	# its pins (typeguard, CUDA wheels, nltk) are not needed.
+	$(PYTHON) -m pip install --no-deps "inseq==0.7.1"
 	@$(MAKE) --no-print-directory install-chromium
 
 # Debian's chromium for the HTML view's browser tests (tests/test_html.py skips them without it): installed
