@@ -31,6 +31,7 @@ from seqattr.models.batch import AttributionBatch, EncodedExample
 from seqattr.models.model_state import left_as_found
 from seqattr.progress import PassProgress
 from seqattr.request import AttributionRequest
+from seqattr.segments import annotate, forced_replies
 from seqattr.step_functions import (
     StepFunction,
     StepFunctionArgs,
@@ -291,19 +292,29 @@ def assemble(
 def attribute(model: AttributionModel, request: AttributionRequest) -> AttributionOutput:
     """Run ``request`` on ``model``: generate or take the forced targets, attribute every batch, record info.
 
-    Example:
-        >>> from seqattr.request import AttributionRequest
-        >>> out = attribute(model, AttributionRequest("Hello", generation_args={"max_new_tokens": 2}))
-        >>> out[0].num_steps, out.info["method"]
-        (2, 'saliency')
+        Example:
+            >>> from seqattr.request import AttributionRequest
+    from seqattr.segments import annotate, forced_replies
+            >>> out = attribute(model, AttributionRequest("Hello", generation_args={"max_new_tokens": 2}))
+            >>> out[0].num_steps, out.info["method"]
+            (2, 'saliency')
     """
     started = time.perf_counter()
+    layouts = request.prompts
+    forced = request.generated_texts
+    if layouts is not None and forced is not None:
+        forced = forced_replies(layouts, forced)
     encoded = model.encode(
-        request.input_texts, request.generated_texts, request.generate_args, request.max_batch_size
+        request.input_texts, forced, request.generate_args, request.max_batch_size, layouts
     )
     generated_at = time.perf_counter()
     examples = [
-        EncodedExample(source, target, *request.window(i, len(target), default_start))
+        EncodedExample(
+            source,
+            target,
+            *request.window(i, len(target), default_start),
+            layout=None if layouts is None else layouts[i],
+        )
         for i, (source, target, default_start) in enumerate(encoded)
     ]
     contrasts = None
@@ -356,6 +367,11 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
             sequences += assemble(model, batch, result, scoring.scores, scoring.trace)
+    if layouts is not None:  # roles, masked scaffolding and the prompts' parts as rows
+        sequences = [
+            annotate(seq, layout, request.part_granularity)
+            for seq, layout in zip(sequences, layouts, strict=True)
+        ]
     finished = time.perf_counter()
     warn_if_not_converged(request.method, unconverged, getattr(request.options, "n_steps", None))
 
@@ -363,6 +379,11 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
     segments = [model.segments(text) for text in request.input_texts]
     if any(s is not None for s in segments):  # pairs of texts: where each example's two texts lie
         info["segments"] = segments
+    if layouts is not None:
+        info["prompts"] = [layout.describe() for layout in layouts]
+        info["include_template"] = request.include_template
+        if request.part_granularity is not None:
+            info["part_granularity"] = request.part_granularity
     if contrasts is not None:
         info["contrast"] = {
             "contrast_targets": request.contrast_targets,
@@ -384,10 +405,11 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
 def run_info(model: AttributionModel, request: AttributionRequest) -> dict[str, Any]:
     """The output's ``info``: what ran, on what, with which versions.
 
-    Example:
-        >>> from seqattr.request import AttributionRequest
-        >>> run_info(model, AttributionRequest("Hi", step_scores="entropy"))["step_scores"]
-        ['entropy']
+        Example:
+            >>> from seqattr.request import AttributionRequest
+    from seqattr.segments import annotate, forced_replies
+            >>> run_info(model, AttributionRequest("Hi", step_scores="entropy"))["step_scores"]
+            ['entropy']
     """
     import captum
     import transformers
