@@ -760,7 +760,7 @@ def _attribute(args) -> int:
         from seqattr.chat import prompt_layouts
 
         try:
-            if model.is_encoder_decoder or not model.family.generates:
+            if not model.family.reads_chat:
                 raise ValueError(
                     f"--messages is for decoder-only chat models; {model.model_name} is {model.family}"
                 )

@@ -504,7 +504,7 @@ class AttributionModel:
         """
         layouts = None
         if messages is not None or segments is not None:
-            if not self.family.generates or self.is_encoder_decoder:
+            if not self.family.reads_chat:
                 raise ValueError(
                     "messages= and segments= are for decoder-only generative models; this is a "
                     f"{self.family} model: pass its input as input_texts="
