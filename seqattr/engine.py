@@ -292,12 +292,11 @@ def assemble(
 def attribute(model: AttributionModel, request: AttributionRequest) -> AttributionOutput:
     """Run ``request`` on ``model``: generate or take the forced targets, attribute every batch, record info.
 
-        Example:
-            >>> from seqattr.request import AttributionRequest
-    from seqattr.segments import annotate, forced_replies
-            >>> out = attribute(model, AttributionRequest("Hello", generation_args={"max_new_tokens": 2}))
-            >>> out[0].num_steps, out.info["method"]
-            (2, 'saliency')
+    Example:
+        >>> from seqattr.request import AttributionRequest
+        >>> out = attribute(model, AttributionRequest("Hello", generation_args={"max_new_tokens": 2}))
+        >>> out[0].num_steps, out.info["method"]
+        (2, 'saliency')
     """
     started = time.perf_counter()
     layouts = request.prompts
@@ -405,11 +404,10 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
 def run_info(model: AttributionModel, request: AttributionRequest) -> dict[str, Any]:
     """The output's ``info``: what ran, on what, with which versions.
 
-        Example:
-            >>> from seqattr.request import AttributionRequest
-    from seqattr.segments import annotate, forced_replies
-            >>> run_info(model, AttributionRequest("Hi", step_scores="entropy"))["step_scores"]
-            ['entropy']
+    Example:
+        >>> from seqattr.request import AttributionRequest
+        >>> run_info(model, AttributionRequest("Hi", step_scores="entropy"))["step_scores"]
+        ['entropy']
     """
     import captum
     import transformers
