@@ -383,6 +383,8 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
         info["include_template"] = request.include_template
         if request.part_granularity is not None:
             info["part_granularity"] = request.part_granularity
+            # The rows are the prompt's parts, as aggregate() would merge them: views and evaluate() say so.
+            info["aggregations"] = [f"aggregate({request.part_granularity})"]
     if contrasts is not None:
         info["contrast"] = {
             "contrast_targets": request.contrast_targets,

@@ -197,6 +197,20 @@ def test_message_granularity_sums_gradient_scores_per_message():
     assert rows.steps == tokens.steps
 
 
+def test_part_rows_are_recorded_as_an_aggregation_and_evaluate_asks_for_tokens():
+    model = chat_model()
+    rows = model.attribute(
+        messages=QUESTION, generated_texts=REPLY, granularity="message", show_progress=False
+    )
+    assert rows.info["aggregations"] == ["aggregate(message)"]
+    with pytest.raises(ValueError, match="was aggregated"):
+        model.evaluate(rows, metrics=["comprehensiveness"])
+    tokens = model.attribute(messages=QUESTION, generated_texts=REPLY, show_progress=False)
+    words = tokens.aggregate("word")  # roles follow the merged rows; the scaffolding stays masked
+    assert len(words[0].token_roles) == len(words[0].target)
+    assert all(words[0].token_roles[p] == "template" for p in words[0].masked_target)
+
+
 def test_save_and_load_keep_the_roles(tmp_path):
     out = chat_model().attribute(messages=QUESTION, generated_texts=REPLY, show_progress=False)
     out.save(tmp_path / "chat.json")
