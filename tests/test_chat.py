@@ -291,3 +291,7 @@ def test_default_instruct_model_template_is_applied_exactly():
     assert [model.tokenizer.convert_ids_to_tokens(seq.target_ids[p]) for p in template].count(
         "<|im_start|>"
     ) == 3
+    # Without a system message SmolLM2's template writes its own default one: scaffolding, not a message.
+    user_only = model.attribute(messages=QUESTION[1:], generated_texts=" Yes.", show_progress=False)[0]
+    assert "system" not in user_only.token_roles
+    assert user_only.target_ids[: user_only.attr_pos_start] == template_ids(model.tokenizer, QUESTION[1:])
