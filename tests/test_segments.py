@@ -176,3 +176,14 @@ def test_layout_groups_cover_the_gaps_between_named_segments():
         named=(Segment("doc", "user", 2, 4),),
     )
     assert layout.groups("segment", [False] * 6) == [[1], [2, 3], [4]]
+
+
+@pytest.mark.parametrize("method", ["occlusion", "feature_ablation"])
+def test_fused_segment_features_equal_the_stepwise_reference(method):
+    """Whole segments are perturbed once for all steps (fused); each step's own prefix gives the same."""
+    model = exact_model("gpt2", method)
+    kwargs = dict(segments=PIECES, generated_texts=DOC + QUESTION + REPLY, granularity="segment")
+    fused = model.attribute(**kwargs, attributed_fn=probability64, show_progress=False)
+    stepwise = model.attribute(**kwargs, attributed_fn=probability64, fused=False, show_progress=False)
+    assert fused[0].target[:2] == ["doc", "question"]
+    assert_close(fused[0].target_attributions, stepwise[0].target_attributions)
