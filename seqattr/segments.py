@@ -299,19 +299,22 @@ def segment_rows(seq: SequenceAttribution, layout: PromptLayout, granularity: st
     counts once, token scores add up); scaffolding tokens stay rows of their own.
 
     Example:
-        >>> segment_rows(out[0], layout, "message").target[:3]        # doctest: +SKIP
-        ['<|im_start|>', 'system', ...]
+        >>> pieces = [("fact", "Paris is big."), ("q", " Where?")]
+        >>> layout = plain_layout(tokenizer, "Paris is big. Where?", pieces)
+        >>> tokens = model.attribute(segments=pieces, generated_texts=" Here", show_progress=False)
+        >>> segment_rows(tokens[0], layout, "segment").target
+        ['fact', 'q', 'ĠH', 'er', 'e']
     """
     from seqattr.data.granularity import merge_groups
 
     special = [False] * len(layout.ids)
     groups = layout.groups(granularity, special)
     spans, position, names = [], 0, {}
-    parts = {part.start: part for part in layout.parts(granularity)}
+    parts = layout.parts(granularity)
     for group in groups:
         a, b = group[0], group[-1] + 1
         spans += [(i, i + 1) for i in range(position, a)] + [(a, b)]
-        part = next((p for p in parts.values() if p.start <= a < p.end), None)
+        part = next((p for p in parts if p.start <= a < p.end), None)
         if part is not None and part.name and layout.roles[a] != TEMPLATE:
             names[len(spans) - 1] = part.name
         position = b
@@ -327,8 +330,9 @@ def reply_example(model, i: int, prompt: list[int], reply: str) -> tuple[list[in
     (a text that repeats the rendered prompt first has it dropped), tokenized without special tokens.
 
     Example:
-        >>> reply_example(model, 0, [5, 6], " the cat")[2]                   # doctest: +SKIP
-        2
+        >>> source, target, start = reply_example(model, 0, [5, 6], " the cat")
+        >>> source, target[:start], model.convert_ids_to_tokens(target[start:])
+        ([], [5, 6], ['Ġthe', 'Ġcat'])
     """
     ids = list(model.tokenizer(reply, add_special_tokens=False)["input_ids"])
     if not ids:
@@ -342,8 +346,9 @@ def forced_replies(layouts: Sequence[PromptLayout], texts: Sequence[str]) -> lis
     convention of plain prompts) is cut to what follows it.
 
     Example:
-        >>> forced_replies([PromptLayout("Q: hi\\nA:", [1], ["prompt"])], ["Q: hi\\nA: hello", " bye"][:1])
-        [' hello']
+        >>> layouts = [PromptLayout("Q: hi", [1], ["prompt"])] * 2
+        >>> forced_replies(layouts, ["Q: hi there", " there"])
+        [' there', ' there']
     """
     return [
         t[len(layout.text) :] if t.startswith(layout.text) else t
@@ -359,8 +364,10 @@ def annotate(
     prompt's parts merged into named rows (`segment_rows`).
 
     Example:
-        >>> annotate(out[0], layout, None).token_roles[:2]                    # doctest: +SKIP
-        ['template', 'system']
+        >>> layout = plain_layout(tokenizer, "Paris is big.", [])
+        >>> seq = model.attribute("Paris is big.", "Paris is big. Here", show_progress=False)[0]
+        >>> annotate(seq, layout, None).token_roles[4:]                 # 6 prompt tokens, 3 of the reply
+        ['prompt', 'prompt', 'assistant', 'assistant', 'assistant']
     """
     roles = [*layout.roles, *["assistant"] * (len(seq.target) - len(layout.roles))]
     masked = (
