@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -283,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--context", nargs="+", default=None, help="the passage each --question's answer is extracted from"
     )
     attribute.add_argument(
+        "--messages",
+        default=None,
+        metavar="FILE.json",
+        help="a chat model's conversation (a JSON list of {'role', 'content'} messages, or a list of such "
+        "lists) instead of -i: the chat template makes the prompt, -g gives forced replies (reply text only)",
+    )
+    attribute.add_argument(
+        "--include-template",
+        action="store_true",
+        help="with --messages: show the chat template's tokens and perturb them (default: masked, kept)",
+    )
+    attribute.add_argument(
         "-o",
         "--output",
         default=None,
@@ -469,6 +482,10 @@ def build_request(args) -> AttributionRequest:
     """
     method, options, arguments = attribution_arguments(args)
     inputs = cli_inputs(args)
+    if getattr(args, "messages", None) is not None:
+        # Checked on stand-ins now (the template needs the tokenizer); `_attribute` renders them once loaded.
+        arguments["prompts"] = [stand_in_layout(c) for c in read_messages(args.messages)]
+        arguments["include_template"] = args.include_template
     try:
         request = AttributionRequest(
             inputs, args.generated_texts, method=method, method_options=options, **arguments
@@ -494,6 +511,10 @@ def cli_inputs(args) -> list[str] | list[tuple[str, str]]:
         Traceback (most recent call last):
         seqattr.cli.UsageError: got 1 --question but 2 --context; give one --context per --question
     """
+    if getattr(args, "messages", None) is not None:
+        if args.input_texts is not None or args.question is not None or args.text_pair is not None:
+            raise UsageError("give the prompt once: -i or --messages, not both")
+        return [layout.text for layout in map(stand_in_layout, read_messages(args.messages))]
     if args.question is not None or args.context is not None:
         if args.input_texts is not None or args.text_pair is not None:
             raise UsageError(
@@ -522,6 +543,42 @@ def cli_inputs(args) -> list[str] | list[tuple[str, str]]:
             "--text-pair text per -i text"
         )
     return list(zip(args.input_texts, args.text_pair, strict=True))
+
+
+def read_messages(path: str) -> list[list[dict[str, str]]]:
+    """The conversations of ``--messages FILE.json`` (one conversation or a list of them), checked.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "chat.json"
+        >>> _ = path.write_text('[{"role": "user", "content": "Hi"}]')
+        >>> read_messages(str(path))
+        [[{'role': 'user', 'content': 'Hi'}]]
+    """
+    from seqattr.chat import as_conversations
+
+    try:
+        messages = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UsageError(f"--messages {path}: no such file") from err
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--messages {path} is not JSON: {err}") from err
+    try:
+        return as_conversations(messages, "--messages")
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{path}: {err}") from err
+
+
+def stand_in_layout(conversation: list[dict[str, str]]):
+    """A conversation's layout before the tokenizer is loaded (its messages, no tokens): what the flags are
+    checked against before the model loads."""
+    from seqattr.chat import message_names
+    from seqattr.segments import PromptLayout, Segment
+
+    names = message_names(conversation)
+    text = "\n".join(m["content"] for m in conversation)
+    messages = tuple(Segment(n, m["role"], 0, 0) for n, m in zip(names, conversation, strict=True))
+    return PromptLayout(text, [], [], messages)
 
 
 def check_inputs_fit(args, model: seqattr.AttributionModel) -> None:
@@ -699,6 +756,18 @@ def _attribute(args) -> int:
     request = build_request(args)
     model = _load_model(args, request.method_options)
     check_inputs_fit(args, model)
+    if args.messages is not None:
+        from seqattr.chat import prompt_layouts
+
+        try:
+            if not model.family.reads_chat:
+                raise ValueError(
+                    f"--messages is for decoder-only chat models; {model.model_name} is {model.family}"
+                )
+            texts, layouts = prompt_layouts(model.tokenizer, None, read_messages(args.messages), None)
+            request = dataclasses.replace(request, input_texts=texts, prompts=layouts)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
     out = attribute(model, request)
     if args.output:  # saved before showing, so that nothing after the attribution can lose it
         out.save(args.output)

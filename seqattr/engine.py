@@ -33,6 +33,7 @@ from seqattr.models.model_state import left_as_found
 from seqattr.progress import PassProgress
 from seqattr.qoi import QuantityOfInterest, quantities_in, recording
 from seqattr.request import AttributionRequest
+from seqattr.segments import annotate, forced_replies
 from seqattr.step_functions import (
     StepFunction,
     StepFunctionArgs,
@@ -328,12 +329,21 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
         (2, 'saliency')
     """
     started = time.perf_counter()
+    layouts = request.prompts
+    forced = request.generated_texts
+    if layouts is not None and forced is not None:
+        forced = forced_replies(layouts, forced)
     encoded = model.encode(
-        request.input_texts, request.generated_texts, request.generate_args, request.max_batch_size
+        request.input_texts, forced, request.generate_args, request.max_batch_size, layouts
     )
     generated_at = time.perf_counter()
     examples = [
-        EncodedExample(source, target, *request.window(i, len(target), default_start))
+        EncodedExample(
+            source,
+            target,
+            *request.window(i, len(target), default_start),
+            layout=None if layouts is None else layouts[i],
+        )
         for i, (source, target, default_start) in enumerate(encoded)
     ]
     contrasts = None
@@ -397,6 +407,11 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
             sequences += assemble(model, batch, result, scoring.scores, scoring.trace)
+    if layouts is not None:  # roles, masked scaffolding and the prompts' parts as rows
+        sequences = [
+            annotate(seq, layout, request.part_granularity)
+            for seq, layout in zip(sequences, layouts, strict=True)
+        ]
     finished = time.perf_counter()
     warn_if_not_converged(request.method, unconverged, getattr(request.options, "n_steps", None))
 
@@ -404,6 +419,13 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
     segments = [model.segments(text) for text in request.input_texts]
     if any(s is not None for s in segments):  # pairs of texts: where each example's two texts lie
         info["segments"] = segments
+    if layouts is not None:
+        info["prompts"] = [layout.describe() for layout in layouts]
+        info["include_template"] = request.include_template
+        if request.part_granularity is not None:
+            info["part_granularity"] = request.part_granularity
+            # The rows are the prompt's parts, as aggregate() would merge them: views and evaluate() say so.
+            info["aggregations"] = [f"aggregate({request.part_granularity})"]
     if contrasts is not None:
         info["contrast"] = {
             "contrast_targets": request.contrast_targets,

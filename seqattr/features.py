@@ -10,6 +10,13 @@ A *feature* is a group of tokens that a perturbation method replaces as one unit
   joined, punctuation stays with its word (``mat.`` is one word), a line break ends the word before it and
   lone spaces lead into the next word.
 
+- ``message``: each message of a chat prompt, ``segment``: each named segment of a prompt and each stretch of
+  text between them (`seqattr.segments`); the tokens after the prompt (the reply so far) are features one
+  token each.
+
+A prompt's scaffolding (chat template tokens, `seqattr.segments.PromptLayout`) is never part of a feature,
+unless ``attribute(include_template=True)``.
+
 Special tokens are never part of a word or sentence feature (they also end the word/sentence before them).
 Features of one example are numbered source first, then target, each in token order; target features start
 at their first token, so the features a step can see are always the first ``visible[b, step]`` ones: all
@@ -44,7 +51,7 @@ if TYPE_CHECKING:
     from seqattr.models.attribution_model import AttributionModel
     from seqattr.models.batch import AttributionBatch
 
-GRANULARITIES = ("all_tokens", "token", "word", "sentence")
+GRANULARITIES = ("all_tokens", "token", "word", "sentence", "message", "segment")
 
 
 def word_groups(texts: Sequence[str], special: Sequence[bool]) -> list[list[int]]:
@@ -141,7 +148,7 @@ def build_feature_map(
             last_seen = example.attr_pos_end - 1
             target_groups = [
                 g
-                for g in _groups(model, example.target_ids, special_ids, granularity, scheme)
+                for g in _target_groups(model, example, special_ids, granularity, scheme)
                 if g[0] < last_seen
             ]
         for index, group in enumerate(source_groups):
@@ -171,3 +178,26 @@ def _groups(
 ) -> list[list[int]]:
     tokens = model.convert_ids_to_tokens(ids)
     return token_groups(tokens, [i in special_ids for i in ids], granularity, scheme)
+
+
+def _target_groups(
+    model: AttributionModel, example, special_ids: set[int], granularity: str, scheme: Scheme
+) -> list[list[int]]:
+    """A decoder-only target's features: with a prompt layout, its scaffolding left out (unless included)
+    and, at a part granularity, the prompt's parts followed by the reply's tokens one by one."""
+    ids, layout = example.target_ids, example.layout
+    if layout is None:
+        if granularity in ("message", "segment"):
+            raise ValueError(
+                f"granularity={granularity!r} needs the prompt's parts: pass messages= or segments= to "
+                "attribute"
+            )
+        return _groups(model, ids, special_ids, granularity, scheme)
+    fixed = layout.unperturbed()
+    special = [i in special_ids or p in fixed for p, i in enumerate(ids)]
+    if granularity not in ("message", "segment"):
+        tokens = model.convert_ids_to_tokens(ids)
+        return token_groups(tokens, special, granularity, scheme)
+    prompt = len(layout.ids)
+    reply = [[p] for p in range(prompt, len(ids)) if not special[p]]
+    return layout.groups(granularity, special[:prompt]) + reply

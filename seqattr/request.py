@@ -142,11 +142,17 @@ class AttributionRequest:
     batch_size: int | None = None
     show_progress: bool = True
     fused: bool = True
+    prompts: Sequence[Any] | None = None
+    """The prompts' `seqattr.segments.PromptLayout` (chat messages, named segments), one per input text, or
+    None for plain texts."""
+    include_template: bool = False
 
     # Derived on creation.
     options: MethodOptions = field(init=False, repr=False)
     attributed: StepFunction = field(init=False, repr=False)
     step_functions: dict[str, StepFunction] = field(init=False, repr=False)
+    part_granularity: str | None = field(init=False, repr=False)
+    """``"message"`` or ``"segment"`` when the output's prompt rows are its parts (`seqattr.segments`)."""
 
     def __post_init__(self) -> None:
         texts = as_input_list(self.input_texts, "input_texts")
@@ -162,7 +168,7 @@ class AttributionRequest:
             not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        for name in ("attribute_target", "fused", "show_progress"):
+        for name in ("attribute_target", "fused", "show_progress", "include_template"):
             if getattr(self, name) not in (True, False):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("attr_pos_start", "attr_pos_end"):
@@ -175,10 +181,16 @@ class AttributionRequest:
                 f"{{'max_new_tokens': 8}}; got {type(self.generation_args).__name__}"
             )
         self._set("generation_args", dict(self.generation_args or {}))
+        if self.prompts is not None:  # the layouts carry the choice to the feature maps
+            self._set(
+                "prompts",
+                [dataclasses.replace(p, include_template=self.include_template) for p in self.prompts],
+            )
         self._set("step_scores_args", dict(self.step_scores_args or {}))
         self._set("attributed_fn_args", dict(self.attributed_fn_args or {}))
 
-        options = get_method_class(self.method).parse_options(**self.method_options)
+        method_options = self._part_options(texts)
+        options = get_method_class(self.method).parse_options(**method_options)
         if isinstance(options, Seed) and options.seed is None:
             # One fresh seed for the whole call (every batch, fused or stepwise), recorded in info.
             options = dataclasses.replace(options, seed=options.resolved_seed())
@@ -204,6 +216,30 @@ class AttributionRequest:
             raise ValueError(
                 "contrast_targets_alignments needs contrast_targets= (or contrast_sources=) to align with"
             )
+
+    def _part_options(self, texts: list) -> dict[str, Any]:
+        """The method's options with a part granularity (``granularity="message"``/``"segment"``) checked
+        against the prompts and recorded in ``part_granularity``; a method without a ``granularity`` option
+        (gradients, attention) does not take it: its token scores are summed into the parts afterwards."""
+        from seqattr.segments import SEGMENT_GRANULARITIES
+
+        options = dict(self.method_options)
+        part = options.get("granularity")
+        if part not in SEGMENT_GRANULARITIES:
+            self._set("part_granularity", None)
+            return options
+        if self.prompts is None:
+            needs = "messages=[...]" if part == "message" else "segments=[('name', 'text'), ...]"
+            raise ValueError(f"granularity={part!r} needs the prompt's parts: pass {needs}")
+        if len(self.prompts) != len(texts):
+            raise ValueError(f"got {len(texts)} input_texts but {len(self.prompts)} prompt layouts")
+        for layout in self.prompts:
+            layout.parts(part)  # refuses a granularity the prompts have no parts for
+        self._set("part_granularity", part)
+        fields = {f.name for f in dataclasses.fields(get_method_class(self.method).Options)}
+        if "granularity" not in fields:
+            del options["granularity"]
+        return options
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # frozen: only __post_init__ normalises its own fields

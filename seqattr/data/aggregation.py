@@ -323,6 +323,7 @@ def slice_steps(seq: SequenceAttribution, index: int | slice) -> SequenceAttribu
         attr_pos_start=seq.attr_pos_start + start,
         attr_pos_end=end,
         masked_target=tuple(p for p in seq.masked_target if p < end),
+        token_roles=None if seq.token_roles is None else seq.token_roles[:end],
         trace=None if seq.trace is None else _slice_trace(seq.trace, steps),
         features=None if seq.features is None else _slice_features(seq.features, end),
         interactions=_slice_interactions(seq, steps, end),

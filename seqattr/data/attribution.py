@@ -250,6 +250,10 @@ class SequenceAttribution(Views, Operations):
     (the attributed sides, as ``source_attributions`` and ``target_attributions``), NaN where a step cannot
     see either token. Row ``i`` adds up to token ``i``'s attribution (the diagonal holds the main effects).
     ``None`` for the other methods."""
+    token_roles: list[str] | None = None
+    """A decoder-only prompt's roles, one per target token, when it came as chat messages or named segments
+    (`seqattr.segments`): ``"system"``, ``"user"``, ``"assistant"`` (the reply), ``"tool"``, ``"prompt"`` (a
+    plain text) or ``"template"`` (scaffolding: role headers, end-of-turn, BOS). ``None`` otherwise."""
 
     @property
     def steps(self) -> list[str]:

@@ -245,6 +245,8 @@ def merge_groups(
         masked_source=masked(source_groups, set(seq.masked_source)),
         masked_target=masked(target_groups, set(seq.masked_target)),
         features=merged_features,
+        # A group's role is its first token's (parts never mix roles; a merged word of scaffolding is one).
+        token_roles=None if seq.token_roles is None else [seq.token_roles[a] for a, _ in target_groups],
         interactions=_merge_interactions(seq, source_groups, target_groups, step_groups, fn, step_fn),
         **changes,
     )

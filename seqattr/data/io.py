@@ -72,6 +72,7 @@ def sequence_to_json(seq: SequenceAttribution) -> dict[str, Any]:
         "masked_source": list(seq.masked_source),
         "masked_target": list(seq.masked_target),
         "features": seq.features,
+        "token_roles": seq.token_roles,
         "interactions": optional(seq.interactions),
     }
 
@@ -95,6 +96,7 @@ def sequence_from_json(obj: dict[str, Any]) -> SequenceAttribution:
         masked_source=tuple(obj.get("masked_source", ())),
         masked_target=tuple(obj.get("masked_target", ())),
         features=obj.get("features"),  # files of earlier versions: per-token scores
+        token_roles=obj.get("token_roles"),  # files of earlier versions: none
         interactions=optional(obj.get("interactions")),  # files of earlier versions: none
     )
 

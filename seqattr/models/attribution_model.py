@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seqattr import engine
+from seqattr.chat import prompt_layouts
 from seqattr.data.attribution import AttributionOutput
 from seqattr.dataset_runs.runner import attribute_dataset
 from seqattr.evaluation import DEFAULT_FRACTIONS, EvaluationResult, evaluate
@@ -28,6 +29,7 @@ from seqattr.models.causality import check_causal
 from seqattr.models.family import ModelFamily
 from seqattr.models.model_state import left_as_found
 from seqattr.request import AttributionRequest
+from seqattr.segments import PromptLayout, reply_example
 from seqattr.step_functions import StepFunction
 from seqattr.trace import DEFAULT_TOP_K
 from seqattr.typing import Float, Int, Tensor
@@ -375,12 +377,22 @@ class AttributionModel:
         generated_texts: list[str] | None,
         generation_args: dict[str, Any],
         batch_size: int,
+        layouts: Sequence[PromptLayout] | None = None,
     ) -> list[tuple[list[int], list[int], int]]:
         """``(source_ids, target_ids, default attr_pos_start)`` per example, generating where not forced
-        (``generation_args`` as ``model.generate`` takes them: `AttributionRequest.generate_args`)."""
-        prompts = [self.encode_input(text, i) for i, text in enumerate(input_texts)]
+        (``generation_args`` as ``model.generate`` takes them: `AttributionRequest.generate_args`); prompts
+        given as ``layouts`` (chat messages, named segments) are their ids, forced texts their replies."""
+        if layouts is None:
+            prompts = [self.encode_input(text, i) for i, text in enumerate(input_texts)]
+        else:
+            prompts = [list(layout.ids) for layout in layouts]
         for i, prompt in enumerate(prompts):
             self.check_length(len(prompt), f"input_texts[{i}]")
+        if generated_texts is not None and layouts is not None:
+            return [
+                reply_example(self, i, p, t)
+                for i, (p, t) in enumerate(zip(prompts, generated_texts, strict=True))
+            ]
         if generated_texts is not None:
             return [
                 self.encode_forced(i, p, t, input_texts[i])
@@ -450,6 +462,9 @@ class AttributionModel:
         target: Any = None,
         question: str | Sequence[str] | None = None,
         context: str | Sequence[str] | None = None,
+        messages: Any = None,
+        segments: Any = None,
+        include_template: bool = False,
         **method_kwargs: Any,
     ) -> AttributionOutput:
         """Generate (or take the forced ``generated_texts``) and attribute every step to its inputs.
@@ -489,6 +504,15 @@ class AttributionModel:
                 QA model's: the answer (a piece of the context) or its ``(start, end)`` token positions.
             question: an extractive QA model's question (a list for several), with ``context``.
             context: the passage the answer is extracted from (one per question).
+            messages: a conversation (``[{"role": "system", "content": ...}, {"role": "user", ...}]``) or a
+                list of them, instead of ``input_texts``: the tokenizer's chat template makes the prompt (with
+                the generation prompt) and the assistant's reply is explained; ``generated_texts`` are then
+                replies only (`seqattr.chat`).
+            segments: named parts of the prompt, ``[(name, text), ...]`` (a list of such lists for several
+                prompts), found in the prompt's text or messages; alone, their texts joined are the prompt.
+                With ``granularity="segment"`` each is one feature (`seqattr.segments`).
+            include_template: show the chat template's scaffolding tokens (role headers, end-of-turn, BOS)
+                and perturb them as features; by default they are masked and never perturbed.
             **method_kwargs: the method's options (e.g. ``hidden_reduction="l2"``); they override those
                 given to `load_model`.
 
@@ -498,6 +522,14 @@ class AttributionModel:
             >>> out[0].num_steps, out[0].target_attributions.shape, out[0].step_scores["probability"].shape
             (8, torch.Size([14, 8]), torch.Size([8]))
         """
+        layouts = None
+        if messages is not None or segments is not None:
+            if not self.family.reads_chat:
+                raise ValueError(
+                    "messages= and segments= are for decoder-only generative models; this is a "
+                    f"{self.family} model: pass its input as input_texts="
+                )
+            input_texts, layouts = prompt_layouts(self.tokenizer, input_texts, messages, segments)
         input_texts = question_context_pairs(input_texts, question, context)
         if target is not None:
             if generated_texts is not None:
@@ -522,6 +554,8 @@ class AttributionModel:
             batch_size=batch_size,
             show_progress=show_progress,
             fused=fused,
+            prompts=layouts,
+            include_template=include_template,
             **method_kwargs,
         )
         return engine.attribute(self, request)

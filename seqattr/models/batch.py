@@ -18,6 +18,7 @@ from seqattr.typing import Bool, Float, Int, Tensor
 
 if TYPE_CHECKING:
     from seqattr.models.family import ModelFamily
+    from seqattr.segments import PromptLayout
 
 
 @dataclass
@@ -29,6 +30,8 @@ class EncodedExample:
     target_ids: list[int]
     attr_pos_start: int
     attr_pos_end: int
+    layout: PromptLayout | None = None
+    """The prompt's parts and scaffolding (chat messages, named segments; `seqattr.segments`), or None."""
 
 
 @dataclass

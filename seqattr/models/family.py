@@ -154,6 +154,9 @@ class ModelFamily:
         source tokens of the rows (None without a source)."""
         return output.logits[:, positions - 1]
 
+    reads_chat: ClassVar[bool] = False
+    """Prompts may be chat messages or named segments (`seqattr.chat`, `seqattr.segments`): a decoder-only
+    generator, whose prompt is the start of its target."""
     takes_pairs: ClassVar[bool] = False
     """Inputs may be pairs of texts ``(text_a, text_b)`` (a classifier reading two segments)."""
     needs_pairs: ClassVar[bool] = False
@@ -210,6 +213,7 @@ class DecoderOnly(ModelFamily):
     is_encoder_decoder = False
     predictor = "its"
     pads_target_left = True
+    reads_chat = True
 
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
         return [max(starts) - s for s in starts]
