@@ -100,6 +100,7 @@ def progress_bar(*extra_columns, transient: bool = False):
         >>> [type(c).__name__ for c in bar.columns][:3]
         ['TextColumn', 'BarColumn', 'MofNCompleteColumn']
     """
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -117,4 +118,5 @@ def progress_bar(*extra_columns, transient: bool = False):
         TimeRemainingColumn(),
         *extra_columns,
         transient=transient,
+        console=Console(stderr=True),  # stdout stays the output's (a CLI piped to a file, a test's capture)
     )

@@ -254,12 +254,27 @@ def test_the_progress_bar_advances_once_per_model_pass(monkeypatch, method, opti
     finally:
         handle.remove()
     (bar,) = bars
-    scoring_passes = 1  # the no-grad pass for step scores and the trace, not the method's
+    # The no-grad pass for step scores and the trace is not the method's; integrated gradients has none (its
+    # completeness check's pass on the input serves them, `CleanLogits`).
+    scoring_passes = 0 if get_method_class(method).keeps_clean_logits else 1
     assert bar.done == len(forward_calls) - scoring_passes > 2
     assert bar.total == bar.done, "the methods announce their passes"
     assert bar.batch == 1 and bar._bar is None, "the bar is stopped when the call ends"
     hidden = model.attribute(PROMPT, FORCED, show_progress=False)
     torch.testing.assert_close(shown[0].target_attributions, hidden[0].target_attributions, equal_nan=True)
+
+
+def test_the_bar_writes_to_stderr_never_to_stdout(monkeypatch, capsys):
+    """stdout is the output's: a CLI piped to a file, a notebook cell's text. The bar (and its closing line
+    break) goes to stderr."""
+    from seqattr import progress as progress_module
+
+    monkeypatch.setattr(progress_module, "DELAY_S", 0.0)
+    with progress_module.PassProgress("saliency", num_batches=1) as progress:
+        progress.expect(3)
+        for _ in range(3):
+            progress.advance()
+    assert capsys.readouterr().out == ""
 
 
 def test_a_bar_counts_batches_and_passes_across_them(monkeypatch):
