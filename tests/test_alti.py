@@ -152,9 +152,7 @@ def hand_self_layer(architecture, block, kind, x, weights, keys=None):
             ]
         )
     else:  # cross-attention: the residual is one more input, first
-        mixing = torch.stack(
-            [hand_alti(output[i], [x[i], *transformed[i]]) for i in range(len(x))]
-        )
+        mixing = torch.stack([hand_alti(output[i], [x[i], *transformed[i]]) for i in range(len(x))])
     return transformed, bias, output, mixing
 
 
@@ -164,7 +162,11 @@ def final_direction(architecture, model, last, unembedding):
     if architecture == "gpt2":
         norm = model.transformer.ln_f
         std = torch.sqrt(((last - last.mean()) ** 2).mean() + norm.eps)
-        jacobian = torch.diag(norm.weight) @ (torch.eye(size, dtype=last.dtype) - torch.ones(size, size, dtype=last.dtype) / size) / std
+        jacobian = (
+            torch.diag(norm.weight)
+            @ (torch.eye(size, dtype=last.dtype) - torch.ones(size, size, dtype=last.dtype) / size)
+            / std
+        )
         return jacobian.T @ unembedding, norm.bias @ unembedding
     norm = model.model.norm if architecture in ("llama", "qwen2") else model.decoder.final_layer_norm
     eps = norm.variance_epsilon
@@ -179,7 +181,11 @@ def hand_alti_logit(architecture: str, model, seq, residual_terms: bool = True):
         out = forward(architecture, model, seq, output_hidden_states=True, output_attentions=True)
         encoder_decoder = is_encoder_decoder(architecture)
         if encoder_decoder:
-            blocks, hidden, self_weights = model.decoder.block, out.decoder_hidden_states, out.decoder_attentions
+            blocks, hidden, self_weights = (
+                model.decoder.block,
+                out.decoder_hidden_states,
+                out.decoder_attentions,
+            )
         elif architecture == "gpt2":
             blocks, hidden, self_weights = model.transformer.h, out.hidden_states, out.attentions
         else:

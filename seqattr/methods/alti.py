@@ -2,9 +2,10 @@
 al. 2022): each step's logit decomposed into per-token contributions, in one pass per sequence.
 
 Step ``t`` explains the logit of its target token ``w`` at query ``n = p_t - 1``. Notation: ``x^l_i`` the
-residual stream of position ``i`` entering layer ``l``; the final norm is linearised with its std (LayerNorm)
-or RMS (RMSNorm) frozen at position ``n``, so a vector ``v`` added to ``n``'s residual stream moves the logit by
-``g_n · v`` with ``g_n`` the norm's linear part transposed applied to ``w``'s unembedding row. Per layer:
+residual stream of position ``i`` entering layer ``l``; the final norm is linearised with its std
+(LayerNorm) or RMS (RMSNorm) frozen at position ``n``, so a vector ``v`` added to ``n``'s residual stream
+moves the logit by ``g_n · v`` with ``g_n`` the norm's linear part transposed applied to ``w``'s unembedding
+row. Per layer:
 
 - **attention** (per head, through the output projection): ``T_{i<-j} = sum_h A^h_ij v^h_j W_O^h``, with the
   value ``v^h_j`` as the model computes it (its input norm's bias and the value bias included: the reference's
@@ -14,10 +15,11 @@ or RMS (RMSNorm) frozen at position ``n``, so a vector ``v`` added to ``n``'s re
 - **ALTI** contributions of the layer: ``z_ij = T_{i<-j}`` plus ``x_i`` for ``j = i`` (the residual),
   ``y_i = sum_j z_ij + b_O``; ``c_ij = max(0, |y_i|_1 - |y_i - z_ij|_1)``, rows normalised to 1; the rollout
   is ``M <- C M``;
-- **MLP**: it does not mix tokens: its direct logit ``g_n · mlp^l_n`` goes to the tokens in the proportions of
-  its input (the rollout row ``M_n`` after the layer's attention); the embedding ``x^0_n`` (position embeddings
-  included) goes to token ``n``. These two *residual terms* are what makes the contributions sum to the logit;
-  the paper's ALTI-Logit tracks the attention terms only (``residual_terms=False`` gives exactly that).
+- **MLP**: it does not mix tokens: its direct logit ``g_n · mlp^l_n`` goes to the tokens in the proportions
+  of its input (the rollout row ``M_n`` after the layer's attention); the embedding ``x^0_n`` (position
+  embeddings included) goes to token ``n``. These two *residual terms* are what makes the contributions sum
+  to the logit; the paper's ALTI-Logit tracks the attention terms only (``residual_terms=False`` gives
+  exactly that).
 
 Encoder-decoders (ALTI+): the encoder's ALTI rollout ``M_enc`` (source x source) says what each encoder output
 is made of; decoder states are mixtures over [source tokens, target tokens]. A cross-attention contributes
@@ -34,10 +36,10 @@ Follows the authors' implementation (github.com/mt-upc/logit-explanations, ``src
 anew on the model's own modules through hooks. The attributed function is not used: the method explains the
 logit of each step's target token (the output's info says so).
 
-Cost: one forward pass per example (eager attention, for the weights), then per layer the transformed vectors
-of every (query, key) pair, ``O(T^2 d)`` memory for one layer at a time. The decoder is causal: row ``n``
-depends on rows ``<= n`` only, so that one pass gives every step; the stepwise reference runs one pass per step
-on its prefix.
+Cost: one forward pass per example (eager attention, for the weights), then per layer the transformed
+vectors of every (query, key) pair, ``O(T^2 d)`` memory for one layer at a time. The decoder is causal: row
+``n`` depends on rows ``<= n`` only, so that one pass gives every step; the stepwise reference runs one pass
+per step on its prefix.
 """
 
 from __future__ import annotations
@@ -190,7 +192,9 @@ class _Recorder:
     def _values(self, key: str, fused: bool):
         def hook(module, args, output):
             # A fused projection holds queries, keys and values, a third each, values last.
-            self.records[f"{key}.values"].append(output[..., 2 * output.shape[-1] // 3 :] if fused else output)
+            self.records[f"{key}.values"].append(
+                output[..., 2 * output.shape[-1] // 3 :] if fused else output
+            )
 
         return hook
 
@@ -211,7 +215,8 @@ def transformed_vectors(
     weights: Float[Tensor, "n heads queries keys"], values: Float[Tensor, "n keys kv_width"], projection
 ) -> Float[Tensor, "n queries keys hidden"]:
     """``T_{i<-j} = sum_h A^h_ij v^h_j W_O^h`` in float64: what key ``j`` adds to query ``i``'s attention
-    output (the output projection's bias excluded). Grouped-query values serve ``heads / kv_heads`` heads each.
+    output (the output projection's bias excluded). Grouped-query values serve ``heads / kv_heads`` heads
+    each.
 
     Example:
         >>> projection = nn.Linear(4, 3, bias=False)
@@ -327,8 +332,8 @@ def alti_logit(
     token_ids: Tensor,
     residual_terms: bool = True,
 ) -> Decomposition:
-    """ALTI-Logit of the logits of ``token_ids`` (``[n, steps]``) at decoder positions ``queries`` (``[steps]``)
-    from one recorded forward pass (see the module docstring)."""
+    """ALTI-Logit of the logits of ``token_ids`` (``[n, steps]``) at decoder positions ``queries``
+    (``[steps]``) from one recorded forward pass (see the module docstring)."""
     layout = layout_of(model)
     stack = layout.decoder
     inputs = records["decoder.input"]
