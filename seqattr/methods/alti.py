@@ -302,9 +302,29 @@ def encoder_rollout(model: nn.Module, stack: StackPaths, records, attentions) ->
         x = inputs[index].double().cpu()
         projection = layer.get_submodule(stack.self_attention.output)
         vectors = transformed_vectors(attentions[index], records["encoder.self.values"][index], projection)
-        mixing = self_attention_contributions(x, vectors, output_bias(projection, x.shape[-1]))
+        bias = output_bias(projection, x.shape[-1])
+        mixing = self_attention_contributions(x, vectors, bias)
         rollout = mixing if rollout is None else mixing @ rollout
+        if index + 1 < len(layers):  # the last layer's output goes to the encoder's final norm, unrecorded
+            mlp = records["encoder.mlp"][index]
+            check_layer(
+                model, "encoder", index, x + vectors.sum(2) + bias + mlp.double().cpu(), inputs[index + 1]
+            )
     return rollout
+
+
+def check_layer(model: nn.Module, stack: str, index: int, rebuilt: Tensor, actual: Tensor) -> None:
+    """Refuse a layer whose output is not ``x + attention + mlp`` as rebuilt from the recorded parts (a
+    variant of a listed architecture computing something else would get contributions that mean nothing)."""
+    tolerance = max(1e-3, 64 * torch.finfo(actual.dtype).eps)
+    actual = actual.double().cpu()
+    if not torch.allclose(rebuilt, actual, rtol=tolerance, atol=tolerance * float(actual.abs().max())):
+        raise ValueError(
+            f"alti_logit: {stack} layer {index} of {type(model).__name__} does not compute x + attention "
+            "(values mixed by the attention weights through the output projection) + mlp as the "
+            "decomposition assumes; this model's layers are not the supported pre-norm layout. Use a method "
+            "that works on any model (attention_rollout, input_x_gradient)"
+        )
 
 
 def self_attention_contributions(x: Tensor, vectors: Tensor, bias: Tensor) -> Tensor:
@@ -385,9 +405,12 @@ def alti_logit(
             residual = residual + vectors.sum(2) + layer_bias
             shares = alti_contributions(residual, pieces)
             mixture = shares[..., :1] * mixture + shares[..., 1:] @ source_mixture
+        mlp = records["decoder.mlp"][index].double().cpu()
+        following = inputs[index + 1] if index + 1 < len(layers) else records["final"][0]
+        check_layer(model, "decoder", index, residual + mlp, following)
         if residual_terms:
-            mlp = records["decoder.mlp"][index].double().cpu()[:, queries]
-            contributions[..., index] += (mlp * direction).sum(-1, keepdim=True) * mixture[:, queries]
+            direct = (mlp[:, queries] * direction).sum(-1, keepdim=True)
+            contributions[..., index] += direct * mixture[:, queries]
     return Decomposition(contributions, bias)
 
 
