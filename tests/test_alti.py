@@ -19,6 +19,7 @@ import transformers
 
 import seqattr
 from exact import assert_close
+from seqattr.methods import alti
 from seqattr.testing import RECIPES, tiny_model, tiny_tokenizer
 
 FAMILIES = ("gpt2", "llama", "qwen2", "t5")
@@ -350,3 +351,13 @@ def test_sums_to_the_logit_on_smollm2_in_float32():
     logits = seq.step_scores["logit"].double()
     total = seq.target_attributions.double().nansum(0)
     assert (total - logits).abs().max() < 1e-4 * logits.abs().max()
+
+
+def test_contributions_computed_in_chunks_of_rows_are_the_same(monkeypatch):
+    """Long sequences: ALTI's contributions are computed a few query rows at a time (bounded memory); one row
+    per chunk gives what one chunk for all rows gives."""
+    whole = explain("t5", per_layer=True)
+    monkeypatch.setattr(alti, "_CHUNK_ELEMENTS", 1)
+    rows = explain("t5", per_layer=True)
+    assert_close(rows.target_attributions, whole.target_attributions, rtol=1e-12)
+    assert_close(rows.source_attributions, whole.source_attributions, rtol=1e-12)

@@ -37,9 +37,10 @@ anew on the model's own modules through hooks. The attributed function is not us
 logit of each step's target token (the output's info says so).
 
 Cost: one forward pass per example (eager attention, for the weights), then per layer the transformed
-vectors of every (query, key) pair, ``O(T^2 d)`` memory for one layer at a time. The decoder is causal: row
-``n`` depends on rows ``<= n`` only, so that one pass gives every step; the stepwise reference runs one pass
-per step on its prefix.
+vectors of every (query, key) pair, ``O(T^2 d)`` operations, held a chunk of query rows at a time (at most
+`_CHUNK_ELEMENTS` values), so memory stays bounded on long sequences. The decoder is causal: row ``n``
+depends on rows ``<= n`` only, so that one pass gives every step; the stepwise reference runs one pass per
+step on its prefix.
 """
 
 from __future__ import annotations
@@ -211,28 +212,76 @@ def output_bias(projection: nn.Module, hidden: int) -> Tensor:
     return torch.zeros(hidden, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
 
 
-def transformed_vectors(
-    weights: Float[Tensor, "n heads queries keys"], values: Float[Tensor, "n keys kv_width"], projection
-) -> Float[Tensor, "n queries keys hidden"]:
-    """``T_{i<-j} = sum_h A^h_ij v^h_j W_O^h`` in float64: what key ``j`` adds to query ``i``'s attention
-    output (the output projection's bias excluded). Grouped-query values serve ``heads / kv_heads`` heads
-    each.
+_CHUNK_ELEMENTS = 2**24
+"""Transformed vectors held at once (query rows x keys x hidden; 128 MiB in float64): ALTI's contributions
+are computed in chunks of query rows, so memory stays bounded on long sequences."""
+
+
+@dataclass
+class AttentionTerms:
+    """One attention layer as ALTI sees it: ``T_{i<-j} = sum_h A^h_ij v^h_j W_O^h`` (float64, on the CPU),
+    what key ``j`` adds to query ``i``'s attention output, the output projection's ``bias`` apart.
+    Grouped-query values serve ``heads / kv_heads`` heads each.
 
     Example:
         >>> projection = nn.Linear(4, 3, bias=False)
         >>> weights, values = torch.softmax(torch.randn(1, 2, 5, 5), -1), torch.randn(1, 5, 4)
-        >>> vectors = transformed_vectors(weights, values, projection)
+        >>> terms = AttentionTerms.of(weights, values, projection)
         >>> heads = (weights @ values.view(1, 5, 2, 2).transpose(1, 2)).transpose(1, 2).reshape(1, 5, 4)
-        >>> torch.allclose(vectors.sum(2), projection(heads).double(), atol=1e-6)   # the attention output
+        >>> torch.allclose(terms.vectors(slice(None)).sum(2), projection(heads).double(), atol=1e-6)
         True
     """
-    n, heads, _, keys = weights.shape
-    matrix = output_matrix(projection).detach().double().cpu()
-    head_dim = matrix.shape[0] // heads
-    values = values.double().cpu().reshape(n, keys, -1, head_dim)
-    values = values.repeat_interleave(heads // values.shape[2], dim=2)  # kv head of head h: h // group
-    per_head = torch.einsum("nkhe,hed->nhkd", values, matrix.reshape(heads, head_dim, -1))
-    return torch.einsum("nhqk,nhkd->nqkd", weights.double().cpu(), per_head)
+
+    weights: Float[Tensor, "n heads queries keys"]
+    per_head: Float[Tensor, "n heads keys hidden"]
+    """Each head's value vectors through its slice of the output projection."""
+    bias: Float[Tensor, " hidden"]
+
+    @classmethod
+    def of(
+        cls,
+        weights: Float[Tensor, "n heads queries keys"],
+        values: Float[Tensor, "n keys kv_width"],
+        projection,
+    ) -> AttentionTerms:
+        n, heads, _, keys = weights.shape
+        matrix = output_matrix(projection).detach().double().cpu()
+        head_dim = matrix.shape[0] // heads
+        values = values.double().cpu().reshape(n, keys, -1, head_dim)
+        values = values.repeat_interleave(heads // values.shape[2], dim=2)  # kv head of head h: h // group
+        per_head = torch.einsum("nkhe,hed->nhkd", values, matrix.reshape(heads, head_dim, -1))
+        return cls(weights.double().cpu(), per_head, output_bias(projection, matrix.shape[1]))
+
+    def vectors(self, rows: slice) -> Float[Tensor, "n rows keys hidden"]:
+        return torch.einsum("nhqk,nhkd->nqkd", self.weights[:, :, rows], self.per_head)
+
+    def output(self) -> Float[Tensor, "n queries hidden"]:
+        """The attention's output, bias included (``sum_j T_{i<-j} + b_O``)."""
+        return torch.einsum("nhqk,nhkd->nqd", self.weights, self.per_head) + self.bias
+
+    def logits(self, queries: Tensor, direction: Float[Tensor, "n steps hidden"]) -> Tensor:
+        """``g_t · T_{q_t<-j}``: each step's logit contribution of each key, ``[n, steps, keys]``."""
+        projected = torch.einsum("nhkd,ntd->nhtk", self.per_head, direction)
+        return (self.weights[:, :, queries] * projected).sum(1)
+
+    def contributions(self, residual: Float[Tensor, "n queries hidden"], self_attention: bool) -> Tensor:
+        """ALTI contributions of the sublayer ``residual + attention``: ``[n, queries, keys]`` for a
+        self-attention (the residual joins its own key), ``[n, queries, 1 + keys]`` for a cross-attention
+        (the residual first, as one more input)."""
+        n, _, queries, keys = self.weights.shape
+        resultant = residual + self.output()
+        step = max(1, _CHUNK_ELEMENTS // max(1, n * keys * residual.shape[-1]))
+        chunks = []
+        for start in range(0, queries, step):
+            rows = slice(start, min(start + step, queries))
+            pieces = self.vectors(rows)
+            if self_attention:
+                own = torch.arange(rows.start, rows.stop)
+                pieces[:, own - rows.start, own] += residual[:, rows]
+            else:
+                pieces = torch.cat([residual[:, rows].unsqueeze(2), pieces], 2)
+            chunks.append(alti_contributions(resultant[:, rows], pieces))
+        return torch.cat(chunks, 1)
 
 
 def alti_contributions(
@@ -301,15 +350,12 @@ def encoder_rollout(model: nn.Module, stack: StackPaths, records, attentions) ->
     for index, layer in enumerate(layers):
         x = inputs[index].double().cpu()
         projection = layer.get_submodule(stack.self_attention.output)
-        vectors = transformed_vectors(attentions[index], records["encoder.self.values"][index], projection)
-        bias = output_bias(projection, x.shape[-1])
-        mixing = self_attention_contributions(x, vectors, bias)
+        terms = AttentionTerms.of(attentions[index], records["encoder.self.values"][index], projection)
+        mixing = terms.contributions(x, self_attention=True)
         rollout = mixing if rollout is None else mixing @ rollout
         if index + 1 < len(layers):  # the last layer's output goes to the encoder's final norm, unrecorded
-            mlp = records["encoder.mlp"][index]
-            check_layer(
-                model, "encoder", index, x + vectors.sum(2) + bias + mlp.double().cpu(), inputs[index + 1]
-            )
+            rebuilt = x + terms.output() + records["encoder.mlp"][index].double().cpu()
+            check_layer(model, "encoder", index, rebuilt, inputs[index + 1])
     return rollout
 
 
@@ -325,14 +371,6 @@ def check_layer(model: nn.Module, stack: str, index: int, rebuilt: Tensor, actua
             "decomposition assumes; this model's layers are not the supported pre-norm layout. Use a method "
             "that works on any model (attention_rollout, input_x_gradient)"
         )
-
-
-def self_attention_contributions(x: Tensor, vectors: Tensor, bias: Tensor) -> Tensor:
-    """ALTI contributions ``[n, queries, keys]`` of a self-attention with its residual."""
-    pieces = vectors.clone()
-    positions = torch.arange(x.shape[1])
-    pieces[:, positions, positions] += x
-    return alti_contributions(x + vectors.sum(2) + bias, pieces)
 
 
 @dataclass
@@ -357,7 +395,7 @@ def alti_logit(
     layout = layout_of(model)
     stack = layout.decoder
     inputs = records["decoder.input"]
-    n, target_len, hidden = inputs[0].shape
+    n, target_len, _ = inputs[0].shape
     source_len = 0
     source_mixture = None
     if layout.encoder is not None:
@@ -383,28 +421,23 @@ def alti_logit(
     for index, layer in enumerate(layers):
         x = inputs[index].double().cpu()
         projection = layer.get_submodule(stack.self_attention.output)
-        vectors = transformed_vectors(
+        terms = AttentionTerms.of(
             attentions["decoder"][index], records["decoder.self.values"][index], projection
         )
-        layer_bias = output_bias(projection, hidden)
-        logits = torch.einsum("ntkd,ntd->ntk", vectors[:, queries], direction)
-        contributions[..., index] += logits @ mixture
-        bias = bias + (direction * layer_bias).sum(-1)
-        residual = x + vectors.sum(2) + layer_bias
-        mixture = self_attention_contributions(x, vectors, layer_bias) @ mixture
+        contributions[..., index] += terms.logits(queries, direction) @ mixture
+        bias = bias + (direction * terms.bias).sum(-1)
+        mixture = terms.contributions(x, self_attention=True) @ mixture
+        residual = x + terms.output()
         if stack.cross_attention is not None:
             projection = layer.get_submodule(stack.cross_attention.output)
-            vectors = transformed_vectors(
+            terms = AttentionTerms.of(
                 attentions["cross"][index], records["decoder.cross.values"][index], projection
             )
-            layer_bias = output_bias(projection, hidden)
-            logits = torch.einsum("ntkd,ntd->ntk", vectors[:, queries], direction)
-            contributions[..., index] += logits @ source_mixture
-            bias = bias + (direction * layer_bias).sum(-1)
-            pieces = torch.cat([residual.unsqueeze(2), vectors], 2)
-            residual = residual + vectors.sum(2) + layer_bias
-            shares = alti_contributions(residual, pieces)
+            contributions[..., index] += terms.logits(queries, direction) @ source_mixture
+            bias = bias + (direction * terms.bias).sum(-1)
+            shares = terms.contributions(residual, self_attention=False)
             mixture = shares[..., :1] * mixture + shares[..., 1:] @ source_mixture
+            residual = residual + terms.output()
         mlp = records["decoder.mlp"][index].double().cpu()
         following = inputs[index + 1] if index + 1 < len(layers) else records["final"][0]
         check_layer(model, "decoder", index, residual + mlp, following)
