@@ -60,12 +60,16 @@ def is_encoder_decoder(architecture: str) -> bool:
     return architecture == "t5"
 
 
-def explain(architecture: str, layers: int = 2, **options) -> seqattr.data.attribution.SequenceAttribution:
+def explain_all(architecture: str, layers: int = 2, **options) -> seqattr.AttributionOutput:
     model, tokenizer = biased_model(architecture, layers)
     encoder_decoder = is_encoder_decoder(architecture)
     target = CONTINUATION["encoder-decoder"] if encoder_decoder else PROMPT + CONTINUATION["decoder-only"]
     attribution = seqattr.load_model(model, "alti_logit", tokenizer=tokenizer, **options)
-    return attribution.attribute(PROMPT, target, attribute_target=True, show_progress=False)[0]
+    return attribution.attribute(PROMPT, target, attribute_target=True, show_progress=False)
+
+
+def explain(architecture: str, layers: int = 2, **options) -> seqattr.data.attribution.SequenceAttribution:
+    return explain_all(architecture, layers, **options)[0]
 
 
 def step_queries(seq) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,9 +300,11 @@ def test_the_paper_variant_equals_the_hand_computation_without_residual_terms(ar
 
 
 def test_per_layer_sums_to_the_default():
-    per_layer = explain("t5", per_layer=True)
-    total = explain("t5")
+    output = explain_all("t5", per_layer=True)
+    per_layer, total = output[0], explain("t5")
     assert per_layer.target_attributions.shape[-1] == 2
+    assert output.info["method_info"]["layers"] == [0, 1]
+    assert output.info["method_info"]["extra_dims"] == ["layer"]
     assert_close(per_layer.target_attributions.sum(-1), total.target_attributions)
     assert_close(per_layer.source_attributions.sum(-1), total.source_attributions)
 

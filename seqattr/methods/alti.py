@@ -485,6 +485,7 @@ class AltiLogit(AttributionMethod):
     ) -> MethodOutput:
         """``[n, steps, source + target, layers]`` into a `MethodOutput`."""
         source_len = 0 if inputs.source_embeds is None else inputs.source_embeds.shape[1]
+        layers = contributions.shape[-1]
         if not options.per_layer:
             contributions = contributions.sum(-1)
         contributions = contributions.transpose(1, 2).to(output_dtype(self.model.dtype))
@@ -494,6 +495,8 @@ class AltiLogit(AttributionMethod):
             "residual_terms": options.residual_terms,
             "extra_dims": ["layer"] if options.per_layer else [],
         }
+        if options.per_layer:
+            info["layers"] = list(range(layers))
         return MethodOutput(
             contributions[:, :source_len] if inputs.attribute_source else None,
             contributions[:, source_len:] if inputs.attribute_target else None,
