@@ -50,6 +50,7 @@ GRADIENT_FAMILIES = ("gpt2", "llama", "t5", "t5:source", "bart")
 source only."""
 PERTURBATION_FAMILIES = ("gpt2", "llama", "t5", "bart")
 INTERNALS_FAMILIES = ("gpt2", "llama", "qwen2", "t5", "bart", "marian")
+ALTI_FAMILIES = ("gpt2", "llama", "qwen2", "t5", "t5:source")
 SOURCE_ONLY = ":source"
 CLASSIFIER_FAMILIES = (
     "tagger:distilbert",
@@ -210,6 +211,9 @@ METHODS: list[Row] = [
     Row("attention", {"layers": -1, "aggregate_heads": "mean"}, INTERNALS_FAMILIES),
     Row("attention_rollout", {}, INTERNALS_FAMILIES),
     Row("value_zeroing", {}, INTERNALS_FAMILIES),
+    # ALTI-Logit of issue 13 on the pre-norm families it supports (BART and Marian are refused).
+    Row("alti_logit", {}, ALTI_FAMILIES),
+    Row("alti_logit", {"per_layer": True, "residual_terms": False}, ALTI_FAMILIES),
 ]
 
 
