@@ -140,12 +140,17 @@ def step_function_args(
         with dropout_active(model.model) if dropout else contextlib.nullcontext():
             return model.step_logits(batch, rows, source_embeds, target_embeds, positions)
 
-    contrast_ids = contrast_forward = None
+    contrast_ids = contrast_forward = contrast_positions = None
+    contrast_activations: dict = {}
     if contrast is not None:
         contrast_ids = contrast.step_target_ids[rows][:, steps]
+        contrast_positions = contrast.step_positions[rows][:, steps]
 
         def contrast_forward() -> Float[Tensor, "n steps vocab"]:
-            return contrast.step_logits(model, rows, source_embeds, target_embeds, steps)
+            with recording(model.model, quantities) as recorded:  # for contrastive quantities of interest
+                logits = contrast.step_logits(model, rows, source_embeds, target_embeds, steps)
+            contrast_activations.update(recorded)
+            return logits
 
     activations: dict = {}
     if logits is None or quantities:
@@ -158,6 +163,8 @@ def step_function_args(
         positions=positions,
         contrast_target_ids=contrast_ids,
         contrast_forward=contrast_forward,
+        contrast_activations=contrast_activations,
+        contrast_positions=contrast_positions,
         forward=forward,
         multi_label=model.family.multi_label,
     )

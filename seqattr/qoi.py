@@ -89,8 +89,15 @@ class QuantityOfInterest:
             )
         values = args.activations[self]
         at_steps = values[:, args.positions - 1]  # position p - 1 computes step p, as the logits
+        scores = self.reduced(at_steps, tuple(args.target_ids.shape))
+        # Keep every input in the graph: a quantity may not depend on some of them (the decoder's first
+        # self-attention reads no encoder output), and autograd (Captum's too) refuses an unused input. The
+        # term adds exactly zero to the values and the gradients.
+        return scores + 0.0 * args.logits[..., 0].to(scores.dtype)
+
+    def reduced(self, at_steps: Float[Tensor, "n steps *dims"], expected: tuple[int, int]) -> Tensor:
+        """`reduce` of the activations at the steps, checked to give one number per row and step."""
         scores = self.reduce(at_steps)
-        expected = tuple(args.target_ids.shape)
         if not isinstance(scores, Tensor) or tuple(scores.shape) != expected:
             got = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise ValueError(
@@ -98,10 +105,7 @@ class QuantityOfInterest:
                 f"{list(expected)} (it received activations {list(at_steps.shape)}: reduce the dimensions "
                 "after the second)"
             )
-        # Keep every input in the graph: a quantity may not depend on some of them (the decoder's first
-        # self-attention reads no encoder output), and autograd (Captum's too) refuses an unused input. The
-        # term adds exactly zero to the values and the gradients.
-        return scores + 0.0 * args.logits[..., 0].to(scores.dtype)
+        return scores
 
     def _check_last_dim(self, values: Tensor, size: int, what: str) -> None:
         if values.dim() < 3:
@@ -283,13 +287,56 @@ def activation(
     return Activation(layer, fn, at)
 
 
+class Contrastive:
+    """A quantity on the original sequence minus the same quantity on the contrast sequence, at the contrast
+    step aligned with each step (`contrastive`): a step function, as the contrastive ones over the logits."""
+
+    def __init__(self, quantity: QuantityOfInterest) -> None:
+        if not isinstance(quantity, QuantityOfInterest):
+            raise TypeError(
+                "contrastive() takes a quantity of interest (seqattr.qoi.neuron, head, ...), "
+                f"got {quantity!r}"
+            )
+        self.quantity = quantity
+
+    def __call__(self, args: StepFunctionArgs) -> Float[Tensor, "n steps"]:
+        original = self.quantity(args)
+        args.contrast_logits  # noqa: B018  (runs the contrast pass once, which records its activations)
+        values = args.contrast_activations.get(self.quantity)
+        if values is None or args.contrast_positions is None:
+            raise ValueError(
+                f"{self!r} compares the original with the contrast sequence: pass contrast_targets= (or "
+                "contrast_sources=) to attribute()"
+            )
+        rows = torch.arange(values.shape[0], device=values.device)[:, None]
+        at_steps = values[rows, args.contrast_positions.to(values.device) - 1]
+        return original - self.quantity.reduced(at_steps, tuple(original.shape))
+
+    def __repr__(self) -> str:
+        return f"contrastive({self.quantity!r})"
+
+
+def contrastive(quantity: QuantityOfInterest) -> Contrastive:
+    """``quantity`` on the original minus on the contrast sequence (``contrast_targets=``), step by step:
+    which input tokens make a neuron fire more for this token than for the contrast's (TruLens' comparative
+    quantities of interest, on seqattr's contrastive machinery).
+
+    Example:
+        >>> seqattr.qoi.contrastive(seqattr.qoi.neuron("decoder.1.mlp", 5))
+        contrastive(neuron('decoder.1.mlp', 5))
+    """
+    return Contrastive(quantity)
+
+
 def quantities_in(functions: Sequence[Callable]) -> list[QuantityOfInterest]:
-    """The quantities of interest among step functions (bound with options or not)."""
+    """The quantities of interest among step functions (bound with options or not; a contrastive one's)."""
     found = []
     for fn in functions:
         while hasattr(fn, "func"):  # functools.partial
             fn = fn.func
-        if isinstance(fn, QuantityOfInterest):
+        if isinstance(fn, Contrastive):
+            fn = fn.quantity
+        if isinstance(fn, QuantityOfInterest) and fn not in found:  # one hook per quantity
             found.append(fn)
     return found
 

@@ -56,6 +56,10 @@ class StepFunctionArgs:
     positions: Int[Tensor, " steps"] | None = None
     """The padded target position of each step: its logits (and a quantity of interest) come from the model's
     output at position ``p - 1``."""
+    contrast_activations: Mapping[Any, Tensor] = field(default_factory=dict, repr=False)
+    """The same activations in the contrast pass (filled when it runs), for contrastive quantities."""
+    contrast_positions: Int[Tensor, "n steps"] | None = None
+    """The padded position, in each contrast sequence, of the contrast step aligned with each step."""
     multi_label: bool = False
     """The "vocabulary" is a multi-label classifier's labels, each an independent yes/no: a label's
     probability is ``sigmoid(logit)``, not a softmax over the labels (`log_probabilities`)."""

@@ -438,3 +438,54 @@ def test_a_failing_qoi_leaves_no_hook_on_the_model():
             "gpt2", seqattr.qoi.activation("decoder.0.mlp", lambda values: values), "integrated_gradients"
         )
     assert not mlp._forward_hooks and not mlp._forward_pre_hooks
+
+
+# --- comparative quantities: the original minus the contrast -----------------------------------------------
+
+
+def test_contrastive_qoi_is_the_neurons_difference_at_aligned_steps():
+    """``contrastive(q)`` at each step is q on the original minus q on the contrast sequence at the aligned
+    step, each read by hand from the Hugging Face model's own pass; with the contrast equal to the original
+    it is 0 and so are its attributions (every input shared, the gradients cancel); without a contrast it is
+    refused with the fix."""
+    hf_model, tokenizer = tiny_model("gpt2")
+    model = attribution_model("gpt2", abs=False)
+    q = seqattr.qoi.neuron("decoder.1.mlp", 5)
+    original, contrast = "the cat sat on the mat", "the cat sat in the mat"
+    seq = model.attribute(
+        PROMPT,
+        original,
+        contrast_targets=contrast,
+        attributed_fn=seqattr.qoi.contrastive(q),
+        step_scores=[seqattr.qoi.contrastive(q)],
+        **RUN,
+    )[0]
+
+    def neuron_values(text: str) -> torch.Tensor:
+        seen = []
+        handle = hf_model.transformer.h[1].mlp.register_forward_hook(lambda m, a, o: seen.append(o))
+        try:
+            with torch.no_grad():
+                hf_model(torch.tensor([tokenizer(text)["input_ids"]]))
+        finally:
+            handle.remove()
+        return seen[0][0, :, 5]
+
+    prompt_len = len(tokenizer(PROMPT)["input_ids"])
+    steps = torch.arange(seq.num_steps)
+    # Both continuations have as many tokens here, so step t of each is at the same position.
+    assert len(tokenizer(contrast)["input_ids"]) == len(tokenizer(original)["input_ids"])
+    expected = (
+        neuron_values(original)[prompt_len - 1 + steps] - neuron_values(contrast)[prompt_len - 1 + steps]
+    )
+    torch.testing.assert_close(seq.step_scores["contrastive(neuron('decoder.1.mlp', 5))"], expected)
+    assert float(expected[0]) == 0.0 and float(expected[1:].abs().max()) > 0  # shared prefix, then not
+
+    same = model.attribute(
+        PROMPT, original, contrast_targets=original, attributed_fn=seqattr.qoi.contrastive(q), **RUN
+    )[0]
+    assert float(same.target_attributions.nan_to_num().abs().max()) == 0.0
+    with pytest.raises(ValueError, match="pass contrast_targets="):
+        model.attribute(PROMPT, original, attributed_fn=seqattr.qoi.contrastive(q), **RUN)
+    with pytest.raises(TypeError, match="takes a quantity of interest"):
+        seqattr.qoi.contrastive("probability")
