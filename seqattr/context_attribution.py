@@ -29,10 +29,13 @@ input template (contextless: the contextless input), the decoder the filled outp
 is a forced target prefix, attributed with ``attribute_target``).
 
 Example:
-    >>> result = seqattr.attribute_context(model, "the cat sat on the", input_context_text="a dog ran home",
-    ...                                    generation_args={"max_new_tokens": 4})
-    >>> [t.token for t in result.sensitive_tokens], result.sensitive_tokens[0].cues[:1]  # doctest: +SKIP
-    (['Ġmat'], [Cue(token='Ġdog', score=0.31, side='input', position=1)])
+    >>> result = seqattr.attribute_context(model, "the cat sat on the", "a dog ran home", "mat and the dog sat")
+    >>> result.output_current_tokens
+    ['Ġmat', 'Ġand', 'Ġthe', 'Ġd', 'og', 'Ġs', 'at']
+    >>> [t.token for t in result.sensitive_tokens]         # KL with/without context above mean + 1 std
+    ['Ġd']
+    >>> [cue.token for cue in result.sensitive_tokens[0].cues]
+    ['ran', 'om']
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ class ContextAttributionOutput:
     and, for each, its contextual cues.
 
     Example:
-        >>> result.output_current_tokens, result.cti_scores          # doctest: +SKIP
-        (['Ġthe', 'Ġmat'], [0.02, 0.41])
+        >>> result = seqattr.attribute_context(model, "the cat sat on the", "a dog ran home", "mat and")
+        >>> result.output_current_tokens, [round(s, 2) for s in result.cti_scores]   # doctest: +SKIP
+        (['Ġmat', 'Ġand'], [0.81, 0.35])
         >>> result.save(tmp / "pecore.json"); ContextAttributionOutput.load(tmp / "pecore.json") == result
         True
     """
@@ -166,7 +170,7 @@ class _Layout:
     current_start: int
     """The target position of the current output's first token."""
     input_context: list[int]
-    """Positions of the input context's tokens, in ``source`` (encoder-decoder) or ``target`` (decoder-only)."""
+    """Positions of the input context's tokens (``source``: encoder-decoder, ``target``: decoder-only)."""
     output_context: list[int]
     """Target positions of the output context's tokens."""
     input_side: str
@@ -496,7 +500,8 @@ def _decoder_only_call(
                 f"output_current_text={output_current!r} does not fit after the prompt {prompt[-40:]!r}: "
                 f"joined with decoder_input_output_separator={separator!r} it changes the prompt's last "
                 "tokens, so the forced output would not continue the prompt the model reads. Start the "
-                "output where a token starts (e.g. keep the separator ' ' or begin output_current_text with a space)"
+                "output where a token starts (e.g. keep the separator ' ', or open output_current_text "
+                "with a space)"
             )
     out = model.attribute(
         prompt,
