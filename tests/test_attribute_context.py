@@ -169,10 +169,19 @@ def test_output_context_is_scored_as_cues_and_excluded_from_cti():
         assert {c.side for c in token.cues} <= {"input", "output"}
 
 
-def test_generated_output_and_json_round_trip(tmp_path):
-    model = attribution_model("gpt2")
+@pytest.mark.parametrize("architecture", ["gpt2", "t5"])
+def test_generated_output_and_json_round_trip(architecture, tmp_path):
+    model = attribution_model(architecture)
+    _, tok = tiny_model(architecture)
     result = seqattr.attribute_context(model, CURRENT, CONTEXT, generation_args={"max_new_tokens": 5})
-    assert len(result.cti_scores) == len(result.output_current_tokens) == 5
+    # The generated tokens without the special ones (an encoder-decoder's start and end tokens).
+    generated = model.attribute(
+        f"{CONTEXT} {CURRENT}", generation_args={"max_new_tokens": 5}, show_progress=False
+    )
+    seq = generated[0]
+    ids = seq.target_ids[seq.attr_pos_start : seq.attr_pos_end]
+    steps = [t for t, i in zip(seq.steps, ids, strict=True) if i not in tok.all_special_ids]
+    assert result.output_current_tokens == steps and len(result.cti_scores) == len(steps) > 0
     path = tmp_path / "pecore.json"
     result.save(path)
     again = ContextAttributionOutput.load(path)
