@@ -29,7 +29,8 @@ input template (contextless: the contextless input), the decoder the filled outp
 is a forced target prefix, attributed with ``attribute_target``).
 
 Example:
-    >>> result = seqattr.attribute_context(model, "the cat sat on the", "a dog ran home", "mat and the dog sat")
+    >>> result = seqattr.attribute_context(model, "the cat sat on the", "a dog ran home",
+    ...                                    output_current_text="mat and the dog sat")
     >>> result.output_current_tokens
     ['Ġmat', 'Ġand', 'Ġthe', 'Ġd', 'og', 'Ġs', 'at']
     >>> [t.token for t in result.sensitive_tokens]         # KL with/without context above mean + 1 std
