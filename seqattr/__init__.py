@@ -13,6 +13,7 @@ Example:
 from seqattr import methods as _methods  # noqa: F401  (registers the built-in methods)
 from seqattr import qoi  # noqa: F401  (seqattr.qoi.neuron(...): quantities of interest)
 from seqattr import viz as _viz  # noqa: F401  (registers the built-in views)
+from seqattr.context_attribution import ContextAttributionOutput, attribute_context
 from seqattr.data import AttributionOutput, SequenceAttribution, load
 from seqattr.dataset_runs.shards import load_dataset_output
 from seqattr.evaluation import EvaluationResult
@@ -26,11 +27,13 @@ from seqattr.version import __version__
 __all__ = [
     "AttributionModel",
     "AttributionOutput",
+    "ContextAttributionOutput",
     "ConvergenceWarning",
     "EvaluationResult",
     "SequenceAttribution",
     "StepFunctionArgs",
     "__version__",
+    "attribute_context",
     "list_methods",
     "list_step_functions",
     "load",

@@ -437,9 +437,43 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: probability, else the first step score)",
     )
 
+    _add_attribute_context_command(
+        command("attribute-context", "which context tokens made the model say which output tokens (PECoRe)")
+    )
     command("methods", "list attribution methods")
     _add_import_argument(command("step-functions", "list step functions"))
     return parser
+
+
+def _add_attribute_context_command(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``seqattr attribute-context``: `seqattr.attribute_context`'s arguments (Inseq's names)."""
+    _add_model_arguments(parser)
+    parser.add_argument(
+        "-i", "--input-current-text", required=True, help="the current input (prompt or source)"
+    )
+    parser.add_argument("-c", "--input-context-text", default=None, help="the input context")
+    parser.add_argument("--output-current-text", default=None, help="force this output (default: generate)")
+    parser.add_argument("--output-context-text", default=None, help="a forced output context before it")
+    parser.add_argument("--input-template", default=None, help="default '{context} {current}'")
+    parser.add_argument(
+        "--output-template", default=None, help="default '{context} {current}' or '{current}'"
+    )
+    parser.add_argument("--contextless-input-current-text", default="{current}", help="default '{current}'")
+    parser.add_argument("--contextless-output-current-text", default="{current}", help="default '{current}'")
+    parser.add_argument("--context-sensitivity-metric", default="kl_divergence", help="CTI step function")
+    parser.add_argument(
+        "--context-sensitivity-std-threshold", type=float, default=1.0, help="select mean + N std (default 1)"
+    )
+    parser.add_argument("--context-sensitivity-topk", type=int, default=None, help="at most K tokens")
+    parser.add_argument("--attributed-fn", default="contrast_prob_diff", help="CCI attributed function")
+    parser.add_argument("--attribution-std-threshold", type=float, default=1.0, help="cues: mean + N std")
+    parser.add_argument("--attribution-topk", type=int, default=None, help="at most K cues per token")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default 20)")
+    parser.add_argument("--device", default=None, help="where the model runs (default cpu)")
+    parser.add_argument("--option", nargs="+", default=[], metavar="KEY=VALUE", help="method options")
+    parser.add_argument("-o", "--output", default=None, metavar="FILE", help="save the result as JSON")
+    parser.add_argument("--html", default=None, metavar="FILE", help="save the result as an HTML page")
+    parser.add_argument("--no-show", action="store_true", help="do not print the result")
 
 
 # --- checks that need no model ---------------------------------------------------------------------------
@@ -778,6 +812,46 @@ def _attribute(args) -> int:
     return 0
 
 
+def _attribute_context(args) -> int:
+    for path in (args.output, args.html):
+        if path:
+            check_output_path(path, "-o" if path == args.output else "--html")
+    options = _pairs(args.option, "--option")
+    generation = None if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    try:
+        model = seqattr.load_model(args.model, args.method, device=args.device)
+    except (OSError, ImportError) as err:
+        raise UsageError(_unloadable_model_message(args.model, err)) from err
+    result = model.attribute_context(
+        args.input_current_text,
+        args.input_context_text,
+        args.output_current_text,
+        args.output_context_text,
+        input_template=args.input_template,
+        output_template=args.output_template,
+        contextless_input_current_text=args.contextless_input_current_text,
+        contextless_output_current_text=args.contextless_output_current_text,
+        attributed_fn=args.attributed_fn,
+        context_sensitivity_metric=args.context_sensitivity_metric,
+        context_sensitivity_std_threshold=args.context_sensitivity_std_threshold,
+        context_sensitivity_topk=args.context_sensitivity_topk,
+        attribution_std_threshold=args.attribution_std_threshold,
+        attribution_topk=args.attribution_topk,
+        generation_args=generation,
+        **options,
+    )
+    if args.output:
+        result.save(args.output)
+    if args.html:
+        result.save_html(args.html)
+    if not args.no_show:
+        result.show()
+    for path in (args.output, args.html):
+        if path:
+            print(f"saved to {path}", file=sys.stderr)
+    return 0
+
+
 def _attribute_dataset(args) -> int:
     method, options, arguments = attribution_arguments(args)
     batch_size = arguments.pop("batch_size") or 8
@@ -934,6 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
             return _view(args)
         if args.command == "attribute-dataset":
             return _attribute_dataset(args)
+        if args.command == "attribute-context":
+            return _attribute_context(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "report":

@@ -11,11 +11,13 @@ def test_public_names_are_pinned():
         [
             "AttributionModel",
             "AttributionOutput",
+            "ContextAttributionOutput",
             "ConvergenceWarning",
             "EvaluationResult",
             "SequenceAttribution",
             "StepFunctionArgs",
             "__version__",
+            "attribute_context",
             "list_methods",
             "list_step_functions",
             "load",

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seqattr import engine
 from seqattr.chat import prompt_layouts
+from seqattr.context_attribution import attribute_context
 from seqattr.data.attribution import AttributionOutput
 from seqattr.dataset_runs.runner import attribute_dataset
 from seqattr.evaluation import DEFAULT_FRACTIONS, EvaluationResult, evaluate
@@ -599,6 +600,9 @@ class AttributionModel:
 
     # One definition, with its signature and documentation, in seqattr/dataset_runs/runner.py.
     attribute_dataset = attribute_dataset
+
+    # One definition, with its signature and documentation, in seqattr/context_attribution.py (PECoRe).
+    attribute_context = attribute_context
 
     # --- evaluation ---------------------------------------------------------------------------------
 
