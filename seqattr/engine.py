@@ -169,12 +169,13 @@ def run_batch(
     options,
     batch: AttributionBatch,
     attributed_fn: str | StepFunction,
-    attribute_target: bool,
+    attribute_target: bool | None,
     fused: bool,
     contrast: ContrastBatch | None = None,
     progress: PassProgress | None = None,
 ) -> MethodOutput:
     source_embeds, target_embeds = model.embed_batch(batch)
+    prompt_only = model.family.prompt_only(attribute_target)
     inputs = MethodInputs(
         batch=batch,
         objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast, progress),
@@ -182,6 +183,7 @@ def run_batch(
         target_embeds=target_embeds,
         attribute_source=model.family.attributes_source(),
         attribute_target=model.family.attributes_target(attribute_target),
+        held_target=batch.generated_prefix() if prompt_only else None,
     )
     # Nothing a method or transformers attaches for this batch stays on the model (hooks, attention).
     with left_as_found(model.model):
@@ -240,9 +242,13 @@ def assemble(
     output: MethodOutput,
     step_scores: dict[str, Tensor],
     trace: BatchTrace | None = None,
+    prompt_only: bool = False,
 ) -> list[SequenceAttribution]:
-    """Slice a batch's padded results into one `SequenceAttribution` per example."""
+    """Slice a batch's padded results into one `SequenceAttribution` per example; with ``prompt_only`` the
+    generated prefix's rows are NaN (held at its tokens, not attributed)."""
     visible_target = batch.visible_target()
+    if prompt_only:
+        visible_target = visible_target & ~batch.generated_prefix()[:, :, None]
     sequences = []
     for i, example in enumerate(batch.examples):
         num_steps = example.attr_pos_end - example.attr_pos_start
@@ -303,7 +309,7 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
     )
     generated_at = time.perf_counter()
     examples = [
-        EncodedExample(source, target, *request.window(i, len(target), default_start))
+        EncodedExample(source, target, *request.window(i, len(target), default_start), default_start)
         for i, (source, target, default_start) in enumerate(encoded)
     ]
     contrasts = None
@@ -355,7 +361,14 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
                 unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
-            sequences += assemble(model, batch, result, scoring.scores, scoring.trace)
+            sequences += assemble(
+                model,
+                batch,
+                result,
+                scoring.scores,
+                scoring.trace,
+                prompt_only=model.family.prompt_only(request.attribute_target),
+            )
     finished = time.perf_counter()
     warn_if_not_converged(request.method, unconverged, getattr(request.options, "n_steps", None))
 
@@ -403,6 +416,8 @@ def run_info(model: AttributionModel, request: AttributionRequest) -> dict[str, 
         "attributed_fn": step_function_name(request.attributed_fn or "probability"),
         "step_scores": request.step_score_names,
         "attribute_target": request.attribute_target,
+        # attribute_target=False on a decoder-only model: the generated prefix is held, its rows are NaN.
+        **({"prompt_only": True} if model.family.prompt_only(request.attribute_target) else {}),
         "batch_size": request.max_batch_size,
         "forced_targets": forced,
         # The arguments generate() ran with (the default length included); none ran for forced targets.

@@ -272,7 +272,11 @@ class LayerRun:
         inputs). A path method's points and factors then apply to the layer unchanged."""
         inputs = self.inputs
         end = self.split(self.activations(inputs.source_embeds, inputs.target_embeds), 1)
-        starts = [Baselines(*self.split(self.activations(*b.for_roles(inputs)), 1)) for b in baselines]
+        # Prompt-only attribution holds the generated prefix's activations where they are (see `holding`).
+        starts = [
+            Baselines(*self.split(self.activations(*b.for_roles(inputs)), 1)).holding(inputs.held_target, end[1])
+            for b in baselines
+        ]
 
         def gradients(source: Tensor | None, target: Tensor | None, steps: slice):
             prefix_len = int(inputs.batch.step_positions[steps].max())
