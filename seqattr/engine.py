@@ -382,6 +382,8 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             "contrast_sources": request.contrast_sources,
             "alignments": [[list(pair) for pair in c.alignment] for c in contrasts],
         }
+    if info.get("prompt_only"):  # which target tokens each example's prompt was (evaluation holds the rest)
+        info["prompt_lengths"] = [e.prompt_len for e in examples]
     if any(example_info):
         method_info["examples"] = example_info
     if method_info:

@@ -15,7 +15,7 @@ import torch
 
 import seqattr
 from exact import assert_close, exact_model, float64_model, probability64
-from seqattr.testing import ARCHITECTURES, ENCODER_DECODER, tiny_model
+from seqattr.testing import ARCHITECTURES, tiny_model
 
 PROMPTS = ["the cat sat on the mat", "Paris is a beautiful city"]
 NEW_TOKENS = 4

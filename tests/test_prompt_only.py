@@ -20,10 +20,10 @@ from captum.attr import (
     LLMGradientAttribution,
     TextTokenInput,
 )
-from conftest import attribution_model
-from exact import assert_close, exact_model, float64_model
 
 import seqattr
+from conftest import attribution_model
+from exact import assert_close, exact_model, float64_model
 from seqattr.cli import build_parser
 from seqattr.testing import tiny_model
 
@@ -85,7 +85,9 @@ def test_integrated_gradients_equal_captum_llm_gradient_attribution(architecture
     model = attribution_model(architecture, method, hidden_reduction="sum", baseline=0, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 50 points on a random model: completeness is not the point here
-        seq = model.attribute(PROMPT, FULL, attribute_target=False, attributed_fn="logprob", show_progress=False)[0]
+        seq = model.attribute(
+            PROMPT, FULL, attribute_target=False, attributed_fn="logprob", show_progress=False
+        )[0]
     check_prefix_held(seq, len(prompt_ids))
     captum = LLMGradientAttribution(
         LayerIntegratedGradients(hf_model, hf_model.get_input_embeddings()), tokenizer
@@ -172,7 +174,9 @@ def test_prompt_only_moves_only_the_prompt(method):
         model.attribute(PROMPT, FULL, attribute_target=flag, show_progress=False)[0] for flag in (None, False)
     )
     prompt_len = whole.attr_pos_start
-    same = torch.allclose(whole.target_attributions[:prompt_len], prompt_only.target_attributions[:prompt_len])
+    same = torch.allclose(
+        whole.target_attributions[:prompt_len], prompt_only.target_attributions[:prompt_len]
+    )
     assert same == (method == "feature_ablation")
 
 
@@ -181,10 +185,13 @@ def test_default_is_unchanged_and_means_the_whole_target(method):
     """attribute_target=None (the default) and True both move the whole target on a decoder-only model."""
     model = attribution_model("gpt2", method)
     default, explicit = (
-        model.attribute(PROMPT, FULL, show_progress=False, **kwargs) for kwargs in ({}, {"attribute_target": True})
+        model.attribute(PROMPT, FULL, show_progress=False, **kwargs)
+        for kwargs in ({}, {"attribute_target": True})
     )
     assert default.info["attribute_target"] is None and "prompt_only" not in default.info
-    torch.testing.assert_close(default[0].target_attributions, explicit[0].target_attributions, equal_nan=True)
+    torch.testing.assert_close(
+        default[0].target_attributions, explicit[0].target_attributions, equal_nan=True
+    )
     assert not default[0].target_attributions[default[0].attr_pos_start :, -1].isnan().all()
 
 
@@ -195,9 +202,8 @@ def test_encoder_decoder_false_is_source_only_as_before():
 
 
 def test_views_aggregation_and_save_load_keep_the_held_rows(tmp_path):
-    model = attribution_model("gpt2", "integrated_gradients", n_steps=8)
+    model = attribution_model("gpt2", "input_x_gradient")
     out = model.attribute(PROMPT, FULL, attribute_target=False, show_progress=False)
-    prompt_len = out[0].attr_pos_start
     path = tmp_path / "out.json"
     out.save(path)
     loaded = seqattr.load(path)
@@ -210,7 +216,7 @@ def test_views_aggregation_and_save_load_keep_the_held_rows(tmp_path):
 
 def test_stepwise_noise_tunnel_refuses_prompts_ending_apart():
     """Captum's noise tunnel takes one stdev per input token for the whole batch: a batch whose prompts end
-    at different padded positions (a custom window) cannot hold each one's prefix; the error says what to do."""
+    at different padded positions (a custom window) cannot hold each one's prefix; the error says so."""
     model = attribution_model("gpt2", "smooth_grad", nt_samples=2)
     with pytest.raises(ValueError, match="prompt only.*use fused=True, batch_size=1"):
         model.attribute(
@@ -226,3 +232,35 @@ def test_cli_flags():
     assert parser.parse_args([*base, "--attribute-target"]).attribute_target is True
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--prompt-only", "--attribute-target"])
+
+
+def test_gradient_shap_holds_the_prefix_fused_and_stepwise():
+    """Noise and baseline leave the prefix alone on both paths; stepwise (Captum's shared baseline
+    distribution) takes one example per batch, and says so for more."""
+    model = exact_model("gpt2", "gradient_shap", stdevs=0.5, n_samples=3)
+    fused, stepwise = (
+        model.attribute(PROMPTS, FORCED, attribute_target=False, fused=f, batch_size=1, show_progress=False)
+        for f in (True, False)
+    )
+    for seq, other in zip(fused, stepwise, strict=True):
+        check_prefix_held(seq, seq.attr_pos_start)
+        assert_close(seq.target_attributions, other.target_attributions, 1e-5, "gradient_shap")
+    with pytest.raises(ValueError, match="one example per batch.*use fused=True or batch_size=1"):
+        model.attribute(PROMPTS, FORCED, attribute_target=False, fused=False, show_progress=False)
+
+
+def test_evaluation_removes_prompt_tokens_only():
+    """A prompt-only output's faithfulness curves remove prompt tokens: its generated prefix has no scores
+    and is never a feature (it was never a feature of the attribution either)."""
+    from seqattr.evaluation.faithfulness import _SequenceRun, evaluated_step_function
+
+    model = attribution_model("gpt2", "saliency")
+    out = model.attribute(PROMPTS, FORCED, attribute_target=False, show_progress=False)
+    assert out.info["prompt_lengths"] == [out[0].attr_pos_start, out[1].attr_pos_start]
+    step_function = evaluated_step_function(out.info)[2]
+    for seq, prompt_len in zip(out, out.info["prompt_lengths"], strict=True):
+        run = _SequenceRun(model, seq, step_function, "zeros", prompt_len)
+        assert [position for _, position in run.positions] == list(range(prompt_len))
+        assert not run.scores.isnan().any()
+    means = model.evaluate(out, metrics=["comprehensiveness", "sufficiency"]).means()
+    assert all(value == value for value in means.values())  # no NaN

@@ -274,7 +274,9 @@ class LayerRun:
         end = self.split(self.activations(inputs.source_embeds, inputs.target_embeds), 1)
         # Prompt-only attribution holds the generated prefix's activations where they are (see `holding`).
         starts = [
-            Baselines(*self.split(self.activations(*b.for_roles(inputs)), 1)).holding(inputs.held_target, end[1])
+            Baselines(*self.split(self.activations(*b.for_roles(inputs)), 1)).holding(
+                inputs.held_target, end[1]
+            )
             for b in baselines
         ]
 

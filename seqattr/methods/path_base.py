@@ -172,7 +172,9 @@ def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor)
         token_id = _token_baseline(model, baseline)
         with torch.no_grad():
             vector = model.embed(torch.tensor([[token_id]], device=inputs.target_embeds.device))
-        baselines = Baselines(**{r: None if e is None else vector.to(e).expand_as(e) for r, e in roles.items()})
+        baselines = Baselines(
+            **{r: None if e is None else vector.to(e).expand_as(e) for r, e in roles.items()}
+        )
     return baselines.holding(inputs.held_target, inputs.target_embeds)
 
 

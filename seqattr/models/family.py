@@ -70,8 +70,10 @@ class ModelFamily:
         moves the whole target, prompt and generated prefix alike.
 
         Example:
-            >>> DECODER_ONLY.prompt_only(False), DECODER_ONLY.prompt_only(None), ENCODER_DECODER.prompt_only(False)
-            (True, False, False)
+            >>> DECODER_ONLY.prompt_only(False), DECODER_ONLY.prompt_only(None)
+            (True, False)
+            >>> ENCODER_DECODER.prompt_only(False)
+            False
         """
         return False
 
