@@ -120,8 +120,8 @@ class GradientShap(AttributionMethod):
         if held is not None and inputs.batch.size > 1:
             raise ValueError(
                 "gradient_shap stepwise with attribute_target=False (prompt only) takes one example per "
-                "batch: Captum's baseline distribution is shared by the batch, and each example holds its own "
-                "generated prefix; use fused=True or batch_size=1"
+                "batch: Captum's baseline distribution is shared by the batch, and each example holds its "
+                "own generated prefix; use fused=True or batch_size=1"
             )
 
         def stdevs(count: int) -> float | tuple[float, ...]:

@@ -122,8 +122,8 @@ class NoiseTunnel(AttributionMethod):
         if prefix_start is not None and not bool((prefix_start == prefix_start[0]).all()):
             raise ValueError(
                 f"{self.name} stepwise with attribute_target=False (prompt only) needs the examples of a "
-                "batch to end their prompts at one padded position (the default window does); use fused=True, "
-                "batch_size=1, or the default attr_pos_start"
+                "batch to end their prompts at one padded position (the default window does); use "
+                "fused=True, batch_size=1, or the default attr_pos_start"
             )
 
         def stdevs(count: int) -> float | tuple[float, ...]:
