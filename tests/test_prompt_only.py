@@ -264,3 +264,14 @@ def test_evaluation_removes_prompt_tokens_only():
         assert not run.scores.isnan().any()
     means = model.evaluate(out, metrics=["comprehensiveness", "sufficiency"]).means()
     assert all(value == value for value in means.values())  # no NaN
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "stepwise"])
+@pytest.mark.parametrize("method", ["layer_integrated_gradients", "layer_deeplift"])
+def test_layer_path_methods_inside_the_decoder_are_refused(method, fused):
+    """Inside the decoder a layer's baseline activations move at the generated prefix too (it reads the
+    prompt): the prefix would not be held, so prompt-only is refused there, naming the fix."""
+    model = attribution_model("gpt2", method, target_layer="transformer.h.0")
+    with pytest.raises(ValueError, match="prompt only.*transformer.h.0.*use target_layer=None"):
+        model.attribute(PROMPT, FULL, attribute_target=False, fused=fused, show_progress=False)
+    model.attribute(PROMPT, FULL, fused=fused, show_progress=False)  # the default convention runs there

@@ -482,6 +482,8 @@ class PathMethod(AttributionMethod):
         )
         checks = 1 + len(baselines) if self.completeness else 0  # passes without gradients
         with self.layer_run(inputs, options) as run:
+            if run is not None:
+                run.refuse_held_prefix(self.name, "use target_layer=None (the input embeddings)")
             layer_passes = 0 if run is None else 1 + len(baselines)  # the layer's activations
             expect_passes(inputs.objective, blocks * len(baselines) + checks + layer_passes)
             if run is None:
@@ -507,6 +509,8 @@ class PathMethod(AttributionMethod):
         baselines = self.draw_baselines(inputs, options)
         deltas = []
         with self.layer_run(inputs, options) as run:
+            if run is not None:
+                run.refuse_held_prefix(self.name, "use target_layer=None (the input embeddings)")
 
             def attribute_step(forward, attributed, additional):
                 if run is not None:
