@@ -185,8 +185,21 @@ def _add_attribution_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TOP_K,
         help=f"alternatives per step in the trace (default {DEFAULT_TOP_K})",
     )
-    parser.add_argument(
-        "--attribute-target", action="store_true", help="encoder-decoder: also attribute to the target prefix"
+    target_side = parser.add_mutually_exclusive_group()
+    target_side.add_argument(
+        "--attribute-target",
+        action="store_const",
+        const=True,
+        default=None,
+        help="encoder-decoder: also attribute to the target prefix",
+    )
+    target_side.add_argument(
+        "--prompt-only",
+        dest="attribute_target",
+        action="store_const",
+        const=False,
+        help="decoder-only: attribute to the prompt only, the generated prefix held at its tokens "
+        "(attribute_target=False; Captum's convention)",
     )
     parser.add_argument(
         "--attr-pos-start",

@@ -207,12 +207,13 @@ def run_batch(
     options,
     batch: AttributionBatch,
     attributed_fn: str | StepFunction,
-    attribute_target: bool,
+    attribute_target: bool | None,
     fused: bool,
     contrast: ContrastBatch | None = None,
     progress: PassProgress | None = None,
 ) -> MethodOutput:
     source_embeds, target_embeds = model.embed_batch(batch)
+    prompt_only = model.family.prompt_only(attribute_target)
     inputs = MethodInputs(
         batch=batch,
         objective=StepObjective(model, batch, get_step_function(attributed_fn), contrast, progress),
@@ -220,6 +221,7 @@ def run_batch(
         target_embeds=target_embeds,
         attribute_source=model.family.attributes_source(),
         attribute_target=model.family.attributes_target(attribute_target),
+        held_target=batch.generated_prefix() if prompt_only else None,
     )
     # Nothing a method or transformers attaches for this batch stays on the model (hooks, attention).
     with left_as_found(model.model):
@@ -278,9 +280,13 @@ def assemble(
     output: MethodOutput,
     step_scores: dict[str, Tensor],
     trace: BatchTrace | None = None,
+    prompt_only: bool = False,
 ) -> list[SequenceAttribution]:
-    """Slice a batch's padded results into one `SequenceAttribution` per example."""
+    """Slice a batch's padded results into one `SequenceAttribution` per example; with ``prompt_only`` the
+    generated prefix's rows are NaN (held at its tokens, not attributed)."""
     visible_target = batch.visible_target()
+    if prompt_only:
+        visible_target = visible_target & ~batch.generated_prefix()[:, :, None]
     sequences = []
     for i, example in enumerate(batch.examples):
         num_steps = example.attr_pos_end - example.attr_pos_start
@@ -349,6 +355,7 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             source,
             target,
             *request.window(i, len(target), default_start),
+            default_start,
             layout=None if layouts is None else layouts[i],
         )
         for i, (source, target, default_start) in enumerate(encoded)
@@ -413,7 +420,14 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
                 unconverged += describe_failures(result.completeness, batch.step_mask, tokens, start)
             method_info.update(result.info)
             example_info += result.example_info or [{} for _ in batch.examples]
-            sequences += assemble(model, batch, result, scoring.scores, scoring.trace)
+            sequences += assemble(
+                model,
+                batch,
+                result,
+                scoring.scores,
+                scoring.trace,
+                prompt_only=model.family.prompt_only(request.attribute_target),
+            )
     if layouts is not None:  # roles, masked scaffolding and the prompts' parts as rows
         sequences = [
             annotate(seq, layout, request.part_granularity)
@@ -439,6 +453,8 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             "contrast_sources": request.contrast_sources,
             "alignments": [[list(pair) for pair in c.alignment] for c in contrasts],
         }
+    if info.get("prompt_only"):  # which target tokens each example's prompt was (evaluation holds the rest)
+        info["prompt_lengths"] = [e.prompt_len for e in examples]
     if any(example_info):
         method_info["examples"] = example_info
     if method_info:
@@ -473,6 +489,8 @@ def run_info(model: AttributionModel, request: AttributionRequest) -> dict[str, 
         "attributed_fn": step_function_name(request.attributed_fn or "probability"),
         "step_scores": request.step_score_names,
         "attribute_target": request.attribute_target,
+        # attribute_target=False on a decoder-only model: the generated prefix is held, its rows are NaN.
+        **({"prompt_only": True} if model.family.prompt_only(request.attribute_target) else {}),
         "batch_size": request.max_batch_size,
         "forced_targets": forced,
         # The arguments generate() ran with (the default length included); none ran for forced targets.

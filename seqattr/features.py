@@ -123,8 +123,11 @@ def build_feature_map(
     granularity: str,
     attribute_source: bool,
     attribute_target: bool,
+    prompt_only: bool = False,
 ) -> FeatureMap:
-    """Group every example's tokens into features; target tokens no step can see are left out.
+    """Group every example's tokens into features; target tokens no step can see are left out, and with
+    ``prompt_only`` (``attribute_target=False`` on a decoder-only model) so is the generated prefix: it is
+    never perturbed (a group that straddles the prompt's end keeps its prompt tokens).
 
     Example:
         >>> features = build_feature_map(model, batch, "word", False, True)   # doctest: +SKIP
@@ -151,6 +154,9 @@ def build_feature_map(
                 for g in _target_groups(model, example, special_ids, granularity, scheme)
                 if g[0] < last_seen
             ]
+            if prompt_only:
+                prompt_end = example.attr_pos_start if example.prompt_len is None else example.prompt_len
+                target_groups = [[i for i in g if i < prompt_end] for g in target_groups if g[0] < prompt_end]
         for index, group in enumerate(source_groups):
             source_map[b, group] = index
         offset = int(batch.target_offsets[b])

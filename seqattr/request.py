@@ -128,7 +128,7 @@ class AttributionRequest:
     method: str = "saliency"
     method_options: Mapping[str, Any] = field(default_factory=dict)
     generation_args: Mapping[str, Any] | None = None
-    attribute_target: bool = False
+    attribute_target: bool | None = None
     attr_pos_start: int | None = None
     attr_pos_end: int | None = None
     step_scores: str | StepFunction | Sequence[str | StepFunction] = ()
@@ -168,7 +168,12 @@ class AttributionRequest:
             not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        for name in ("attribute_target", "fused", "show_progress", "include_template"):
+        if self.attribute_target not in (True, False, None):
+            raise TypeError(
+                f"attribute_target must be True or False (or None: the model's default), got "
+                f"{self.attribute_target!r}"
+            )
+        for name in ("fused", "show_progress", "include_template"):
             if getattr(self, name) not in (True, False):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("attr_pos_start", "attr_pos_end"):

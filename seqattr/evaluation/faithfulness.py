@@ -296,7 +296,10 @@ def evaluate(
     check_removal(model, removal)
     per_step, random_per_step, step_values = [], [], []
     for index, seq in enumerate(output):
-        run = _SequenceRun(model, seq, step_function, baseline)
+        prompt_len = None
+        if output.info.get("prompt_only"):  # attribute_target=False: only the prompt was attributed
+            prompt_len = output.info["prompt_lengths"][index]
+        run = _SequenceRun(model, seq, step_function, baseline, prompt_len)
         values, random_values, clean = run.evaluate(index, metrics, fractions, removal, by, seed)
         per_step.append(values)
         random_per_step.append(random_values)
@@ -342,9 +345,19 @@ class _Rows:
 class _SequenceRun:
     """One example set up for perturbed runs: its batch, features, per-feature scores and baselines."""
 
-    def __init__(self, model: AttributionModel, seq: SequenceAttribution, step_function, baseline) -> None:
+    def __init__(
+        self,
+        model: AttributionModel,
+        seq: SequenceAttribution,
+        step_function,
+        baseline,
+        prompt_len: int | None = None,
+    ) -> None:
+        """``prompt_len``: a prompt-only output's prompt length (its generated prefix is never removed)."""
         self.model, self.seq = model, seq
-        example = EncodedExample(seq.source_ids, seq.target_ids, seq.attr_pos_start, seq.attr_pos_end)
+        example = EncodedExample(
+            seq.source_ids, seq.target_ids, seq.attr_pos_start, seq.attr_pos_end, prompt_len
+        )
         batch = AttributionBatch.from_examples([example], model.pad_token_id, model.family, model.device)
         source_embeds, target_embeds = model.embed_batch(batch)
         self.step_function = step_function
@@ -358,7 +371,9 @@ class _SequenceRun:
             attribute_source,
             attribute_target,
         )
-        features = build_feature_map(model, batch, "token", attribute_source, attribute_target)
+        features = build_feature_map(
+            model, batch, "token", attribute_source, attribute_target, prompt_only=prompt_len is not None
+        )
         baselines = resolve_baselines(model, inputs, baseline)
         self.setup = PerturbationSetup(inputs, features, inputs.objective, baselines, {})
         self.positions = self._feature_positions(features)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from seqattr.methods.options import MethodOptions
-from seqattr.typing import Float, Int, Tensor
+from seqattr.typing import Bool, Float, Int, Tensor
 
 if TYPE_CHECKING:
     from seqattr.engine import StepObjective
@@ -44,6 +44,10 @@ class MethodInputs:
     """Decoder input embeddings; attributed when ``attribute_target``."""
     attribute_source: bool
     attribute_target: bool
+    held_target: Bool[Tensor, "batch target_len"] | None = None
+    """Prompt-only attribution (``attribute_target=False`` on a decoder-only model): True at the generated
+    prefix, held at its tokens: never moved along a path, noised or perturbed; the engine writes NaN in its
+    rows. None: every attributed target position moves."""
 
 
 @dataclass

@@ -104,6 +104,8 @@ class DeepLift(AttributionMethod):
         """``path(inputs, call)`` (fused by rows, or stepwise) with one Captum call per step or row block."""
         inputs = refuse_deeplift_contrast(inputs, self.name)
         with self.layer_run(inputs, options) as run:
+            if run is not None:  # both paths run Captum's layer DeepLIFT
+                run.refuse_held_prefix(self.name, "use target_layer=None (the input embeddings)")
             seen = inputs if run is None else run.inputs
             baselines = resolve_baselines(self.model, seen, options.baseline)
 

@@ -99,8 +99,12 @@ def draw_baselines(model, inputs: MethodInputs, options) -> list[Baselines]:
         with torch.no_grad():
             values = model.embed(ids[index].to(embeds.device)) if ids is not None else vectors[index]
         drawn[role] = values.to(embeds)
+    # Prompt-only attribution holds the generated prefix: its baseline is the input (drawn all the same, so
+    # the prompt's draws are those of a whole-target run).
     return [
-        Baselines(*(None if drawn[r] is None else drawn[r][b] for r in ("source", "target")))
+        Baselines(*(None if drawn[r] is None else drawn[r][b] for r in ("source", "target"))).holding(
+            inputs.held_target, inputs.target_embeds
+        )
         for b in range(options.n_baselines)
     ]
 

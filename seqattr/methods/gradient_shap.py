@@ -8,6 +8,7 @@ those of Captum's reference (see ``methods/noise.py``), so fused and stepwise ag
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -54,14 +55,15 @@ class GradientShapOptions(Baseline, InternalBatch, Seed, GradientOptions):
 
 
 def _shared_baselines(model, inputs: MethodInputs, options: GradientShapOptions) -> Baselines:
-    baselines = resolve_baselines(model, inputs, options.baseline)
+    # Checked before prompt-only attribution holds each example's generated prefix at its own input.
+    baselines = resolve_baselines(model, dataclasses.replace(inputs, held_target=None), options.baseline)
     for baseline in (baselines.source, baselines.target):
         if baseline is not None and not torch.equal(baseline, baseline[:1].expand_as(baseline)):
             raise ValueError(
                 "gradient_shap uses one baseline shared by all examples (Captum draws from a distribution): "
                 "give a [hidden] vector, a token id or a named baseline, not one baseline per example"
             )
-    return baselines
+    return baselines.holding(inputs.held_target, inputs.target_embeds)
 
 
 class GradientShap(AttributionMethod):
@@ -114,6 +116,19 @@ class GradientShap(AttributionMethod):
 
     def attribute_stepwise(self, inputs: MethodInputs, options: GradientShapOptions) -> MethodOutput:
         baselines = _shared_baselines(self.model, inputs, options)
+        held = inputs.held_target
+        if held is not None and inputs.batch.size > 1:
+            raise ValueError(
+                "gradient_shap stepwise with attribute_target=False (prompt only) takes one example per "
+                "batch: Captum's baseline distribution is shared by the batch, and each example holds its "
+                "own generated prefix; use fused=True or batch_size=1"
+            )
+
+        def stdevs(count: int) -> float | tuple[float, ...]:
+            if held is None:
+                return float(options.stdevs)
+            # One Captum input per token (decoder-only: the target prefix): the held prefix gets no noise.
+            return tuple(0.0 if bool(held[0, p]) else float(options.stdevs) for p in range(count))
 
         def attribute_step(forward, attributed, additional):
             # One Captum input per token: one [1, hidden] baseline "distribution" per token.
@@ -125,7 +140,7 @@ class GradientShap(AttributionMethod):
                     attributed,
                     baselines=tuple(per_token),
                     n_samples=options.n_samples,
-                    stdevs=float(options.stdevs),
+                    stdevs=stdevs(len(attributed)),
                     additional_forward_args=additional,
                 )
 

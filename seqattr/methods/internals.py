@@ -148,8 +148,13 @@ def each_example(
             else inputs.source_embeds[b : b + 1, : len(example.source_ids)]
         )
         target = inputs.target_embeds[b : b + 1, offset : offset + length]
+        held = None if inputs.held_target is None else single.generated_prefix()
         parts.append(
-            explain(dataclasses.replace(inputs, batch=single, source_embeds=source, target_embeds=target))
+            explain(
+                dataclasses.replace(
+                    inputs, batch=single, source_embeds=source, target_embeds=target, held_target=held
+                )
+            )
         )
     info: dict = {}
     for part in parts:

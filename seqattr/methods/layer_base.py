@@ -127,6 +127,23 @@ class LayerRun:
             )
         self._hook = None
 
+    def refuse_held_prefix(self, method: str, fix: str) -> None:
+        """Refuse prompt-only attribution (``attribute_target=False``, decoder-only) at a layer inside the
+        decoder: the layer's baseline activations (the layer on the baseline inputs, as Captum computes them)
+        move at the generated prefix too (its positions read the prompt), so the prefix would not be held, and
+        ``f(x) - f(baseline)`` would not be what the prompt's attributions add up to. At the input embeddings
+        the prefix's activations are its embeddings, held with the inputs.
+
+        Example:
+            >>> run.refuse_held_prefix("layer_deeplift", "use target_layer=None")   # doctest: +SKIP
+        """
+        if self.side == "target" and self.inputs.held_target is not None:
+            raise ValueError(
+                f"{method} with attribute_target=False (prompt only) at layer {self.name!r}: Captum's layer "
+                "baseline (the layer on the baseline inputs) moves the generated prefix's activations too, "
+                f"so the prefix would not be held; {fix} or drop attribute_target=False"
+            )
+
     def __enter__(self) -> LayerRun:
         if self.module is not None:
 

@@ -62,7 +62,12 @@ def tunnel_noise(
         std = torch.tensor(float(stdev), device=embeds.device).repeat(batch * n_samples, hidden)
         draws = [torch.normal(0, std, generator=generator) for _ in range(embeds.shape[1])]
         noise = torch.stack(draws, 1).to(embeds.dtype)  # [batch * samples, positions, hidden]
-        noises.append(noise.unflatten(0, (batch, n_samples)).transpose(0, 1))
+        noise = noise.unflatten(0, (batch, n_samples)).transpose(0, 1)
+        if embeds is inputs.target_embeds and inputs.held_target is not None:
+            # Prompt-only attribution: the generated prefix stays at its tokens (drawn all the same, so the
+            # prompt's noise is the one the whole-target run draws).
+            noise = noise.masked_fill(inputs.held_target[None, :, :, None], 0.0)
+        noises.append(noise)
     return noises
 
 

@@ -116,6 +116,22 @@ class NoiseTunnel(AttributionMethod):
 
     def attribute_stepwise(self, inputs: MethodInputs, options: NoiseTunnelOptions) -> MethodOutput:
         base, base_options = self._base(options)
+        held = inputs.held_target
+        # Where each example's generated prefix starts (padded index); every real token after it is held.
+        prefix_start = None if held is None else held.int().argmax(1)
+        if prefix_start is not None and not bool((prefix_start == prefix_start[0]).all()):
+            raise ValueError(
+                f"{self.name} stepwise with attribute_target=False (prompt only) needs the examples of a "
+                "batch to end their prompts at one padded position (the default window does); use "
+                "fused=True, batch_size=1, or the default attr_pos_start"
+            )
+
+        def stdevs(count: int) -> float | tuple[float, ...]:
+            if held is None:
+                return float(options.stdevs)
+            # One Captum input per token (decoder-only: the target prefix): the held prefix gets no noise.
+            start = int(prefix_start[0])
+            return tuple(0.0 if p >= start else float(options.stdevs) for p in range(count))
 
         def attribute_step(forward, attributed, additional):
             captum_base, kwargs = base.captum_method(forward, base_options)
@@ -124,7 +140,7 @@ class NoiseTunnel(AttributionMethod):
                     attributed,
                     nt_type=self.nt_type,
                     nt_samples=options.nt_samples,
-                    stdevs=float(options.stdevs),
+                    stdevs=stdevs(len(attributed)),
                     additional_forward_args=additional,
                     **kwargs,
                 )

@@ -96,6 +96,19 @@ class Baselines:
         source = self.source if self.source is not None else inputs.source_embeds
         return source, self.target if self.target is not None else inputs.target_embeds
 
+    def holding(self, held: Tensor | None, target: Tensor) -> Baselines:
+        """These baselines with the ``held`` target positions (``[batch, target_len]``, prompt-only
+        attribution's generated prefix) at ``target``, the input itself: they do not move along the path.
+
+        Example:
+            >>> held = torch.tensor([[False, True]])
+            >>> Baselines(None, torch.zeros(1, 2, 1)).holding(held, torch.ones(1, 2, 1)).target.flatten()
+            tensor([0., 1.])
+        """
+        if held is None or self.target is None:
+            return self
+        return Baselines(self.source, torch.where(held[..., None], target, self.target))
+
     def for_step(self, attributed: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Baselines matching Captum's inputs of one step (the target cut to the step's prefix), repeated
         block-wise when the inputs hold several copies of the batch (one per step, see ``step_rows``)."""
@@ -123,6 +136,7 @@ def _token_baseline(model, baseline: str | int) -> int:
 
 def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor) -> Baselines:
     """Full-size baseline embeddings for the attributed roles; an impossible tensor shape is refused here.
+    Prompt-only attribution's generated prefix (``inputs.held_target``) has the input as its baseline.
 
     Example:
         >>> baselines = resolve_baselines(model, inputs, "pad")   # doctest: +SKIP
@@ -151,13 +165,17 @@ def resolve_baselines(model, inputs: MethodInputs, baseline: str | int | Tensor)
                     f"give one [{embeds.shape[2]}] vector (used at every position) or a token baseline"
                 )
             resolved[role] = baseline.to(embeds).expand_as(embeds)
-        return Baselines(**resolved)
-    if baseline == "zeros":
-        return Baselines(**{r: None if e is None else torch.zeros_like(e) for r, e in roles.items()})
-    token_id = _token_baseline(model, baseline)
-    with torch.no_grad():
-        vector = model.embed(torch.tensor([[token_id]], device=inputs.target_embeds.device))
-    return Baselines(**{r: None if e is None else vector.to(e).expand_as(e) for r, e in roles.items()})
+        baselines = Baselines(**resolved)
+    elif baseline == "zeros":
+        baselines = Baselines(**{r: None if e is None else torch.zeros_like(e) for r, e in roles.items()})
+    else:
+        token_id = _token_baseline(model, baseline)
+        with torch.no_grad():
+            vector = model.embed(torch.tensor([[token_id]], device=inputs.target_embeds.device))
+        baselines = Baselines(
+            **{r: None if e is None else vector.to(e).expand_as(e) for r, e in roles.items()}
+        )
+    return baselines.holding(inputs.held_target, inputs.target_embeds)
 
 
 def point_blocks(num_points: int, batch_size: int, internal_batch_size: int | None) -> Iterator[range]:
@@ -469,6 +487,8 @@ class PathMethod(AttributionMethod):
         )
         checks = 1 + len(baselines) if self.completeness else 0  # passes without gradients
         with self.layer_run(inputs, options) as run:
+            if run is not None:
+                run.refuse_held_prefix(self.name, "use target_layer=None (the input embeddings)")
             layer_passes = 0 if run is None else 1 + len(baselines)  # the layer's activations
             expect_passes(inputs.objective, blocks * len(baselines) + checks + layer_passes)
             if run is None:
@@ -500,6 +520,8 @@ class PathMethod(AttributionMethod):
         baselines = self.draw_baselines(inputs, options)
         deltas = []
         with self.layer_run(inputs, options) as run:
+            if run is not None:
+                run.refuse_held_prefix(self.name, "use target_layer=None (the input embeddings)")
 
             def attribute_step(forward, attributed, additional):
                 if run is not None:

@@ -100,7 +100,12 @@ def setup_perturbation(
 ) -> PerturbationSetup:
     """Features, baseline and the measured objective of one batch, and what the output's info records."""
     features = build_feature_map(
-        method.model, inputs.batch, options.granularity, inputs.attribute_source, inputs.attribute_target
+        method.model,
+        inputs.batch,
+        options.granularity,
+        inputs.attribute_source,
+        inputs.attribute_target,
+        prompt_only=inputs.held_target is not None,
     )
     objective = inputs.objective
     info = {"granularity": options.granularity}

@@ -446,7 +446,7 @@ class AttributionModel:
         *,
         method: str | None = None,
         generation_args: dict[str, Any] | None = None,
-        attribute_target: bool = False,
+        attribute_target: bool | None = None,
         attr_pos_start: int | None = None,
         attr_pos_end: int | None = None,
         step_scores: str | StepFunction | Sequence[str | StepFunction] = (),
@@ -477,7 +477,10 @@ class AttributionModel:
                 with its prompt.
             method: another registered method for this call (default: the one bound by `load_model`).
             generation_args: keyword arguments of ``model.generate`` (default ``max_new_tokens=20``).
-            attribute_target: also attribute to the target prefix (encoder-decoder; decoder-only always does).
+            attribute_target: encoder-decoder: also attribute to the target prefix (True; default False).
+                Decoder-only: by default (None, or True) the whole target moves, prompt and generated prefix;
+                False attributes to the prompt only, the generated prefix held at its tokens (Captum's
+                convention: its rows are NaN, ``info["prompt_only"]`` is True; docs/usage.md).
             attr_pos_start: the first target position to explain (the window is ``[start, end)``;
                 negative values count from the end). Default: the first generated token.
             attr_pos_end: the end of that window (exclusive). Default: after the last generated token.

@@ -30,6 +30,9 @@ class EncodedExample:
     target_ids: list[int]
     attr_pos_start: int
     attr_pos_end: int
+    prompt_len: int | None = None
+    """Target tokens that came from the prompt (decoder-only; the rest were generated or forced). None: the
+    first explained position (the default window starts right after the prompt)."""
     layout: PromptLayout | None = None
     """The prompt's parts and scaffolding (chat messages, named segments; `seqattr.segments`), or None."""
 
@@ -62,6 +65,25 @@ class AttributionBatch:
     @property
     def step_target_ids(self) -> Int[Tensor, "batch steps"]:
         return self.target_ids[:, self.step_positions]
+
+    def generated_prefix(self) -> Bool[Tensor, "batch target_len"]:
+        """True at every example's generated (or forced) target tokens, after its prompt: what prompt-only
+        attribution (``attribute_target=False`` on a decoder-only model) holds at its tokens.
+
+        Example:
+            >>> from seqattr.models.family import DECODER_ONLY
+            >>> examples = [EncodedExample([], [5, 6, 7], 2, 3), EncodedExample([], [5, 6, 7, 8], 3, 4, 2)]
+            >>> AttributionBatch.from_examples(examples, 0, DECODER_ONLY, "cpu").generated_prefix().int()
+            tensor([[0, 0, 0, 1],
+                    [0, 0, 1, 1]], dtype=torch.int32)
+        """
+        positions = torch.arange(self.target_ids.shape[1], device=self.target_ids.device)
+        prompt_ends = torch.tensor(
+            [e.attr_pos_start if e.prompt_len is None else e.prompt_len for e in self.examples],
+            device=self.target_ids.device,
+        )
+        after_prompt = positions[None, :] >= (self.target_offsets.to(positions.device) + prompt_ends)[:, None]
+        return after_prompt & self.target_mask.bool()
 
     def visible_target(self) -> Bool[Tensor, "batch target_len steps"]:
         """True where step ``t`` can see target position ``p``: a real token before the predicted one."""

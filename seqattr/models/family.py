@@ -55,9 +55,27 @@ class ModelFamily:
         """Whether attributions go to a separate source (the encoder input)."""
         return self.is_encoder_decoder
 
-    def attributes_target(self, requested: bool) -> bool:
-        """Whether attributions go to the target prefix: always for decoder-only (the prompt is there)."""
-        return requested or not self.is_encoder_decoder
+    def attributes_target(self, requested: bool | None) -> bool:
+        """Whether attributions go to the target prefix: always for decoder-only (the prompt is there).
+
+        Example:
+            >>> DECODER_ONLY.attributes_target(False), ENCODER_DECODER.attributes_target(None)
+            (True, False)
+        """
+        return bool(requested) or not self.is_encoder_decoder
+
+    def prompt_only(self, requested: bool | None) -> bool:
+        """Whether ``attribute_target=requested`` attributes to the prompt only, holding the generated prefix
+        at its tokens (Captum's convention): a decoder-only model given False explicitly. Its default (None)
+        moves the whole target, prompt and generated prefix alike.
+
+        Example:
+            >>> DECODER_ONLY.prompt_only(False), DECODER_ONLY.prompt_only(None)
+            (True, False)
+            >>> ENCODER_DECODER.prompt_only(False)
+            False
+        """
+        return False
 
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
         """Padded index of each example's first target token, given each one's first explained position."""
@@ -215,6 +233,9 @@ class DecoderOnly(ModelFamily):
     pads_target_left = True
     reads_chat = True
 
+    def prompt_only(self, requested: bool | None) -> bool:
+        return requested is False
+
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
         return [max(starts) - s for s in starts]
 
@@ -349,7 +370,7 @@ class Classifier(ModelFamily):
     def attributes_source(self) -> bool:
         return True
 
-    def attributes_target(self, requested: bool) -> bool:
+    def attributes_target(self, requested: bool | None) -> bool:
         if requested:
             raise ValueError(
                 "attribute_target=True: a classifier's target is its label, with no prefix to attribute to; "
