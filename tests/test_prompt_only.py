@@ -275,3 +275,18 @@ def test_layer_path_methods_inside_the_decoder_are_refused(method, fused):
     with pytest.raises(ValueError, match="prompt only.*transformer.h.0.*use target_layer=None"):
         model.attribute(PROMPT, FULL, attribute_target=False, fused=fused, show_progress=False)
     model.attribute(PROMPT, FULL, fused=fused, show_progress=False)  # the default convention runs there
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_reagent_never_replaces_the_generated_prefix():
+    """ReAGent builds its own features: prompt-only, they are prompt tokens only (the prefix is never
+    replaced), and the prefix rows are not attributed."""
+    model = exact_model("gpt2", "reagent", num_probes=2, max_probe_steps=4)
+    tokenizer = tiny_model("gpt2")[1]
+    seq = model.attribute(PROMPTS[0], FORCED[0], attribute_target=False, show_progress=False)[0]
+    prompt_len = len(tokenizer(PROMPTS[0])["input_ids"])
+    spans = seq.features["target"]
+    assert spans and all(end <= prompt_len for _, end in spans)
+    check_prefix_held(seq, prompt_len)
+    whole = model.attribute(PROMPTS[0], FORCED[0], show_progress=False)[0]
+    assert any(end > prompt_len for _, end in whole.features["target"])  # the default: the prefix too

@@ -504,7 +504,12 @@ class Reagent(AttributionMethod):
             "attribute the token's probability (attributed_fn='probability', the default)",
         )
         features = build_feature_map(
-            self.model, inputs.batch, options.granularity, inputs.attribute_source, inputs.attribute_target
+            self.model,
+            inputs.batch,
+            options.granularity,
+            inputs.attribute_source,
+            inputs.attribute_target,
+            prompt_only=inputs.held_target is not None,  # the generated prefix is never replaced
         )
         info = {"granularity": options.granularity, "replacer": options.replacer}
         setup = PerturbationSetup(inputs, features, inputs.objective, None, info)
