@@ -156,7 +156,11 @@ def test_the_document_the_answer_copies_ranks_first():
 
 def test_fused_equals_the_stepwise_reference_on_segments():
     model = exact_model("gpt2", "context_cite", granularity="segment", n_ablations=16)
-    kwargs = {"segments": SEGMENTS, "generated_texts": DOC_A + DOC_B + QUESTION + REPLY, "show_progress": False}
+    kwargs = {
+        "segments": SEGMENTS,
+        "generated_texts": DOC_A + DOC_B + QUESTION + REPLY,
+        "show_progress": False,
+    }
     fused, stepwise = model.attribute(**kwargs), model.attribute(**kwargs, fused=False)
     assert_close(fused[0].target_attributions, stepwise[0].target_attributions)
     assert_close(fused[0].step_scores["lds"], stepwise[0].step_scores["lds"])
