@@ -50,7 +50,7 @@ from seqattr.methods.perturbation import (
     run_rows,
     setup_perturbation,
 )
-from seqattr.step_functions import StepFunctionArgs, promote
+from seqattr.step_functions import StepFunctionArgs, list_step_functions, promote, register_step_function
 from seqattr.typing import Float, Tensor
 
 SOURCE_GRANULARITIES = ("word", "sentence", "message", "segment")
@@ -72,6 +72,11 @@ def log_odds(args: StepFunctionArgs) -> Tensor:
         return own
     others = logits.scatter(-1, ids, float("-inf")).logsumexp(-1)
     return own - others
+
+
+if "log_odds" not in list_step_functions():
+    # By name too: the output records what it measured (``measured_step_function``), and evaluate() runs it.
+    register_step_function(log_odds, "log_odds")
 
 
 def answer_log_odds(step_log_odds: Float[Tensor, "n steps"]) -> Float[Tensor, " n"]:
