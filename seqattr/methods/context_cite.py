@@ -58,7 +58,9 @@ SOURCE_GRANULARITIES = ("word", "sentence", "message", "segment")
 
 
 def log_odds(args: StepFunctionArgs) -> Tensor:
-    """``log(p / (1 - p))`` of each step's token, from the logits without forming ``p`` (exact near 1).
+    """Log-odds of the target token, log(p / (1 - p)), from the logits (exact near p = 1; ContextCite).
+
+    The token's logit minus the log-sum-exp of the other logits: ``p`` is never formed.
 
     Example:
         >>> args = StepFunctionArgs(torch.tensor([[[0.0, math.log(3.0)]]]), torch.tensor([[1]]))
