@@ -243,3 +243,12 @@ def test_the_chat_tutorial_on_the_default_model():
     answer = out.info["method_info"]["examples"][0]["answer"]
     assert len(answer["scores"]) == 3 and int(np.argmax(answer["scores"])) == 0  # weather first
     assert seq.step_scores["lds"].shape == (seq.num_steps,)
+
+
+def test_log_odds_is_log_p_over_one_minus_p():
+    model = exact_model("gpt2", "saliency")
+    out = model.attribute("a b.", "a b. c d", step_scores=["log_odds"], show_progress=False)
+    hf_model, tokenizer = float64_model("gpt2")
+    ids = tokenizer("a b. c d")["input_ids"]
+    expected = hand_log_odds(hf_model, ids, [], [], len(ids) - out[0].num_steps)
+    assert_close(out[0].step_scores["log_odds"], expected)
