@@ -186,6 +186,10 @@ METHODS: list[Row] = [
     Row("feature_ablation", {"inference_mode": "logits"}),
     Row("feature_ablation", {"baseline": "unk"}, PERTURBATION_FAMILIES),
     Row("lime", {"n_samples": 8, "seed": 0}, (*PERTURBATION_FAMILIES, "marian:source")),
+    # ContextCite: few ablations (held_out=0: the fit statistic needs 15); word features, so that the tiny
+    # prompts have several context features to ablate.
+    Row("context_cite", {"n_ablations": 8, "held_out": 0.0, "granularity": "word"}, PERTURBATION_FAMILIES),
+    Row("context_cite", {"n_ablations": 15, "seed": 4, "alpha": 0.001}, ("llama", "t5", "t5:source")),
     Row("kernel_shap", {"n_samples": 8}),
     Row("kernel_shap", {"n_samples": 12, "seed": 2, "granularity": "word"}, PERTURBATION_FAMILIES),
     Row("sobol", {"n_designs": 4, "granularity": "sentence"}, (*PERTURBATION_FAMILIES, "marian:source")),
