@@ -384,7 +384,7 @@ def attribute_context(
         "show_progress": show_progress,
         **method_kwargs,
     }
-    if model.is_encoder_decoder:
+    if model.family.attributes_source():  # a generating family with a source: encoder-decoder
         seq, layout = _encoder_decoder_call(
             model, input_full, input_contextless, input_template, input_current_text, input_context_text,
             output_current_text, output_context_text, output_template, contextless_output_current_text,

@@ -93,7 +93,7 @@ def test_agrees_with_inseq_on_the_same_model_ids_and_draws(inseq_core, architect
     )
     encoder_decoder = architecture == "t5"
     out = model.attribute(
-        PROMPT, generation_args={"max_new_tokens": 4}, attribute_target=encoder_decoder, show_progress=False
+        PROMPT, generation_args={"max_new_tokens": 4}, attribute_target=True, show_progress=False
     )
     seq = out[0]
     assert (seq.source_attributions is not None) == encoder_decoder

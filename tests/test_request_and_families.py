@@ -114,7 +114,10 @@ def test_the_cli_builds_the_request_attribute_builds():
     ("change", "message"),
     [
         ({"batch_size": 0}, "batch_size must be a positive integer"),
-        ({"method": "saliencyy"}, "unknown attribution method 'saliencyy'; valid methods: attention"),
+        (
+            {"method": "saliencyy"},
+            "unknown attribution method 'saliencyy'; valid methods: alti_logit, attention",
+        ),
         ({"method_options": {"n_step": 4}}, "n_step"),
         ({"attr_pos_start": 1.5}, "attr_pos_start must be an integer"),
         ({"generated_texts": ["only one"]}, "got 2 input_texts but 1 generated_texts"),
