@@ -12,8 +12,8 @@ self-attention sublayer ``R ← Â_self R`` and then its cross-attention sublaye
 the source attribution, the target part the target attribution; together they sum to 1.
 
 The decoder is causal and the rollout matrices are lower triangular on the target side, so one pass gives
-every step's row (one pass per example, see `each_example`), equal to a rollout on the step's own prefix
-(the stepwise reference).
+every step's row (one pass for the whole batch), equal to a rollout on the step's own prefix (the stepwise
+reference, each example alone: `each_example`).
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ class AttentionRollout(AttributionMethod):
         )
 
     def attribute_fused(self, inputs: MethodInputs, options) -> MethodOutput:
-        return each_example(self.model, inputs, self._fused)
+        # The whole batch in one pass: padding keys get weight 0 from every real query, so padding rows never
+        # reach a real row's product (and seqattr's own mask keeps float64 left padding free of NaN).
+        return self._fused(inputs)
 
     def attribute_stepwise(self, inputs: MethodInputs, options) -> MethodOutput:
         return each_example(self.model, inputs, self._stepwise)
