@@ -231,6 +231,56 @@ def as_pieces(segments: Any, argument: str = "segments") -> list[tuple[str, str]
     return pieces
 
 
+def fill_template(template: str, **values: str) -> tuple[str, list[tuple[str, str]]]:
+    """A prompt from a template with named fields, and its segments: ``(prompt, [(field, value), ...])``,
+    ready for ``attribute(prompt, segments=segments, granularity="segment")`` (Captum's
+    ``TextTemplateInput``, with names). The template's own text between the fields is prompt text, one
+    feature per stretch under ``granularity="segment"``.
+
+    Example:
+        >>> prompt, segments = fill_template("Doc: {doc} Q: {question}", doc="Anna is here.", question="Who?")
+        >>> prompt, segments
+        ('Doc: Anna is here. Q: Who?', [('doc', 'Anna is here.'), ('question', 'Who?')])
+        >>> fill_template("{doc} {question}", doc="x")
+        Traceback (most recent call last):
+        ...
+        ValueError: the template's field 'question' has no value; give it as question=... (fields: ...)
+    """
+    import string
+
+    if not isinstance(template, str):
+        raise TypeError(f"template must be a string with named fields such as '{{doc}}', got {template!r}")
+    parsed = list(string.Formatter().parse(template))
+    fields = [name for _, name, _, _ in parsed if name is not None]
+    for _, name, spec, conversion in parsed:
+        if name is not None and (not name.isidentifier() or spec or conversion):
+            shown = "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+            raise ValueError(
+                f"template field {shown}: fields are plain names, e.g. '{{doc}}' (no positions, attributes, "
+                "conversions or format specs)"
+            )
+    if not fields:
+        raise ValueError(
+            "the template has no field; name its parts, e.g. 'Context: {doc} Question: {question}'"
+        )
+    listed = ", ".join(fields)
+    repeated = sorted({name for name in fields if fields.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"the template uses the field {repeated[0]!r} twice; a segment is one part ({listed})"
+        )
+    for name in fields:
+        if name not in values:
+            raise ValueError(
+                f"the template's field {name!r} has no value; give it as {name}=... (fields: {listed})"
+            )
+    unused = [name for name in values if name not in fields]
+    if unused:
+        raise ValueError(f"{unused[0]!r} is not a field of the template (fields: {listed})")
+    pieces = as_pieces([(name, values[name]) for name in fields], "template values")
+    return template.format(**values), pieces
+
+
 def locate(
     text: str, pieces: Sequence[tuple[str, str]], where: str, start: int = 0
 ) -> list[tuple[str, int, int]]:

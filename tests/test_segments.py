@@ -187,3 +187,41 @@ def test_fused_segment_features_equal_the_stepwise_reference(method):
     stepwise = model.attribute(**kwargs, attributed_fn=probability64, fused=False, show_progress=False)
     assert fused[0].target[:2] == ["doc", "question"]
     assert_close(fused[0].target_attributions, stepwise[0].target_attributions)
+
+
+def test_a_template_with_named_fields_gives_the_prompt_and_its_segments():
+    """`fill_template` (Captum's TextTemplateInput, with names): the filled prompt and one segment per field;
+    attributing with them equals giving the same pieces by hand; bad templates and values are refused."""
+    from seqattr.segments import fill_template
+
+    prompt, segments = fill_template(
+        "Facts: {anna} {tom}\nQuestion: {question}",
+        anna="Anna lives in Paris.",
+        tom="Tom lives in Berlin.",
+        question="Where does Anna live?",
+    )
+    assert prompt == "Facts: Anna lives in Paris. Tom lives in Berlin.\nQuestion: Where does Anna live?"
+    assert [name for name, _ in segments] == ["anna", "tom", "question"]
+    model = exact_model("gpt2", "occlusion")
+    run = {"granularity": "segment", "show_progress": False}
+    filled = model.attribute(prompt, prompt + " Paris", segments=segments, **run)[0]
+    by_hand = model.attribute(
+        prompt,
+        prompt + " Paris",
+        segments=[("anna", "Anna lives in Paris."), ("tom", "Tom lives in Berlin."),
+                  ("question", "Where does Anna live?")],
+        **run,
+    )[0]  # fmt: skip
+    assert filled.target == by_hand.target and "anna" in filled.target
+    torch.testing.assert_close(filled.target_attributions, by_hand.target_attributions, equal_nan=True)
+    for template, values, message in [
+        ("{doc} {question}", {"doc": "x"}, "field 'question' has no value; give it as question="),
+        ("{doc}", {"doc": "x", "extra": "y"}, "'extra' is not a field of the template"),
+        ("{doc} and {doc}", {"doc": "x"}, "uses the field 'doc' twice"),
+        ("{} and {}", {}, "fields are plain names"),
+        ("{doc:>10}", {"doc": "x"}, "fields are plain names"),
+        ("no fields", {}, "the template has no field"),
+        ("{doc}", {"doc": "  "}, "has no text"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fill_template(template, **values)
