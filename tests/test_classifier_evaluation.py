@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import math
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from metric_definitions import direct_metrics
 from test_classifiers import KNOWN, hand_built_classifier
 
 import seqattr
@@ -92,28 +92,11 @@ def _features(model, seq, step: int) -> list[int]:
 def _direct_metrics(model, seq, step, scores, removal, baseline_id, soft_draws) -> dict[str, float]:
     """Every metric of one step for one ranking (``scores``, one per feature), by the definitions."""
     features = _features(model, seq, step)
-    n = len(features)
-    order = sorted(range(n), key=lambda i: -scores[i])  # stable: ties keep token order
 
     def f(removed_indices) -> float:
         return _probability(model, seq, step, {features[i] for i in removed_indices}, removal, baseline_id)
 
-    clean = f([])
-    counts = [math.ceil(round(k * n, 9)) for k in FRACTIONS]
-    morf = [f(order[:i]) for i in range(n + 1)]
-    kept = [f(order[m:]) for m in range(n + 1)]  # only the m top-ranked kept
-    metrics = {
-        "comprehensiveness": np.mean([clean - morf[c] for c in counts]),
-        "sufficiency": np.mean([clean - kept[c] for c in counts]),
-        "deletion_auc": np.trapezoid(np.array(morf) / clean, dx=1 / n),
-        "insertion_auc": np.trapezoid(np.array(kept) / clean, dx=1 / n),
-    }
-    metrics["abpc"] = metrics["insertion_auc"] - metrics["deletion_auc"]
-    spread = max(scores) - min(scores)
-    p = [(s - min(scores)) / spread if spread > 0 else 1.0 for s in scores]
-    metrics["soft_comprehensiveness"] = clean - f([i for i in range(n) if not soft_draws[0][i] < 1 - p[i]])
-    metrics["soft_sufficiency"] = clean - f([i for i in range(n) if not soft_draws[1][i] < p[i]])
-    return metrics
+    return direct_metrics(f, len(features), scores, FRACTIONS, soft_draws)
 
 
 def _check_against_direct(model, out, result, removal: str, baseline_id: int) -> None:
