@@ -117,6 +117,15 @@ def test_masked_tokens_and_the_prefix_side_left_out():
     assert table["special_share"] == pytest.approx([0.1 / 0.7, 0.1 / 0.7])
 
 
+def test_prompt_only_attributions_have_no_source_share():
+    held = prompt_example()
+    held.target_attributions[held.attr_pos_start :] = NAN  # attribute_target=False: the prefix held fixed
+    table = step_table(held)
+    assert all(math.isnan(v) for v in table["source_share"])  # was 1.0: the NaN prefix counted as 0
+    assert table["special_share"] == pytest.approx([0.1 / 0.6, 0.2 / 0.6, 0.0 / 0.6])
+    assert step_table(short_example())["source_share"] == [1.0]  # one step: the prefix is unseen, not held
+
+
 def test_summary_per_step_position_and_overall_equals_the_hand_computation():
     out = AttributionOutput([prompt_example(), short_example()], {"method": "saliency"})
     summary = summarize(out, bins=4, quantiles=(0.25, 0.5))

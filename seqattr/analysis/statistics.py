@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from seqattr.data.aggregation import feature_repeats, is_special
 from seqattr.data.alignment import aligned_steps, extract_alignment
@@ -91,6 +93,14 @@ def _block(seq, side: str, positions: range, special: set[int], texts: list[str]
     return _Block(values, types)
 
 
+def _held_fixed(prefix: Float[Tensor, "generated steps ..."]) -> bool:
+    """Whether a decoder-only example's generated-prefix scores are NaN wherever a step sees them: the
+    prompt-only convention (``attribute_target=False``), where the prefix's share is undefined, not 0.
+    Generated token ``r`` is seen by steps ``t > r``."""
+    seen = torch.ones(prefix.shape[:2], dtype=torch.bool).triu(diagonal=1)
+    return bool(seen.any()) and bool(prefix[seen].isnan().all())
+
+
 def _share(part: float, total: float) -> float:
     return part / total if total > 0 else math.nan
 
@@ -123,6 +133,8 @@ def step_table(seq: SequenceAttribution, special_ids: Iterable[int] | None = Non
     elif seq.target_attributions is not None:  # decoder-only: the prompt, then what came after it
         source = _block(seq, "target", range(start), special, target_texts)
         prefix = _block(seq, "target", range(start, len(seq.target)), special, target_texts)
+        if _held_fixed(seq.target_attributions[start:]):  # attribute_target=False: no prefix share
+            prefix = None
     table: dict[str, list] = {"step": list(range(steps))}
     table |= {name: [math.nan] * steps for name in (*STEP_STATISTICS, "relative_step", "relative_source")}
     table["offset"] = [math.nan] * steps
