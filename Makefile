@@ -33,14 +33,15 @@ install-chromium:
 	else echo "chromium: not installed (needs root and apt-get); the HTML browser tests will be skipped"; fi
 
 # The whole suite, the real SmolLM2-135M-Instruct tests included (its first run converts the GGUF once, ~25 s);
-# it also builds the documentation site strictly and executes the tutorial notebooks.
+# it also builds the documentation site strictly and executes the tutorial notebooks. One pytest-xdist worker
+# per core (each test runs torch on one thread), each test file in one worker (its shared fixtures built once).
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --dist loadfile
 
 # Without the tests marked slow (those that need the real SmolLM2 weights); the default_model doctests still
 # convert its GGUF once per machine (~25 s).
 test-fast:
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check seqattr tests benchmarks examples

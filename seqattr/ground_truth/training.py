@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -136,9 +137,13 @@ def load_or_train(
         tokenizer.save_pretrained(str(tmp))
         # Written last: its presence marks a complete folder.
         (tmp / "recipe.json").write_text(json.dumps({"task": recipe.name, "recipe": recipe.fingerprint()}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        if folder.exists() and (retrain or not (folder / "recipe.json").is_file()):
+            shutil.rmtree(folder)  # retraining, or a folder an interrupted older run left incomplete
+        try:
+            os.replace(tmp, folder)  # atomic
+        except OSError:  # a concurrent process (another test worker) cached the same recipe first: the same
+            if not (folder / "recipe.json").is_file():  # weights (training is deterministic), so keep theirs
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model, tokenizer, folder
