@@ -173,8 +173,11 @@ class ModelFamily:
         return output.logits[:, positions - 1]
 
     reads_chat: ClassVar[bool] = False
-    """Prompts may be chat messages or named segments (`seqattr.chat`, `seqattr.segments`): a decoder-only
-    generator, whose prompt is the start of its target."""
+    """Prompts may be chat messages (`seqattr.chat`): a decoder-only generator, whose prompt is the start of
+    its target."""
+    reads_segments: ClassVar[bool] = False
+    """Prompts may have named segments (`seqattr.segments`): a generator's prompt (decoder-only: the start
+    of its target; encoder-decoder: its source)."""
     takes_pairs: ClassVar[bool] = False
     """Inputs may be pairs of texts ``(text_a, text_b)`` (a classifier reading two segments)."""
     needs_pairs: ClassVar[bool] = False
@@ -232,6 +235,7 @@ class DecoderOnly(ModelFamily):
     predictor = "its"
     pads_target_left = True
     reads_chat = True
+    reads_segments = True
 
     def prompt_only(self, requested: bool | None) -> bool:
         return requested is False
@@ -294,6 +298,7 @@ class EncoderDecoder(ModelFamily):
     is_encoder_decoder = True
     predictor = "its decoder's"
     pads_target_left = False
+    reads_segments = True
 
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
         if len(set(starts)) > 1:  # batch_spans splits the examples where the start changes
