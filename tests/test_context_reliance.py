@@ -226,3 +226,88 @@ def test_cli_context_parts(tmp_path, capsys):
     assert "no message has that name" in capsys.readouterr().err
     assert main(["attribute", "-i", "x", "--context-parts", "system"]) == 2
     assert "give it with --messages" in capsys.readouterr().err
+
+
+# --- attribute_context in batches -------------------------------------------------------------------------
+
+CURRENTS = ["the cat sat on the", "a bird", "the sky over the old town is"]
+CONTEXTS = ["a dog ran home", "it was a cold and rainy day in the north", "night"]
+OUTPUTS = ["mat and the dog sat", "flew over", "dark and the dog ran home"]
+
+
+def assert_same_results(batched, single) -> None:
+    """Same tokens, selections and cues; scores equal to float64 rounding."""
+    assert batched.output_current_tokens == single.output_current_tokens
+    torch.testing.assert_close(
+        torch.tensor(batched.cti_scores), torch.tensor(single.cti_scores), rtol=1e-9, atol=1e-9
+    )
+    assert [t.index for t in batched.sensitive_tokens] == [t.index for t in single.sensitive_tokens]
+    for a, b in zip(batched.sensitive_tokens, single.sensitive_tokens, strict=True):
+        assert [(c.token, c.side, c.position) for c in a.cues] == [
+            (c.token, c.side, c.position) for c in b.cues
+        ]
+        for name in ("input_context_scores", "output_context_scores"):
+            mine, theirs = getattr(a, name), getattr(b, name)
+            assert (mine is None) == (theirs is None)
+            if mine is not None:
+                torch.testing.assert_close(torch.tensor(mine), torch.tensor(theirs), rtol=1e-9, atol=1e-9)
+    assert batched.input_context_tokens == single.input_context_tokens
+    assert batched.output_context_tokens == single.output_context_tokens
+    assert batched.info == single.info
+
+
+def count_calls(model, monkeypatch) -> list:
+    calls = []
+    original = model.attribute
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "attribute", counted)
+    return calls
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "bart", "t5"])
+def test_attribute_context_on_a_list_equals_one_call_per_example(architecture, monkeypatch):
+    model = exact_model(architecture)
+    calls = count_calls(model, monkeypatch)
+    batched = model.attribute_context(CURRENTS, CONTEXTS, output_current_text=OUTPUTS)
+    assert len(calls) == 1 and len(calls[0]) == 3  # one batched call for the three examples
+    single = [
+        model.attribute_context(current, context, output_current_text=output)
+        for current, context, output in zip(CURRENTS, CONTEXTS, OUTPUTS, strict=True)
+    ]
+    assert len(batched) == 3
+    for a, b in zip(batched, single, strict=True):
+        assert_same_results(a, b)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "t5"])
+def test_attribute_context_batches_with_output_contexts_and_generation(architecture):
+    model = exact_model(architecture)
+    # A shared input context (one text for every example), an output context each, one generated output.
+    outputs = [OUTPUTS[0], None, OUTPUTS[2]]
+    output_contexts = ["the end.", None, "so"]
+    batched = model.attribute_context(
+        CURRENTS, "a dog ran home", outputs, output_contexts, generation_args={"max_new_tokens": 3}
+    )
+    for k in range(3):
+        single = model.attribute_context(
+            CURRENTS[k],
+            "a dog ran home",
+            outputs[k],
+            output_contexts[k],
+            generation_args={"max_new_tokens": 3},
+        )
+        assert_same_results(batched[k], single)
+
+
+def test_attribute_context_lists_are_checked():
+    model = exact_model("gpt2")
+    with pytest.raises(ValueError, match="different lengths"):
+        model.attribute_context(CURRENTS, CONTEXTS[:2], output_current_text=OUTPUTS)
+    with pytest.raises(ValueError, match="example 1: input_context_text must be a non-empty string"):
+        model.attribute_context(CURRENTS, ["a", "", "b"], output_current_text=OUTPUTS)
+    with pytest.raises(ValueError, match="empty list"):
+        model.attribute_context([], "a dog ran home")
