@@ -221,7 +221,7 @@ def check_prompt_parts(family: ModelFamily, messages: Any) -> None:
         ...
         ValueError: messages= are for decoder-only chat models (the chat template makes the prompt ...
     """
-    if not family.reads_segments:
+    if family.prompt_side is None:
         raise ValueError(
             "messages= and segments= are for generative models (decoder-only or encoder-decoder); this is a "
             f"{family} model: pass its input as input_texts="

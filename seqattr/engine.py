@@ -353,7 +353,7 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
     started = time.perf_counter()
     layouts = request.prompts
     forced = request.generated_texts
-    if layouts is not None and forced is not None and not model.is_encoder_decoder:
+    if layouts is not None and forced is not None and model.family.prompt_side == "target":
         forced = forced_replies(layouts, forced)  # an encoder-decoder's forced texts are its targets
     encoded = model.encode(
         request.input_texts, forced, request.generate_args, request.max_batch_size, layouts
@@ -445,7 +445,7 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             )
     if layouts is not None:  # roles, masked scaffolding and the prompts' parts as rows
         sequences = [
-            annotate(seq, layout, request.part_granularity, source=model.is_encoder_decoder)
+            annotate(seq, layout, request.part_granularity, source=model.family.prompt_side == "source")
             for seq, layout in zip(sequences, layouts, strict=True)
         ]
     finished = time.perf_counter()

@@ -192,7 +192,7 @@ def _source_groups(
     """An encoder-decoder's source features: with a prompt layout (named segments of the source), its
     scaffolding left out (unless included) and, at ``granularity="segment"``, one feature per part."""
     ids, layout = example.source_ids, example.layout
-    if layout is None or not model.is_encoder_decoder:
+    if layout is None or model.family.prompt_side != "source":
         return _groups(model, ids, special_ids, granularity, scheme)
     fixed = layout.unperturbed()
     special = [i in special_ids or p in fixed for p, i in enumerate(ids)]
@@ -207,7 +207,7 @@ def _target_groups(
     """A decoder-only target's features: with a prompt layout, its scaffolding left out (unless included)
     and, at a part granularity, the prompt's parts followed by the reply's tokens one by one."""
     ids, layout = example.target_ids, example.layout
-    if model.is_encoder_decoder:  # its prompt is the source: the target's tokens are features one by one
+    if model.family.prompt_side == "source":  # the prompt is the source: the target's tokens one by one
         if granularity in ("message", "segment"):
             return [[p] for p, i in enumerate(ids) if i not in special_ids]
         return _groups(model, ids, special_ids, granularity, scheme)

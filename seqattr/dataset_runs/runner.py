@@ -173,10 +173,10 @@ def _prompt_length(row: Row) -> int:
 
 
 def _row_problem(row: Row) -> str | None:
-    if row.messages is not None or (row.input_text is None and row.segments is not None):
-        # `attribute` checks conversations and segments, naming the problem (recorded as the row's error).
-        pass
-    elif not isinstance(row.input_text, str) or not row.input_text.strip():
+    # A conversation or segments without text are checked by `attribute`, which names the problem (recorded
+    # as the row's error).
+    text_prompt = row.messages is None and not (row.input_text is None and row.segments is not None)
+    if text_prompt and (not isinstance(row.input_text, str) or not row.input_text.strip()):
         return f"the input is {row.input_text!r}, not a non-empty text"
     if row.target_text is not None and (not isinstance(row.target_text, str) or not row.target_text.strip()):
         return f"the target is {row.target_text!r}, not a non-empty text"
@@ -292,9 +292,9 @@ def attribute_dataset(
                 f"with {column}="
             )
     request = _validated_request(model, attribute_args, messages_column, segments_column)
-    if "seed" in dataclasses.asdict(
-        request.options
-    ):  # one seed for the run: records do not depend on its split
+    # A randomised method's seed is drawn once so that every batch, shard and process uses the same one (the
+    # records then do not depend on how the run is split).
+    if "seed" in dataclasses.asdict(request.options):
         attribute_args = {**attribute_args, "seed": request.options.seed}
 
     output_dir = Path(output_dir).expanduser()
@@ -360,7 +360,7 @@ def _validated_request(
     once per row. Rows with parts are checked on a stand-in prompt with both kinds of part; each row's own
     parts are checked when it runs."""
     from seqattr.chat import check_prompt_parts
-    from seqattr.segments import PromptLayout, Segment
+    from seqattr.segments import PromptLayout, Segment, as_part_names
 
     arguments = dict(attribute_args)
     context_parts = arguments.pop("context_parts", None)
@@ -370,7 +370,10 @@ def _validated_request(
             "context_parts= names parts of each row's prompt: give them with messages_column= or "
             "segments_column="
         )
+    if context_parts is not None:
+        as_part_names(context_parts)  # a name or a list of names (each row's prompt is checked as it runs)
     if has_parts:
+        # The kind of model only: `[]` stands for "a conversation" (each row's own is checked as it runs).
         check_prompt_parts(model.family, None if messages_column is None else [])
         if messages_column is not None and not getattr(model.tokenizer, "chat_template", None):
             raise ValueError(
@@ -380,7 +383,6 @@ def _validated_request(
             )
         stand_in = Segment("validation", "user", 0, 1)
         arguments["prompts"] = [PromptLayout("validation", [0], ["user"], (stand_in,), (stand_in,))]
-    # A randomised method's seed is drawn once so that every batch, shard and process uses the same one.
     return model.request("validation", **arguments)
 
 

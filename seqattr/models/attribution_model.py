@@ -389,7 +389,7 @@ class AttributionModel:
             prompts = [list(layout.ids) for layout in layouts]
         for i, prompt in enumerate(prompts):
             self.check_length(len(prompt), f"input_texts[{i}]")
-        if generated_texts is not None and layouts is not None and not self.is_encoder_decoder:
+        if generated_texts is not None and layouts is not None and self.family.prompt_side == "target":
             return [
                 reply_example(self, i, p, t)
                 for i, (p, t) in enumerate(zip(prompts, generated_texts, strict=True))

@@ -175,9 +175,9 @@ class ModelFamily:
     reads_chat: ClassVar[bool] = False
     """Prompts may be chat messages (`seqattr.chat`): a decoder-only generator, whose prompt is the start of
     its target."""
-    reads_segments: ClassVar[bool] = False
-    """Prompts may have named segments (`seqattr.segments`): a generator's prompt (decoder-only: the start
-    of its target; encoder-decoder: its source)."""
+    prompt_side: ClassVar[str | None] = None
+    """Where a prompt with named segments (`seqattr.segments`) lies: ``"target"`` (decoder-only: the start of
+    its target), ``"source"`` (encoder-decoder: the encoder's input), None (no segments: classifiers)."""
     takes_pairs: ClassVar[bool] = False
     """Inputs may be pairs of texts ``(text_a, text_b)`` (a classifier reading two segments)."""
     needs_pairs: ClassVar[bool] = False
@@ -235,7 +235,7 @@ class DecoderOnly(ModelFamily):
     predictor = "its"
     pads_target_left = True
     reads_chat = True
-    reads_segments = True
+    prompt_side = "target"
 
     def prompt_only(self, requested: bool | None) -> bool:
         return requested is False
@@ -298,7 +298,7 @@ class EncoderDecoder(ModelFamily):
     is_encoder_decoder = True
     predictor = "its decoder's"
     pads_target_left = False
-    reads_segments = True
+    prompt_side = "source"
 
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
         if len(set(starts)) > 1:  # batch_spans splits the examples where the start changes
