@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,10 @@ from typing import TYPE_CHECKING, Any
 from seqattr.segments import (
     PromptLayout,
     Segment,
+    as_part_names,
     as_pieces,
+    check_part_names,
+    cut_spans,
     locate,
     named_segments,
     offsets_of,
@@ -39,6 +43,8 @@ from seqattr.segments import (
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from seqattr.models.family import ModelFamily
 
 ROLES = ("system", "user", "assistant", "tool")
 """The roles a message may have."""
@@ -110,10 +116,12 @@ def render_chat(
     tokenizer: PreTrainedTokenizerBase,
     conversation: Sequence[Mapping[str, str]],
     segments: Sequence[tuple[str, str]] = (),
+    context_parts: Sequence[str] = (),
 ) -> PromptLayout:
     """The prompt of ``conversation`` as the tokenizer's chat template makes it (with the generation prompt),
     its tokens' roles and its messages' spans; ``segments`` (``(name, text)`` pieces) are found in the
-    messages' texts, in order.
+    messages' texts, in order. ``context_parts`` (names of messages or segments) add the prompt rendered
+    without them (`without_context`).
 
     Example:
         >>> from seqattr.testing import tiny_model
@@ -158,16 +166,86 @@ def render_chat(
                     f"segment {segment.name!r} crosses the chat template's scaffolding between messages; a "
                     "segment must lie within one message's text"
                 )
-    return PromptLayout(text, list(ids), roles, messages, named)
+    layout = PromptLayout(text, list(ids), roles, messages, named)
+    if not context_parts:
+        return layout
+    check_part_names(layout, context_parts, "the conversation")
+    rest = without_context(conversation, segments, context_parts)
+    contextless = tokenizer.apply_chat_template(rest, add_generation_prompt=True, return_dict=False)
+    return dataclasses.replace(layout, context_parts=tuple(context_parts), contextless_ids=tuple(contextless))
+
+
+def without_context(
+    conversation: Sequence[Mapping[str, str]],
+    segments: Sequence[tuple[str, str]],
+    names: Sequence[str],
+) -> list[dict[str, str]]:
+    """``conversation`` without its context: the messages named in ``names`` dropped, the named segments in
+    ``names`` cut out of their messages' texts (a message left without text is dropped too); refused when no
+    message is left.
+
+    Example:
+        >>> chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Doc: x. Q: y?"}]
+        >>> without_context(chat, [("doc", "Doc: x.")], ["system", "doc"])
+        [{'role': 'user', 'content': ' Q: y?'}]
+    """
+    pending = list(segments)
+    kept = []
+    for name, message in zip(message_names(conversation), conversation, strict=True):
+        content, cursor, cut = message["content"], 0, []
+        # The segments lie within the messages' texts, in order (`render_chat` checked it).
+        while pending and (found := content.find(pending[0][1], cursor)) >= 0:
+            segment, piece = pending.pop(0)
+            cursor = found + len(piece)
+            if segment in names:
+                cut.append((found, cursor))
+        content = cut_spans(content, cut)
+        if name not in names and content.strip():
+            kept.append({**message, "content": content})
+    if not kept:
+        raise ValueError(
+            f"context_parts={list(names)} cover the whole conversation: without them no message is left to "
+            "compare with; leave the question out of the context"
+        )
+    return kept
+
+
+def check_prompt_parts(family: ModelFamily, messages: Any) -> None:
+    """Refuse prompt parts a model cannot read: segments are for generative models (a decoder-only prompt,
+    an encoder-decoder's source), chat messages for decoder-only models.
+
+    Example:
+        >>> from seqattr.models.family import ENCODER_DECODER
+        >>> check_prompt_parts(ENCODER_DECODER, [{"role": "user", "content": "Hi"}])
+        Traceback (most recent call last):
+        ...
+        ValueError: messages= are for decoder-only chat models (the chat template makes the prompt ...
+    """
+    if family.prompt_side is None:
+        raise ValueError(
+            "messages= and segments= are for generative models (decoder-only or encoder-decoder); this is a "
+            f"{family} model: pass its input as input_texts="
+        )
+    if messages is not None and not family.reads_chat:
+        raise ValueError(
+            "messages= are for decoder-only chat models (the chat template makes the prompt the reply "
+            f"continues); this is an {family} model, whose input is its source text: pass input_texts= "
+            "(with segments=[(name, text), ...] to name its parts)"
+        )
 
 
 def prompt_layouts(
-    tokenizer: PreTrainedTokenizerBase, input_texts: Any, messages: Any, segments: Any
+    tokenizer: PreTrainedTokenizerBase,
+    input_texts: Any,
+    messages: Any,
+    segments: Any,
+    context_parts: Any = None,
 ) -> tuple[list[str], list[PromptLayout]]:
     """The prompts of an ``attribute`` call given as ``messages`` (conversations) and/or with named
     ``segments``: their texts and layouts. ``segments`` alone (no text, no messages) are the prompt's pieces,
     joined; with a text or a conversation they are found in it. One list of ``(name, text)`` pairs goes
-    with one prompt; several prompts take a list of such lists.
+    with one prompt; several prompts take a list of such lists. ``context_parts`` name the parts (messages,
+    segments) that are every prompt's context: each layout then holds its prompt without them.
 
     Example:
         >>> pieces = [("fact", "Paris is big."), ("q", " Where?")]
@@ -177,6 +255,7 @@ def prompt_layouts(
     """
     if messages is not None and input_texts is not None:
         raise ValueError("give the prompt once: input_texts= (text) or messages= (a conversation), not both")
+    names = () if context_parts is None else as_part_names(context_parts)
     conversations = None if messages is None else as_conversations(messages)
     if conversations is not None:
         count = len(conversations)
@@ -199,7 +278,7 @@ def prompt_layouts(
             )
         pieces = [as_pieces(p, f"segments[{k}]" if nested else "segments") for k, p in enumerate(per_prompt)]
     if conversations is not None:
-        layouts = [render_chat(tokenizer, c, p) for c, p in zip(conversations, pieces, strict=True)]
+        layouts = [render_chat(tokenizer, c, p, names) for c, p in zip(conversations, pieces, strict=True)]
     else:
         if input_texts is None:
             texts = ["".join(text for _, text in p) for p in pieces]
@@ -209,7 +288,7 @@ def prompt_layouts(
                 raise TypeError(
                     "segments= go with text prompts (or messages=); pairs of texts take no segments"
                 )
-        layouts = [plain_layout(tokenizer, t, p) for t, p in zip(texts, pieces, strict=True)]
+        layouts = [plain_layout(tokenizer, t, p, names) for t, p in zip(texts, pieces, strict=True)]
     return [layout.text for layout in layouts], layouts
 
 

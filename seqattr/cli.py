@@ -309,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --messages: show the chat template's tokens and perturb them (default: masked, kept)",
     )
     attribute.add_argument(
+        "--context-parts",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --messages: the messages that are the context (by name: system, user, 'user 1'...); the "
+        "trace gains a context reliance column, each step's KL divergence with and without them",
+    )
+    attribute.add_argument(
         "-o",
         "--output",
         default=None,
@@ -333,6 +341,28 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--input-column", default="text", help="the column of input texts (default text)")
     dataset.add_argument(
         "--target-column", default=None, help="a column of forced outputs (default: generate)"
+    )
+    dataset.add_argument(
+        "--messages-column",
+        default=None,
+        metavar="COLUMN",
+        help="a column of conversations (lists of {'role', 'content'}) for a chat model: each row's prompt "
+        "is its conversation with the chat template applied (--input-column is then not read)",
+    )
+    dataset.add_argument(
+        "--segments-column",
+        default=None,
+        metavar="COLUMN",
+        help="a column of named segments ([[name, text], ...] per row), found in the row's prompt; use with "
+        "--option granularity=segment for one feature per segment",
+    )
+    dataset.add_argument(
+        "--context-parts",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="the segments or messages (by name) that are each row's context: adds the trace's context "
+        "reliance column (KL divergence with and without them)",
     )
     dataset.add_argument("--split", default="train", help="the split to read (default train)")
     dataset.add_argument(
@@ -529,6 +559,20 @@ def build_request(args) -> AttributionRequest:
     """
     method, options, arguments = attribution_arguments(args)
     inputs = cli_inputs(args)
+    if getattr(args, "context_parts", None) is not None:
+        if getattr(args, "messages", None) is None:
+            raise UsageError(
+                "--context-parts names messages of a conversation: give it with --messages FILE.json"
+            )
+        from seqattr.chat import message_names
+
+        known = {name for c in read_messages(args.messages) for name in message_names(c)}
+        unknown = [name for name in args.context_parts if name not in known]
+        if unknown:
+            raise UsageError(
+                f"--context-parts {unknown[0]!r}: no message has that name; the messages are "
+                f"{', '.join(map(repr, sorted(known)))} (a role, numbered when it repeats: 'user 1', ...)"
+            )
     if getattr(args, "messages", None) is not None:
         # Checked on stand-ins now (the template needs the tokenizer); `_attribute` renders them once loaded.
         arguments["prompts"] = [stand_in_layout(c) for c in read_messages(args.messages)]
@@ -811,7 +855,9 @@ def _attribute(args) -> int:
                 raise ValueError(
                     f"--messages is for decoder-only chat models; {model.model_name} is {model.family}"
                 )
-            texts, layouts = prompt_layouts(model.tokenizer, None, read_messages(args.messages), None)
+            texts, layouts = prompt_layouts(
+                model.tokenizer, None, read_messages(args.messages), None, args.context_parts
+            )
             request = dataclasses.replace(request, input_texts=texts, prompts=layouts)
         except ValueError as err:
             raise UsageError(str(err)) from err
@@ -868,8 +914,19 @@ def _attribute_context(args) -> int:
 def _attribute_dataset(args) -> int:
     method, options, arguments = attribution_arguments(args)
     batch_size = arguments.pop("batch_size") or 8
+    parts = args.messages_column is not None or args.segments_column is not None
+    if args.context_parts is not None and not parts:
+        raise UsageError(
+            "--context-parts names parts of each row's prompt: give --messages-column or --segments-column"
+        )
+    check = dict(arguments)
+    if parts:  # a stand-in prompt with both kinds of part: the rows' own parts are checked as they run
+        from seqattr.segments import PromptLayout, Segment
+
+        stand_in = Segment("check", "user", 0, 1)
+        check["prompts"] = [PromptLayout("check", [0], ["user"], (stand_in,), (stand_in,))]
     try:  # every flag checked before the model loads, as for `attribute`
-        AttributionRequest("check", method=method, method_options=options, **arguments)
+        AttributionRequest("check", method=method, method_options=options, **check)
     except (ValueError, TypeError) as err:
         raise _worded_as_flags(err) from err
     _check_model_flags(args)
@@ -885,12 +942,15 @@ def _attribute_dataset(args) -> int:
         output_dir=args.output_dir,
         input_column=args.input_column,
         target_column=args.target_column,
+        messages_column=args.messages_column,
+        segments_column=args.segments_column,
         split=args.split,
         shard_size=args.shard_size,
         batch_size=batch_size,
         on_error=args.on_error,
         storage_dtype=args.storage_dtype,
         method=method,
+        **({"context_parts": args.context_parts} if args.context_parts is not None else {}),
         **options,
         **arguments,
     )

@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import string
@@ -280,10 +281,10 @@ def _check_text(value: Any, argument: str, required: bool) -> None:
 
 def attribute_context(
     model: AttributionModel,
-    input_current_text: str,
-    input_context_text: str | None = None,
-    output_current_text: str | None = None,
-    output_context_text: str | None = None,
+    input_current_text: str | Sequence[str],
+    input_context_text: str | Sequence[str] | None = None,
+    output_current_text: str | Sequence[str] | None = None,
+    output_context_text: str | Sequence[str] | None = None,
     *,
     input_template: str | None = None,
     output_template: str | None = None,
@@ -302,7 +303,7 @@ def attribute_context(
     generation_args: dict[str, Any] | None = None,
     show_progress: bool = False,
     **method_kwargs: Any,
-) -> ContextAttributionOutput:
+) -> ContextAttributionOutput | list[ContextAttributionOutput]:
     """Find the output tokens that depend on the context (CTI) and the context tokens they rely on (CCI).
 
     See the module docstring for the two steps and the templates. ``output_current_text`` forces the output
@@ -310,21 +311,27 @@ def attribute_context(
     (``generation_args``, default ``max_new_tokens=20``). ``method`` and ``method_kwargs`` choose the CCI
     attribution method (default: the model's). Returns a `ContextAttributionOutput`.
 
+    Several examples: give lists of texts (one per example; a single text, or None, is every example's) and
+    get a list of results, equal to one call per example. The examples run in batches: one attribution call
+    (with- and without-context passes, contrastive attribution) for all the examples that share the call's
+    arguments: all forced or all generated, and on an encoder-decoder with an output context, the same first
+    position of the current output.
+
     Example:
         >>> result = seqattr.attribute_context(model, "the cat sat on the", "a dog ran home",
         ...                                    output_current_text="mat and")
         >>> result.output_current_tokens, len(result.cti_scores)
         (['Ġmat', 'Ġand'], 2)
+        >>> results = seqattr.attribute_context(model, ["the cat sat on the", "a bird"], "a dog ran home",
+        ...                                     output_current_text=["mat and", "flew over"])
+        >>> [r.output_current_tokens for r in results]
+        [['Ġmat', 'Ġand'], ['Ġf', 'le', 'w', 'Ġo', 'v', 'er']]
     """
-    _check_text(input_current_text, "input_current_text", True)
-    if input_context_text is None and output_context_text is None:
-        raise ValueError(
-            "attribute_context needs a context: pass input_context_text= (and/or output_context_text=); "
-            "without one there is nothing to compare the output with"
-        )
-    _check_text(input_context_text, "input_context_text", False)
-    _check_text(output_context_text, "output_context_text", False)
-    _check_text(output_current_text, "output_current_text", False)
+    several = any(
+        isinstance(value, (list, tuple))
+        for value in (input_current_text, input_context_text, output_current_text, output_context_text)
+    )
+    examples = _examples(input_current_text, input_context_text, output_current_text, output_context_text)
     for name, value in (
         ("context_sensitivity_std_threshold", context_sensitivity_std_threshold),
         ("attribution_std_threshold", attribution_std_threshold),
@@ -348,32 +355,17 @@ def attribute_context(
         )
     if not model.family.generates:
         raise ValueError(f"attribute_context explains generated text; this is a {model.family} model")
-    has_input_context = input_context_text is not None
-    has_output_context = output_context_text is not None
-    if input_template is None:
-        input_template = "{context} {current}" if has_input_context else "{current}"
-    if output_template is None:
-        output_template = "{context} {current}" if has_output_context else "{current}"
-    input_full = _fill(
-        input_template, "input_template", input_current_text, input_context_text, has_input_context
+    templates = _Templates(
+        input_template,
+        output_template,
+        contextless_input_current_text,
+        contextless_output_current_text,
+        decoder_input_output_separator,
     )
-    input_contextless = _fill(
-        contextless_input_current_text, "contextless_input_current_text", input_current_text, None, False
-    )
-    if has_output_context and output_current_text is None:
-        raise ValueError(
-            "an output_context_text needs the output_current_text it precedes (the output is forced): pass "
-            "output_current_text=, or drop output_context_text to let the model generate"
-        )
-    # Checked only for their placeholders here; filled with the output when it is known.
-    _fill(output_template, "output_template", "", output_context_text, has_output_context)
-    _fill(contextless_output_current_text, "contextless_output_current_text", "", None, False)
-    templates = (output_template, contextless_output_current_text)
-    if not all(template.rstrip().endswith("{current}") for template in templates):
-        raise ValueError(
-            "output_template and contextless_output_current_text must end with {current}: the current output "
-            f"is what the model produces last (got {output_template!r}, {contextless_output_current_text!r})"
-        )
+    plans = [
+        _plan(model, texts, templates, f"example {i}: " if several else "")
+        for i, texts in enumerate(examples)
+    ]
     name = step_function_name(context_sensitivity_metric)
     call = {
         "method": method,
@@ -381,21 +373,174 @@ def attribute_context(
         "attributed_fn_args": attributed_fn_args,
         "step_scores": [context_sensitivity_metric],
         "step_scores_args": context_sensitivity_metric_args,
+        "generation_args": generation_args,
         "show_progress": show_progress,
         **method_kwargs,
     }
+    sequences = _attribute_plans(model, plans, call)
+    thresholds = (
+        context_sensitivity_std_threshold,
+        context_sensitivity_topk,
+        attribution_std_threshold,
+        attribution_topk,
+    )
+    results = []
+    for plan, seq in zip(plans, sequences, strict=True):
+        result = _result(model, plan, seq, plan.finish(seq), name, thresholds)
+        result.info.update(
+            {
+                "model": model.model_name,
+                "method": method if method is not None else model.method_name,
+                "attributed_fn": step_function_name(attributed_fn),
+                "input_full_text": plan.input_text,
+                "input_contextless_text": plan.contrast_source,
+                "context_sensitivity_std_threshold": context_sensitivity_std_threshold,
+                "context_sensitivity_topk": context_sensitivity_topk,
+                "attribution_std_threshold": attribution_std_threshold,
+                "attribution_topk": attribution_topk,
+            }
+        )
+        results.append(result)
+    return results if several else results[0]
+
+
+def _examples(
+    input_current: Any, input_context: Any, output_current: Any, output_context: Any
+) -> list[tuple[Any, Any, Any, Any]]:
+    """One ``(input current, input context, output current, output context)`` per example: a list gives one
+    text per example, a single text (or None) is every example's."""
+    values = {
+        "input_current_text": input_current,
+        "input_context_text": input_context,
+        "output_current_text": output_current,
+        "output_context_text": output_context,
+    }
+    lengths = {name: len(v) for name, v in values.items() if isinstance(v, (list, tuple))}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"{name}: {n}" for name, n in lengths.items())
+        raise ValueError(f"the lists of texts have different lengths ({listed}); give one text per example")
+    count = next(iter(lengths.values()), 1)
+    if count == 0:
+        raise ValueError("input_current_text is an empty list; give at least one example")
+    return [
+        tuple(v[i] if isinstance(v, (list, tuple)) else v for v in values.values())  # type: ignore[misc]
+        for i in range(count)
+    ]
+
+
+@dataclass(frozen=True)
+class _Templates:
+    input: str | None
+    output: str | None
+    contextless_input: str
+    contextless_output: str
+    separator: str
+
+
+@dataclass
+class _Plan:
+    """One example's part of an attribution call, and how to read its result (`finish`)."""
+
+    input_current: str
+    input_context: str | None
+    output_current: str | None
+    output_context: str | None
+    input_text: str
+    """The prompt (decoder-only) or the encoder's input, with the context."""
+    forced: str | None
+    contrast_source: str
+    """The input without the context: the contrast of the call."""
+    contrast_target: str | None
+    attribute_target: bool | None
+    attr_pos_start: int | None
+    finish: Any
+    """``finish(seq) -> _Layout``: where the parts of the texts sit in the example's output."""
+
+    @property
+    def group(self) -> tuple:
+        """Examples of one group share one call: the arguments that are the call's, not an example's."""
+        return (self.forced is None, self.contrast_target is None, self.attribute_target, self.attr_pos_start)
+
+
+def _plan(model: AttributionModel, texts: tuple, templates: _Templates, where: str) -> _Plan:
+    """Check one example's texts against the templates and plan its part of the attribution call."""
+    input_current, input_context, output_current, output_context = texts
+    _check_text(input_current, f"{where}input_current_text", True)
+    if input_context is None and output_context is None:
+        raise ValueError(
+            f"{where}attribute_context needs a context: pass input_context_text= (and/or "
+            "output_context_text=); without one there is nothing to compare the output with"
+        )
+    _check_text(input_context, f"{where}input_context_text", False)
+    _check_text(output_context, f"{where}output_context_text", False)
+    _check_text(output_current, f"{where}output_current_text", False)
+    has_input_context = input_context is not None
+    has_output_context = output_context is not None
+    input_template = templates.input
+    output_template = templates.output
+    if input_template is None:
+        input_template = "{context} {current}" if has_input_context else "{current}"
+    if output_template is None:
+        output_template = "{context} {current}" if has_output_context else "{current}"
+    input_full = _fill(input_template, "input_template", input_current, input_context, has_input_context)
+    input_contextless = _fill(
+        templates.contextless_input, "contextless_input_current_text", input_current, None, False
+    )
+    if has_output_context and output_current is None:
+        raise ValueError(
+            f"{where}an output_context_text needs the output_current_text it precedes (the output is "
+            "forced): pass output_current_text=, or drop output_context_text to let the model generate"
+        )
+    # Checked only for their placeholders here; filled with the output when it is known.
+    _fill(output_template, "output_template", "", output_context, has_output_context)
+    _fill(templates.contextless_output, "contextless_output_current_text", "", None, False)
+    if not all(t.rstrip().endswith("{current}") for t in (output_template, templates.contextless_output)):
+        raise ValueError(
+            "output_template and contextless_output_current_text must end with {current}: the current output "
+            f"is what the model produces last (got {output_template!r}, {templates.contextless_output!r})"
+        )
+    templates = dataclasses.replace(templates, input=input_template, output=output_template)
+    texts = (input_current, input_context, output_current, output_context)
     if model.family.attributes_source():  # a generating family with a source: encoder-decoder
-        seq, layout = _encoder_decoder_call(
-            model, input_full, input_contextless, input_template, input_current_text, input_context_text,
-            output_current_text, output_context_text, output_template, contextless_output_current_text,
-            generation_args, call,
-        )  # fmt: skip
-    else:
-        seq, layout = _decoder_only_call(
-            model, input_full, input_contextless, input_template, input_current_text, input_context_text,
-            output_current_text, output_context_text, output_template, contextless_output_current_text,
-            decoder_input_output_separator, generation_args, call,
-        )  # fmt: skip
+        return _encoder_decoder_plan(model, texts, input_full, input_contextless, templates)
+    return _decoder_only_plan(model, texts, input_full, input_contextless, templates)
+
+
+def _attribute_plans(model: AttributionModel, plans: list[_Plan], call: dict[str, Any]) -> list:
+    """Every plan's attributed sequence: the examples that share a call's arguments in one batched call (the
+    with- and without-context passes and the contrastive attribution of all of them together)."""
+    groups: dict[tuple, list[int]] = {}
+    for k, plan in enumerate(plans):
+        groups.setdefault(plan.group, []).append(k)
+    sequences: list[Any] = [None] * len(plans)
+    for members in groups.values():
+        first = plans[members[0]]
+        forced = None if first.forced is None else [plans[k].forced for k in members]
+        contrast_targets = None
+        if first.contrast_target is not None:
+            contrast_targets = [plans[k].contrast_target for k in members]
+        out = model.attribute(
+            [plans[k].input_text for k in members],
+            forced,
+            contrast_sources=[plans[k].contrast_source for k in members],
+            contrast_targets=contrast_targets,
+            contrast_targets_alignments="auto" if contrast_targets is not None else None,
+            attribute_target=first.attribute_target,
+            attr_pos_start=first.attr_pos_start,
+            **call,
+        )
+        for k, seq in zip(members, out, strict=True):
+            sequences[k] = seq
+    return sequences
+
+
+def _result(
+    model: AttributionModel, plan: _Plan, seq: Any, layout: _Layout, name: str, thresholds: tuple
+) -> ContextAttributionOutput:
+    """The CTI scores, the selected tokens and their cues of one example's attributed sequence."""
+    context_std, context_topk, attribution_std, attribution_topk = thresholds
+    has_input_context = plan.input_context is not None
+    has_output_context = plan.output_context is not None
     special = set(model.tokenizer.all_special_ids)
     # CTI scores the current output's own tokens: not the output context's, not BOS/EOS/language tags.
     steps = [
@@ -411,9 +556,7 @@ def attribute_context(
         )
     all_scores = seq.step_scores[name].tolist()
     cti_scores = [float(all_scores[k]) for k in steps]
-    selected, threshold = select_scores(
-        cti_scores, context_sensitivity_std_threshold, context_sensitivity_topk
-    )
+    selected, threshold = select_scores(cti_scores, context_std, context_topk)
     input_positions, output_positions = layout.input_context, layout.output_context
     input_side_tokens = seq.source if layout.input_side == "source" else seq.target
     input_side_scores = seq.source_attributions if layout.input_side == "source" else seq.target_attributions
@@ -441,9 +584,7 @@ def attribute_context(
                 Cue(t, s, "output", i)
                 for i, (t, s) in enumerate(zip(output_tokens, output_scores, strict=True))
             ]
-        chosen, cue_threshold = select_scores(
-            [c.score for c in column], attribution_std_threshold, attribution_topk
-        )
+        chosen, cue_threshold = select_scores([c.score for c in column], attribution_std, attribution_topk)
         sensitive.append(
             SensitiveToken(
                 index=index,
@@ -455,11 +596,11 @@ def attribute_context(
                 cues=[column[i] for i in chosen],
             )
         )
-    output_current = output_current_text if output_current_text is not None else layout.generated_text
+    output_current = plan.output_current if plan.output_current is not None else layout.generated_text
     return ContextAttributionOutput(
-        input_context=input_context_text,
-        input_current=input_current_text,
-        output_context=output_context_text,
+        input_context=plan.input_context,
+        input_current=plan.input_current,
+        output_context=plan.output_context,
         output_current=output_current,
         input_context_tokens=input_tokens,
         output_context_tokens=output_tokens,
@@ -468,28 +609,18 @@ def attribute_context(
         cti_scores=cti_scores,
         cti_threshold=threshold,
         sensitive_tokens=sensitive,
-        info={
-            "model": model.model_name,
-            "method": method if method is not None else model.method_name,
-            "attributed_fn": step_function_name(attributed_fn),
-            "input_full_text": input_full,
-            "input_contextless_text": input_contextless,
-            "context_sensitivity_std_threshold": context_sensitivity_std_threshold,
-            "context_sensitivity_topk": context_sensitivity_topk,
-            "attribution_std_threshold": attribution_std_threshold,
-            "attribution_topk": attribution_topk,
-        },
     )
 
 
-def _decoder_only_call(
-    model, input_full, input_contextless, input_template, input_current, input_context, output_current,
-    output_context, output_template, contextless_output_template, separator, generation_args, call,
-):  # fmt: skip
-    """One attribution call of a decoder-only model: the prompt holds the input and any output context, the
-    contrast prompt their contextless versions; both continue with the same current output tokens."""
-    output_prefix = output_template.partition("{current}")[0].format(context=output_context)
-    contextless_prefix = contextless_output_template.partition("{current}")[0]
+def _decoder_only_plan(
+    model: AttributionModel, texts: tuple, input_full: str, input_contextless: str, templates: _Templates
+) -> _Plan:
+    """A decoder-only example: the prompt holds the input and any output context, the contrast prompt their
+    contextless versions; both continue with the same current output tokens."""
+    input_current, input_context, output_current, output_context = texts
+    separator = templates.separator
+    output_prefix = templates.output.partition("{current}")[0].format(context=output_context)
+    contextless_prefix = templates.contextless_output.partition("{current}")[0]
     with_context = input_full + separator + output_prefix
     prompt = with_context.rstrip()
     contrast = (input_contextless + separator + contextless_prefix).rstrip()
@@ -504,40 +635,44 @@ def _decoder_only_call(
                 "output where a token starts (e.g. keep the separator ' ', or open output_current_text "
                 "with a space)"
             )
-    out = model.attribute(
-        prompt,
-        forced,
-        generation_args=generation_args,
-        contrast_sources=contrast,
-        **call,
-    )
-    seq = out[0]
-    input_context_span = _span(input_template, input_current, input_context, "context", 0)
+    input_context_span = _span(templates.input, input_current, input_context, "context", 0)
     output_context_span = _span(
-        output_template, output_current, output_context, "context", len(input_full + separator)
-    )
-    return seq, _Layout(
-        current_start=seq.attr_pos_start,
-        input_context=[] if input_context is None else _token_positions(model, prompt, input_context_span),
-        output_context=[] if output_context is None else _token_positions(model, prompt, output_context_span),
-        input_side="target",
-        generated_text=model.tokenizer.decode(
-            seq.target_ids[seq.attr_pos_start :], skip_special_tokens=True
-        ).strip(),
+        templates.output, output_current, output_context, "context", len(input_full + separator)
     )
 
+    def finish(seq) -> _Layout:
+        return _Layout(
+            current_start=seq.attr_pos_start,
+            input_context=[]
+            if input_context is None
+            else _token_positions(model, prompt, input_context_span),
+            output_context=[]
+            if output_context is None
+            else _token_positions(model, prompt, output_context_span),
+            input_side="target",
+            generated_text=model.tokenizer.decode(
+                seq.target_ids[seq.attr_pos_start :], skip_special_tokens=True
+            ).strip(),
+        )
 
-def _encoder_decoder_call(
-    model, input_full, input_contextless, input_template, input_current, input_context, output_current,
-    output_context, output_template, contextless_output_template, generation_args, call,
-):  # fmt: skip
-    """One attribution call of an encoder-decoder: the encoder reads the input with context, the contrast's
-    the contextless input; an output context is a forced target prefix, absent from the contrast target."""
+    return _Plan(
+        *texts, input_text=prompt, forced=forced, contrast_source=contrast, contrast_target=None,
+        attribute_target=None, attr_pos_start=None, finish=finish,
+    )  # fmt: skip
+
+
+def _encoder_decoder_plan(
+    model: AttributionModel, texts: tuple, input_full: str, input_contextless: str, templates: _Templates
+) -> _Plan:
+    """An encoder-decoder example: the encoder reads the input with context, the contrast's the contextless
+    input; an output context is a forced target prefix, absent from the contrast target."""
+    input_current, input_context, output_current, output_context = texts
+    output_template = templates.output
     forced = contrast_target = None
     current_start = shift = None
     if output_current is not None:
         forced = output_template.format(current=output_current, context=output_context)
-        contrast_target = contextless_output_template.format(current=output_current)
+        contrast_target = templates.contextless_output.format(current=output_current)
         source = model.tokenizer(input_full)["input_ids"]
         target = model.encode_forced(0, source, forced, input_full)[1]
         tokenized = model.tokenizer(text_target=forced)["input_ids"]
@@ -549,35 +684,27 @@ def _encoder_decoder_call(
         if not current:
             raise ValueError(f"output_current_text={output_current!r} tokenizes to no tokens")
         current_start = shift + current[0]
-    out = model.attribute(
-        input_full,
-        forced,
-        generation_args=generation_args,
-        contrast_sources=input_contextless,
-        contrast_targets=contrast_target if output_context is not None else None,
-        contrast_targets_alignments="auto" if output_context is not None else None,
-        attribute_target=output_context is not None,
-        attr_pos_start=current_start if output_context is not None else None,
-        **call,
-    )
-    seq = out[0]
-    input_context_span = _span(input_template, input_current, input_context, "context", 0)
-    output_context = (
-        []
-        if output_context is None
-        else [
-            shift + p
-            for p in _token_positions(
-                model, forced, _span(output_template, output_current, output_context, "context", 0), True
-            )
-        ]
-    )
-    return seq, _Layout(
-        current_start=seq.attr_pos_start,
-        input_context=[]
-        if input_context is None
-        else _token_positions(model, input_full, input_context_span),
-        output_context=output_context,
-        input_side="source",
-        generated_text=model.tokenizer.decode(seq.target_ids, skip_special_tokens=True).strip(),
-    )
+    has_output_context = output_context is not None
+    input_context_span = _span(templates.input, input_current, input_context, "context", 0)
+
+    def finish(seq) -> _Layout:
+        positions = []
+        if has_output_context:
+            span = _span(output_template, output_current, output_context, "context", 0)
+            positions = [shift + p for p in _token_positions(model, forced, span, True)]
+        return _Layout(
+            current_start=seq.attr_pos_start,
+            input_context=[]
+            if input_context is None
+            else _token_positions(model, input_full, input_context_span),
+            output_context=positions,
+            input_side="source",
+            generated_text=model.tokenizer.decode(seq.target_ids, skip_special_tokens=True).strip(),
+        )
+
+    return _Plan(
+        *texts, input_text=input_full, forced=forced, contrast_source=input_contextless,
+        contrast_target=contrast_target if has_output_context else None,
+        attribute_target=has_output_context, attr_pos_start=current_start if has_output_context else None,
+        finish=finish,
+    )  # fmt: skip

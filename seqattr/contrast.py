@@ -285,6 +285,43 @@ def encode_contrasts(
     return contrasts
 
 
+def contextless_contrasts(
+    model: AttributionModel,
+    encoded: list[tuple[list[int], list[int], int]],
+    examples: list[EncodedExample],
+) -> list[ContrastExample]:
+    """Each example's prompt without its context (``layout.contextless_ids``, `seqattr.segments`) continued
+    with the example's own output tokens, step facing step: the contrast of the trace's context reliance,
+    as ``contrast_sources=`` would give it for that prompt.
+
+    Example:
+        >>> contrasts = contextless_contrasts(model, encoded, examples)          # doctest: +SKIP
+    """
+    contrasts = []
+    for i, ((source, target, start), example) in enumerate(zip(encoded, examples, strict=True)):
+        if example.attr_pos_start < start:
+            raise ValueError(
+                f"example {i}: context reliance compares the output's steps with and without the context, "
+                f"but attr_pos_start={example.attr_pos_start} is inside the prompt (which ends at {start}); "
+                f"set attr_pos_start >= {start} or drop context_parts"
+            )
+        prompt = list(example.layout.contextless_ids)
+        model.check_length(len(prompt), f"input_texts[{i}] without its context_parts")
+        c_source, c_target, c_start = model.family.generated_example(prompt, target[start:], target[0])
+        explained = range(example.attr_pos_start - start, example.attr_pos_end - start)
+        contrasts.append(
+            ContrastExample(
+                source_ids=list(c_source),
+                target_ids=list(c_target),
+                step_positions=[c_start + k for k in explained],
+                source_shared=shared_positions(source, c_source),
+                target_shared=shared_positions(target, c_target),
+                alignment=[(k, k) for k in explained],
+            )
+        )
+    return contrasts
+
+
 def _with_shared(
     constant: Float[Tensor, "n length hidden"],
     shared: Int[Tensor, "n length"],

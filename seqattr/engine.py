@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from seqattr.contrast import ContrastBatch, encode_contrasts
+from seqattr.contrast import ContrastBatch, contextless_contrasts, encode_contrasts
 from seqattr.data.attribution import AttributionOutput, SequenceAttribution
 from seqattr.methods.base import (
     AttributionMethod,
@@ -39,9 +39,10 @@ from seqattr.step_functions import (
     StepFunctionArgs,
     dropout_active,
     get_step_function,
+    kl_divergence,
     step_function_name,
 )
-from seqattr.trace import BatchTrace
+from seqattr.trace import CONTEXT_RELIANCE, BatchTrace
 from seqattr.typing import Float, Int, Tensor
 
 if TYPE_CHECKING:
@@ -185,10 +186,13 @@ def compute_step_scores(
     trace_top_k: int,
     contrast: ContrastBatch | None = None,
     logits: Float[Tensor, "batch steps vocab"] | None = None,
+    context: ContrastBatch | None = None,
 ) -> StepScoring:
     """All requested step scores and the trace from one forward pass over the batch (no gradients), or from
     the clean ``logits`` a method's own passes computed (`CleanLogits`: then no pass); step functions that
-    read the contrast share one more pass over the contrast sequences."""
+    read the contrast share one more pass over the contrast sequences. With ``context`` (the prompts without
+    their context parts, `seqattr.contrast.contextless_contrasts`), one more pass over those gives each
+    step's context reliance: KL(with || without context), a step score and a column of the trace."""
     with torch.no_grad():
         source, target = model.embed_batch(batch)
         rows = torch.arange(batch.size, device=batch.target_ids.device)
@@ -198,6 +202,11 @@ def compute_step_scores(
         )
         scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
         trace = BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k, args.multi_label)
+        if context is not None:  # the same logits against the contextless prompts' (one batched pass)
+            without = step_function_args(
+                model, batch, rows, source, target, slice(None), context, (), args.logits
+            )
+            scores[CONTEXT_RELIANCE] = trace.context_reliance = stored(kl_divergence(without))
         return StepScoring(scores, trace)
 
 
@@ -344,8 +353,8 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
     started = time.perf_counter()
     layouts = request.prompts
     forced = request.generated_texts
-    if layouts is not None and forced is not None:
-        forced = forced_replies(layouts, forced)
+    if layouts is not None and forced is not None and model.family.prompt_side == "target":
+        forced = forced_replies(layouts, forced)  # an encoder-decoder's forced texts are its targets
     encoded = model.encode(
         request.input_texts, forced, request.generate_args, request.max_batch_size, layouts
     )
@@ -360,6 +369,9 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
         )
         for i, (source, target, default_start) in enumerate(encoded)
     ]
+    contexts = None
+    if layouts is not None and layouts[0].contextless_ids is not None:  # attribute(context_parts=...)
+        contexts = contextless_contrasts(model, encoded, examples)
     contrasts = None
     if request.has_contrast:
         contrasts = encode_contrasts(
@@ -385,17 +397,20 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             batch = AttributionBatch.from_examples(
                 examples[start:stop], model.pad_token_id, model.family, model.device
             )
-            contrast = None
+            contrast = context = None
             if contrasts is not None:
                 contrast = ContrastBatch.from_examples(model, batch, contrasts[start:stop])
+            if contexts is not None:
+                context = ContrastBatch.from_examples(model, batch, contexts[start:stop])
             # Scores first (a step function that cannot run fails fast), unless the method's own passes
             # give the clean logits (`CleanLogits`): then they serve the scores and the trace, no extra pass.
-            # Not with a contrast: its no-grad pass must meet logits from the same kind of pass (a gradient
-            # pass may pick other attention kernels, 1e-5 apart on T5), so that target == contrast gives 0.
+            # Not with a contrast (or a context): its no-grad pass must meet logits from the same kind of pass
+            # (a gradient pass may pick other attention kernels, 1e-5 apart on T5), so that target ==
+            # contrast gives 0.
             scoring = None
-            if not (request.fused and method.keeps_clean_logits and contrast is None):
+            if not (request.fused and method.keeps_clean_logits and contrast is None and context is None):
                 scoring = compute_step_scores(
-                    model, batch, request.step_functions, request.trace_top_k, contrast
+                    model, batch, request.step_functions, request.trace_top_k, contrast, context=context
                 )
             result = run_batch(
                 model,
@@ -430,7 +445,7 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
             )
     if layouts is not None:  # roles, masked scaffolding and the prompts' parts as rows
         sequences = [
-            annotate(seq, layout, request.part_granularity)
+            annotate(seq, layout, request.part_granularity, source=model.family.prompt_side == "source")
             for seq, layout in zip(sequences, layouts, strict=True)
         ]
     finished = time.perf_counter()
@@ -442,6 +457,11 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
         info["segments"] = segments
     if layouts is not None:
         info["prompts"] = [layout.describe() for layout in layouts]
+        if contexts is not None:  # each prompt's contextless ids are in its info["prompts"] entry
+            info["context_reliance"] = {
+                "metric": "kl_divergence",
+                "context_parts": list(layouts[0].context_parts),
+            }
         info["include_template"] = request.include_template
         if request.part_granularity is not None:
             info["part_granularity"] = request.part_granularity

@@ -144,7 +144,7 @@ def build_feature_map(
         scheme = detect_scheme(model.convert_ids_to_tokens([*example.source_ids, *example.target_ids]))
         source_groups: list[list[int]] = []
         if attribute_source and source_map is not None:
-            source_groups = _groups(model, example.source_ids, special_ids, granularity, scheme)
+            source_groups = _source_groups(model, example, special_ids, granularity, scheme)
         target_groups: list[list[int]] = []
         if attribute_target:
             # Tokens from the last predicted one on are seen by no step: perturbing them changes nothing.
@@ -186,12 +186,31 @@ def _groups(
     return token_groups(tokens, [i in special_ids for i in ids], granularity, scheme)
 
 
+def _source_groups(
+    model: AttributionModel, example, special_ids: set[int], granularity: str, scheme: Scheme
+) -> list[list[int]]:
+    """An encoder-decoder's source features: with a prompt layout (named segments of the source), its
+    scaffolding left out (unless included) and, at ``granularity="segment"``, one feature per part."""
+    ids, layout = example.source_ids, example.layout
+    if layout is None or model.family.prompt_side != "source":
+        return _groups(model, ids, special_ids, granularity, scheme)
+    fixed = layout.unperturbed()
+    special = [i in special_ids or p in fixed for p, i in enumerate(ids)]
+    if granularity in ("message", "segment"):
+        return layout.groups(granularity, special)
+    return token_groups(model.convert_ids_to_tokens(ids), special, granularity, scheme)
+
+
 def _target_groups(
     model: AttributionModel, example, special_ids: set[int], granularity: str, scheme: Scheme
 ) -> list[list[int]]:
     """A decoder-only target's features: with a prompt layout, its scaffolding left out (unless included)
     and, at a part granularity, the prompt's parts followed by the reply's tokens one by one."""
     ids, layout = example.target_ids, example.layout
+    if model.family.prompt_side == "source":  # the prompt is the source: the target's tokens one by one
+        if granularity in ("message", "segment"):
+            return [[p] for p, i in enumerate(ids) if i not in special_ids]
+        return _groups(model, ids, special_ids, granularity, scheme)
     if layout is None:
         if granularity in ("message", "segment"):
             raise ValueError(

@@ -65,6 +65,13 @@ class PromptLayout:
     named: tuple[Segment, ...] = ()
     include_template: bool = False
     """Template tokens are features (perturbed) and shown; set from ``attribute(include_template=True)``."""
+    context_parts: tuple[str, ...] = ()
+    """The names of the parts that are the context (``attribute(context_parts=...)``): messages or named
+    segments."""
+    contextless_ids: tuple[int, ...] | None = None
+    """The prompt's ids without its context parts (the text re-tokenized, or the conversation re-rendered
+    without them): the trace's ``context_reliance`` compares each step with this prompt. None without
+    ``context_parts``."""
 
     @property
     def template_positions(self) -> list[int]:
@@ -145,11 +152,24 @@ class PromptLayout:
             >>> PromptLayout("x", [5], ["user"], (Segment("user", "user", 0, 1),)).describe()["messages"]
             [{'name': 'user', 'role': 'user', 'start': 0, 'end': 1}]
         """
-        return {
+        described = {
             "messages": [dataclasses.asdict(s) for s in self.messages],
             "segments": [dataclasses.asdict(s) for s in self.named],
             "template": self.template_positions,
         }
+        if self.context_parts:
+            described["context_parts"] = list(self.context_parts)
+            described["contextless_ids"] = list(self.contextless_ids or ())
+        return described
+
+    def part_names(self) -> list[str]:
+        """The names a part of this prompt answers to: its messages' and its named segments'.
+
+        Example:
+            >>> PromptLayout("x", [5], ["user"], (Segment("user", "user", 0, 1),)).part_names()
+            ['user']
+        """
+        return [s.name for s in (*self.messages, *self.named)]
 
 
 def token_spans(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
@@ -308,6 +328,73 @@ def locate(
     return spans
 
 
+def as_part_names(context_parts: Any) -> tuple[str, ...]:
+    """``context_parts`` (a name or a list of names of a prompt's parts) as a non-empty tuple of names.
+
+    Example:
+        >>> as_part_names("doc"), as_part_names(["doc", "system"])
+        (('doc',), ('doc', 'system'))
+        >>> as_part_names([])
+        Traceback (most recent call last):
+        ...
+        ValueError: context_parts must name at least one part of the prompt (a segment's or a message's name)
+    """
+    names = (context_parts,) if isinstance(context_parts, str) else context_parts
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise TypeError(
+            f"context_parts must be a name or a list of names of the prompt's parts, got {context_parts!r}"
+        )
+    if not names:
+        raise ValueError(
+            "context_parts must name at least one part of the prompt (a segment's or a message's name)"
+        )
+    return tuple(names)
+
+
+def check_part_names(layout: PromptLayout, names: Sequence[str], where: str) -> None:
+    """Refuse a context part that ``layout`` does not have, listing those it has."""
+    known = layout.part_names()
+    for name in names:
+        if name not in known:
+            listed = ", ".join(map(repr, known)) or "none (give segments=[(name, text), ...])"
+            raise ValueError(
+                f"context_parts: {where} has no part named {name!r}; its parts: {listed} (segments are named "
+                "by segments=, messages by their role, numbered when it repeats: 'user 1', 'user 2')"
+            )
+
+
+def cut_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` without the characters of ``spans`` (``[start, end)``, in order, not overlapping).
+
+    Example:
+        >>> cut_spans("Doc: Paris. Q: where?", [(5, 12)])
+        'Doc: Q: where?'
+    """
+    kept, position = [], 0
+    for start, end in spans:
+        kept.append(text[position:start])
+        position = end
+    return "".join(kept) + text[position:]
+
+
+def contextless_text(text: str, pieces: Sequence[tuple[str, str]], names: Sequence[str]) -> str:
+    """A plain prompt's text without the named segments ``names`` (found as `locate` finds them); refused
+    when nothing is left.
+
+    Example:
+        >>> contextless_text("Doc: Paris. Q: where?", [("doc", "Doc: Paris."), ("q", " Q: where?")], ["doc"])
+        ' Q: where?'
+    """
+    spans = [(a, b) for name, a, b in locate(text, pieces, "the prompt") if name in names]
+    rest = cut_spans(text, spans)
+    if not rest.strip():
+        raise ValueError(
+            f"context_parts={list(names)} cover the whole prompt: without them nothing is left to compare "
+            "with; leave the question (or some text) out of the context"
+        )
+    return rest
+
+
 def named_segments(
     offsets: Sequence[tuple[int, int]], roles: Sequence[str], spans: Sequence[tuple[str, int, int]]
 ) -> tuple[Segment, ...]:
@@ -324,7 +411,10 @@ def named_segments(
 
 
 def plain_layout(
-    tokenizer: PreTrainedTokenizerBase, text: str, pieces: Sequence[tuple[str, str]]
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    pieces: Sequence[tuple[str, str]],
+    context_parts: Sequence[str] = (),
 ) -> PromptLayout:
     """The layout of a plain text prompt with named segments: the tokens the tokenizer adds (BOS) are
     scaffolding, the text's own tokens have the role ``"prompt"``.
@@ -338,15 +428,25 @@ def plain_layout(
     ids = list(tokenizer(text)["input_ids"])
     offsets = offsets_of(tokenizer, text, ids, special=True)
     roles = roles_from_offsets(offsets, [("prompt", 0, len(text))])
-    return PromptLayout(
+    layout = PromptLayout(
         text, ids, roles, (), named_segments(offsets, roles, locate(text, pieces, "the prompt"))
+    )
+    if not context_parts:
+        return layout
+    check_part_names(layout, context_parts, "the prompt")
+    rest = contextless_text(text, pieces, context_parts)
+    return dataclasses.replace(
+        layout, context_parts=tuple(context_parts), contextless_ids=tuple(tokenizer(rest)["input_ids"])
     )
 
 
-def segment_rows(seq: SequenceAttribution, layout: PromptLayout, granularity: str) -> SequenceAttribution:
-    """``seq`` (a decoder-only example explained after ``layout``'s prompt) with each prompt part merged into
-    one row labelled by its name (`seqattr.data.granularity.merge_groups`: a perturbation feature's score
-    counts once, token scores add up); scaffolding tokens stay rows of their own.
+def segment_rows(
+    seq: SequenceAttribution, layout: PromptLayout, granularity: str, source: bool = False
+) -> SequenceAttribution:
+    """``seq`` (a decoder-only example explained after ``layout``'s prompt, or with ``source`` an
+    encoder-decoder's whose source is ``layout``'s) with each prompt part merged into one row labelled by its
+    name (`seqattr.data.granularity.merge_groups`: a perturbation feature's score counts once, token scores
+    add up); scaffolding tokens stay rows of their own.
 
     Example:
         >>> pieces = [("fact", "Paris is big."), ("q", " Where?")]
@@ -368,7 +468,13 @@ def segment_rows(seq: SequenceAttribution, layout: PromptLayout, granularity: st
         if part is not None and part.name and layout.roles[a] != TEMPLATE:
             names[len(spans) - 1] = part.name
         position = b
-    spans += [(i, i + 1) for i in range(position, len(seq.target))]
+    tokens = seq.source if source else seq.target
+    spans += [(i, i + 1) for i in range(position, len(tokens))]
+    if source:
+        merged = merge_groups(seq, spans, None)
+        return dataclasses.replace(
+            merged, source=[names.get(i, token) for i, token in enumerate(merged.source)]
+        )
     merged = merge_groups(seq, None, spans)
     target = [names.get(i, token) for i, token in enumerate(merged.target)]
     return dataclasses.replace(merged, target=target)
@@ -407,11 +513,12 @@ def forced_replies(layouts: Sequence[PromptLayout], texts: Sequence[str]) -> lis
 
 
 def annotate(
-    seq: SequenceAttribution, layout: PromptLayout, part_granularity: str | None
+    seq: SequenceAttribution, layout: PromptLayout, part_granularity: str | None, source: bool = False
 ) -> SequenceAttribution:
     """A decoder-only example explained after ``layout``'s prompt with its tokens' roles (the reply's:
     ``"assistant"``), its scaffolding masked (unless ``include_template``) and, at a part granularity, its
-    prompt's parts merged into named rows (`segment_rows`).
+    prompt's parts merged into named rows (`segment_rows`). With ``source`` (an encoder-decoder, whose
+    source is ``layout``'s prompt) the same on the source side; ``token_roles``, the target's, stay None.
 
     Example:
         >>> layout = plain_layout(tokenizer, "Paris is big.", [])
@@ -419,6 +526,12 @@ def annotate(
         >>> annotate(seq, layout, None).token_roles[4:]                 # 6 prompt tokens, 3 of the reply
         ['prompt', 'prompt', 'assistant', 'assistant', 'assistant']
     """
+    if source:
+        masked_source = (
+            () if layout.include_template else tuple(sorted({*seq.masked_source, *layout.template_positions}))
+        )
+        seq = dataclasses.replace(seq, masked_source=masked_source)
+        return seq if part_granularity is None else segment_rows(seq, layout, part_granularity, source=True)
     roles = [*layout.roles, *["assistant"] * (len(seq.target) - len(layout.roles))]
     masked = (
         () if layout.include_template else tuple(sorted({*seq.masked_target, *layout.template_positions}))

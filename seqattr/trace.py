@@ -1,7 +1,9 @@
 """The per-step generation trace: what the model chose at each explained step and what else it considered.
 
 For every step: the chosen (generated or forced) token, its probability and rank, the ``top_k`` most probable
-tokens with their probabilities, and the entropy of the next-token distribution. It is computed from the
+tokens with their probabilities, and the entropy of the next-token distribution; when the prompt has a context
+(``attribute(..., context_parts=[...])``), also the step's context reliance: the KL divergence between its
+next-token distribution with and without the context, the same reply forced in both. It is computed from the
 no-grad forward pass that also gives the step scores, so it costs nothing extra, and it shows where a
 generation went astray (a low-probability or non-top-ranked token, a flat distribution), which is the step to
 ask a contrastive question about.
@@ -31,6 +33,8 @@ from seqattr.step_functions import MULTI_LABEL_THRESHOLD, bernoulli_entropy, log
 from seqattr.typing import Float, Int, Tensor
 
 DEFAULT_TOP_K = 5
+CONTEXT_RELIANCE = "context_reliance"
+"""The name of the context reliance column: a step score of the output and a field of its trace."""
 
 
 @dataclass(eq=False)
@@ -50,6 +54,9 @@ class GenerationTrace:
     top_tokens: list[list[str]]
     top_probabilities: Float[Tensor, "steps k"]
     """Probabilities of the ``k`` most probable tokens, in decreasing order."""
+    context_reliance: Float[Tensor, " steps"] | None = None
+    """KL(with context || without context) of the next-token distributions, in nats (the metric
+    `seqattr.context_attribution` scores context sensitivity with); None when no context was named."""
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -86,6 +93,11 @@ class GenerationTrace:
             torch.allclose(getattr(self, n), getattr(other, n), rtol=rtol, atol=atol)
             for n in ("probabilities", "entropy", "top_probabilities")
         )
+        mine, theirs = self.context_reliance, other.context_reliance
+        if (mine is None) != (theirs is None):
+            return False
+        if mine is not None and not torch.allclose(mine, theirs, rtol=rtol, atol=atol):
+            return False
         return exact and close
 
 
@@ -99,6 +111,7 @@ class BatchTrace:
     entropy: Float[Tensor, "batch steps"]
     top_ids: Int[Tensor, "batch steps k"]
     top_probabilities: Float[Tensor, "batch steps k"]
+    context_reliance: Float[Tensor, "batch steps"] | None = None
 
     @classmethod
     def from_logits(
@@ -152,6 +165,9 @@ class BatchTrace:
             top_ids=top_ids,
             top_tokens=[to_tokens(row) for row in top_ids.tolist()],
             top_probabilities=self.top_probabilities[index, :num_steps].clone(),
+            context_reliance=None
+            if self.context_reliance is None
+            else self.context_reliance[index, :num_steps].clone(),
         )
 
 

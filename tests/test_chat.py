@@ -251,7 +251,7 @@ def test_other_mistakes_are_refused():
         model.attribute(messages=QUESTION, generated_texts=REPLY, granularity="segment", show_progress=False)
     t5, t5_tokenizer = tiny_model("t5")
     seq2seq = seqattr.load_model(t5, "saliency", tokenizer=t5_tokenizer)
-    with pytest.raises(ValueError, match="for decoder-only generative models"):
+    with pytest.raises(ValueError, match="for decoder-only chat models"):
         seq2seq.attribute(messages=QUESTION, show_progress=False)
 
 

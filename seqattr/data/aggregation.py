@@ -348,5 +348,10 @@ def _slice_features(features: dict, end: int) -> dict:
 def _slice_trace(trace, steps: slice):
     """The trace of the kept steps: every field of a trace (tensor or list) has one entry per step."""
     return dataclasses.replace(
-        trace, **{f.name: getattr(trace, f.name)[steps] for f in dataclasses.fields(trace)}
+        trace,
+        **{
+            f.name: getattr(trace, f.name)[steps]
+            for f in dataclasses.fields(trace)
+            if getattr(trace, f.name) is not None  # optional columns (context reliance) absent
+        },
     )

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 STORAGE_DTYPES = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Arguments of `attribute` that a dataset run sets itself.
 _RUN_OWNED = {"input_texts", "generated_texts", "batch_size", "show_progress"}
+# Arguments of `attribute` that differ per row: columns of the dataset.
+_ROW_COLUMNS = {"messages": "messages_column", "segments": "segments_column"}
 
 
 def _process_group() -> tuple[int, int, Any]:
@@ -92,7 +94,7 @@ class _ShardWorker:
             else:
                 results[row.index] = self._failed(row, ValueError(problem))
         # Similar lengths together (less padding); forced and generated rows apart (one call does one kind).
-        usable.sort(key=lambda r: (r.target_text is None, len(r.input_text), r.index))
+        usable.sort(key=lambda r: (r.target_text is None, _prompt_length(r), r.index))
         for start in range(0, len(usable), self.batch_size):
             batch = usable[start : start + self.batch_size]
             kinds = {r.target_text is None for r in batch}
@@ -117,11 +119,19 @@ class _ShardWorker:
         targets = (
             None if rows[0].target_text is None else [row_target(self.model, r.target_text) for r in rows]
         )
+        # A chat row's prompt is its conversation; segments alone (no input column) make the prompt.
+        parts = {}
+        if rows[0].messages is not None:
+            parts["messages"] = [r.messages for r in rows]
+        if rows[0].segments is not None:
+            parts["segments"] = [r.segments for r in rows]
+        texts = None if rows[0].input_text is None else [r.input_text for r in rows]
         return self.model.attribute(
-            [r.input_text for r in rows],
+            texts,
             targets,
             batch_size=len(rows),
             show_progress=False,
+            **parts,
             **self.attribute_args,
         )
 
@@ -154,8 +164,19 @@ def row_target(model: AttributionModel, text: str) -> Any:
     return text
 
 
+def _prompt_length(row: Row) -> int:
+    """A row's prompt length in characters (its conversation's or segments' texts when it has no text)."""
+    if row.input_text is not None:
+        return len(row.input_text)
+    parts = row.messages if row.messages is not None else row.segments
+    return len(json.dumps(parts, default=str))
+
+
 def _row_problem(row: Row) -> str | None:
-    if not isinstance(row.input_text, str) or not row.input_text.strip():
+    # A conversation or segments without text are checked by `attribute`, which names the problem (recorded
+    # as the row's error).
+    text_prompt = row.messages is None and not (row.input_text is None and row.segments is not None)
+    if text_prompt and (not isinstance(row.input_text, str) or not row.input_text.strip()):
         return f"the input is {row.input_text!r}, not a non-empty text"
     if row.target_text is not None and (not isinstance(row.target_text, str) or not row.target_text.strip()):
         return f"the target is {row.target_text!r}, not a non-empty text"
@@ -199,8 +220,10 @@ def attribute_dataset(
     data: Any,
     *,
     output_dir: str | os.PathLike,
-    input_column: str = "text",
+    input_column: str | None = "text",
     target_column: str | None = None,
+    messages_column: str | None = None,
+    segments_column: str | None = None,
     split: str = "train",
     shard_size: int = 100,
     batch_size: int = 8,
@@ -222,7 +245,15 @@ def attribute_dataset(
         input_column: the column of input texts (prompts, or sources of an encoder-decoder).
         target_column: a column of forced outputs (default: generate); for a classifier, the labels to
             explain (default: the predicted ones): a label name, a tagger's tags or a multi-label
-            classifier's labels separated by spaces (`row_target`).
+            classifier's labels separated by spaces (`row_target`). With ``messages_column``: the replies
+            (the reply's text only).
+        messages_column: a column of conversations (each a list of ``{"role", "content"}`` dicts) for a
+            chat model: a row's prompt is its conversation with the chat template applied, as
+            ``attribute(messages=...)`` (``input_column`` is then not read).
+        segments_column: a column of named segments, each row's ``[[name, text], ...]``, as
+            ``attribute(segments=...)``: found in the row's input text (or conversation); with
+            ``input_column=None`` they make the prompt. ``granularity="segment"`` and ``context_parts=``
+            then go in ``attribute_args``, the same for every row.
         split: the split of a dataset dictionary or hub name.
         shard_size: rows per shard (the unit of resumption and of the split between processes).
         batch_size: rows per model call (rows of similar length are batched together).
@@ -254,9 +285,15 @@ def attribute_dataset(
     owned = sorted(_RUN_OWNED & set(attribute_args))
     if owned:
         raise TypeError(f"attribute_dataset sets {', '.join(owned)} itself (the rows come from data)")
-    # Validated once, before any row; a randomised method's seed is drawn once so that every batch, shard and
-    # process uses the same one (the records then do not depend on how the run is split).
-    request = model.request("validation", **attribute_args)
+    for name, column in _ROW_COLUMNS.items():
+        if name in attribute_args:
+            raise TypeError(
+                f"{name}= differs per row in a dataset run: put them in a column of the dataset and name it "
+                f"with {column}="
+            )
+    request = _validated_request(model, attribute_args, messages_column, segments_column)
+    # A randomised method's seed is drawn once so that every batch, shard and process uses the same one (the
+    # records then do not depend on how the run is split).
     if "seed" in dataclasses.asdict(request.options):
         attribute_args = {**attribute_args, "seed": request.options.seed}
 
@@ -273,6 +310,8 @@ def attribute_dataset(
         "data": fingerprint(data, dataset),
         "input_column": input_column,
         "target_column": target_column,
+        **({"messages_column": messages_column} if messages_column is not None else {}),
+        **({"segments_column": segments_column} if segments_column is not None else {}),
         "split": split,
         "shard_size": shard_size,
         "storage_dtype": storage_dtype,
@@ -289,7 +328,8 @@ def attribute_dataset(
     worker = _ShardWorker(model, attribute_args, batch_size, on_error, STORAGE_DTYPES[storage_dtype])
     num_shards = 0
     with _RunProgress(getattr(dataset, "num_rows", None), enabled=show_progress and rank == 0) as progress:
-        for shard, rows in _shards(dataset_rows(dataset, input_column, target_column), shard_size):
+        rows_of = dataset_rows(dataset, input_column, target_column, messages_column, segments_column)
+        for shard, rows in _shards(rows_of, shard_size):
             num_shards = shard + 1
             if shard % world_size != rank:
                 continue
@@ -307,6 +347,43 @@ def attribute_dataset(
     if state is not None:
         state.wait_for_everyone()
     return load_dataset_output(output_dir)
+
+
+def _validated_request(
+    model: AttributionModel,
+    attribute_args: dict[str, Any],
+    messages_column: str | None,
+    segments_column: str | None,
+):
+    """The run's arguments validated once, before any row (the request the manifest's info describes): a
+    chat column on a model that cannot read one, or ``context_parts`` without parts, is refused here, not
+    once per row. Rows with parts are checked on a stand-in prompt with both kinds of part; each row's own
+    parts are checked when it runs."""
+    from seqattr.chat import check_prompt_parts
+    from seqattr.segments import PromptLayout, Segment, as_part_names
+
+    arguments = dict(attribute_args)
+    context_parts = arguments.pop("context_parts", None)
+    has_parts = messages_column is not None or segments_column is not None
+    if context_parts is not None and not has_parts:
+        raise ValueError(
+            "context_parts= names parts of each row's prompt: give them with messages_column= or "
+            "segments_column="
+        )
+    if context_parts is not None:
+        as_part_names(context_parts)  # a name or a list of names (each row's prompt is checked as it runs)
+    if has_parts:
+        # The kind of model only: `[]` stands for "a conversation" (each row's own is checked as it runs).
+        check_prompt_parts(model.family, None if messages_column is None else [])
+        if messages_column is not None and not getattr(model.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"messages_column={messages_column!r}: this model's tokenizer has no chat template, so a "
+                "conversation cannot be turned into a prompt; use a chat (instruct) model, set "
+                "tokenizer.chat_template, or give rendered prompts with input_column="
+            )
+        stand_in = Segment("validation", "user", 0, 1)
+        arguments["prompts"] = [PromptLayout("validation", [0], ["user"], (stand_in,), (stand_in,))]
+    return model.request("validation", **arguments)
 
 
 def _write_manifest(

@@ -19,7 +19,10 @@ Each tensor (attributions, step scores, interactions) is a struct ``{dtype, shap
 the tensor's little-endian bytes, so every dtype round-trips bit for bit, NaN (unseen positions) included,
 bfloat16 too (which numpy and Parquet lack). ``storage_dtype`` (recorded in the manifest's settings) casts
 attributions and step scores before they are stored. Tokens, ids and positions are plain columns; the
-generation trace and the feature spans are JSON text (as `seqattr.data.io` writes them).
+generation trace and the feature spans are JSON text (as `seqattr.data.io` writes them). A prompt given as
+messages or segments adds its tokens' roles (``token_roles``); at a part granularity (one row per segment or
+message) a merged row's ids are a list, so both sides' ids go to ``part_ids`` (JSON) and the id columns are
+null. Shards written before these two columns read as before.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ SHARD_SCHEMA = pa.schema(
         ("masked_target", pa.list_(pa.int64())),
         ("trace", pa.string()),
         ("features", pa.string()),
+        ("token_roles", pa.list_(pa.string())),
+        ("part_ids", pa.string()),
     ]
 )
 """The columns of a shard: one row per example (`to_dataset` gives the same columns)."""
@@ -158,12 +163,14 @@ def _trace_from_text(text: str | None) -> GenerationTrace | None:
 
 
 def _record(row: int, seq: SequenceAttribution) -> dict[str, Any]:
+    # Rows merged into a prompt's parts have a list of ids each: the id columns hold flat ids only.
+    merged = any(isinstance(i, list) for i in (*seq.source_ids, *seq.target_ids))
     return {
         "row": row,
         "source": seq.source,
         "target": seq.target,
-        "source_ids": seq.source_ids,
-        "target_ids": seq.target_ids,
+        "source_ids": None if merged else seq.source_ids,
+        "target_ids": None if merged else seq.target_ids,
         "attr_pos_start": seq.attr_pos_start,
         "attr_pos_end": seq.attr_pos_end,
         "source_attributions": encode_tensor(seq.source_attributions),
@@ -174,16 +181,23 @@ def _record(row: int, seq: SequenceAttribution) -> dict[str, Any]:
         "masked_target": list(seq.masked_target),
         "trace": _trace_to_text(seq.trace),
         "features": None if seq.features is None else json.dumps(seq.features),
+        "token_roles": seq.token_roles,
+        "part_ids": json.dumps({"source_ids": seq.source_ids, "target_ids": seq.target_ids})
+        if merged
+        else None,
     }
 
 
 def sequence_from_record(record: dict[str, Any]) -> SequenceAttribution:
     """The `SequenceAttribution` of one shard row (a row of `DatasetOutput.to_dataset`)."""
+    ids = {"source_ids": record["source_ids"], "target_ids": record["target_ids"]}
+    if record.get("part_ids") is not None:  # rows merged into a prompt's parts
+        ids = json.loads(record["part_ids"])
     return SequenceAttribution(
         source=record["source"],
         target=record["target"],
-        source_ids=record["source_ids"],
-        target_ids=record["target_ids"],
+        source_ids=ids["source_ids"],
+        target_ids=ids["target_ids"],
         source_attributions=decode_tensor(record["source_attributions"]),
         target_attributions=decode_tensor(record["target_attributions"]),
         step_scores={s["name"]: decode_tensor(s["tensor"]) for s in record["step_scores"]},
@@ -194,6 +208,7 @@ def sequence_from_record(record: dict[str, Any]) -> SequenceAttribution:
         masked_target=tuple(record["masked_target"]),
         features=None if record["features"] is None else json.loads(record["features"]),
         interactions=decode_tensor(record["interactions"]),
+        token_roles=record.get("token_roles"),  # shards of earlier versions: none
     )
 
 

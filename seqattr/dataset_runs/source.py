@@ -19,11 +19,15 @@ _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parq
 
 @dataclass(frozen=True)
 class Row:
-    """One dataset row: its index, its input text and its forced target (None: generate)."""
+    """One dataset row: its index, its input text and its forced target (None: generate); a chat row's
+    conversation (``messages``, then ``input_text`` is None) and a row's named segments (``[(name, text),
+    ...]``), when the run reads such columns."""
 
     index: int
     input_text: Any
     target_text: Any = None
+    messages: Any = None
+    segments: Any = None
 
 
 def open_dataset(data: Any, split: str = "train"):
@@ -62,8 +66,16 @@ def open_dataset(data: Any, split: str = "train"):
     return datasets.load_dataset(str(data), split=split, streaming=True)  # a hub name
 
 
-def dataset_rows(dataset, input_column: str, target_column: str | None) -> Iterator[Row]:
-    """The rows of ``dataset`` (see `open_dataset`), one at a time; a missing column is refused.
+def dataset_rows(
+    dataset,
+    input_column: str | None,
+    target_column: str | None,
+    messages_column: str | None = None,
+    segments_column: str | None = None,
+) -> Iterator[Row]:
+    """The rows of ``dataset`` (see `open_dataset`), one at a time; a missing column is refused. With
+    ``messages_column`` a row's prompt is its conversation (``input_column`` is not read); with
+    ``segments_column`` its named segments come along (``input_column=None``: they make the prompt).
 
     Example:
         >>> import datasets
@@ -71,20 +83,38 @@ def dataset_rows(dataset, input_column: str, target_column: str | None) -> Itera
         >>> [(r.index, r.input_text, r.target_text) for r in dataset_rows(data, "src", "tgt")]
         [(0, 'a b', 'x'), (1, 'c', 'y')]
     """
+    if messages_column is not None:
+        input_column = None  # the conversation is the prompt
+    if input_column is None and messages_column is None and segments_column is None:
+        raise ValueError(
+            "input_column=None leaves the rows without a prompt; name the column of input texts, or give "
+            "messages_column= (conversations) or segments_column= (segments that make the prompt)"
+        )
+    named = (
+        ("input_column", input_column),
+        ("target_column", target_column),
+        ("messages_column", messages_column),
+        ("segments_column", segments_column),
+    )
     columns = getattr(dataset, "column_names", None)
     if columns is not None:
-        for name, argument in ((input_column, "input_column"), (target_column, "target_column")):
+        for argument, name in named:
             if name is not None and name not in columns:
                 raise ValueError(
                     f"{argument}={name!r} is not a column of the dataset; its columns: {columns}"
                 )
     for index, record in enumerate(dataset):
-        if input_column not in record:
-            raise ValueError(
-                f"row {index} has no column {input_column!r} (input_column); it has {sorted(record)}"
-            )
+        for argument, name in named:
+            if name is not None and argument != "target_column" and name not in record:
+                raise ValueError(f"row {index} has no column {name!r} ({argument}); it has {sorted(record)}")
         target = None if target_column is None else record.get(target_column)
-        yield Row(index, record[input_column], target)
+        yield Row(
+            index,
+            None if input_column is None else record[input_column],
+            target,
+            messages=None if messages_column is None else record[messages_column],
+            segments=None if segments_column is None else record[segments_column],
+        )
 
 
 def fingerprint(data: Any, dataset) -> str:

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from seqattr import engine
-from seqattr.chat import prompt_layouts
+from seqattr.chat import check_prompt_parts, prompt_layouts
 from seqattr.context_attribution import attribute_context
 from seqattr.data.attribution import AttributionOutput
 from seqattr.dataset_runs.runner import attribute_dataset
@@ -389,7 +389,7 @@ class AttributionModel:
             prompts = [list(layout.ids) for layout in layouts]
         for i, prompt in enumerate(prompts):
             self.check_length(len(prompt), f"input_texts[{i}]")
-        if generated_texts is not None and layouts is not None:
+        if generated_texts is not None and layouts is not None and self.family.prompt_side == "target":
             return [
                 reply_example(self, i, p, t)
                 for i, (p, t) in enumerate(zip(prompts, generated_texts, strict=True))
@@ -466,6 +466,7 @@ class AttributionModel:
         messages: Any = None,
         segments: Any = None,
         include_template: bool = False,
+        context_parts: str | Sequence[str] | None = None,
         **method_kwargs: Any,
     ) -> AttributionOutput:
         """Generate (or take the forced ``generated_texts``) and attribute every step to its inputs.
@@ -514,9 +515,15 @@ class AttributionModel:
                 replies only (`seqattr.chat`).
             segments: named parts of the prompt, ``[(name, text), ...]`` (a list of such lists for several
                 prompts), found in the prompt's text or messages; alone, their texts joined are the prompt.
-                With ``granularity="segment"`` each is one feature (`seqattr.segments`).
+                With ``granularity="segment"`` each is one feature (`seqattr.segments`). An encoder-decoder's
+                segments are parts of its source (the encoder's input).
             include_template: show the chat template's scaffolding tokens (role headers, end-of-turn, BOS)
                 and perturb them as features; by default they are masked and never perturbed.
+            context_parts: names of the prompt's parts that are its context (segments of ``segments=``, or
+                messages by name: ``"system"``, ``"user 1"``...): each step then gets a context reliance
+                (``seq.trace.context_reliance``, also ``seq.step_scores["context_reliance"]``): the KL
+                divergence between its next-token distribution with and without them, the same output
+                forced.
             **method_kwargs: the method's options (e.g. ``hidden_reduction="l2"``); they override those
                 given to `load_model`.
 
@@ -527,13 +534,16 @@ class AttributionModel:
             (8, torch.Size([14, 8]), torch.Size([8]))
         """
         layouts = None
+        if context_parts is not None and messages is None and segments is None:
+            raise ValueError(
+                "context_parts= names parts of the prompt: give them with segments=[(name, text), ...] or "
+                "messages=[...] (messages are named by role: 'system', 'user', ...)"
+            )
         if messages is not None or segments is not None:
-            if not self.family.reads_chat:
-                raise ValueError(
-                    "messages= and segments= are for decoder-only generative models; this is a "
-                    f"{self.family} model: pass its input as input_texts="
-                )
-            input_texts, layouts = prompt_layouts(self.tokenizer, input_texts, messages, segments)
+            check_prompt_parts(self.family, messages)
+            input_texts, layouts = prompt_layouts(
+                self.tokenizer, input_texts, messages, segments, context_parts
+            )
         input_texts = question_context_pairs(input_texts, question, context)
         if target is not None:
             if generated_texts is not None:

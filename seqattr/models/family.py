@@ -173,8 +173,11 @@ class ModelFamily:
         return output.logits[:, positions - 1]
 
     reads_chat: ClassVar[bool] = False
-    """Prompts may be chat messages or named segments (`seqattr.chat`, `seqattr.segments`): a decoder-only
-    generator, whose prompt is the start of its target."""
+    """Prompts may be chat messages (`seqattr.chat`): a decoder-only generator, whose prompt is the start of
+    its target."""
+    prompt_side: ClassVar[str | None] = None
+    """Where a prompt with named segments (`seqattr.segments`) lies: ``"target"`` (decoder-only: the start of
+    its target), ``"source"`` (encoder-decoder: the encoder's input), None (no segments: classifiers)."""
     takes_pairs: ClassVar[bool] = False
     """Inputs may be pairs of texts ``(text_a, text_b)`` (a classifier reading two segments)."""
     needs_pairs: ClassVar[bool] = False
@@ -232,6 +235,7 @@ class DecoderOnly(ModelFamily):
     predictor = "its"
     pads_target_left = True
     reads_chat = True
+    prompt_side = "target"
 
     def prompt_only(self, requested: bool | None) -> bool:
         return requested is False
@@ -294,6 +298,7 @@ class EncoderDecoder(ModelFamily):
     is_encoder_decoder = True
     predictor = "its decoder's"
     pads_target_left = False
+    prompt_side = "source"
 
     def target_offsets(self, starts: Sequence[int]) -> list[int]:
         if len(set(starts)) > 1:  # batch_spans splits the examples where the start changes

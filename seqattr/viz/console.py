@@ -213,7 +213,8 @@ class HeatmapView:
 
 
 def trace_table(seq: SequenceAttribution) -> Table:
-    """One row per step: the chosen token, its probability and rank, the entropy, the top alternatives.
+    """One row per step: the chosen token, its probability and rank, the entropy, the context reliance (when
+    the prompt named a context), the top alternatives.
 
     Steps whose token was not the model's first choice (rank > 0) are marked in bold yellow.
     """
@@ -227,6 +228,7 @@ def trace_table(seq: SequenceAttribution) -> Table:
         ("p", "right"),
         ("rank", "right"),
         ("entropy", "right"),
+        *([("context reliance", "right")] if trace.context_reliance is not None else []),
         ("top alternatives", "left"),
     ]:
         table.add_column(name, justify=justify, no_wrap=name != "top alternatives")
@@ -246,6 +248,8 @@ def trace_table(seq: SequenceAttribution) -> Table:
             f"{float(trace.probabilities[step]):.3f}",
             str(rank),
             f"{float(trace.entropy[step]):.2f}",
+            # KL(with || without the context), in nats: how much the step's distribution moves without it.
+            *([f"{float(trace.context_reliance[step]):.3f}"] if trace.context_reliance is not None else []),
             Text(alternatives),
             style="bold yellow" if rank > 0 else None,
         )

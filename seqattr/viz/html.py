@@ -62,6 +62,9 @@ def _trace(seq: SequenceAttribution) -> dict[str, Any] | None:
         "entropy": trace.entropy.float().tolist(),
         "top_tokens": [token_labels(row, scheme) for row in trace.top_tokens],
         "top_probabilities": trace.top_probabilities.float().tolist(),
+        "context_reliance": None
+        if trace.context_reliance is None
+        else [_number(v) for v in trace.context_reliance.double().tolist()],
     }
 
 

@@ -175,13 +175,17 @@ JS = r"""
     const traceTable = root.querySelector("table.trace");
     if (ex.trace) {
       const th = traceTable.createTHead().insertRow();
-      for (const name of ["step", "token", "p", "rank", "entropy", "top alternatives"]) th.appendChild(el("th", "", name));
+      // Context reliance: KL(with || without the prompt's context parts), when the call named them.
+      const reliance = ex.trace.context_reliance;
+      const names = ["step", "token", "p", "rank", "entropy"].concat(reliance ? ["context reliance"] : [], ["top alternatives"]);
+      for (const name of names) th.appendChild(el("th", "", name));
       const tb = traceTable.createTBody();
       ex.trace.tokens.forEach((token, s) => {
         const row = tb.insertRow();
         if (ex.trace.ranks[s] > 0) row.classList.add("off-greedy");
         [String(s), token, ex.trace.probabilities[s].toFixed(3), String(ex.trace.ranks[s]),
-         ex.trace.entropy[s].toFixed(2)].forEach((text) => { row.insertCell().textContent = text; });
+         ex.trace.entropy[s].toFixed(2)].concat(reliance ? [fmt(reliance[s])] : [])
+          .forEach((text) => { row.insertCell().textContent = text; });
         const alternatives = row.insertCell();
         ex.trace.top_tokens[s].forEach((alt, k) => {
           alternatives.appendChild(el("span", "alt", alt + " " + ex.trace.top_probabilities[s][k].toFixed(2)));
@@ -243,7 +247,8 @@ JS = r"""
       pairs("step scores", Object.keys(ex.step_scores).map((name) => [name, fmt(ex.step_scores[name][step])]));
       if (ex.trace) {
         pairs("trace", [["p", ex.trace.probabilities[step].toFixed(3)], ["rank", String(ex.trace.ranks[step])],
-                        ["entropy", ex.trace.entropy[step].toFixed(2)]]);
+                        ["entropy", ex.trace.entropy[step].toFixed(2)]].concat(
+                          ex.trace.context_reliance ? [["context reliance", fmt(ex.trace.context_reliance[step])]] : []));
         panel.appendChild(el("h3", "", "top alternatives"));
         const alts = el("table");
         ex.trace.top_tokens[step].forEach((alt, k) => {
