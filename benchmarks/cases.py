@@ -277,6 +277,8 @@ class CaptumPeer:
     modes: tuple[str, ...]
     seqattr_options: dict = field(default_factory=dict)
     attribute_options: dict = field(default_factory=dict)
+    quick_steps: int = CAPTUM_STEPS
+    """Generated tokens in the quick grid (the full grid runs `CAPTUM_STEPS`)."""
     note: str = ""
 
 
@@ -291,6 +293,8 @@ CAPTUM_PEERS: dict[str, CaptumPeer] = {
         modes=("layer_ig",),
         seqattr_options={"baseline": 0, "hidden_reduction": "sum"},
         attribute_options={"attributed_fn": "logprob"},
+        # 50 points x 40 steps take each tool about 8 minutes on SmolLM2 (one thread): 10 in the quick grid.
+        quick_steps=10,
         note="LLMGradientAttribution(LayerIntegratedGradients) on the input embeddings, 50 Gauss-Legendre "
         "points on both sides, one integration per target token in Captum",
     ),

@@ -118,8 +118,9 @@ def plan_captum(args) -> list[Config]:
         if cases.MODELS[model].is_encoder_decoder:
             continue  # Captum's LLMAttribution explains decoder-only models
         for method in args.captum_methods or tuple(cases.CAPTUM_PEERS):
-            modes = tuple(f"captum:{mode}" for mode in cases.CAPTUM_PEERS[method].modes)
-            for steps in args.lengths or (cases.CAPTUM_STEPS,):
+            peer = cases.CAPTUM_PEERS[method]
+            modes = tuple(f"captum:{mode}" for mode in peer.modes)
+            for steps in args.lengths or ((cases.CAPTUM_STEPS,) if args.full else (peer.quick_steps,)):
                 configs.append(Config(model, method, steps, 1, "captum", ("fused", *modes)))
     return configs
 

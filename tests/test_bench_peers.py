@@ -82,6 +82,10 @@ def test_captum_part_plans_decoder_only_rows_with_every_mode():
     assert ablation.engines == ("fused", "captum:one_pass", "captum:by_tokens", "captum:by_tokens_cached")
     assert (ablation.scenario, ablation.batch, ablation.steps) == ("captum", 1, STEPS)
     assert bench.plan_captum(_args(captum=False)) == []
+    quick = {c.method: c.steps for c in bench.plan_captum(_args(lengths=None))}
+    assert quick == {"feature_ablation": cases.CAPTUM_STEPS, "layer_integrated_gradients": 10}
+    full = {c.method: c.steps for c in bench.plan_captum(_args(lengths=None, full=True))}
+    assert set(full.values()) == {cases.CAPTUM_STEPS}
     only = bench.plan_captum(_args(captum=False, captum_only=True, captum_methods=("feature_ablation",)))
     assert [c.method for c in only] == ["feature_ablation"]
 
