@@ -109,15 +109,21 @@ def plan(args, methods: list[str]) -> list[Config]:
 
 def plan_captum(args) -> list[Config]:
     """The Captum part: each method of `cases.CAPTUM_PEERS` prompt-only on the decoder-only models, batch 1
-    (Captum's LLM attribution takes one prompt per call), fused seqattr against each of Captum's modes."""
+    (Captum's LLM attribution takes one prompt per call), fused seqattr against each of Captum's modes.
+
+    Which methods: ``--captum-methods``, else those of ``--methods`` that Captum is compared on (none if
+    ``--methods`` names none of them: ``--methods saliency`` times saliency only), else all of them."""
     if not (args.captum or args.captum_only):
         return []
     grid = FULL if args.full else QUICK
+    methods = args.captum_methods or tuple(
+        m for m in cases.CAPTUM_PEERS if not args.methods or m in args.methods
+    )
     configs = []
     for model in args.models or grid["models"]:
         if cases.MODELS[model].is_encoder_decoder:
             continue  # Captum's LLMAttribution explains decoder-only models
-        for method in args.captum_methods or tuple(cases.CAPTUM_PEERS):
+        for method in methods:
             peer = cases.CAPTUM_PEERS[method]
             modes = tuple(f"captum:{mode}" for mode in peer.modes)
             for steps in args.lengths or ((cases.CAPTUM_STEPS,) if args.full else (peer.quick_steps,)):
@@ -484,7 +490,8 @@ def main(argv=None) -> int:
         return 0
     configs = [c for c in grid + plan_captum(args) if c.model in folders]
     runs = sum(len(c.engines) for c in configs)
-    print(f"{len(configs)} configurations, {runs} runs; methods: {', '.join(methods)}")
+    named = list(dict.fromkeys(c.method for c in configs))
+    print(f"{len(configs)} configurations, {runs} runs; methods: {', '.join(named)}")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="seqattr-bench-") as tmp:
         run_all(configs, folders, tokenizers, args, Path(tmp))

@@ -48,6 +48,7 @@ def _args(**overrides) -> Namespace:
         captum=True,
         captum_only=False,
         captum_methods=None,
+        methods=None,
         full=False,
         models=("gpt2-small", "bart-small"),
         lengths=(STEPS,),
@@ -86,6 +87,10 @@ def test_captum_part_plans_decoder_only_rows_with_every_mode():
     assert quick == {"feature_ablation": cases.CAPTUM_STEPS, "layer_integrated_gradients": 10}
     full = {c.method: c.steps for c in bench.plan_captum(_args(lengths=None, full=True))}
     assert set(full.values()) == {cases.CAPTUM_STEPS}
+    # --methods narrows the Captum part as it narrows the grid.
+    assert bench.plan_captum(_args(methods=("saliency",))) == []
+    narrowed = bench.plan_captum(_args(methods=("saliency", "feature_ablation")))
+    assert [c.method for c in narrowed] == ["feature_ablation"]
     only = bench.plan_captum(_args(captum=False, captum_only=True, captum_methods=("feature_ablation",)))
     assert [c.method for c in only] == ["feature_ablation"]
 
