@@ -3,7 +3,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-chromium test test-fast lint docs bench quality demo
+.PHONY: install install-chromium test test-fast lint docs bench bench-gpu quality demo
 
 install:
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -55,8 +55,14 @@ docs:
 	PYTHONPATH=$(CURDIR) NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir site
 	@echo "serve it: $(PYTHON) -m http.server -d site 8000, then open http://localhost:8000"
 
+# The quick grid (Inseq and Captum as peers) on CPU; docs/benchmarks.md says what it runs and how long it takes.
 bench:
 	$(PYTHON) benchmarks/run.py
+
+# The quick grid on CUDA (results in benchmarks/results/latest-cuda.json); without a CUDA device it prints
+# "no CUDA device: skipped" and exits 0. Inseq's .bench-venv needs a CUDA torch there (benchmarks/setup_inseq.sh).
+bench-gpu:
+	$(PYTHON) benchmarks/run.py --device cuda
 
 # Every method on the ground-truth tasks and on SmolLM2 (faithfulness): rewrites docs/quality.md's tables.
 quality:

@@ -16,6 +16,8 @@ import torch
 from seqattr.models.default_model import DEFAULT_MODEL, cache_dir, default_model_path
 
 PROMPT_TOKENS = 20
+CAPTUM_STEPS = 40
+"""Generated (explained) tokens of the Captum part's rows unless --lengths says otherwise."""
 MODEL_VERSION = 1  # bump when the small models' recipe changes, so that cached folders are rebuilt
 
 
@@ -262,3 +264,39 @@ def method_spec(name: str) -> MethodSpec:
     if name in METHOD_SPECS:
         return METHOD_SPECS[name]
     return MethodSpec(inseq_method=name if name in INSEQ_METHODS else None, note="defaults on both sides")
+
+
+# --- Captum, the second peer --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptumPeer:
+    """A seqattr method run prompt-only (``attribute_target=False``, Captum's convention) against Captum's
+    LLM attribution in each of ``modes`` (`captum_runner.CAPTUM_MODES`)."""
+
+    modes: tuple[str, ...]
+    seqattr_options: dict = field(default_factory=dict)
+    attribute_options: dict = field(default_factory=dict)
+    quick_steps: int = CAPTUM_STEPS
+    """Generated tokens in the quick grid (the full grid runs `CAPTUM_STEPS`)."""
+    note: str = ""
+
+
+CAPTUM_PEERS: dict[str, CaptumPeer] = {
+    "feature_ablation": CaptumPeer(
+        modes=("one_pass", "by_tokens", "by_tokens_cached"),
+        seqattr_options={"baseline": 0},
+        attribute_options={"attributed_fn": "logprob"},
+        note="LLMAttribution(FeatureAblation): each prompt token to id 0, each target token's logprob",
+    ),
+    "layer_integrated_gradients": CaptumPeer(
+        modes=("layer_ig",),
+        seqattr_options={"baseline": 0, "hidden_reduction": "sum"},
+        attribute_options={"attributed_fn": "logprob"},
+        # 50 points x 40 steps take each tool about 8 minutes on SmolLM2 (one thread): 10 in the quick grid.
+        quick_steps=10,
+        note="LLMGradientAttribution(LayerIntegratedGradients) on the input embeddings, 50 Gauss-Legendre "
+        "points on both sides, one integration per target token in Captum",
+    ),
+}
+"""Prompt-only methods compared with Captum (`benchmarks/run.py --captum`, on by default)."""

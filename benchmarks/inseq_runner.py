@@ -3,7 +3,8 @@
 Usage: ``.bench-venv/bin/python benchmarks/inseq_runner.py CASE.json RESULTS.jsonl``; the same case format
 as `seqattr_runner.py`, each run naming ``inseq_method`` and ``inseq_options``. Targets are forced
 (``generated_texts``), so Inseq re-tokenizes the same texts; the token ids it attributed on are returned
-so that the driver can check they equal seqattr's.
+so that the driver can check they equal seqattr's. The case's ``device`` (``cpu`` unless given) is where
+Inseq puts the model and its inputs (``inseq.load_model(..., device=...)``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,22 @@ def main(case: dict, result_path: str) -> None:
 
     torch.set_num_threads(case["threads"])
     transformers.logging.set_verbosity_error()
+    device = case.get("device", "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        # setup_inseq.sh installs the CPU wheel by default: said here, not as an error from inside Inseq.
+        raise SystemExit(
+            f"Inseq's environment has torch {torch.__version__} without CUDA: recreate .bench-venv/ with a "
+            "CUDA build (rm -rf .bench-venv; TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 "
+            "bash benchmarks/setup_inseq.sh)"
+        )
     models: dict[str, object] = {}  # one Inseq model per method: Inseq binds the method at load time
 
     def execute(run: dict) -> dict:
         if run["inseq_method"] not in models:
             models.clear()
-            models[run["inseq_method"]] = inseq.load_model(case["model_dir"], run["inseq_method"])
+            models[run["inseq_method"]] = inseq.load_model(
+                case["model_dir"], run["inseq_method"], device=device
+            )
         model = models[run["inseq_method"]]
 
         def attribute(inputs, outputs):
@@ -51,14 +62,14 @@ def main(case: dict, result_path: str) -> None:
             outputs.clear()
             outputs.append(attribute(run["inputs"], run["outputs"]))
 
-        measurement = measure(once, model.model, run["repeats"], run["budget_s"])
+        measurement = measure(once, model.model, run["repeats"], run["budget_s"], device)
 
         def reduce(values):
             # Inseq keeps the hidden dimension of gradient methods: summed here, as seqattr does by
             # default, so that dumps stay small.
             if values is not None and run["compare"] == "sum_hidden" and values.dim() == 3:
-                return values.sum(-1)
-            return values
+                values = values.sum(-1)
+            return None if values is None else values.detach().cpu()
 
         ids, dump = [], []
         for sequence in outputs[-1].sequence_attributions:

@@ -11,11 +11,15 @@ What is measured, and how:
   the logits marks its start and gradient hooks on the input embeddings mark its end (batched backward
   passes, ``is_grads_batched``, fire each hook once). Everything else (the method's own work, Python,
   the LM head's softmax and the step function's gradient) counts as overhead;
-- peak memory: the process's resident-set high-water mark (``VmHWM`` in ``/proc/self/status``), reset
-  before the measured calls by writing 5 to ``/proc/self/clear_refs`` (Linux >= 4.0) after
+- peak memory on CPU: the process's resident-set high-water mark (``VmHWM`` in ``/proc/self/status``),
+  reset before the measured calls by writing 5 to ``/proc/self/clear_refs`` (Linux >= 4.0) after
   ``malloc_trim`` returned freed heap to the system. ``tracemalloc`` does not see torch's CPU tensors;
   RSS does, whatever allocator made them. Reported as the peak above the resident size just before the
-  measured calls (the loaded model, imports and warm-up excluded).
+  measured calls (the loaded model, imports and warm-up excluded);
+- peak memory on CUDA: ``torch.cuda.max_memory_allocated`` (reset before the measured calls) above
+  ``torch.cuda.memory_allocated`` at that moment: the tensors the attribution allocates on the device, the
+  caching allocator's reserve excluded. Timings on CUDA synchronize the device around each call and each
+  timed model pass (kernels run asynchronously, so a clock read without it measures the launch only).
 """
 
 from __future__ import annotations
@@ -59,6 +63,61 @@ def reset_peak_rss() -> int:
     return rss_bytes()
 
 
+def synchronize(device: str | torch.device | None) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously); nothing on CPU."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ResidentMemory:
+    """Peak memory on CPU: the resident-set high-water mark above the resident size at `reset`."""
+
+    kind = "resident set (VmHWM) above the resident size before the measured calls"
+
+    def reset(self) -> int:
+        return reset_peak_rss()
+
+    def peak(self) -> int:
+        return peak_rss_bytes()
+
+
+class CudaMemory:
+    """Peak memory on a CUDA device: ``max_memory_allocated`` above ``memory_allocated`` at `reset`.
+
+    Example:
+        >>> memory = CudaMemory("cuda")                     # doctest: +SKIP
+        >>> base = memory.reset(); run(); (memory.peak() - base) / 2**20   # MiB the run allocated on top
+    """
+
+    kind = "torch.cuda.max_memory_allocated above torch.cuda.memory_allocated before the measured calls"
+
+    def __init__(self, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+
+    def reset(self) -> int:
+        gc.collect()
+        synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def peak(self) -> int:
+        synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def memory_meter(device: str | torch.device | None) -> ResidentMemory | CudaMemory:
+    """The peak-memory meter for where the model runs: CUDA's allocator statistics, else the resident set.
+
+    Example:
+        >>> type(memory_meter("cpu")).__name__, type(memory_meter(None)).__name__
+        ('ResidentMemory', 'ResidentMemory')
+    """
+    if device is not None and torch.device(device).type == "cuda":
+        return CudaMemory(device)
+    return ResidentMemory()
+
+
 @dataclass
 class ModelCounters:
     """What the model did during the measured calls."""
@@ -80,10 +139,11 @@ class ModelProbe:
         >>> probe.counters.forward_calls
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None) -> None:
         self.model = model
         self.counters = ModelCounters()
         self._started: float | None = None
+        self.device = device  # CUDA: each timed pass synchronizes, or it would time kernel launches only
 
     @staticmethod
     def _shape_of(kwargs: dict, args: tuple, names: tuple[str, ...]) -> tuple[int, int] | None:
@@ -102,9 +162,11 @@ class ModelProbe:
         self.counters.forward_calls += 1
         self.counters.forward_rows += rows
         self.counters.forward_positions += rows * sum(shape[1] for shape in (encoder, decoder) if shape)
+        synchronize(self.device)
         self._started = time.perf_counter()
 
     def _post(self, module, args, kwargs, output):
+        synchronize(self.device)
         self.counters.forward_s += time.perf_counter() - (self._started or time.perf_counter())
         logits = getattr(output, "logits", None)
         inputs = [kwargs.get(name) for name in ("inputs_embeds", "decoder_inputs_embeds")]
@@ -118,11 +180,14 @@ class ModelProbe:
         handles = []
 
         def on_logits(grad):
+            if "start" not in window:
+                synchronize(self.device)
             window.setdefault("start", time.perf_counter())
 
         def on_input(grad):
             pending[0] -= 1
             if pending[0] == 0 and "start" in window:  # the last input gradient ends this backward pass
+                synchronize(self.device)
                 self.counters.backward_s += time.perf_counter() - window["start"]
                 for handle in handles:
                     handle.remove()
@@ -150,9 +215,10 @@ class Measurement:
     times_s: list[float]
     median_s: float
     peak_mb: float
-    """Resident-set high-water mark above the resident size before the measured calls, in MiB."""
+    """Peak memory above the memory in use before the measured calls, in MiB (`memory_meter`: the resident
+    set on CPU, CUDA's allocated bytes on a GPU)."""
     base_mb: float
-    """Resident size before the measured calls (model, imports, warm-up), in MiB."""
+    """Memory in use before the measured calls (model, imports, warm-up), in MiB."""
     forward_calls: int
     forward_rows: int
     forward_positions: int
@@ -168,20 +234,31 @@ class Measurement:
         return asdict(self)
 
 
-def measure(run: Callable[[], object], model: torch.nn.Module, repeats: int, budget_s: float) -> Measurement:
+def measure(
+    run: Callable[[], object],
+    model: torch.nn.Module,
+    repeats: int,
+    budget_s: float,
+    device: str | torch.device | None = None,
+) -> Measurement:
     """Call ``run`` up to ``repeats`` times (at least once; no new repeat once ``budget_s`` is spent).
 
-    The caller warms up first (one-time costs such as lazy imports are not what is compared).
+    The caller warms up first (one-time costs such as lazy imports are not what is compared). ``device`` is
+    where the model runs: on CUDA, each call is timed between device synchronizations and peak memory is
+    CUDA's allocator statistics (`memory_meter`).
     """
-    probe = ModelProbe(model)
-    base = reset_peak_rss()
+    probe = ModelProbe(model, device)
+    memory = memory_meter(device)
+    base = memory.reset()
     times, model_times, per_call = [], [], None
     spent = 0.0
     with probe.attached() as counters:
         for _ in range(repeats):
             before = asdict(counters)
+            synchronize(device)
             started = time.perf_counter()
             run()
+            synchronize(device)
             elapsed = time.perf_counter() - started
             after = asdict(counters)
             delta = {key: after[key] - before[key] for key in after}
@@ -191,7 +268,7 @@ def measure(run: Callable[[], object], model: torch.nn.Module, repeats: int, bud
             spent += elapsed
             if spent >= budget_s:
                 break
-    peak = peak_rss_bytes()
+    peak = memory.peak()
     median = statistics.median(times)
     model_s = statistics.median(t for t, _ in model_times)
     return Measurement(
@@ -205,6 +282,7 @@ def measure(run: Callable[[], object], model: torch.nn.Module, repeats: int, bud
         model_s=model_s,
         overhead=max(0.0, 1 - model_s / median),
         backward_seen=all(seen for _, seen in model_times),
+        extra={"memory": memory.kind, "device": str(device or "cpu")},
     )
 
 

@@ -1,8 +1,9 @@
-"""`make bench`: speed, forward passes and peak memory of seqattr (fused and stepwise) and of Inseq.
+"""`make bench`: speed, forward passes and peak memory of seqattr (fused and stepwise), Inseq and Captum.
 
-Every configuration (model x method x generation length x batch size x engine) runs in a fresh process:
+Every configuration (model x method x generation length x batch size x engine) runs in a worker process:
 seqattr's in this environment (`seqattr_runner.py`), Inseq's in its own virtual environment `.bench-venv/`
-(`inseq_runner.py`; created by `setup_inseq.sh` on first use). All timings that are compared come from
+(`inseq_runner.py`; created by `setup_inseq.sh` on first use), Captum's LLM attribution in this environment
+(`captum_runner.py`; the Captum part, prompt-only, on by default). All timings that are compared come from
 one invocation, so ratios hold even on a busy machine better than absolute times do.
 
 Usage:
@@ -12,8 +13,11 @@ Usage:
     python3 benchmarks/run.py --no-inseq             # seqattr only (fused vs stepwise)
     python3 benchmarks/run.py --chunk-sweep          # time the gradient engine's step-chunk sizes
     python3 benchmarks/run.py --dataset-run          # only the dataset row: 1 vs 2 processes vs Inseq
+    python3 benchmarks/run.py --captum-only --models smollm2   # only the Captum part (prompt attribution)
+    python3 benchmarks/run.py --device cuda          # the quick grid on CUDA (make bench-gpu)
 
-Every invocation but --chunk-sweep ends with the dataset row (`dataset_run.py`; --no-dataset-row skips it).
+Every invocation but --chunk-sweep and --captum-only ends with the dataset row (`dataset_run.py`;
+--no-dataset-row skips it; on CUDA it is not run: it measures the command line on CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -43,7 +49,9 @@ ENGINES = ("fused", "stepwise", "inseq")
 STEPWISE_MODELS = ("gpt2-small", "bart-small")
 """Models with stepwise runs in the quick grid; on SmolLM2 they cost as much as Inseq (--full runs them)."""
 
-QUICK = dict(models=("gpt2-small", "smollm2"), lengths=(40,), batches=(1,), memory_models=("gpt2-small",))
+QUICK = dict(
+    models=("gpt2-small", "smollm2"), lengths=(40,), batches=(1,), memory_models=("gpt2-small", "smollm2")
+)
 FULL = dict(
     models=("gpt2-small", "bart-small", "smollm2"),
     lengths=(10, 20, 40, LONG_STEPS),
@@ -60,7 +68,9 @@ class Config:
     method: str
     steps: int
     batch: int
-    scenario: str = "speed"  # or "memory": one 1,000-token sequence, peak memory is the point
+    scenario: str = "speed"
+    """"speed"; "memory": one 1,000-token sequence, peak memory is the point; "captum": prompt-only
+    attribution against Captum's LLM attribution (engines ``fused`` and ``captum:<mode>``)."""
     engines: tuple[str, ...] = ENGINES
     prompt: int = cases.PROMPT_TOKENS
     results: dict = field(default_factory=dict)  # engine -> worker result or {"error": ...}
@@ -97,6 +107,30 @@ def plan(args, methods: list[str]) -> list[Config]:
     return configs
 
 
+def plan_captum(args) -> list[Config]:
+    """The Captum part: each method of `cases.CAPTUM_PEERS` prompt-only on the decoder-only models, batch 1
+    (Captum's LLM attribution takes one prompt per call), fused seqattr against each of Captum's modes.
+
+    Which methods: ``--captum-methods``, else those of ``--methods`` that Captum is compared on (none if
+    ``--methods`` names none of them: ``--methods saliency`` times saliency only), else all of them."""
+    if not (args.captum or args.captum_only):
+        return []
+    grid = FULL if args.full else QUICK
+    methods = args.captum_methods or tuple(
+        m for m in cases.CAPTUM_PEERS if not args.methods or m in args.methods
+    )
+    configs = []
+    for model in args.models or grid["models"]:
+        if cases.MODELS[model].is_encoder_decoder:
+            continue  # Captum's LLMAttribution explains decoder-only models
+        for method in methods:
+            peer = cases.CAPTUM_PEERS[method]
+            modes = tuple(f"captum:{mode}" for mode in peer.modes)
+            for steps in args.lengths or ((cases.CAPTUM_STEPS,) if args.full else (peer.quick_steps,)):
+                configs.append(Config(model, method, steps, 1, "captum", ("fused", *modes)))
+    return configs
+
+
 def ensure_inseq() -> None:
     check = [str(INSEQ_PYTHON), "-c", "import inseq, datasets"]  # datasets: an older .bench-venv lacks it
     if INSEQ_PYTHON.exists() and subprocess.run(check, capture_output=True).returncode == 0:
@@ -108,7 +142,46 @@ def ensure_inseq() -> None:
 def _worker_command(engine: str) -> list[str]:
     if engine == "inseq":
         return [str(INSEQ_PYTHON), str(HERE / "inseq_runner.py")]
+    if engine == "captum":
+        return [sys.executable, str(HERE / "captum_runner.py")]
     return [sys.executable, str(HERE / "seqattr_runner.py")]
+
+
+def worker_of(engine: str) -> str:
+    """The worker process an engine runs in: ``captum:one_pass`` and the other Captum modes share one."""
+    return engine.split(":", 1)[0]
+
+
+def resolve_device(requested: str) -> tuple[str | None, str]:
+    """The device the benchmark runs on, or None and why it is skipped (a CUDA device this machine lacks).
+
+    An unknown device name is refused (SystemExit naming the choices); ``cuda`` without a CUDA device is
+    not an error: `make bench-gpu` says it skipped and exits 0, so it can run on any machine.
+
+    Example:
+        >>> resolve_device("cpu")
+        ('cpu', '')
+    """
+    from seqattr.models.loading import check_device
+
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError) as err:
+        raise SystemExit(f"unknown device {requested!r} ({err}); use cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None, (
+                f"no CUDA device: skipped (torch {torch.__version__} sees none; `make bench-gpu` runs the "
+                "quick grid where one is)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return None, f"no CUDA device {device.index}: skipped ({torch.cuda.device_count()} present)"
+        return str(device), ""
+    try:
+        check_device(requested)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
+    return requested, ""
 
 
 def run_group(engine: str, header: dict, runs: list[dict], workdir: Path, timeout: float) -> dict[str, dict]:
@@ -160,7 +233,25 @@ def run_group(engine: str, header: dict, runs: list[dict], workdir: Path, timeou
     return results
 
 
-def make_run(run_id: str, config: Config, texts, warmup, args, dump: Path | None) -> dict:
+def make_run(
+    run_id: str, config: Config, texts, warmup, args, dump: Path | None, engine: str = "fused"
+) -> dict:
+    if config.scenario == "captum":
+        peer = cases.CAPTUM_PEERS[config.method]
+        return {
+            "id": run_id,
+            "attribute_target": False,  # Captum's convention: the prompt is attributed, the prefix held
+            "method": config.method,
+            "options": peer.seqattr_options,
+            "attribute_options": peer.attribute_options,
+            "captum_mode": engine.split(":", 1)[1] if engine.startswith("captum:") else None,
+            "inputs": [t[0] for t in texts],
+            "outputs": [t[1] for t in texts],
+            "warmup": list(warmup),
+            "repeats": args.repeats,
+            "budget_s": args.budget,
+            "dump": str(dump) if dump else None,
+        }
     spec = cases.method_spec(config.method)
     return {
         "id": run_id,
@@ -180,8 +271,8 @@ def make_run(run_id: str, config: Config, texts, warmup, args, dump: Path | None
 
 
 def run_all(configs: list[Config], folders: dict, tokenizers: dict, args, workdir: Path) -> None:
-    """Run every configuration: one worker process per (model, engine), one per memory configuration."""
-    groups: dict[tuple, list[tuple[Config, dict]]] = {}
+    """Run every configuration: one worker process per (model, worker), one per memory configuration."""
+    groups: dict[tuple, list[tuple[Config, str, dict]]] = {}
     dumps: dict[tuple[int, str], Path] = {}
     for index, config in enumerate(configs):
         is_encoder_decoder = cases.MODELS[config.model].is_encoder_decoder
@@ -194,35 +285,40 @@ def run_all(configs: list[Config], folders: dict, tokenizers: dict, args, workdi
         )
         warmup = cases.make_texts(tokenizers[config.model], is_encoder_decoder, 1, 4, seed=1)[0]
         spec = cases.method_spec(config.method)
-        compare = spec.compare and config.scenario == "speed" and config.steps <= 40
+        compare = config.scenario == "captum" or (
+            spec.compare and config.scenario == "speed" and config.steps <= 40
+        )
         for engine in config.engines:
-            dump = workdir / f"dump-{index}-{engine}.pt" if compare else None
+            dump = workdir / f"dump-{index}-{engine.replace(':', '-')}.pt" if compare else None
             if dump:
                 dumps[index, engine] = dump
             isolation = index if config.scenario == "memory" else None
-            key = (config.model, engine, isolation)
-            groups.setdefault(key, []).append(
-                (config, make_run(f"{index}:{engine}", config, texts, warmup, args, dump))
-            )
+            key = (config.model, worker_of(engine), isolation)
+            run = make_run(f"{index}:{engine}", config, texts, warmup, args, dump, engine)
+            groups.setdefault(key, []).append((config, engine, run))
     started = time.time()
-    for number, ((model, engine, isolation), members) in enumerate(groups.items(), 1):
+    for number, ((model, worker, isolation), members) in enumerate(groups.items(), 1):
         header = {
             "model_dir": str(folders[model]),
             "is_encoder_decoder": cases.MODELS[model].is_encoder_decoder,
             "threads": args.threads,
+            "device": args.device,
         }
         timeout = args.timeout * (3 if isolation is not None else 1)
-        results = run_group(engine, header, [run for _, run in members], workdir, timeout)
-        for config, run in members:
+        results = run_group(worker, header, [run for _, _, run in members], workdir, timeout)
+        for config, engine, run in members:
             config.results[engine] = results[run["id"]]
-        report.print_group(number, len(groups), model, engine, members, time.time() - started)
+        report.print_group(number, len(groups), model, worker, members, time.time() - started)
     for index, config in enumerate(configs):
         present = {
             engine: dumps[index, engine]
             for engine in config.engines
             if (index, engine) in dumps and dumps[index, engine].exists()
         }
-        config.agreement = report.agreement(config, present, cases.method_spec(config.method).compare)
+        if config.scenario == "captum":
+            config.agreement = report.captum_agreement(present)
+        else:
+            config.agreement = report.agreement(config, present, cases.method_spec(config.method).compare)
 
 
 def chunk_sweep(args, tokenizers, folders) -> None:
@@ -252,6 +348,7 @@ def chunk_sweep(args, tokenizers, folders) -> None:
                 "model_dir": str(folders[model]),
                 "is_encoder_decoder": cases.MODELS[model].is_encoder_decoder,
                 "threads": args.threads,
+                "device": args.device,
             }
             results = run_group("fused", header, model_runs, Path(tmp), args.timeout)
             for run in model_runs:
@@ -310,7 +407,31 @@ def parse_args(argv=None):
     )
     parser.add_argument("--dataset-rows", type=int, default=200, help="rows of the dataset row (default 200)")
     parser.add_argument("--no-dataset-row", action="store_true", help="skip the dataset row after the grid")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument(
+        "--captum",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the Captum part: prompt-only feature ablation and layer IG against Captum's LLM attribution "
+        "(on by default; --no-captum skips it)",
+    )
+    parser.add_argument("--captum-only", action="store_true", help="only the Captum part (no Inseq grid)")
+    parser.add_argument(
+        "--captum-methods",
+        type=csv(str),
+        help=f"comma-separated, from {', '.join(cases.CAPTUM_PEERS)} (default: both)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where every worker runs the model: cpu (default) or cuda[:N]; without a CUDA device, cuda "
+        "prints 'no CUDA device: skipped' and exits 0 (make bench-gpu)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="default benchmarks/results/latest.json (latest-cuda.json on CUDA)",
+    )
     parser.add_argument("--docs", action="store_true", help="rewrite the table in docs/benchmarks.md")
     parser.add_argument(
         "--update", action="store_true", help="keep the output's rows that this run does not redo"
@@ -320,6 +441,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    device, skipped = resolve_device(args.device)
+    if device is None:
+        print(skipped)
+        return 0
+    args.device = device
+    on_cuda = torch.device(device).type == "cuda"
+    if args.output is None:
+        args.output = HERE / "results" / ("latest-cuda.json" if on_cuda else "latest.json")
+    unknown_peers = sorted(set(args.captum_methods or ()) - set(cases.CAPTUM_PEERS))
+    if unknown_peers:
+        choices = ", ".join(cases.CAPTUM_PEERS)
+        raise SystemExit(f"no Captum comparison for {', '.join(unknown_peers)}; choose from {choices}")
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -349,14 +482,16 @@ def main(argv=None) -> int:
     if args.chunk_sweep:
         chunk_sweep(args, tokenizers, folders)
         return 0
-    if not args.no_inseq:
+    grid = [] if args.captum_only else plan(args, methods)
+    if not (args.no_inseq or args.captum_only):
         ensure_inseq()
     if args.dataset_run:
         dataset_row(args, methods, folders)
         return 0
-    configs = [c for c in plan(args, methods) if c.model in folders]
+    configs = [c for c in grid + plan_captum(args) if c.model in folders]
     runs = sum(len(c.engines) for c in configs)
-    print(f"{len(configs)} configurations, {runs} runs; methods: {', '.join(methods)}")
+    named = list(dict.fromkeys(c.method for c in configs))
+    print(f"{len(configs)} configurations, {runs} runs; methods: {', '.join(named)}")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="seqattr-bench-") as tmp:
         run_all(configs, folders, tokenizers, args, Path(tmp))
@@ -368,7 +503,9 @@ def main(argv=None) -> int:
     print(f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
     if args.docs:
         report.write_docs(document, ROOT / "docs" / "benchmarks.md")
-    if not args.no_dataset_row:
+    if on_cuda and not args.no_dataset_row:
+        print("dataset row: not run on CUDA (it times the command line on CPU; run it without --device)")
+    elif not (args.no_dataset_row or args.captum_only):
         dataset_row(args, methods, folders)
     return 0
 
