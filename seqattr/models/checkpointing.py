@@ -1,7 +1,7 @@
 """Activation checkpointing of a model's blocks when one forward pass's graph would exceed `GRAPH_BYTES`.
 
 A gradient method's forward pass keeps every block's activations for the backward pass: over a long
-sequence that graph is most of the method's memory (SmolLM2, 30 blocks, 1,000 tokens: about 1.5 GB). With
+sequence that graph is most of the method's memory (SmolLM2, 30 blocks, 1,000 tokens: about 1.3 GB). With
 checkpointing, a block keeps only its input; its activations are recomputed, one block at a time, when the
 backward pass reaches it (`torch.utils.checkpoint`, non-reentrant: it works with the batched backward of
 ``is_grads_batched`` and with double backward). The cost is about one more forward pass; the numbers are the
@@ -18,7 +18,9 @@ Forward hooks on a block stay outside its checkpoint (the block's ``forward`` is
 modules inside a block run again during the recomputation when they are still attached during the backward
 pass (LRP rules, a layer method's tap): they compute the same values again, which is all the recomputation
 needs; hooks removed after the forward pass (recording a quantity of interest) do not run again. Without
-gradients (no graph), blocks run as they are.
+gradients (no graph), blocks run as they are. The measuring block's saved tensors go through this module's
+own ``saved_tensors_hooks`` (the innermost hooks apply), so a caller's hooks (e.g. ``save_on_cpu``) do not
+see that block, as they do not see a checkpointed one.
 
 Example:
     >>> embeds = hf_model.get_input_embeddings()(torch.tensor([[5, 6, 7]])).requires_grad_()
@@ -45,7 +47,7 @@ from seqattr.typing import Tensor
 GRAPH_BYTES = 2**30
 """Activations one forward pass may keep for its backward pass, per stack of blocks, before the stack's blocks
 are checkpointed (1 GiB). Measured on SmolLM2 (docs/benchmarks.md, "Long contexts"): saliency at 1,000
-tokens keeps about 1.5 GB without checkpointing."""
+tokens keeps about 1.3 GB without checkpointing."""
 
 
 @dataclass
