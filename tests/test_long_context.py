@@ -3,8 +3,8 @@
 
 The tiny models' graphs are far below the real budget (`GRAPH_BYTES`, 1 GiB), so the tests set it to 0
 (checkpoint every pass) or to a huge value (never) and compare; a spy on ``torch.utils.checkpoint`` proves
-which one ran. Models have 4 blocks (the first block of a pass measures and is never checkpointed) and run in
-float64, where a recomputed block gives bit-identical values.
+which one ran. Models have 4 blocks, 8 in the memory test (the first block of a pass measures and is never
+checkpointed), and run in float64, where a recomputed block gives bit-identical values.
 """
 
 from __future__ import annotations
