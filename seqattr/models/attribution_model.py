@@ -27,6 +27,7 @@ from seqattr.methods.base import get_method_class
 from seqattr.models.architecture import ArchitectureFacts
 from seqattr.models.batch import AttributionBatch, additive_causal_mask
 from seqattr.models.causality import check_causal
+from seqattr.models.checkpointing import checkpointing_when_large
 from seqattr.models.family import ModelFamily
 from seqattr.models.model_state import left_as_found
 from seqattr.request import AttributionRequest
@@ -188,7 +189,9 @@ class AttributionModel:
             types = self.token_types(batch.source_ids[rows], batch.source_mask[rows])
             if types is not None:  # pairs: the second text is segment 1, as the tokenizer says
                 inputs["token_type_ids"] = types
-        return self.model(**inputs, use_cache=False, **kwargs)
+        # A long sequence's graph (gradient methods) is checkpointed block by block above a memory budget.
+        with checkpointing_when_large(self.model):
+            return self.model(**inputs, use_cache=False, **kwargs)
 
     def _needs_own_mask(self, mask: Int[Tensor, "n length"]) -> bool:
         """Whether transformers' own mask would turn left padding into NaN: eager attention in float64 (see
