@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,6 +40,7 @@ from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, 
 from seqattr.methods.gradient import CHUNK_BYTES, vocab_size
 from seqattr.methods.options import Baseline, MethodOptions
 from seqattr.methods.path_base import Baselines, resolve_baselines
+from seqattr.models.prefix_reuse import PrefixReuse, cache_bytes_per_position
 from seqattr.progress import expect_passes
 from seqattr.step_functions import get_step_function
 from seqattr.typing import Float, Int, Tensor
@@ -89,10 +90,26 @@ class PerturbationSetup:
     baselines: Baselines
     """Baseline embeddings of the attributed roles, full size."""
     info: dict
+    prefix: PrefixReuse | None = field(default=None, init=False, repr=False)
+    """The clean batch's key/value cache perturbed rows start from (`prefix_reuse`), made on first use."""
+    prefix_checked: bool = field(default=False, init=False, repr=False)
 
     @property
     def batch(self):
         return self.inputs.batch
+
+
+def prefix_reuse(setup: PerturbationSetup) -> PrefixReuse | None:
+    """The batch's clean prefix cache (made once per setup), or None where perturbed rows run whole: not a
+    decoder-only generator (`seqattr.models.prefix_reuse.applies_to`), a source side, or a quantity of
+    interest whose activations the pass must record at every position."""
+    if not setup.prefix_checked:
+        setup.prefix_checked = True
+        objective, inputs = setup.objective, setup.inputs
+        model = getattr(objective, "model", None)
+        if model is not None and inputs.source_embeds is None and not getattr(objective, "quantities", ()):
+            setup.prefix = PrefixReuse.of(model, setup.batch, inputs.target_embeds)
+    return setup.prefix
 
 
 def setup_perturbation(
@@ -172,15 +189,18 @@ class ScoreChunks:
             yield slice(start, min(start + self.rows, n))
 
 
-def score_chunks(setup: PerturbationSetup, steps: slice = slice(None)) -> ScoreChunks:
+def score_chunks(setup: PerturbationSetup, steps: slice = slice(None), cached: bool = False) -> ScoreChunks:
     """Chunks of rows and steps whose forward call stays within ``_CHUNK_BYTES``: the rows' input embeddings
     (``[rows, positions, hidden]``) plus the logits of their steps (``[rows, steps, vocab]``, times two with a
-    contrast), at least one row and one step per call. Chunking never changes results."""
+    contrast), and with ``cached`` (prefix reuse) each row's copy of the clean key/value cache, at least one
+    row and one step per call. Chunking never changes results."""
     batch = setup.batch
     embeds = setup.inputs.target_embeds
     element = embeds.element_size()
     positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
     per_row = positions * embeds.shape[-1] * element
+    if cached:
+        per_row += positions * cache_bytes_per_position(setup.objective.model)
     contrast = getattr(setup.objective, "contrast", None)
     per_logits = vocab_size(setup.inputs) * element * (2 if contrast is not None else 1)
     first, stop, _ = steps.indices(batch.num_steps)
@@ -203,25 +223,68 @@ def run_rows(
     setup: PerturbationSetup, rows: Int[Tensor, " n"], gates: Float[Tensor, "n features"]
 ) -> Float[Tensor, "n steps"]:
     """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and
-    of steps): only one chunk's logits exist at a time."""
-    chunks = score_chunks(setup)
-    expect_passes(setup.objective, -(-rows.shape[0] // chunks.rows) * len(chunks.step_slices))
+    of steps): only one chunk's logits exist at a time.
+
+    Decoder-only rows start from the clean prefix (`prefix_reuse`): a forward call runs from its rows' first
+    perturbed position on, so rows are taken in the order of that position, a chunk holds rows of one first
+    position only, and the scores are put back in the given order."""
+    with torch.no_grad():
+        reuse = prefix_reuse(setup) if rows.shape[0] else None
+    chunks = score_chunks(setup, cached=reuse is not None)
+    parts = list(chunks.row_slices(rows.shape[0]))
+    order = None
+    if reuse is not None:
+        with torch.no_grad():
+            first = torch.cat(
+                [
+                    reuse.first_changes(rows[p], perturbed_embeddings(setup, rows[p], gates[p])[1])
+                    for p in parts
+                ]
+            )
+        order = torch.argsort(first, stable=True)
+        rows, gates = rows[order], gates[order]
+        parts = _same_start(chunks.row_slices(rows.shape[0]), first[order].tolist())
+    expect_passes(setup.objective, len(parts) * len(chunks.step_slices))
     scores = []
     with torch.no_grad():
-        for part in chunks.row_slices(rows.shape[0]):
+        for part in parts:
             source, target = perturbed_embeddings(setup, rows[part], gates[part])
             if len(chunks.step_slices) == 1:
-                scores.append(setup.objective(source, target, chunks.step_slices[0], rows[part]))
+                scores.append(
+                    setup.objective(source, target, chunks.step_slices[0], rows[part], prefix=reuse)
+                )
                 continue
             row_scores = []
             for steps in chunks.step_slices:
                 # The prefix the chunk's steps need: their logits are those of the whole sequence.
                 prefix = target[:, : int(setup.batch.step_positions[steps].max())]
-                row_scores.append(setup.objective(source, prefix, steps, rows[part]))
+                row_scores.append(setup.objective(source, prefix, steps, rows[part], prefix=reuse))
             scores.append(torch.cat(row_scores, dim=1))
     if not scores:
         return torch.zeros(0, setup.batch.num_steps)
-    return torch.cat(scores)
+    result = torch.cat(scores)
+    if order is not None:
+        result = result[torch.argsort(order)]
+    return result
+
+
+def _same_start(parts: Iterator[slice], first: list[int]) -> list[slice]:
+    """``parts`` cut where the rows' first perturbed position changes (rows sorted by it): a call's pass
+    starts at its rows' first perturbed position, so a row perturbed later would compute positions again.
+
+    Example:
+        >>> _same_start(iter([slice(0, 3), slice(3, 5)]), [1, 1, 4, 4, 6])
+        [slice(0, 2, None), slice(2, 3, None), slice(3, 4, None), slice(4, 5, None)]
+    """
+    cut = []
+    for part in parts:
+        begin = part.start
+        for i in range(part.start + 1, part.stop):
+            if first[i] != first[i - 1]:
+                cut.append(slice(begin, i))
+                begin = i
+        cut.append(slice(begin, part.stop))
+    return cut
 
 
 def clean_scores(setup: PerturbationSetup) -> Float[Tensor, "batch steps"]:
