@@ -15,6 +15,15 @@ import time
 import torch
 
 PROMPT = "The three most important things to know about the history of Paris are"
+LONG_PROMPT = (
+    "Paris, the capital of France, grew from a small settlement of the Parisii tribe on an island in the "
+    "Seine into one of the largest cities of medieval Europe. The Romans called it Lutetia and built baths, "
+    "an arena and a forum on the left bank. Under the Capetian kings it became the seat of royal power, and "
+    "its university drew scholars from across the continent. The revolution of 1789 began with the storming "
+    "of the Bastille, and in the nineteenth century Baron Haussmann rebuilt the centre with wide boulevards. "
+    "Question: who rebuilt the centre of Paris? Answer:"
+)
+"""About 100 tokens: prompt attribution of a short answer, where most positions precede the answer."""
 
 
 def best_of(repeats: int, run):
@@ -35,15 +44,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--skip-captum", action="store_true")
     parser.add_argument("--prompt-only", action="store_true", help="only the prompt attribution runs")
+    parser.add_argument("--long-prompt", action="store_true", help="a 100-token prompt (LONG_PROMPT)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    prompt = LONG_PROMPT if args.long_prompt else PROMPT
 
     import seqattr
     from seqattr.models import prefix_reuse
 
     model = seqattr.load_model(None, "occlusion")
     hf_model, tokenizer = model.model, model.tokenizer
-    generated = model.attribute(PROMPT, generation_args={"max_new_tokens": args.steps}, show_progress=False)
+    generated = model.attribute(prompt, generation_args={"max_new_tokens": args.steps}, show_progress=False)
     target_ids = generated[0].target_ids
     text = tokenizer.decode(target_ids)
     prompt_len = generated[0].attr_pos_start
@@ -66,7 +77,7 @@ def main() -> None:
         wrapped = seqattr.load_model(hf_model, method, tokenizer=tokenizer, **kwargs.pop("options", {}))
         positions["n"] = 0
         wall, cpu, out = best_of(
-            args.repeats, lambda: wrapped.attribute(PROMPT, text, show_progress=False, **kwargs)
+            args.repeats, lambda: wrapped.attribute(prompt, text, show_progress=False, **kwargs)
         )
         prefix_reuse.ENABLED = True
         return f"{wall:7.2f} s ({cpu:6.2f} s CPU)", positions["n"] // args.repeats, out
@@ -93,7 +104,7 @@ def main() -> None:
     from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
 
     captum = LLMAttribution(FeatureAblation(hf_model), tokenizer)  # attr_target="log_prob"
-    inp = TextTokenInput(PROMPT, tokenizer)  # ablated tokens become id 0, as seqattr's baseline=0
+    inp = TextTokenInput(prompt, tokenizer)  # ablated tokens become id 0, as seqattr's baseline=0
     assert inp.values == tokenizer.convert_ids_to_tokens(target_ids[:prompt_len]), "prompt tokens differ"
     target = torch.tensor(target_ids[prompt_len:])
     positions["n"] = 0

@@ -6,7 +6,9 @@ for single-token ablation (counted with a hook on the model's forward).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,16 +30,40 @@ def generated() -> list[str]:
     return [p + c for p, c in zip(PROMPTS, CONTINUATIONS, strict=True)]
 
 
+@contextlib.contextmanager
+def positions_counted(model: seqattr.AttributionModel) -> Iterator[dict[str, int]]:
+    """Positions (rows x inputs) the Hugging Face model computes inside the block, every pass counted."""
+    counted = {"positions": 0}
+
+    def count(module, args, kwargs):
+        counted["positions"] += kwargs["inputs_embeds"].shape[0] * kwargs["inputs_embeds"].shape[1]
+
+    handle = model.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield counted
+    finally:
+        handle.remove()
+
+
 def attribute(
     model: seqattr.AttributionModel, reuse: bool, monkeypatch, **kwargs
 ) -> seqattr.AttributionOutput:
+    """``model.attribute`` on the padded batch with prefix reuse on or off; ``out.info["positions"]`` holds
+    the positions it computed."""
     monkeypatch.setattr(prefix_reuse, "ENABLED", reuse)
     kwargs.setdefault("attributed_fn", probability64)
-    return model.attribute(PROMPTS, generated(), show_progress=False, step_scores=["probability"], **kwargs)
+    with positions_counted(model) as counted:
+        out = model.attribute(
+            PROMPTS, generated(), show_progress=False, step_scores=["probability"], **kwargs
+        )
+    out.info["positions"] = counted["positions"]
+    return out
 
 
 def assert_same(reused: seqattr.AttributionOutput, full: seqattr.AttributionOutput) -> None:
-    """Same attributions (NaN at the same places) and step scores, to ``TOLERANCE``."""
+    """Same attributions (NaN at the same places) and step scores, to ``TOLERANCE``; reuse did run (fewer
+    positions computed)."""
+    assert reused.info.pop("positions") < full.info.pop("positions")
     assert len(reused) == len(full)
     for a, b in zip(reused, full, strict=True):
         assert a.target_attributions.dtype == torch.float64
@@ -97,22 +123,26 @@ def test_chunked_rows_and_steps_give_the_same_numbers(monkeypatch):
     the rows' reordering by first perturbed position."""
     model = exact_model("qwen2", "feature_ablation")
     monkeypatch.setattr(perturbation, "_CHUNK_BYTES", 1)
-    reused = attribute(model, True, monkeypatch)
-    monkeypatch.setattr(perturbation, "_CHUNK_BYTES", 2**40)
-    assert_same(reused, attribute(model, False, monkeypatch))
+    assert_same(attribute(model, True, monkeypatch), attribute(model, False, monkeypatch))
 
 
 @pytest.mark.parametrize("removal", ["replace", "delete"])
 def test_evaluation_curves_give_the_same_numbers(monkeypatch, removal):
     """Comprehensiveness, sufficiency and the deletion / insertion curves: the removal rows (``replace``) run
-    through the engine's rows, reusing the clean prefix; ``delete`` rows are scored as plain sequences."""
+    through the engine's rows, reusing the clean prefix (whatever it spares: removal rows often start at an
+    early token, below `MIN_SAVED_POSITIONS`); ``delete`` rows are scored as plain sequences."""
+    monkeypatch.setattr(perturbation, "MIN_SAVED_POSITIONS", 0.0)
     model = exact_model("llama", "feature_ablation")
     out = attribute(model, True, monkeypatch, attributed_fn="probability")
     metrics = ["comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc"]
-    results = []
+    results, positions = [], []
     for reuse in (True, False):
         monkeypatch.setattr(prefix_reuse, "ENABLED", reuse)
-        results.append(model.evaluate(out, metrics=metrics, removal=removal))
+        with positions_counted(model) as counted:
+            results.append(model.evaluate(out, metrics=metrics, removal=removal))
+        positions.append(counted["positions"])
+    if removal == "replace":  # deleted rows are other sequences: each runs whole, the count is the same
+        assert positions[0] < positions[1]
     for reused, full in zip(
         results[0].per_step + results[0].random_per_step,
         results[1].per_step + results[1].random_per_step,
@@ -171,6 +201,26 @@ def test_single_token_occlusion_computes_about_half_the_positions():
     assert needed <= positions - length <= needed / (1 - perturbation.WASTED_POSITIONS)
     full = (len(starts) + 1) * length
     assert positions < 0.6 * full
+
+
+def test_reuse_runs_only_where_it_spares_enough_positions(monkeypatch):
+    """Prompt-only attribution after a short prompt perturbs only early positions: below
+    `MIN_SAVED_POSITIONS` the rows run whole (each row's cache copy costs more than it spares)."""
+    model = exact_model("llama", "feature_ablation")
+    text = "Hi there, the cat sat on the mat and the dog sat on the rug all day long"
+    counts = []
+    for minimum in (0.0, perturbation.MIN_SAVED_POSITIONS):
+        monkeypatch.setattr(perturbation, "MIN_SAVED_POSITIONS", minimum)
+        with positions_counted(model) as counted:
+            out = model.attribute("Hi there", text, attribute_target=False, show_progress=False)
+        counts.append(counted["positions"])
+    length = len(out[0].target_ids)
+    starts = [start for start, _ in out.info["method_info"]["examples"][0]["features"]["target"]]
+    features = len(starts)
+    spared = sum(starts) / (features * length)  # each row could skip its positions before its token
+    assert 0 < spared < perturbation.MIN_SAVED_POSITIONS
+    assert counts[0] < counts[1]  # reuse forced: fewer positions
+    assert counts[1] == length + features * length  # whole rows after the scoring pass's clean row
 
 
 def test_reuse_is_off_where_it_does_not_apply(monkeypatch):

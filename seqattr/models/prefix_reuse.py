@@ -79,6 +79,23 @@ def _cache_keyword(model: AttributionModel) -> str | None:
     return None
 
 
+def first_changes(
+    clean: Float[Tensor, "n length hidden"], target_embeds: Float[Tensor, "n prefix_len hidden"]
+) -> Int[Tensor, " n"]:
+    """Each row's first (padded) position whose embedding differs from ``clean`` (cut to the rows' prefix);
+    the prefix length where none does.
+
+    Example:
+        >>> clean = torch.zeros(2, 4, 1)
+        >>> first_changes(clean, torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])[..., None])
+        tensor([2, 4])
+    """
+    length = target_embeds.shape[1]
+    differs = (target_embeds != clean[:, :length]).any(-1)
+    index = torch.arange(length, device=differs.device).expand_as(differs)
+    return torch.where(differs, index, length).amin(-1)
+
+
 class PrefixReuse:
     """The clean batch's key/value cache and step logits, and the perturbed rows' passes that start from them.
 
@@ -149,12 +166,8 @@ class PrefixReuse:
     def first_changes(
         self, rows: Int[Tensor, " n"], target_embeds: Float[Tensor, "n prefix_len hidden"]
     ) -> Int[Tensor, " n"]:
-        """Each row's first (padded) position whose embedding differs from its example's clean one; the
-        prefix length where none does."""
-        length = target_embeds.shape[1]
-        differs = (target_embeds != self.target_embeds[rows, :length]).any(-1)
-        index = torch.arange(length, device=differs.device).expand_as(differs)
-        return torch.where(differs, index, length).amin(-1)
+        """Each row's first perturbed position (`first_changes` against its example's clean embeddings)."""
+        return first_changes(self.target_embeds[rows], target_embeds)
 
     def step_logits(
         self, rows: Int[Tensor, " n"], target_embeds: Float[Tensor, "n prefix_len hidden"], steps: slice
