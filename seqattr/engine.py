@@ -48,6 +48,7 @@ from seqattr.typing import Float, Int, Tensor
 if TYPE_CHECKING:
     from seqattr.models.attribution_model import AttributionModel
     from seqattr.models.family import ModelFamily
+    from seqattr.models.prefix_reuse import PrefixReuse
 
 
 class StepObjective:
@@ -94,11 +95,22 @@ class StepObjective:
         target_embeds: Float[Tensor, "n prefix_len hidden"],
         steps: slice = slice(None),
         rows: Int[Tensor, " n"] | None = None,
+        prefix: PrefixReuse | None = None,
     ) -> Float[Tensor, "n steps"]:
+        """``prefix``: the clean batch's cache, from which the pass over perturbed rows starts where they
+        first differ from the clean sequence (`seqattr.models.prefix_reuse`; same scores, fewer positions)."""
         if rows is None:
             rows = self.rows_for(target_embeds.shape[0])
         args = step_function_args(
-            self.model, self.batch, rows, source_embeds, target_embeds, steps, self.contrast, self.quantities
+            self.model,
+            self.batch,
+            rows,
+            source_embeds,
+            target_embeds,
+            steps,
+            self.contrast,
+            self.quantities,
+            prefix=prefix,
         )
         scores = self.step_function(args)
         if self.clean_logits is not None:
@@ -125,10 +137,13 @@ def step_function_args(
     contrast: ContrastBatch | None,
     quantities: list[QuantityOfInterest] | tuple = (),
     logits: Float[Tensor, "n steps vocab"] | None = None,
+    prefix: PrefixReuse | None = None,
 ) -> StepFunctionArgs:
     """One forward pass's logits for the selected steps, the contrast pass (run on first use) and a rerun;
     the activations that ``quantities`` (of interest, `seqattr.qoi`) read are recorded in that pass. With
-    ``logits`` already computed (`CleanLogits`) and no quantity to record, no pass runs."""
+    ``logits`` already computed (`CleanLogits`) and no quantity to record, no pass runs. With ``prefix``
+    (decoder-only rows, nothing to record) the pass starts after the rows' clean prefix; a dropout rerun
+    runs the whole sequence."""
     positions = batch.step_positions[steps]
     if quantities and model.family.task != "generation":
         raise ValueError(
@@ -138,6 +153,8 @@ def step_function_args(
         )
 
     def forward(dropout: bool = False) -> Float[Tensor, "n steps vocab"]:
+        if prefix is not None and not dropout and not quantities and source_embeds is None:
+            return prefix.step_logits(rows, target_embeds, steps)
         with dropout_active(model.model) if dropout else contextlib.nullcontext():
             return model.step_logits(batch, rows, source_embeds, target_embeds, positions)
 

@@ -24,13 +24,18 @@ whose forward gives logits of the same shape) stay within ``_CHUNK_BYTES``. When
 every step exceed it (long generations), the steps are scored in chunks too, each on the prefix its steps
 need. Decoder-only models only: an encoder-decoder model's forward computes the logits of every target
 position, so its rows are chunked and its steps are not.
+
+Prefix reuse (decoder-only): a perturbed row equals the clean sequence before its first perturbed position,
+so `run_rows` runs the clean batch once with the key/value cache on and each chunk of rows only from its
+rows' first perturbed position on (`seqattr.models.prefix_reuse`); each row's copy of the cache then counts
+in the chunk's budget. Same numbers, about half the positions for single-token ablation.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,6 +45,7 @@ from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, 
 from seqattr.methods.gradient import CHUNK_BYTES, vocab_size
 from seqattr.methods.options import Baseline, MethodOptions
 from seqattr.methods.path_base import Baselines, resolve_baselines
+from seqattr.models.prefix_reuse import PrefixReuse, applies_to, cache_bytes_per_position, first_changes
 from seqattr.progress import expect_passes
 from seqattr.step_functions import get_step_function
 from seqattr.typing import Float, Int, Tensor
@@ -89,10 +95,37 @@ class PerturbationSetup:
     baselines: Baselines
     """Baseline embeddings of the attributed roles, full size."""
     info: dict
+    prefix: PrefixReuse | None = field(default=None, init=False, repr=False)
+    """The clean batch's key/value cache perturbed rows start from (`prefix_reuse`), made on first use."""
+    prefix_checked: bool = field(default=False, init=False, repr=False)
 
     @property
     def batch(self):
         return self.inputs.batch
+
+
+def _reuse_possible(setup: PerturbationSetup) -> bool:
+    """Whether the batch's perturbed rows may start from its clean prefix: a decoder-only generator
+    (`seqattr.models.prefix_reuse.applies_to`), no source side, and no quantity of interest (whose
+    activations the pass must record at every position)."""
+    objective, inputs = setup.objective, setup.inputs
+    model = getattr(objective, "model", None)
+    return (
+        model is not None
+        and inputs.source_embeds is None
+        and not getattr(objective, "quantities", ())
+        and applies_to(model)
+    )
+
+
+def prefix_reuse(setup: PerturbationSetup) -> PrefixReuse | None:
+    """The batch's clean prefix cache, made once per setup (one pass over the clean batch), or None where
+    it cannot be used (`_reuse_possible`, `PrefixReuse.of`)."""
+    if not setup.prefix_checked:
+        setup.prefix_checked = True
+        if _reuse_possible(setup):
+            setup.prefix = PrefixReuse.of(setup.objective.model, setup.batch, setup.inputs.target_embeds)
+    return setup.prefix
 
 
 def setup_perturbation(
@@ -172,15 +205,18 @@ class ScoreChunks:
             yield slice(start, min(start + self.rows, n))
 
 
-def score_chunks(setup: PerturbationSetup, steps: slice = slice(None)) -> ScoreChunks:
+def score_chunks(setup: PerturbationSetup, steps: slice = slice(None), cached: bool = False) -> ScoreChunks:
     """Chunks of rows and steps whose forward call stays within ``_CHUNK_BYTES``: the rows' input embeddings
     (``[rows, positions, hidden]``) plus the logits of their steps (``[rows, steps, vocab]``, times two with a
-    contrast), at least one row and one step per call. Chunking never changes results."""
+    contrast), and with ``cached`` (prefix reuse) each row's copy of the clean key/value cache, at least one
+    row and one step per call. Chunking never changes results."""
     batch = setup.batch
     embeds = setup.inputs.target_embeds
     element = embeds.element_size()
     positions = batch.target_ids.shape[1] + (batch.source_ids.shape[1] if batch.source_ids is not None else 0)
     per_row = positions * embeds.shape[-1] * element
+    if cached:
+        per_row += positions * cache_bytes_per_position(setup.objective.model)
     contrast = getattr(setup.objective, "contrast", None)
     per_logits = vocab_size(setup.inputs) * element * (2 if contrast is not None else 1)
     first, stop, _ = steps.indices(batch.num_steps)
@@ -203,25 +239,90 @@ def run_rows(
     setup: PerturbationSetup, rows: Int[Tensor, " n"], gates: Float[Tensor, "n features"]
 ) -> Float[Tensor, "n steps"]:
     """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and
-    of steps): only one chunk's logits exist at a time."""
-    chunks = score_chunks(setup)
-    expect_passes(setup.objective, -(-rows.shape[0] // chunks.rows) * len(chunks.step_slices))
+    of steps): only one chunk's logits exist at a time.
+
+    Decoder-only rows start from the clean prefix (`prefix_reuse`) when that saves at least
+    `MIN_SAVED_POSITIONS` of the positions: a forward call runs from its rows' earliest perturbed position on,
+    so rows are taken in the order of their first perturbed position, a chunk is cut where its later rows
+    would recompute too much (`WASTED_POSITIONS`), and the scores are put back in the given order."""
+    reuse, order, first = None, None, None
+    if rows.shape[0] and _reuse_possible(setup):
+        with torch.no_grad():
+            clean = setup.inputs.target_embeds
+            first = torch.cat(
+                [
+                    first_changes(clean[rows[p]], perturbed_embeddings(setup, rows[p], gates[p])[1])
+                    for p in score_chunks(setup).row_slices(rows.shape[0])
+                ]
+            )
+            length = clean.shape[1]
+            if int((length - first).sum()) <= (1 - MIN_SAVED_POSITIONS) * length * rows.shape[0]:
+                reuse = prefix_reuse(setup)
+    chunks = score_chunks(setup, cached=reuse is not None)
+    parts = list(chunks.row_slices(rows.shape[0]))
+    if reuse is not None:
+        order = torch.argsort(first, stable=True)
+        rows, gates = rows[order], gates[order]
+        parts = _start_groups(chunks.row_slices(rows.shape[0]), first[order].tolist(), length)
+    expect_passes(setup.objective, len(parts) * len(chunks.step_slices))
     scores = []
     with torch.no_grad():
-        for part in chunks.row_slices(rows.shape[0]):
+        for part in parts:
             source, target = perturbed_embeddings(setup, rows[part], gates[part])
             if len(chunks.step_slices) == 1:
-                scores.append(setup.objective(source, target, chunks.step_slices[0], rows[part]))
+                scores.append(
+                    setup.objective(source, target, chunks.step_slices[0], rows[part], prefix=reuse)
+                )
                 continue
             row_scores = []
             for steps in chunks.step_slices:
                 # The prefix the chunk's steps need: their logits are those of the whole sequence.
                 prefix = target[:, : int(setup.batch.step_positions[steps].max())]
-                row_scores.append(setup.objective(source, prefix, steps, rows[part]))
+                row_scores.append(setup.objective(source, prefix, steps, rows[part], prefix=reuse))
             scores.append(torch.cat(row_scores, dim=1))
     if not scores:
         return torch.zeros(0, setup.batch.num_steps)
-    return torch.cat(scores)
+    result = torch.cat(scores)
+    if order is not None:
+        result = result[torch.argsort(order)]
+    return result
+
+
+MIN_SAVED_POSITIONS = 1 / 4
+"""Prefix reuse runs when it spares at least this share of the rows' positions. Its costs: each row's copy of
+the cache in the per-call budget (SmolLM2, 40 steps: 1 row per call instead of 2) and, without a clean row
+among the rows, one pass over the clean batch. Measured on SmolLM2 (one CPU thread): sparing 10% of the
+positions (prompt-only attribution after a 13-token prompt) took the same CPU time as full forwards; random
+masks (LIME, KernelSHAP, Sobol) perturb early positions and spare less."""
+WASTED_POSITIONS = 1 / 8
+"""With prefix reuse a call runs from its rows' earliest first perturbed position; rows perturbed later
+compute some positions again. A chunk is cut where those would exceed this share of the call's positions:
+fewer, larger calls (a call reads every weight once, which small calls pay again and again) against
+positions computed twice. Measured on SmolLM2 (one CPU thread, 20 steps), one call per first position cost
+more time than no reuse at all."""
+
+
+def _start_groups(parts: Iterator[slice], first: list[int], length: int) -> list[slice]:
+    """``parts`` (chunks of rows sorted by their first perturbed position ``first``, in sequences of
+    ``length`` positions) cut so that no call computes more than `WASTED_POSITIONS` of its positions for
+    rows perturbed after its start.
+
+    Example:
+        >>> _start_groups(iter([slice(0, 4), slice(4, 5)]), [0, 1, 2, 9, 9], 10)
+        [slice(0, 3, None), slice(3, 4, None), slice(4, 5, None)]
+    """
+    groups = []
+    for part in parts:
+        begin, wasted = part.start, 0
+        for i in range(part.start + 1, part.stop):
+            extra = first[i] - first[begin]
+            if (wasted + extra) > WASTED_POSITIONS * (i + 1 - begin) * (length - first[begin]):
+                groups.append(slice(begin, i))
+                begin, wasted = i, 0
+            else:
+                wasted += extra
+        groups.append(slice(begin, part.stop))
+    return groups
 
 
 def clean_scores(setup: PerturbationSetup) -> Float[Tensor, "batch steps"]:

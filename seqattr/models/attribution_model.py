@@ -174,6 +174,26 @@ class AttributionModel:
         Example:
             >>> out = model.forward(batch, rows, source, target, output_attentions=True)   # doctest: +SKIP
         """
+        inputs = self.model_inputs(batch, rows, source_embeds, target_embeds)
+        # A long sequence's graph (gradient methods) is checkpointed block by block above a memory budget.
+        with checkpointing_when_large(self.model):
+            return self.model(**inputs, use_cache=False, **kwargs)
+
+    def model_inputs(
+        self,
+        batch: AttributionBatch,
+        rows: Int[Tensor, " n"],
+        source_embeds: Float[Tensor, "n source_len hidden"] | None,
+        target_embeds: Float[Tensor, "n prefix_len hidden"],
+    ) -> dict[str, Any]:
+        """The keyword arguments of `forward`'s pass (embeddings scaled as the model's lookup would, the
+        attention mask, positions, token types), for a caller that runs the model itself
+        (`seqattr.models.prefix_reuse` starts the pass after a cached prefix).
+
+        Example:
+            >>> sorted(model.model_inputs(batch, rows, None, target))   # doctest: +SKIP
+            ['attention_mask', 'inputs_embeds', 'position_ids']
+        """
         prefix_len = target_embeds.shape[1]
         source_scale = self.architecture.source_embedding_scale
         target_scale = self.architecture.target_embedding_scale
@@ -189,9 +209,7 @@ class AttributionModel:
             types = self.token_types(batch.source_ids[rows], batch.source_mask[rows])
             if types is not None:  # pairs: the second text is segment 1, as the tokenizer says
                 inputs["token_type_ids"] = types
-        # A long sequence's graph (gradient methods) is checkpointed block by block above a memory budget.
-        with checkpointing_when_large(self.model):
-            return self.model(**inputs, use_cache=False, **kwargs)
+        return inputs
 
     def _needs_own_mask(self, mask: Int[Tensor, "n length"]) -> bool:
         """Whether transformers' own mask would turn left padding into NaN: eager attention in float64 (see
