@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.gradient import (
     AttributionWriter,
     GradientOptions,
@@ -77,18 +77,25 @@ class DiscretizedIntegratedGradientsOptions(Baseline, InternalBatch, GradientOpt
 def token_paths(
     model, ids: Int[Tensor, "batch positions"], baseline: Float[Tensor, "batch positions hidden"], options
 ) -> Float[Tensor, "points batch positions hidden"]:
-    """The monotonic path of every token, computed once per distinct (token, baseline vector) pair."""
+    """The monotonic path of every token, computed once per distinct (token, baseline vector) pair.
+
+    The paths are built in float32 for a half-precision model (`output_dtype`): in bfloat16 the steps
+    ``current - (current - baseline) / n_steps`` and the neighbour distances round away. The keys are float64,
+    which holds every token id exactly (bfloat16 holds integers exactly only up to 256, float16 up to 2048: a
+    key in the model's dtype gave a rounded id, the path of another word).
+    """
     hidden = baseline.shape[-1]
-    keys = torch.cat([ids[..., None].to(baseline.dtype), baseline], -1).reshape(-1, hidden + 1)
+    keys = torch.cat([ids[..., None].double(), baseline.double()], -1).reshape(-1, hidden + 1)
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    dtype = output_dtype(baseline.dtype)
     with torch.no_grad():
         vocabulary = model.embed(
             torch.arange(model.model.get_input_embeddings().num_embeddings, device=ids.device)
         )
         paths = monotonic_paths(
-            vocabulary.to(baseline.dtype),
+            vocabulary.to(dtype),
             unique[:, 0].long(),
-            unique[:, 1:],
+            unique[:, 1:].to(dtype),
             options.n_steps,
             options.strategy,
             options.n_neighbors,
@@ -130,7 +137,9 @@ class DiscretizedIntegratedGradients(AttributionMethod):
                         factors.append(None)
                         continue
                     starts = path[block.start : block.stop]
-                    points.append(segment_points(path, block.start, block.stop, options.rule).flatten(0, 1))
+                    # The model runs in its dtype; the factors (segment lengths) stay in the path's float32.
+                    point = segment_points(path, block.start, block.stop, options.rule).to(embed.dtype)
+                    points.append(point.flatten(0, 1))
                     factors.append((path[block.start + 1 : block.stop + 1] - starts).flatten(0, 1))
                 yield PointBlock(points[0], points[1], factors[0], factors[1])
 
@@ -148,10 +157,12 @@ class DiscretizedIntegratedGradients(AttributionMethod):
             # The step's own paths (its prefix's tokens), then a plain Riemann loop, one path point at a time.
             prefix_len = attributed[-1].shape[1] if inputs.attribute_target else None
             paths = [p for p in self._paths(inputs, options, prefix_len) if p is not None]
-            totals = [torch.zeros_like(x) for x in attributed]
+            # Summed in float32 for a half-precision model, as the fused path's `path_sums`.
+            totals = [torch.zeros_like(x, dtype=output_dtype(x.dtype)) for x in attributed]
             for k in range(options.n_steps):
                 points = [
-                    segment_points(p, k, k + 1, options.rule)[0].detach().requires_grad_() for p in paths
+                    segment_points(p, k, k + 1, options.rule)[0].to(x.dtype).detach().requires_grad_()
+                    for p, x in zip(paths, attributed, strict=True)
                 ]
                 with torch.enable_grad():
                     grads = torch.autograd.grad(forward(*points, *additional).sum(), points)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.options import MethodOptions
 from seqattr.reductions import HIDDEN_REDUCTIONS, get_reduction
 from seqattr.typing import Float, Tensor
@@ -135,6 +135,10 @@ def batched_step_backward(scores: Float[Tensor, "n steps"], wrt: list[Tensor]) -
     """The gradient of each step's score (summed over the ``n`` rows) w.r.t. each tensor of ``wrt``, from one
     batched backward: ``[steps, *tensor.shape]`` per tensor. Rows must not interact (each is its own example).
 
+    The backward runs in the model's dtype; its gradients come back in `output_dtype` (float32 for a float16
+    or bfloat16 model), so that what methods build from them (products with the inputs, sums over hidden
+    units, path points, noisy copies and baselines) accumulates in float32, not in 8 bits of mantissa.
+
     Example:
         >>> (grad,) = batched_step_backward(objective(None, points), [points])  # doctest: +SKIP
     """
@@ -143,7 +147,8 @@ def batched_step_backward(scores: Float[Tensor, "n steps"], wrt: list[Tensor]) -
     seeds = torch.eye(num_steps, dtype=scores.dtype, device=scores.device)[:, None, :].expand(
         num_steps, n, num_steps
     )
-    return torch.autograd.grad(scores, wrt, seeds, is_grads_batched=True)
+    grads = torch.autograd.grad(scores, wrt, seeds, is_grads_batched=True)
+    return tuple(g.to(output_dtype(g.dtype)) for g in grads)
 
 
 class AttributionWriter:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from captum.attr import GradientShap as CaptumGradientShap
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.gradient import (
     AttributionWriter,
     GradientOptions,
@@ -101,10 +101,13 @@ class GradientShap(AttributionMethod):
                     noisy = (embeds + noise[block.start : block.stop]).flatten(0, 1)
                     base = baseline.repeat(len(block), 1, 1)
                     points[role] = alpha * noisy + (1 - alpha) * base
+                    # The points in the model's dtype (as Captum's); the factors, summed over the samples, in
+                    # float32 for a half-precision model (`output_dtype`).
+                    wide = output_dtype(noisy.dtype)
                     factors[role] = (
-                        (noisy - base) / samples
+                        (noisy.to(wide) - base.to(wide)) / samples
                         if options.multiply_by_inputs
-                        else torch.full_like(alpha, 1 / samples)
+                        else torch.full_like(alpha, 1 / samples, dtype=wide)
                     )
                 yield PointBlock(points["source"], points["target"], factors["source"], factors["target"])
 

@@ -35,7 +35,7 @@ from typing import ClassVar
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.gradient import AttributionWriter, step_chunks
 from seqattr.methods.options import (
     Baseline,
@@ -205,8 +205,11 @@ def path_points(
             if starts[role] is None:  # not attributed: stays at the input
                 moved[role] = copies
                 continue
-            difference = (end - starts[role]).repeat(len(block), 1, 1)
-            moved[role] = starts[role].repeat(len(block), 1, 1) + s * difference
+            # As `straight_path_blocks`: the model runs at points in its dtype, the products and sums of
+            # differences and weights are float32 for a half-precision model.
+            wide = output_dtype(end.dtype)
+            difference = (end.to(wide) - starts[role].to(wide)).repeat(len(block), 1, 1)
+            moved[role] = (starts[role].to(wide).repeat(len(block), 1, 1) + s * difference).to(end.dtype)
             differences.append(difference)
         yield PathPoints(
             moved["source"], moved["target"], torch.cat(differences, 1), s.flatten(), w.flatten()

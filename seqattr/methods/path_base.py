@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS, approximation_parameters
 
-from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput
+from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.convergence import CONVERGENCE_DELTA, Completeness
 from seqattr.methods.gradient import (
     AttributionWriter,
@@ -189,18 +189,20 @@ def block_coefficients(
     block: range, alphas: list[float], weights: list[float], batch_size: int, like: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The path positions ``alpha`` and quadrature weights of a block of points, one per row
-    (``[len(block) * batch_size, 1, 1]``, copies of the batch stacked block-wise), in ``like``'s dtype and
-    device.
+    (``[len(block) * batch_size, 1, 1]``, copies of the batch stacked block-wise), on ``like``'s device, in
+    the dtype the path's sums accumulate in (`output_dtype` of ``like``'s: float32 for a half-precision
+    model, whose 8 or 11 bits of mantissa would round the Gauss-Legendre weights off their sum of 1).
 
     Example:
-        >>> like = torch.ones(1, dtype=torch.float64)
+        >>> like = torch.ones(1, dtype=torch.bfloat16)
         >>> alpha, weight = block_coefficients(range(1, 3), [0.1, 0.5, 0.9], [0.2, 0.6, 0.2], 2, like)
-        >>> alpha.flatten().tolist(), weight.shape
-        ([0.5, 0.5, 0.9, 0.9], torch.Size([4, 1, 1]))
+        >>> alpha.flatten().tolist(), weight.shape, weight.dtype
+        ([0.5, 0.5, 0.8999999761581421, 0.8999999761581421], torch.Size([4, 1, 1]), torch.float32)
     """
 
     def rows(values: list[float]) -> Tensor:
-        chosen = torch.tensor([values[i] for i in block], dtype=like.dtype, device=like.device)
+        chosen = [values[i] for i in block]
+        chosen = torch.tensor(chosen, dtype=output_dtype(like.dtype), device=like.device)
         return chosen.repeat_interleave(batch_size)[:, None, None]
 
     return rows(alphas), rows(weights)
@@ -372,8 +374,10 @@ def straight_path_blocks(
             if begin is None:  # not attributed: stays at the input
                 points[role], factors[role] = copies, None
                 continue
-            difference = (end - begin).repeat(len(block), 1, 1)
-            points[role] = begin.repeat(len(block), 1, 1) + alpha * difference
+            # The points are where the model runs (its dtype); the factors are summed (float32 at least).
+            wide = output_dtype(end.dtype)
+            difference = (end.to(wide) - begin.to(wide)).repeat(len(block), 1, 1)
+            points[role] = (begin.to(wide).repeat(len(block), 1, 1) + alpha * difference).to(end.dtype)
             factors[role] = weight * difference if options.multiply_by_inputs else weight
         yield PointBlock(points["source"], points["target"], factors["source"], factors["target"])
 

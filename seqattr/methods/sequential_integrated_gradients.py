@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 
-from seqattr.methods.base import MethodInputs
+from seqattr.methods.base import MethodInputs, output_dtype
 from seqattr.methods.path_base import (
     Baselines,
     PathMethod,
@@ -49,12 +49,14 @@ def _single_token_blocks(
     target = inputs.target_embeds[:, :prefix_len]
     roles = [("source", inputs.source_embeds, baselines.source), ("target", target, baselines.target)]
     tokens = attributed_tokens(inputs, prefix_len, baselines.source is not None, baselines.target is not None)
-    device, dtype = target.device, target.dtype
+    # Points in the model's dtype; weights, differences and factors in the dtype the sums accumulate in
+    # (float32 for a half-precision model, as `straight_path_blocks`).
+    device, dtype, wide = target.device, target.dtype, output_dtype(target.dtype)
     for block in point_blocks(len(tokens) * len(alphas), batch, options.internal_batch_size):
         copies = len(block)
         points = [expand_rows(embeds, copies) for _, embeds, _ in roles]
         factors = [
-            None if base is None else torch.zeros_like(p)
+            None if base is None else torch.zeros_like(p, dtype=wide)
             for p, (_, _, base) in zip(points, roles, strict=True)
         ]
         for r, (_, embeds, base) in enumerate(roles):
@@ -66,13 +68,14 @@ def _single_token_blocks(
             if not chosen:
                 continue
             copy, position, alpha_index = (torch.tensor(v, device=device) for v in zip(*chosen, strict=True))
-            alpha = torch.tensor(alphas, dtype=dtype, device=device)[alpha_index][:, None, None]
-            weight = torch.tensor(weights, dtype=dtype, device=device)[alpha_index][:, None, None]
-            start = base[:, : embeds.shape[1]][:, position].transpose(0, 1)  # [chosen, batch, hidden]
-            difference = embeds[:, position].transpose(0, 1) - start
+            alpha = torch.tensor(alphas, dtype=wide, device=device)[alpha_index][:, None, None]
+            weight = torch.tensor(weights, dtype=wide, device=device)[alpha_index][:, None, None]
+            # [chosen, batch, hidden]
+            start = base[:, : embeds.shape[1]][:, position].transpose(0, 1).to(wide)
+            difference = embeds[:, position].transpose(0, 1).to(wide) - start
             view = points[r].view(copies, batch, *embeds.shape[1:])
-            view[copy, :, position] = start + alpha * difference
-            factors[r].view_as(view)[copy, :, position] = (
+            view[copy, :, position] = (start + alpha * difference).to(dtype)
+            factors[r].view(copies, batch, *embeds.shape[1:])[copy, :, position] = (
                 weight * difference if options.multiply_by_inputs else (weight.expand_as(difference))
             )
         yield PointBlock(points[0], points[1], factors[0], factors[1])
