@@ -18,6 +18,8 @@ loop: Captum has no Sobol method).
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +70,11 @@ score vary by about one ``eps`` of its magnitude (measured: ``softmax(logits).su
 models, 0.6-1 eps in float32 and float64); dividing by that variance gave indices of pure noise (up to 2.3).
 A real effect 32 times the rounding is already hard to resolve (rounding is ~0.1% of its variance)."""
 
+HALF_CONSTANT_TOLERANCE = 2
+"""The tolerance in bfloat16 and float16 (``eps >= 1e-4``), where 32 eps would be 25% of the largest score in
+bfloat16 and zeroed real effects (every step of the tiny test GPT-2); below 2 eps a step's indices are
+dominated by rounding (a quarter of its variance or more). A warning counts the steps zeroed there."""
+
 
 def sobol_design(num_features: int, n_designs: int, seed: int) -> tuple[Tensor, Tensor]:
     """Designs ``A`` [n, M] and ``C`` [M, n, M] (``C[i]`` = ``A`` with column ``i`` from ``B``), float64.
@@ -106,7 +113,16 @@ def total_indices(
     indices = _total_indices(a.double(), c.double(), estimator)
     values = torch.cat([a[None].double(), c.double()])  # [1 + features, n, ...]
     spread = values.flatten(0, 1).std(0)
-    constant = spread <= CONSTANT_TOLERANCE * eps * values.abs().flatten(0, 1).amax(0)
+    half = eps >= 1e-4
+    tolerance = HALF_CONSTANT_TOLERANCE if half else CONSTANT_TOLERANCE
+    constant = spread <= tolerance * eps * values.abs().flatten(0, 1).amax(0)
+    if half and constant.any():
+        warnings.warn(
+            f"sobol: {int(constant.sum())} of {constant.numel()} step score(s) vary by less than "
+            f"{HALF_CONSTANT_TOLERANCE} rounding units of the model's half-precision dtype over the designs; "
+            "their indices are set to 0. Load the model in float32 to resolve effects that small.",
+            stacklevel=2,
+        )
     return indices.masked_fill(constant, 0.0)
 
 
