@@ -493,6 +493,18 @@ def reply_example(model, i: int, prompt: list[int], reply: str) -> tuple[list[in
     ids = list(model.tokenizer(reply, add_special_tokens=False)["input_ids"])
     if not ids:
         raise ValueError(f"generated_texts[{i}] has no tokens: give the reply to explain")
+    # A special token written in the reply (an end-of-turn marker, a copied role header) is one token, as
+    # the template writes it; a reply ends at its end-of-turn token, so text after one is not this reply
+    # (a pasted rendered turn, the next turn): explaining it would explain tokens the model never replies.
+    special = set(model.tokenizer.all_special_ids)
+    inner = [k for k, token in enumerate(ids[:-1]) if token in special]
+    if inner:
+        marker = model.tokenizer.convert_ids_to_tokens(ids[inner[0]])
+        raise ValueError(
+            f"generated_texts[{i}] ({reply[:60]!r}) holds the special token {marker!r} before its end: give "
+            "the reply's text only (the chat template's role header is already in the prompt; an end-of-turn "
+            "token may only end the reply)"
+        )
     model.check_length(len(prompt) + len(ids), f"the prompt plus generated_texts[{i}]")
     return [], prompt + ids, len(prompt)
 

@@ -1,0 +1,42 @@
+"""A new user's chat and context-attribution calls, from docs/chat.md and docs/context_attribution.md as
+written: the mistakes such a user plausibly makes are refused with the problem and its fix named (never a
+crash deep in a library, never a silently wrong result). Tiny random-weight models of the test zoo.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import seqattr
+from seqattr.testing import tiny_model
+
+QUESTION = [
+    {"role": "system", "content": "Answer in one word."},
+    {"role": "user", "content": "Anna lives in Paris. Tom lives in Berlin. Where does Anna live?"},
+]
+
+
+def chat_model(method: str = "saliency") -> seqattr.AttributionModel:
+    model, tokenizer = tiny_model("qwen2")  # ships a ChatML template
+    return seqattr.load_model(model, method, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Paris<|im_end|>\n",  # the rendered assistant turn, copied with its newline
+        "Paris<|im_end|>\n<|im_start|>user\nThanks",  # the next turn too
+        "<|im_start|>assistant\nParis",  # the role header the prompt already ends with
+    ],
+)
+def test_a_forced_reply_with_template_tokens_inside_is_refused(reply):
+    model = chat_model()
+    with pytest.raises(ValueError, match=r"generated_texts\[0\].*special token.*reply's text only"):
+        model.attribute(messages=QUESTION, generated_texts=reply, show_progress=False)
+
+
+def test_a_forced_reply_may_end_with_the_end_of_turn_token():
+    # As a generated reply ends: its end-of-turn token is the last step, explained like the others.
+    model = chat_model()
+    seq = model.attribute(messages=QUESTION, generated_texts="Paris<|im_end|>", show_progress=False)[0]
+    assert seq.steps == ["Paris", "<|im_end|>"]
