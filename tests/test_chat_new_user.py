@@ -5,6 +5,8 @@ crash deep in a library, never a silently wrong result). Tiny random-weight mode
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import seqattr
@@ -40,3 +42,35 @@ def test_a_forced_reply_may_end_with_the_end_of_turn_token():
     model = chat_model()
     seq = model.attribute(messages=QUESTION, generated_texts="Paris<|im_end|>", show_progress=False)[0]
     assert seq.steps == ["Paris", "<|im_end|>"]
+
+
+@pytest.mark.parametrize(
+    ("message", "named"),
+    [
+        ({"role": "user"}, "has no 'content' key (its keys: 'role')"),
+        ({"role": "user", "text": "Hi"}, "has no 'content' key (its keys: 'role', 'text')"),
+        ({"content": "Hi"}, "has no 'role' key (its keys: 'content')"),
+    ],
+)
+def test_a_message_without_its_role_or_content_key_names_the_missing_key(message, named):
+    model = chat_model()
+    with pytest.raises(TypeError, match=r"messages\[1\] " + re.escape(named)):
+        model.attribute(messages=[QUESTION[0], message], generated_texts="Paris", show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "templates",
+    [
+        {"contextless_input_current_text": ["{current}", "{current}"]},
+        {"input_template": ["{context} {current}"] * 2},
+    ],
+)
+def test_attribute_context_refuses_a_template_given_per_example(templates):
+    # docs/context_attribution.md: the texts take one per example; a user may try the same for a template.
+    hf_model, tokenizer = tiny_model("gpt2")
+    model = seqattr.load_model(hf_model, "saliency", tokenizer=tokenizer)
+    argument = next(iter(templates))
+    with pytest.raises(TypeError, match=rf"{argument} must be one string for every example.*got list"):
+        model.attribute_context(
+            ["the cat sat on the", "a bird"], "a dog ran home", ["mat and", "flew over"], **templates
+        )
