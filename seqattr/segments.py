@@ -200,7 +200,17 @@ def offsets_of(tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], sp
             "the prompt's tokens cannot be mapped back to its text (the template's token ids differ from the "
             "tokenization of its rendered text); pass the rendered prompt as input_texts instead"
         )
-    return [tuple(o) for o in encoding["offset_mapping"]]
+    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    special_ids = set(tokenizer.all_special_ids)
+    for i, ((a, b), token) in enumerate(zip(offsets, ids, strict=True)):
+        # Byte-level tokenizers that trim offsets (BART, RoBERTa) give a whitespace-only token an empty span
+        # (a, a): it would then belong to no part (scaffolding, never perturbed) even inside a segment. Its
+        # characters are the whitespace just before a, checked against the text.
+        if a == b and token not in special_ids:
+            piece = tokenizer.decode([token])
+            if piece and text[max(a - len(piece), 0) : a] == piece:
+                offsets[i] = (a - len(piece), a)
+    return offsets
 
 
 def roles_from_offsets(

@@ -74,3 +74,19 @@ def test_attribute_context_refuses_a_template_given_per_example(templates):
         model.attribute_context(
             ["the cat sat on the", "a bird"], "a dog ran home", ["mat and", "flew over"], **templates
         )
+
+
+def test_whitespace_tokens_with_empty_offsets_belong_to_their_segment():
+    # BART's tokenizer trims offsets: a lone space token ('Ġ' before "Paris") gets the empty span (23, 23).
+    # It was scaffolding (masked, never perturbed) although it lies inside the "doc" segment, so occluding
+    # "doc" left a piece of it in place. Only the special tokens are scaffolding here.
+    hf_model, tokenizer = tiny_model("bart")
+    model = seqattr.load_model(hf_model, "occlusion", tokenizer=tokenizer)
+    text = "Context: Anna lives in Paris. Question: Where does Anna live?"
+    segments = [("doc", "Anna lives in Paris."), ("question", " Where does Anna live?")]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
+    assert "Ġ" in tokens  # the case under test: whitespace-only tokens
+    out = model.attribute(text, "Paris", segments=segments, show_progress=False)
+    assert out.info["prompts"][0]["template"] == [0, len(tokens) - 1]  # <s> and </s>
+    parts = model.attribute(text, "Paris", segments=segments, granularity="segment", show_progress=False)
+    assert parts[0].source == ["<s>", "Context:Ġ", "doc", "ĠQuestion:", "question", "</s>"]
