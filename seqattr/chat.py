@@ -81,8 +81,15 @@ def as_conversations(messages: Any, argument: str = "messages") -> list[list[dic
         turns = []
         for k, message in enumerate(conversation):
             name = f"{where}[{k}]"
-            if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            if not isinstance(message, Mapping):
                 raise TypeError(f"{name} must be a dict with 'role' and 'content', like {example[1:-1]}")
+            missing = [key for key in ("role", "content") if key not in message]
+            if missing:
+                keys = ", ".join(map(repr, message)) or "none"
+                raise TypeError(
+                    f"{name} has no {' and no '.join(map(repr, missing))} key (its keys: {keys}); a message "
+                    f"must be a dict with 'role' and 'content', like {example[1:-1]}"
+                )
             role, content = message["role"], message["content"]
             if role not in ROLES:
                 raise ValueError(f"{name}: unknown role {role!r}; valid roles: {', '.join(map(repr, ROLES))}")

@@ -362,6 +362,22 @@ def attribute_context(
         contextless_output_current_text,
         decoder_input_output_separator,
     )
+    for argument, value in zip(
+        (
+            "input_template",
+            "output_template",
+            "contextless_input_current_text",
+            "contextless_output_current_text",
+        ),
+        dataclasses.astuple(templates)[:4],
+        strict=True,
+    ):
+        # The texts take one per example; a template is one for all (a list would reach str.format).
+        if value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"{argument} must be one string for every example (e.g. '{{current}}'), got "
+                f"{type(value).__name__} {value!r}; the texts take one per example, the templates do not"
+            )
     plans = [
         _plan(model, texts, templates, f"example {i}: " if several else "")
         for i, texts in enumerate(examples)

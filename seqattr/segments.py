@@ -200,7 +200,17 @@ def offsets_of(tokenizer: PreTrainedTokenizerBase, text: str, ids: list[int], sp
             "the prompt's tokens cannot be mapped back to its text (the template's token ids differ from the "
             "tokenization of its rendered text); pass the rendered prompt as input_texts instead"
         )
-    return [tuple(o) for o in encoding["offset_mapping"]]
+    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    special_ids = set(tokenizer.all_special_ids)
+    for i, ((a, b), token) in enumerate(zip(offsets, ids, strict=True)):
+        # Byte-level tokenizers that trim offsets (BART, RoBERTa) give a whitespace-only token an empty span
+        # (a, a): it would then belong to no part (scaffolding, never perturbed) even inside a segment. Its
+        # characters are the whitespace just before a, checked against the text.
+        if a == b and token not in special_ids:
+            piece = tokenizer.decode([token])
+            if piece and text[max(a - len(piece), 0) : a] == piece:
+                offsets[i] = (a - len(piece), a)
+    return offsets
 
 
 def roles_from_offsets(
@@ -493,6 +503,18 @@ def reply_example(model, i: int, prompt: list[int], reply: str) -> tuple[list[in
     ids = list(model.tokenizer(reply, add_special_tokens=False)["input_ids"])
     if not ids:
         raise ValueError(f"generated_texts[{i}] has no tokens: give the reply to explain")
+    # A special token written in the reply (an end-of-turn marker, a copied role header) is one token, as
+    # the template writes it; a reply ends at its end-of-turn token, so text after one is not this reply
+    # (a pasted rendered turn, the next turn): explaining it would explain tokens the model never replies.
+    special = set(model.tokenizer.all_special_ids)
+    inner = [k for k, token in enumerate(ids[:-1]) if token in special]
+    if inner:
+        marker = model.tokenizer.convert_ids_to_tokens(ids[inner[0]])
+        raise ValueError(
+            f"generated_texts[{i}] ({reply[:60]!r}) holds the special token {marker!r} before its end: give "
+            "the reply's text only (the chat template's role header is already in the prompt; an end-of-turn "
+            "token may only end the reply)"
+        )
     model.check_length(len(prompt) + len(ids), f"the prompt plus generated_texts[{i}]")
     return [], prompt + ids, len(prompt)
 
