@@ -192,3 +192,20 @@ def test_value_zeroing_is_zero_where_attention_output_is_cut():
 def test_value_zeroing_refuses_an_unknown_architecture():
     with pytest.raises(ValueError, match="DECODER_LAYOUTS"):
         decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("method", ["value_zeroing", "alti_logit", "attention", "attention_rollout"])
+def test_fused_internals_run_the_whole_padded_batch_in_one_pass(method):
+    # They once ran each example alone (float64 eager attention turned left padding into NaN); the model's own
+    # mask fixed that, and batched == single is checked in tests/test_invariants.py, float64 included.
+    model = exact_model("llama", method)
+    sizes = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True
+    )
+    try:
+        out = attribute(model, generation_args={"max_new_tokens": 3})
+    finally:
+        handle.remove()
+    assert len(out) == 2 and all(torch.isfinite(seq.target_attributions).any() for seq in out)
+    assert min(sizes) == 2  # no pass over one example alone (value zeroing's zeroed rows: larger passes)

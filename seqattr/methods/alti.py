@@ -36,11 +36,11 @@ Follows the authors' implementation (github.com/mt-upc/logit-explanations, ``src
 anew on the model's own modules through hooks. The attributed function is not used: the method explains the
 logit of each step's target token (the output's info says so).
 
-Cost: one forward pass per example (eager attention, for the weights), then per layer the transformed
-vectors of every (query, key) pair, ``O(T^2 d)`` operations, held a chunk of query rows at a time (at most
-`_CHUNK_ELEMENTS` values), so memory stays bounded on long sequences. The decoder is causal: row ``n``
-depends on rows ``<= n`` only, so that one pass gives every step; the stepwise reference runs one pass per
-step on its prefix.
+Cost: one forward pass over the padded batch (eager attention, for the weights), then per layer the
+transformed vectors of every (query, key) pair, ``O(T^2 d)`` operations, held a chunk of query rows at a time
+(at most `_CHUNK_ELEMENTS` values), so memory stays bounded on long sequences. The decoder is causal: row
+``n`` depends on rows ``<= n`` only, so that one pass gives every step; the stepwise reference runs one pass
+per step on its prefix.
 """
 
 from __future__ import annotations
@@ -504,7 +504,7 @@ class AltiLogit(AttributionMethod):
         )
 
     def attribute_fused(self, inputs: MethodInputs, options: AltiLogitOptions) -> MethodOutput:
-        return each_example(self.model, inputs, lambda single: self._fused(single, options))
+        return self._fused(inputs, options)
 
     def attribute_stepwise(self, inputs: MethodInputs, options: AltiLogitOptions) -> MethodOutput:
         return each_example(self.model, inputs, lambda single: self._stepwise(single, options))

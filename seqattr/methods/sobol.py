@@ -19,7 +19,6 @@ loop: Captum has no Sobol method).
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass
 
 import torch

@@ -10,9 +10,10 @@ are ``[positions, steps, layers]`` (``layers=`` selects, ``aggregate_layers=`` t
 
 Cost: every layer is evaluated on its original input (a hook puts the clean input back at each layer), so one
 pass over a copy of the sequence zeroing token ``j`` in every layer at once gives all layers' scores for
-``j``: one clean pass plus one copy per attributed token, for all steps and layers together (each example
-alone, unpadded: see `each_example`). Works with any attention implementation (values are zeroed before the
-attention kernel). The stepwise reference does the same on each step's own prefix.
+``j``: one clean pass plus one copy per attributed token, for all steps and layers together, the whole padded
+batch at once (the model's own mask keeps float64 left padding finite). Works with any attention
+implementation (values are zeroed before the attention kernel). The stepwise reference does the same on each
+step's own prefix.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ class ValueZeroing(AttributionMethod):
         )
 
     def attribute_fused(self, inputs: MethodInputs, options: ValueZeroingOptions) -> MethodOutput:
-        return each_example(self.model, inputs, lambda single: self._fused(single, options))
+        return self._fused(inputs, options)
 
     def attribute_stepwise(self, inputs: MethodInputs, options: ValueZeroingOptions) -> MethodOutput:
         return each_example(self.model, inputs, lambda single: self._stepwise(single, options))
