@@ -129,7 +129,6 @@ def test_default_tolerance_is_the_warning_bound():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (dict(n_steps="fast"), "n_steps must be a positive integer or 'auto', got 'fast'"),
         (dict(n_steps="auto", tolerance=-0.1), "tolerance must be a positive number"),
         (dict(n_steps="auto", tolerance=float("nan")), "tolerance must be a positive number"),
         (dict(tolerance=0.01), "tolerance applies to adaptive integration only; pass n_steps='auto'"),
@@ -142,6 +141,13 @@ def test_default_tolerance_is_the_warning_bound():
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         exact_model("gpt2", "integrated_gradients", **options)
+
+
+def test_a_string_other_than_auto_is_refused():
+    with pytest.raises(TypeError, match="n_steps must be an integer or 'auto', got 'fast' \\(str\\)"):
+        exact_model("gpt2", "integrated_gradients", n_steps="fast")
+    with pytest.raises(TypeError, match="n_steps must be an integer or 'auto', got 'auto ' \\(str\\)"):
+        exact_model("gpt2", "expected_gradients", n_steps="auto ")
 
 
 def test_stepwise_and_other_methods_refuse_auto():

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -98,7 +99,7 @@ class AdaptiveSteps(MethodOptions):
     """``n_steps="auto"``: adaptive integration (`seqattr.methods.adaptive_integration`). Mixed in before
     `IntegrationOptions`, whose ``n_steps`` it extends to ``"auto"``."""
 
-    n_steps: int | str = 50
+    n_steps: int | Literal["auto"] = 50
     """Integration points per path, or ``"auto"``: the nested trapezoid rule refined per step until its
     completeness error is within ``tolerance`` (or ``max_n_steps`` points are reached)."""
     tolerance: float | None = None

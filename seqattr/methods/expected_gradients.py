@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -62,7 +63,7 @@ class References(MethodOptions):
 
 @dataclass
 class ExpectedGradientsOptions(AdaptiveSteps, Seed, ConvergenceDelta, References, IntegrationOptions):
-    n_steps: int | str = 20
+    n_steps: int | Literal["auto"] = 20
     """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest), or
     ``"auto"``: every baseline's path on the same nested trapezoid grid, refined per step until the mean over
     baselines adds up to ``f(input) - mean f(baseline)`` within ``tolerance``."""
