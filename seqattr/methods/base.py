@@ -190,7 +190,7 @@ def check_option_type(method: str, name: str, declared: str, value: Any, default
     kinds = [part.strip() for part in declared.split("|")]
     optional = "None" in kinds
     kinds = [kind for kind in kinds if kind != "None"]
-    spelled = [kind.removeprefix("Literal[").removesuffix("]") for kind in kinds if kind.startswith("Literal[")]
+    spelled = [kind[len("Literal[") : -1] for kind in kinds if kind.startswith("Literal[")]
     literals = [value for inside in spelled for value in ast.literal_eval(f"[{inside}]")]
     kinds = [kind for kind in kinds if not kind.startswith("Literal[")]
     if not kinds or any(kind not in _PLAIN_TYPES for kind in kinds):
