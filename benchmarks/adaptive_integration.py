@@ -41,7 +41,8 @@ def main(steps: int) -> None:
     full = model.tokenizer.decode(generated[0].target_ids, skip_special_tokens=False)
     print("text:", repr(full), "steps", generated[0].num_steps, flush=True)
     common = dict(generated_texts=full, baseline="unk", return_convergence_delta=True, show_progress=False)
-    model.attribute("Hi there", generation_args={"max_new_tokens": 2}, baseline="unk", show_progress=False)
+    warmup = dict(generation_args={"max_new_tokens": 2}, baseline="unk", n_steps=5, show_progress=False)
+    model.attribute("Hi there", **warmup)
     for config in CONFIGS:
         load = os.getloadavg()
         started = time.perf_counter()
