@@ -39,9 +39,9 @@ PROMPT, FORCED = "a dog runs", "a dog runs fast and far"
         (
             "integrated_gradients",
             {"n_steps": 8.0},
-            r"n_steps must be an integer, got 8.0 \(float\); pass n_steps=8",
+            r"n_steps must be an integer or 'auto', got 8.0 \(float\); pass n_steps=8",
         ),
-        ("integrated_gradients", {"n_steps": "8"}, r"n_steps must be an integer, got '8' \(str\)"),
+        ("integrated_gradients", {"n_steps": "8"}, r"n_steps must be an integer or 'auto', got '8' \(str\)"),
         (
             "integrated_gradients",
             {"internal_batch_size": False},

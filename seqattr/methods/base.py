@@ -12,6 +12,7 @@ Two paths, held equal by the tests:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import dataclasses
@@ -171,7 +172,8 @@ def check_option_type(method: str, name: str, declared: str, value: Any, default
     right value, when given) when its type is wrong.
 
     Only annotations made of plain types are checked (``bool``, ``int``, ``float``, ``str``, each possibly
-    ``| None``); richer ones (tensors, modules, lists) are left to the options' ``validate``. A bool is never
+    ``| None``, and ``Literal`` strings such as ``int | Literal["auto"]``); richer ones (tensors, modules,
+    lists) are left to the options' ``validate``. A bool is never
     an int or a float here (``window=True`` is a mistake, not 1), a string never a bool (``"false"`` would
     be truthy), a float never an int (``n_steps=8.0``). NumPy scalars are accepted and made Python ones.
 
@@ -182,13 +184,20 @@ def check_option_type(method: str, name: str, declared: str, value: Any, default
         Traceback (most recent call last):
         ...
         TypeError: occlusion option window must be an integer, got True (bool); pass e.g. window=1
+        >>> check_option_type("integrated_gradients", "n_steps", 'int | Literal["auto"]', "auto")
+        'auto'
     """
     kinds = [part.strip() for part in declared.split("|")]
     optional = "None" in kinds
     kinds = [kind for kind in kinds if kind != "None"]
+    spelled = [kind[len("Literal[") : -1] for kind in kinds if kind.startswith("Literal[")]
+    literals = [value for inside in spelled for value in ast.literal_eval(f"[{inside}]")]
+    kinds = [kind for kind in kinds if not kind.startswith("Literal[")]
     if not kinds or any(kind not in _PLAIN_TYPES for kind in kinds):
         return value
     if value is None and optional:
+        return value
+    if isinstance(value, str) and value in literals:
         return value
     if isinstance(value, np.generic) and not isinstance(value, np.str_):
         value = value.item()  # np.bool_ -> bool, np.int64 -> int, np.float32 -> float
@@ -201,7 +210,8 @@ def check_option_type(method: str, name: str, declared: str, value: Any, default
             return value
         if kind == "str" and isinstance(value, str):
             return value
-    wanted = " or ".join(_PLAIN_TYPES[kind] for kind in kinds) + (" or None" if optional else "")
+    wanted = " or ".join([_PLAIN_TYPES[kind] for kind in kinds] + [repr(v) for v in literals])
+    wanted += " or None" if optional else ""
     if kinds == ["bool"] and isinstance(value, str) and value.strip().lower() in _SPELLED_BOOLS:
         fix = f"pass {name}={_SPELLED_BOOLS[value.strip().lower()]}"
     elif kinds == ["bool"]:

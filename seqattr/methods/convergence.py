@@ -40,22 +40,36 @@ class ConvergenceWarning(UserWarning):
     """
 
 
+def default_tolerance(gap: Float[Tensor, "batch steps"]) -> Float[Tensor, "batch steps"]:
+    """The largest ``|delta|`` the warning accepts for each step: ``RELATIVE_TOLERANCE * max(|gap|, floor)``.
+
+    Example:
+        >>> default_tolerance(torch.tensor([[2.0, 0.0]]))
+        tensor([[1.0000e-01, 5.0000e-05]])
+    """
+    return RELATIVE_TOLERANCE * gap.abs().clamp(min=ABSOLUTE_FLOOR)
+
+
 @dataclass
 class Completeness:
     """Per step of a batch: the convergence delta (``sum of attributions - gap``) and the gap
-    ``f(input) - f(baseline)`` it is measured against, both ``[batch, steps]``."""
+    ``f(input) - f(baseline)`` it is measured against, both ``[batch, steps]``; ``tolerance``, the largest
+    ``|delta|`` accepted per step when the method was given one (adaptive integration, ``n_steps="auto"``),
+    else None: the 5% rule of `default_tolerance`."""
 
     delta: Float[Tensor, "batch steps"]
     gap: Float[Tensor, "batch steps"]
+    tolerance: Float[Tensor, "batch steps"] | None = None
 
     def unconverged(self) -> torch.Tensor:
         """``[batch, steps]`` True where ``|delta|`` exceeds the tolerance."""
-        scale = self.gap.abs().clamp(min=ABSOLUTE_FLOOR)
-        return self.delta.abs() > RELATIVE_TOLERANCE * scale
+        tolerance = default_tolerance(self.gap) if self.tolerance is None else self.tolerance
+        return self.delta.abs() > tolerance
 
 
-def warn_if_not_converged(method: str, failures: list[str], n_steps: int | None) -> None:
-    """One `ConvergenceWarning` listing ``failures`` (descriptions of the steps that miss the tolerance).
+def warn_if_not_converged(method: str, failures: list[str], n_steps: int | str | None) -> None:
+    """One `ConvergenceWarning` listing ``failures`` (descriptions of the steps that miss the tolerance);
+    with ``n_steps="auto"`` they are the steps that reached adaptive integration's largest grid.
 
     Example:
         >>> warn_if_not_converged("integrated_gradients", [], 50)      # nothing to say: no warning
@@ -63,6 +77,17 @@ def warn_if_not_converged(method: str, failures: list[str], n_steps: int | None)
     if not failures:
         return
     shown = "; ".join(failures[:10]) + (f"; and {len(failures) - 10} more" if len(failures) > 10 else "")
+    if n_steps == "auto":
+        warnings.warn(
+            f"{method}: n_steps='auto' reached max_n_steps for {len(failures)} step(s) whose attributions "
+            "still miss f(input) - f(baseline) by more than the tolerance (tolerance=, or 5% of "
+            f"max(|f(input) - f(baseline)|, {ABSOLUTE_FLOOR}) when None): {shown}. Use a larger max_n_steps, "
+            "a larger tolerance, another baseline, or another method; the step score integration_points "
+            "holds the points each step used.",
+            ConvergenceWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return
     more = f"a larger n_steps (now {n_steps})" if n_steps is not None else "a larger n_steps"
     warnings.warn(
         f"{method}: the attributions of {len(failures)} step(s) do not add up to f(input) - f(baseline) "

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from seqattr.methods.adaptive_integration import AdaptiveSteps
 from seqattr.methods.base import MethodInputs
 from seqattr.methods.integrated_gradients import IntegratedGradients
 from seqattr.methods.options import ConvergenceDelta, MethodOptions, Seed, check_positive_int
@@ -60,9 +62,11 @@ class References(MethodOptions):
 
 
 @dataclass
-class ExpectedGradientsOptions(Seed, ConvergenceDelta, References, IntegrationOptions):
-    n_steps: int = 20
-    """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest)."""
+class ExpectedGradientsOptions(AdaptiveSteps, Seed, ConvergenceDelta, References, IntegrationOptions):
+    n_steps: int | Literal["auto"] = 20
+    """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest), or
+    ``"auto"``: every baseline's path on the same nested trapezoid grid, refined per step until the mean over
+    baselines adds up to ``f(input) - mean f(baseline)`` within ``tolerance``."""
 
 
 def _reference_pool(model, options: References, hidden: int) -> tuple[Tensor | None, Tensor | None]:

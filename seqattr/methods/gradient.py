@@ -23,7 +23,7 @@ import torch
 from seqattr.methods.base import AttributionMethod, CleanLogits, MethodInputs, MethodOutput, output_dtype
 from seqattr.methods.options import MethodOptions
 from seqattr.reductions import HIDDEN_REDUCTIONS, get_reduction
-from seqattr.typing import Float, Tensor
+from seqattr.typing import Float, Int, Tensor
 
 # Step chunks (measured with `benchmarks/run.py --chunk-sweep`, docs/benchmarks.md): batching steps into one
 # backward fills the matrix products and shares the forward pass, but the chunk's early steps pay for its
@@ -103,8 +103,10 @@ def step_gradients(
     source_points: Float[Tensor, "n source_len hidden"] | None,
     target_points: Float[Tensor, "n target_len hidden"],
     steps: slice,
+    rows: Int[Tensor, " n"] | None = None,
 ) -> StepGradients:
-    """One forward pass at ``n`` points (copies of the batch, block-wise), the gradient of each step's score.
+    """One forward pass at ``n`` points (copies of the batch, block-wise; or of the batch examples ``rows``
+    names, one per point), the gradient of each step's score.
 
     Example:
         >>> points = inputs.target_embeds  # doctest: +SKIP
@@ -122,7 +124,7 @@ def step_gradients(
         if attributed
     ]
     with torch.enable_grad():
-        scores = inputs.objective(source, target, steps)
+        scores = inputs.objective(source, target, steps, **({} if rows is None else {"rows": rows}))
         grads = list(batched_step_backward(scores, wrt))
     return StepGradients(
         scores=scores.detach(),

@@ -211,8 +211,11 @@ class LayerRun:
 
         return tapped
 
-    def objective(self, source: Tensor | None, target: Tensor, steps: slice = slice(None)) -> Tensor:
-        """Scores ``[n, steps]`` with the layer's output going through the tap."""
+    def objective(
+        self, source: Tensor | None, target: Tensor, steps: slice = slice(None), rows: Tensor | None = None
+    ) -> Tensor:
+        """Scores ``[n, steps]`` with the layer's output going through the tap (``rows``: the batch example of
+        each row, as `StepObjective` takes them; None = copies of the batch)."""
         attributed = [
             x
             for x, flag in ((source, self.inputs.attribute_source), (target, self.inputs.attribute_target))
@@ -223,7 +226,7 @@ class LayerRun:
             roles = iter(args)
             s = next(roles) if self.inputs.attribute_source and source is not None else source
             t = next(roles) if self.inputs.attribute_target else target
-            return self.inputs.objective(s, t, steps)
+            return self.inputs.objective(s, t, steps, **({} if rows is None else {"rows": rows}))
 
         return self.wrap(forward, len(attributed))(*attributed)
 
@@ -265,14 +268,21 @@ class LayerRun:
             )
         return activations
 
-    def step_gradients(self, values: Tensor, steps: slice) -> Float[Tensor, "steps n positions dims"]:
+    def step_gradients(
+        self, values: Tensor, steps: slice, rows: Tensor | None = None
+    ) -> Float[Tensor, "steps n positions dims"]:
         """Each step's gradient w.r.t. the layer's output, replaced by ``values`` (``n`` copies of the batch,
-        cut to the chunk's prefix), from one forward pass and one batched backward."""
+        or of the batch examples ``rows`` names, cut to the chunk's prefix), from one forward pass and one
+        batched backward."""
         inputs = self.inputs
-        copies = values.shape[0] // inputs.batch.size
         prefix_len = int(inputs.batch.step_positions[steps].max())
-        source = expand_rows(inputs.source_embeds, copies)
-        target = expand_rows(inputs.target_embeds[:, :prefix_len], copies)
+        if rows is None:
+            copies = values.shape[0] // inputs.batch.size
+            source = expand_rows(inputs.source_embeds, copies)
+            target = expand_rows(inputs.target_embeds[:, :prefix_len], copies)
+        else:
+            source = None if inputs.source_embeds is None else inputs.source_embeds[rows]
+            target = inputs.target_embeds[rows, :prefix_len]
         leaf = values.detach().requires_grad_()
 
         def replace(x: Tensor) -> Tensor:
@@ -283,7 +293,7 @@ class LayerRun:
             return leaf
 
         with torch.enable_grad(), self.tap.acting(replace):
-            scores = self.objective(source, target, steps)
+            scores = self.objective(source, target, steps, rows)
             (gradient,) = batched_step_backward(scores, [leaf])
         return gradient
 
@@ -297,9 +307,9 @@ class LayerRun:
         end = self.split(self.activations(inputs.source_embeds, inputs.target_embeds), 1)
         starts = [Baselines(*self.split(self.activations(*b.for_roles(inputs)), 1)) for b in baselines]
 
-        def gradients(source: Tensor | None, target: Tensor | None, steps: slice):
+        def gradients(source: Tensor | None, target: Tensor | None, steps: slice, rows: Tensor | None = None):
             prefix_len = int(inputs.batch.step_positions[steps].max())
             parts = [x for x in (source, None if target is None else target[:, :prefix_len]) if x is not None]
-            return self.split(self.step_gradients(torch.cat(parts, 1), steps), 2)
+            return self.split(self.step_gradients(torch.cat(parts, 1), steps, rows), 2)
 
         return PathSpace(*end, gradients), starts

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 from captum.attr import LayerIntegratedGradients as CaptumLayerIntegratedGradients
 
-from seqattr.methods.integrated_gradients import IntegratedGradients
+from seqattr.methods.integrated_gradients import AdaptiveIntegratedGradientsOptions, IntegratedGradients
 from seqattr.methods.layer_base import LayerMethod
 from seqattr.methods.options import TargetLayer
-from seqattr.methods.path_base import IntegratedGradientsOptions
 
 
 @dataclass
-class LayerIntegratedGradientsOptions(TargetLayer, IntegratedGradientsOptions):
+class LayerIntegratedGradientsOptions(TargetLayer, AdaptiveIntegratedGradientsOptions):
     """Options of layer integrated gradients."""
 
 

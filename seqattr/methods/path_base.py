@@ -54,6 +54,10 @@ class IntegrationOptions(InternalBatch, GradientOptions):
 
     def validate(self) -> None:
         super().validate()
+        self.check_points()
+
+    def check_points(self) -> None:
+        """Check ``n_steps`` and ``integration_method`` (adaptive integration extends it for ``"auto"``)."""
         check_integration(self.n_steps, self.integration_method)
 
 
@@ -244,9 +248,10 @@ class PathSums:
         return sum(parts).transpose(0, 1)
 
 
-RoleGradients = Callable[[Tensor | None, Tensor | None, slice], tuple[Tensor | None, Tensor | None]]
-"""``(source points, target points, steps) -> (source gradients, target gradients)``: each step's gradient
-``[steps, n, positions, dims]`` at ``n`` points (copies of the batch), None for a role not attributed."""
+RoleGradients = Callable[..., tuple[Tensor | None, Tensor | None]]
+"""``(source points, target points, steps, rows=None) -> (source gradients, target gradients)``: each step's
+gradient ``[steps, n, positions, dims]`` at ``n`` points (copies of the batch, or of the batch examples
+``rows`` names, one per point), None for a role not attributed."""
 
 
 @dataclass
@@ -270,28 +275,35 @@ def input_space(inputs: MethodInputs) -> PathSpace:
         True
     """
 
-    def gradients(source: Tensor | None, target: Tensor | None, steps: slice):
-        grads = step_gradients(inputs, source, target, steps)
+    def gradients(source: Tensor | None, target: Tensor | None, steps: slice, rows: Tensor | None = None):
+        grads = step_gradients(inputs, source, target, steps, rows)
         return grads.source, grads.target
 
     return PathSpace(inputs.source_embeds, inputs.target_embeds, gradients)
 
 
 def path_sums(
-    inputs: MethodInputs, steps: slice, blocks: Iterator[PointBlock], space: PathSpace | None = None
+    inputs: MethodInputs,
+    steps: slice,
+    blocks: Iterator[PointBlock],
+    space: PathSpace | None = None,
+    examples: Tensor | None = None,
 ) -> PathSums:
     """``sum over blocks and copies of factor * gradient`` for the steps of ``steps``, one forward per block;
-    gradients in ``space`` (default: the input embeddings).
+    gradients in ``space`` (default: the input embeddings). The blocks hold copies of the whole batch, or of
+    the batch examples ``examples`` (indices) alone, whose sums are then ``[steps, len(examples), ...]``.
 
     Example:
         >>> block = PointBlock(None, points, None, weights)  # doctest: +SKIP
         >>> sums = path_sums(inputs, slice(0, 4), iter([block]))  # doctest: +SKIP
     """
     gradients = (space or input_space(inputs)).gradients
-    batch = inputs.batch.size
+    batch = inputs.batch.size if examples is None else len(examples)
     source_sum = target_sum = None
     for block in blocks:
-        source, target = gradients(block.source_points, block.target_points, steps)
+        points = block.target_points if block.target_points is not None else block.source_points
+        rows = None if examples is None else examples.repeat(points.shape[0] // batch)
+        source, target = gradients(block.source_points, block.target_points, steps, rows)
         if source is not None:
             part = (source * block.source_factor).unflatten(1, (-1, batch)).sum(1)
             source_sum = part if source_sum is None else source_sum + part

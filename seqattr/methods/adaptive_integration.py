@@ -1,0 +1,309 @@
+"""Adaptive integration (``n_steps="auto"``): a nested trapezoid rule refined per step to completeness.
+
+Integrated gradients' attributions of a step add up to ``f(input) - f(baseline)`` when the path integral has
+converged; the convergence delta measures by how much a quadrature misses it. With ``n_steps="auto"`` the
+fused engine starts every step on the trapezoid rule with ``FIRST_POINTS`` points and refines, level by
+level, only the (example, step) pairs whose ``|delta|`` still exceeds the tolerance, until every step is
+within it or ``max_n_steps`` points are reached (a `ConvergenceWarning` then names the steps).
+
+The rule nests: the trapezoid rule on ``2**k + 1`` equally spaced points of [0, 1] holds every point of the
+rule on ``2**(k-1) + 1``, so a refinement evaluates the ``2**(k-1)`` new midpoints only and reuses every
+gradient already taken: a step that ends on ``n`` points cost ``n`` gradient evaluations, not the sum of all
+the grids it went through. (Gauss-Legendre, the default of a fixed ``n_steps``, does not nest: the nodes of
+two orders share at most the midpoint, so refining it would start afresh.) The trapezoid's unnormalised sum
+``R_k = g(0)/2 + g(1)/2 + sum of the interior g`` is kept per step; level ``k + 1`` adds the new midpoints'
+gradients to it, and the step's attributions are ``R_k / 2**k``. These are the trapezoid weights
+``1/(n-1)`` (``1/(2n-2)`` at both ends); Captum's ``riemann_trapezoid`` uses ``1/n`` instead, whose weights
+add up to ``(n-1)/n``, so a fixed ``riemann_trapezoid`` run on ``n`` points is this rule times ``(n-1)/n``.
+
+Refinement stays batched: in each chunk of steps, a level runs the new points of every example that still has
+a failing step, for the steps from its first to its last failing one, in one forward pass per block of
+``internal_batch_size`` rows (`path_sums` with ``examples``); a step that converged keeps the value of its
+level (gradients computed for it on a later level are not added). Each step's number of points (per path:
+expected gradients uses them on each of its baselines) is the step score ``integration_points``.
+
+Tolerance: ``tolerance=None`` (the default) accepts the completeness warning's own bound,
+``5% of max(|f(input) - f(baseline)|, 1e-3)`` per step (`default_tolerance`); a number is an absolute bound
+on ``|delta|`` in the attributed function's units, as Captum's and Inseq's convergence delta is absolute.
+For expected gradients the delta is the mean over its baselines: ``mean_b sum of attributions from b -
+(f(input) - mean_b f(b))``, and every baseline's path gets the same points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from seqattr.methods.base import CleanLogits, MethodInputs, MethodOutput
+from seqattr.methods.convergence import CONVERGENCE_DELTA, Completeness, default_tolerance
+from seqattr.methods.gradient import AttributionWriter, step_chunks
+from seqattr.methods.options import MethodOptions, check_positive_int
+from seqattr.methods.path_base import (
+    Baselines,
+    PathSpace,
+    PathSums,
+    check_integration,
+    completeness_gap,
+    input_space,
+    path_sums,
+    straight_path_blocks,
+    write_sums,
+)
+from seqattr.progress import expect_passes
+from seqattr.typing import Float, Tensor
+
+AUTO = "auto"
+"""The value of ``n_steps`` that asks for adaptive integration."""
+FIRST_LEVEL = 2
+"""Every step starts on the trapezoid rule with ``2**FIRST_LEVEL + 1`` = 5 points."""
+DEFAULT_MAX_N_STEPS = 129
+"""``max_n_steps`` when None: the trapezoid rule on 129 points (``2**7 + 1``), six refinements."""
+INTEGRATION_POINTS = "integration_points"
+"""Step score of ``n_steps="auto"``: the points each step's path integral used (per baseline)."""
+NESTED_RULE = "trapezoid"
+"""The rule recorded in ``info["method_info"]["integration"]``."""
+
+
+def grid_level(points: int) -> int | None:
+    """``k`` when ``points == 2**k + 1`` with ``k >= FIRST_LEVEL`` (a grid of the nested rule), else None.
+
+    Example:
+        >>> grid_level(17), grid_level(50)
+        (4, None)
+    """
+    k = round(math.log2(max(points - 1, 1)))
+    return k if k >= FIRST_LEVEL and 2**k + 1 == points else None
+
+
+def trapezoid_points(level: int, new_only: bool) -> tuple[list[float], list[float]]:
+    """``(alphas, raw weights)`` of level ``level``'s trapezoid rule on ``2**level + 1`` points, unnormalised
+    (1 inside, 1/2 at both ends; divide the sum by ``2**level``), or of its new midpoints only.
+
+    Example:
+        >>> trapezoid_points(2, new_only=False)
+        ([0.0, 0.25, 0.5, 0.75, 1.0], [0.5, 1.0, 1.0, 1.0, 0.5])
+        >>> trapezoid_points(2, new_only=True)
+        ([0.25, 0.75], [1.0, 1.0])
+    """
+    n = 2**level
+    if new_only:
+        return [(2 * j + 1) / n for j in range(n // 2)], [1.0] * (n // 2)
+    return [j / n for j in range(n + 1)], [0.5] + [1.0] * (n - 1) + [0.5]
+
+
+@dataclass
+class AdaptiveSteps(MethodOptions):
+    """``n_steps="auto"``: adaptive integration (`seqattr.methods.adaptive_integration`). Mixed in before
+    `IntegrationOptions`, whose ``n_steps`` it extends to ``"auto"``."""
+
+    n_steps: int | Literal["auto"] = 50
+    """Integration points per path, or ``"auto"``: the nested trapezoid rule refined per step until its
+    completeness error is within ``tolerance`` (or ``max_n_steps`` points are reached)."""
+    tolerance: float | None = None
+    """With ``n_steps="auto"``: the largest ``|convergence delta|`` accepted per step, absolute (in the
+    attributed function's units); None = 5% of ``max(|f(input) - f(baseline)|, 1e-3)``, the completeness
+    warning's own bound."""
+    max_n_steps: int | None = None
+    """With ``n_steps="auto"``: the most points per path, ``2**k + 1`` (9, 17, 33, 65, 129, 257, ...);
+    None = 129."""
+
+    def check_points(self) -> None:
+        if self.n_steps != AUTO:
+            if isinstance(self.n_steps, str):
+                raise ValueError(f"n_steps must be a positive integer or 'auto', got {self.n_steps!r}")
+            given = [name for name in ("tolerance", "max_n_steps") if getattr(self, name) is not None]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(
+                    f"{' and '.join(given)} {verb} to adaptive integration only; pass n_steps='auto' or drop "
+                    f"{', '.join(f'{name}=' for name in given)}"
+                )
+            super().check_points()
+            return
+        default = type(self).__dataclass_fields__["integration_method"].default
+        if self.integration_method != default:
+            raise ValueError(
+                f"n_steps='auto' integrates with the nested trapezoid rule; integration_method="
+                f"{self.integration_method!r} applies to a fixed n_steps: drop it, or give an integer n_steps"
+            )
+        check_integration(1, self.integration_method)
+        tolerance = self.tolerance
+        if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(
+                f"tolerance must be a positive number (the largest |convergence delta| accepted per step) or "
+                f"None, got {tolerance!r}"
+            )
+        if self.max_n_steps is not None:
+            check_positive_int("max_n_steps", self.max_n_steps)
+            if grid_level(self.max_n_steps) is None:
+                grids = ", ".join(str(2**k + 1) for k in range(FIRST_LEVEL, FIRST_LEVEL + 7))
+                raise ValueError(
+                    "max_n_steps must be a grid of the nested trapezoid rule, 2**k + 1 points "
+                    f"({grids}, ...), got {self.max_n_steps}"
+                )
+        if not getattr(self, "multiply_by_inputs", True):
+            raise ValueError(
+                "n_steps='auto' refines until the attributions add up to f(input) - f(baseline), which they "
+                "do only with multiply_by_inputs=True; give an integer n_steps for multiply_by_inputs=False"
+            )
+
+
+def is_adaptive(options) -> bool:
+    """Whether ``options`` ask for adaptive integration."""
+    return getattr(options, "n_steps", None) == AUTO
+
+
+def refuse_stepwise(method: str, options) -> None:
+    """Refuse ``n_steps="auto"`` on the stepwise reference (Captum, one step at a time, fixed points)."""
+    if is_adaptive(options):
+        raise ValueError(
+            f"{method}: n_steps='auto' refines the points of the fused engine; the stepwise reference "
+            "(fused=False) runs Captum with a fixed n_steps: give an integer n_steps, or drop fused=False"
+        )
+
+
+def attribute_adaptive(method, inputs: MethodInputs, options) -> MethodOutput:
+    """The fused path of ``method`` (integrated gradients, its layer variant, expected gradients) with
+    ``n_steps="auto"``: the completeness gap first (2 passes without gradients, ``1 + baselines`` for
+    expected gradients), then every chunk of steps refined (`refine_chunk`).
+
+    Example:
+        >>> model = seqattr.load_model(hf_model, "integrated_gradients", n_steps="auto")  # doctest: +SKIP
+        >>> model.attribute("Hello")[0].step_scores["integration_points"]  # doctest: +SKIP
+        tensor([ 9., 17.])
+    """
+    baselines = method.draw_baselines(inputs, options)
+    expect_passes(inputs.objective, 1 + len(baselines))
+    clean = CleanLogits(inputs.batch)
+    gap = completeness_gap(inputs, baselines, clean)
+    if options.tolerance is None:
+        tolerance = default_tolerance(gap)
+    else:
+        tolerance = torch.full_like(gap, options.tolerance)
+    max_level = grid_level(options.max_n_steps or DEFAULT_MAX_N_STEPS)
+    batch = inputs.batch.size
+    # Chunks sized for the first grid's rows; a refinement splits its span again for its own rows.
+    first_rows = options.internal_batch_size or (2**FIRST_LEVEL + 1) * batch
+    chunks = list(step_chunks(inputs, n_points=first_rows))
+    levels = torch.zeros(batch, inputs.batch.num_steps, dtype=torch.long)
+    deltas = torch.zeros_like(gap)
+    with method.layer_run(inputs, options) as run:
+        if run is not None:
+            run.refuse_held_prefix(method.name, "use target_layer=None (the input embeddings)")
+            expect_passes(inputs.objective, 1 + len(baselines))
+        space, starts = (input_space(inputs), baselines) if run is None else run.path_space(baselines)
+        writer = AttributionWriter(inputs)
+        for steps in chunks:
+            sums, levels[:, steps], deltas[:, steps] = refine_chunk(
+                inputs, steps, space, starts, options, gap[:, steps], tolerance[:, steps], max_level
+            )
+            write_sums(writer, steps, sums, options.hidden_reduction)
+    output = writer.output()
+    output.step_scores[INTEGRATION_POINTS] = (2**levels + 1).to(torch.float32)
+    if options.return_convergence_delta:
+        output.step_scores[CONVERGENCE_DELTA] = deltas.detach().cpu()
+    output.completeness = Completeness(deltas.detach().cpu(), gap.detach().cpu(), tolerance.detach().cpu())
+    output.step_logits = clean.logits
+    output.info["integration"] = NESTED_RULE
+    return output
+
+
+def refine_chunk(
+    inputs: MethodInputs,
+    steps: slice,
+    space: PathSpace,
+    starts: list[Baselines],
+    options,
+    gap: Float[Tensor, "batch steps"],
+    tolerance: Float[Tensor, "batch steps"],
+    max_level: int,
+) -> tuple[PathSums, Tensor, Tensor]:
+    """The steps ``steps``' path sums on the nested trapezoid rule, each (example, step) refined until its
+    ``|delta| <= tolerance`` or ``max_level``: ``(sums [steps, batch, ...], levels [batch, steps], deltas
+    [batch, steps])``. One pass of new points per level and block, for the examples and the span of steps
+    that still fail."""
+    batch, width = inputs.batch.size, steps.stop - steps.start
+    real = inputs.batch.step_mask[:, steps].cpu()
+    levels = torch.full((batch, width), FIRST_LEVEL, dtype=torch.long)
+    raw = PathSums(None, None)  # R_k per (example, step): the unnormalised trapezoid sum of its level
+    active = torch.ones(batch, width, dtype=torch.bool)  # refined at this level
+    examples, span = torch.arange(batch), slice(0, width)
+    level = FIRST_LEVEL
+    alphas, weights = trapezoid_points(level, new_only=False)
+    device = inputs.target_embeds.device
+    prefix = int(inputs.batch.step_positions[steps].max())
+    while True:
+        chosen = examples.to(device)
+        sub_space = PathSpace(
+            *(None if x is None else x[chosen] for x in (space.source, space.target)), space.gradients
+        )
+        sub_starts = [
+            Baselines(*(None if x is None else x[chosen] for x in (start.source, start.target)))
+            for start in starts
+        ]
+        # The span again in chunks whose batched backward fits this level's rows (as `step_chunks`).
+        rows = options.internal_batch_size or len(alphas) * len(examples)
+        size = next(step_chunks(inputs, n_points=rows)).stop
+        pieces = [slice(a, min(a + size, span.stop)) for a in range(span.start, span.stop, size)]
+        expect_passes(
+            inputs.objective, len(pieces) * len(starts) * _blocks(len(alphas), len(examples), options)
+        )
+        for piece in pieces:
+            part = None
+            for start in sub_starts:
+                blocks = straight_path_blocks(sub_space, start, options, alphas, weights, len(examples))
+                sums = path_sums(inputs, _shift(steps, piece), blocks, sub_space, chosen)
+                part = sums if part is None else part + sums
+            # Only the (example, step) pairs refined at this level take the new points (a converged step
+            # keeps its level's value); the weights make the mean over baselines.
+            keep = active[examples][:, piece].T.to(device)[:, :, None, None] / len(starts)
+            raw = _accumulate(raw, part, keep, piece, chosen, (width, batch, prefix))
+        scale = (2.0 ** -levels.to(gap.dtype)).T.to(device)[:, :, None, None]
+        delta = (
+            PathSums(*(None if x is None else x * scale for x in (raw.source, raw.target))).total().cpu()
+            - gap.cpu()
+        )
+        active = (delta.abs() > tolerance.cpu()) & real
+        if not active.any() or level == max_level:
+            break
+        level += 1
+        levels[active] = level
+        examples = active.any(1).nonzero().flatten()
+        columns = active.any(0).nonzero().flatten()
+        span = slice(int(columns[0]), int(columns[-1]) + 1)
+        alphas, weights = trapezoid_points(level, new_only=True)
+    final = PathSums(*(None if x is None else x * scale for x in (raw.source, raw.target)))
+    return final, levels, delta.to(gap)
+
+
+def _shift(steps: slice, span: slice) -> slice:
+    return slice(steps.start + span.start, steps.start + span.stop)
+
+
+def _blocks(points: int, rows: int, options) -> int:
+    per_block = points if options.internal_batch_size is None else max(1, options.internal_batch_size // rows)
+    return math.ceil(points / per_block)
+
+
+def _accumulate(
+    raw: PathSums, part: PathSums, keep: Tensor, span: slice, examples: Tensor, shape: tuple[int, int, int]
+) -> PathSums:
+    """``raw`` (``[steps, batch, positions, dims]`` per role, allocated on first use: ``shape`` gives the
+    chunk's steps, batch size and target prefix) plus ``part * keep`` at the steps ``span`` and the batch
+    examples ``examples``; ``part`` may cover a shorter target prefix."""
+    result = []
+    for role, total, new in (("source", raw.source, part.source), ("target", raw.target, part.target)):
+        if new is None:
+            result.append(total)
+            continue
+        if total is None:
+            positions = shape[2] if role == "target" else new.shape[2]
+            total = new.new_zeros(shape[0], shape[1], positions, *new.shape[3:])
+        prefix = new.shape[2]
+        view = total[span]
+        view[:, examples, :prefix] = view[:, examples, :prefix] + new * keep.to(new.dtype)
+        result.append(total)
+    return PathSums(*result)
