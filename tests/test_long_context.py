@@ -154,6 +154,25 @@ def test_the_budget_decides(monkeypatch):
     assert (plan.checkpointed, plan.graph_bytes) == (0, {})
 
 
+def test_the_budget_is_per_sequence(monkeypatch):
+    """A pass of many rows (integrated gradients' interpolation rows) whose graph exceeds the budget only in
+    total is not checkpointed: the engine chunks rows; one long sequence over it is."""
+    hf_model, tokenizer = deep_model("llama")
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    one = hf_model.get_input_embeddings()(ids).detach().requires_grad_()
+    rows = one.detach().repeat(8, 1, 1).requires_grad_()
+    with checkpointing.checkpointing_when_large(hf_model, budget=NEVER) as plan:
+        hf_model(inputs_embeds=one, use_cache=False)
+    per_sequence = plan.graph_bytes["decoder"]
+    with checkpointing.checkpointing_when_large(hf_model, budget=per_sequence) as plan:
+        hf_model(inputs_embeds=rows, use_cache=False)  # 8 rows: 8 times the budget in all
+    total = plan.graph_bytes["decoder"]
+    assert total > 7 * per_sequence and plan.checkpointed == 0
+    with checkpointing.checkpointing_when_large(hf_model, budget=total // 8 - 1) as plan:
+        hf_model(inputs_embeds=rows, use_cache=False)
+    assert plan.checkpointed == 3
+
+
 def test_the_model_is_left_as_found(monkeypatch):
     hf_model, _ = deep_model("llama")
     blocks = list(hf_model.model.layers)

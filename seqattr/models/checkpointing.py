@@ -1,4 +1,4 @@
-"""Activation checkpointing of a model's blocks when one forward pass's graph would exceed `GRAPH_BYTES`.
+"""Activation checkpointing of a model's blocks when one sequence's graph would exceed `GRAPH_BYTES`.
 
 A gradient method's forward pass keeps every block's activations for the backward pass: over a long
 sequence that graph is most of the method's memory (SmolLM2, 30 blocks, 1,000 tokens: about 1.3 GB). With
@@ -9,9 +9,12 @@ same, since the recomputation repeats the same operations on the same values.
 
 Whether to checkpoint is decided in each forward pass, for each stack of blocks (an encoder-decoder's encoder
 and decoder apart): the first block that records a graph runs as usual while the bytes it saves are counted;
-when that times the number of blocks from it to the stack's end exceeds `GRAPH_BYTES`, the blocks after it are
-checkpointed. The decision needs no estimate of the architecture (attention implementation, MLP width): it is
-measured on the pass itself.
+when that times the number of blocks from it to the stack's end exceeds `GRAPH_BYTES` per sequence of the pass
+(its rows), the blocks after it are checkpointed. Per sequence: a graph that is large because a pass holds many
+rows (integrated gradients' 50 interpolation rows of a short text) is the engine's chunking to choose, and
+recomputing it would cost a third more time where memory is no concern; one that is large because the
+sequence is long can only shrink by recomputation. The decision needs no estimate of the architecture
+(attention implementation, MLP width): it is measured on the pass itself.
 
 Forward hooks on a block stay outside its checkpoint (the block's ``forward`` is checkpointed, not its
 ``__call__``, as transformers does): a hook that reads or replaces a block's output runs once. Hooks on
@@ -45,8 +48,8 @@ from seqattr.cuts import stacks
 from seqattr.typing import Tensor
 
 GRAPH_BYTES = 2**30
-"""Activations one forward pass may keep for its backward pass, per stack of blocks, before the stack's blocks
-are checkpointed (1 GiB). Measured on SmolLM2 (docs/benchmarks.md, "Long contexts"): saliency at 1,000
+"""Activations one sequence of a forward pass may keep for its backward pass, per stack of blocks, before the
+stack's blocks are checkpointed (1 GiB). Measured on SmolLM2 (docs/benchmarks.md, "Long contexts"): saliency at 1,000
 tokens keeps about 1.3 GB without checkpointing."""
 
 
@@ -141,7 +144,8 @@ def _planned_forward(
             output, size = saved_bytes(lambda: forward(*args, **kwargs), weights)
             if size:
                 plan.graph_bytes[side] = size * (count - index)
-                decision.update(measured=True, checkpoint=size * (count - index) > plan.budget)
+                rows = _rows(args, kwargs)
+                decision.update(measured=True, checkpoint=size * (count - index) > plan.budget * rows)
             return output
         if decision["checkpoint"]:
             plan.checkpointed += 1
@@ -149,3 +153,9 @@ def _planned_forward(
         return forward(*args, **kwargs)
 
     return planned
+
+
+def _rows(args: tuple, kwargs: dict) -> int:
+    """The number of sequences in a block's input (its hidden states' first dimension; 1 if not found)."""
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    return hidden.shape[0] if isinstance(hidden, Tensor) and hidden.dim() == 3 else 1
