@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import seqattr
+from seqattr import step_functions
 from seqattr.cli import main as cli_main
 from seqattr.step_functions import dropout_active
 from seqattr.testing import tiny_model
@@ -185,7 +186,7 @@ def my_logprob(args):
     return torch.log_softmax(args.logits, -1).gather(-1, args.target_ids[..., None])[..., 0]
 
 
-def test_registered_function_matches_the_builtin_and_can_be_attributed():
+def test_registered_function_matches_the_builtin_and_can_be_attributed(own_registry):
     seqattr.register_step_function(my_logprob, "test_my_logprob", overwrite=True)
     assert seqattr.list_step_functions()["test_my_logprob"] == "Log-probability, written again by a user."
     with pytest.raises(ValueError, match="exists already"):
@@ -200,7 +201,14 @@ def test_registered_function_matches_the_builtin_and_can_be_attributed():
     torch.testing.assert_close(mine.target_attributions, builtin.target_attributions, equal_nan=True)
 
 
-def test_registered_function_works_from_the_cli(tmp_path, capsys):
+@pytest.fixture
+def own_registry(monkeypatch):
+    """Registrations last for this test only: a later test (tests/test_docs_site.py) checks that every
+    registered step function is documented."""
+    monkeypatch.setattr(step_functions, "_REGISTRY", dict(step_functions._REGISTRY))
+
+
+def test_registered_function_works_from_the_cli(tmp_path, capsys, own_registry):
     model, tokenizer = tiny_model("gpt2")
     folder = tmp_path / "tiny-gpt2"
     model.save_pretrained(folder)

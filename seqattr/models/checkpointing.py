@@ -9,12 +9,12 @@ same, since the recomputation repeats the same operations on the same values.
 
 Whether to checkpoint is decided in each forward pass, for each stack of blocks (an encoder-decoder's encoder
 and decoder apart): the first block that records a graph runs as usual while the bytes it saves are counted;
-when that times the number of blocks from it to the stack's end exceeds `GRAPH_BYTES` per sequence of the pass
-(its rows), the blocks after it are checkpointed. Per sequence: a graph that is large because a pass holds many
-rows (integrated gradients' 50 interpolation rows of a short text) is the engine's chunking to choose, and
-recomputing it would cost a third more time where memory is no concern; one that is large because the
-sequence is long can only shrink by recomputation. The decision needs no estimate of the architecture
-(attention implementation, MLP width): it is measured on the pass itself.
+when that times the number of blocks from it to the stack's end exceeds `GRAPH_BYTES` per sequence of the
+pass (its rows), the blocks after it are checkpointed. Per sequence: a graph that is large because a pass
+holds many rows (integrated gradients' 50 interpolation rows of a short text) is the engine's chunking to
+choose, and recomputing it would cost a third more time where memory is no concern; one that is large
+because the sequence is long can only shrink by recomputation. The decision needs no estimate of the
+architecture (attention implementation, MLP width): it is measured on the pass itself.
 
 Forward hooks on a block stay outside its checkpoint (the block's ``forward`` is checkpointed, not its
 ``__call__``, as transformers does): a hook that reads or replaces a block's output runs once. Hooks on
@@ -49,8 +49,8 @@ from seqattr.typing import Tensor
 
 GRAPH_BYTES = 2**30
 """Activations one sequence of a forward pass may keep for its backward pass, per stack of blocks, before the
-stack's blocks are checkpointed (1 GiB). Measured on SmolLM2 (docs/benchmarks.md, "Long contexts"): saliency at 1,000
-tokens keeps about 1.3 GB without checkpointing."""
+stack's blocks are checkpointed (1 GiB). Measured on SmolLM2 (docs/benchmarks.md, "Long contexts"): saliency
+at 1,000 tokens keeps about 1.3 GB without checkpointing."""
 
 
 @dataclass

@@ -61,8 +61,8 @@ def cache_bytes_per_position(model: AttributionModel) -> int:
 def applies_to(model: AttributionModel) -> bool:
     """Whether ``model``'s perturbed rows can start from a clean prefix: a decoder-only generator without a
     sliding window (whose cache keeps only the window) and with a forward that takes a cache."""
-    family = model.family
-    if not ENABLED or family.is_encoder_decoder or family.task != "generation" or not family.pads_target_left:
+    family = model.family  # decoder-only generators: the only family that pads its targets on the left
+    if not ENABLED or family.task != "generation" or not family.pads_target_left:
         return False
     config = model.model.config.get_text_config()
     if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
