@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import seqattr
+from seqattr.models import checkpointing
 from seqattr.testing import tiny_model
 
 PROMPT = "the cat sat on the mat"
@@ -59,3 +60,15 @@ def test_names_and_dtype_objects_load_the_same_precision(gpt2, dtype):
     loaded = seqattr.load_model(model, "saliency", tokenizer=tokenizer, dtype=dtype)
     expected = torch.float16 if dtype == "half" else torch.bfloat16
     assert next(loaded.model.parameters()).dtype == expected
+
+
+def test_the_output_says_whether_activation_checkpointing_ran(monkeypatch, gpt2):
+    # docs/methods_gradient.md, "Long sequences": automatic, and info["checkpointed_block_calls"] tells.
+    model, tokenizer = gpt2
+    attributor = seqattr.load_model(model, "saliency", tokenizer=tokenizer)
+    short = attributor.attribute(PROMPT, PROMPT + " and the dog", show_progress=False)
+    assert short.info["checkpointed_block_calls"] == 0  # the tiny model's graph is far below 1 GiB
+    monkeypatch.setattr(checkpointing, "GRAPH_BYTES", 0)  # as over a long sequence: every graph is too large
+    long = attributor.attribute(PROMPT, PROMPT + " and the dog", show_progress=False)
+    assert long.info["checkpointed_block_calls"] > 0
+    torch.testing.assert_close(long[0].target_attributions, short[0].target_attributions, equal_nan=True)
