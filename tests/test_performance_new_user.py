@@ -72,3 +72,18 @@ def test_the_output_says_whether_activation_checkpointing_ran(monkeypatch, gpt2)
     long = attributor.attribute(PROMPT, PROMPT + " and the dog", show_progress=False)
     assert long.info["checkpointed_block_calls"] > 0
     torch.testing.assert_close(long[0].target_attributions, short[0].target_attributions, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        ({"n_steps": "Auto"}, "pass n_steps='auto'"),
+        ({"n_steps": "auto", "tolerance": "0.01"}, "pass the number, tolerance=0.01"),
+        # The hint was "pass e.g. max_n_steps=1", itself refused (not a grid of the rule).
+        ({"n_steps": "auto", "max_n_steps": "17"}, "pass the number, max_n_steps=17"),
+    ],
+)
+def test_adaptive_integration_options_spelled_as_strings_get_the_value_to_pass(gpt2, options, fix):
+    model, tokenizer = gpt2
+    with pytest.raises(TypeError, match=fix):
+        seqattr.load_model(model, "integrated_gradients", tokenizer=tokenizer, **options)
