@@ -87,3 +87,15 @@ def test_adaptive_integration_options_spelled_as_strings_get_the_value_to_pass(g
     model, tokenizer = gpt2
     with pytest.raises(TypeError, match=fix):
         seqattr.load_model(model, "integrated_gradients", tokenizer=tokenizer, **options)
+
+
+def test_adaptive_integration_does_not_pass_nan_attributions_as_converged():
+    # float16 Llama, zero baseline: the trapezoid's point at the baseline overflows in the first RMSNorm, the
+    # deltas are NaN, and NaN > tolerance is False: every step "converged" on 5 points, with no warning.
+    model, tokenizer = tiny_model("llama")
+    attributor = seqattr.load_model(
+        copy.deepcopy(model), "integrated_gradients", tokenizer=tokenizer, dtype="float16", n_steps="auto"
+    )
+    with pytest.warns(seqattr.ConvergenceWarning, match=r"delta nan.*baseline='unk' or an integer n_steps"):
+        out = attributor.attribute(PROMPT, PROMPT + " and the dog", show_progress=False)
+    assert out[0].target_attributions.isnan().any()  # what the warning is about
