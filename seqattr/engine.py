@@ -368,6 +368,7 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
         (2, 'saliency')
     """
     started = time.perf_counter()
+    checkpointed_before = model.checkpointed_block_calls
     layouts = request.prompts
     forced = request.generated_texts
     if layouts is not None and forced is not None and model.family.prompt_side == "target":
@@ -469,6 +470,8 @@ def attribute(model: AttributionModel, request: AttributionRequest) -> Attributi
     warn_if_not_converged(request.method, unconverged, getattr(request.options, "n_steps", None))
 
     info = run_info(model, request)
+    # Whether a long sequence's graph went over the memory budget: docs/methods_gradient.md, "Long sequences".
+    info["checkpointed_block_calls"] = model.checkpointed_block_calls - checkpointed_before
     segments = [model.segments(text) for text in request.input_texts]
     if any(s is not None for s in segments):  # pairs of texts: where each example's two texts lie
         info["segments"] = segments

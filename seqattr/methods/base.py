@@ -186,6 +186,10 @@ def check_option_type(method: str, name: str, declared: str, value: Any, default
         TypeError: occlusion option window must be an integer, got True (bool); pass e.g. window=1
         >>> check_option_type("integrated_gradients", "n_steps", 'int | Literal["auto"]', "auto")
         'auto'
+        >>> check_option_type("ig", "tolerance", "float | None", "0.01")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: ig option tolerance must be a number or None, got '0.01' (str); pass ..., tolerance=0.01
     """
     kinds = [part.strip() for part in declared.split("|")]
     optional = "None" in kinds
@@ -218,10 +222,25 @@ def check_option_type(method: str, name: str, declared: str, value: Any, default
         fix = f"pass {name}=True or {name}=False"
     elif kinds == ["int"] and isinstance(value, float) and value.is_integer():
         fix = f"pass {name}={int(value)}"
+    elif isinstance(value, str) and value.strip().lower() in literals:
+        fix = f"pass {name}={value.strip().lower()!r}"  # n_steps="Auto"
+    elif isinstance(value, str) and (number := _spelled_number(value, kinds)) is not None:
+        fix = f"pass the number, {name}={number!r}"  # tolerance="0.01", as read from a config file
     else:
         example = default if default is not None else {"int": 1, "float": 0.5, "str": "..."}[kinds[0]]
         fix = f"pass e.g. {name}={example!r}"
     raise TypeError(f"{method} option {name} must be {wanted}, got {value!r} ({type(value).__name__}); {fix}")
+
+
+def _spelled_number(text: str, kinds: list[str]) -> int | float | None:
+    """The number ``text`` spells, as the first of ``kinds`` (``"int"``, ``"float"``) that reads it; None if
+    none does."""
+    for kind in kinds:
+        try:
+            return {"int": int, "float": float}[kind](text) if kind in ("int", "float") else None
+        except ValueError:
+            continue
+    return None
 
 
 class AttributionMethod:

@@ -62,9 +62,10 @@ class Completeness:
     tolerance: Float[Tensor, "batch steps"] | None = None
 
     def unconverged(self) -> torch.Tensor:
-        """``[batch, steps]`` True where ``|delta|`` exceeds the tolerance."""
+        """``[batch, steps]`` True where ``|delta|`` exceeds the tolerance or is NaN (attributions that
+        overflowed: a NaN compared with ``>`` would pass as converged)."""
         tolerance = default_tolerance(self.gap) if self.tolerance is None else self.tolerance
-        return self.delta.abs() > tolerance
+        return ~(self.delta.abs() <= tolerance)
 
 
 def warn_if_not_converged(method: str, failures: list[str], n_steps: int | str | None) -> None:
@@ -79,11 +80,14 @@ def warn_if_not_converged(method: str, failures: list[str], n_steps: int | str |
     shown = "; ".join(failures[:10]) + (f"; and {len(failures) - 10} more" if len(failures) > 10 else "")
     if n_steps == "auto":
         warnings.warn(
-            f"{method}: n_steps='auto' reached max_n_steps for {len(failures)} step(s) whose attributions "
-            "still miss f(input) - f(baseline) by more than the tolerance (tolerance=, or 5% of "
-            f"max(|f(input) - f(baseline)|, {ABSOLUTE_FLOOR}) when None): {shown}. Use a larger max_n_steps, "
-            "a larger tolerance, another baseline, or another method; the step score integration_points "
-            "holds the points each step used.",
+            f"{method}: n_steps='auto' reached max_n_steps, or a delta of nan or inf, for {len(failures)} "
+            "step(s) whose attributions still miss f(input) - f(baseline) by more than the tolerance "
+            f"(tolerance=, or 5% of max(|f(input) - f(baseline)|, {ABSOLUTE_FLOOR}) when None): {shown}. "
+            "Use a larger max_n_steps, a larger tolerance, another baseline, or another method; the step "
+            "score integration_points holds the points each step used. A delta of nan or inf is not "
+            "refined: the trapezoid rule evaluates the gradient at the baseline itself, which overflows "
+            "where the model normalises a zero baseline (RMSNorm: Llama, SmolLM2, Qwen, T5); use "
+            "baseline='unk' or an integer n_steps.",
             ConvergenceWarning,
             stacklevel=user_stacklevel(),
         )

@@ -69,6 +69,9 @@ class AttributionModel:
         get_method_class(method).parse_options(**method_kwargs)
         self.architecture = ArchitectureFacts.of(model)
         """The family and the measured facts of the architecture (`seqattr.models.architecture`)."""
+        self.checkpointed_block_calls = 0
+        """Block calls run with activation checkpointing (`seqattr.models.checkpointing`) since loading: the
+        engine records each ``attribute()`` call's share as ``info["checkpointed_block_calls"]``."""
 
     # --- facts about the model -------------------------------------------------------------------
 
@@ -176,8 +179,10 @@ class AttributionModel:
         """
         inputs = self.model_inputs(batch, rows, source_embeds, target_embeds)
         # A long sequence's graph (gradient methods) is checkpointed block by block above a memory budget.
-        with checkpointing_when_large(self.model):
-            return self.model(**inputs, use_cache=False, **kwargs)
+        with checkpointing_when_large(self.model) as plan:
+            output = self.model(**inputs, use_cache=False, **kwargs)
+        self.checkpointed_block_calls += plan.checkpointed
+        return output
 
     def model_inputs(
         self,

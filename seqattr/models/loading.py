@@ -131,6 +131,61 @@ def check_device(device: str | torch.device | None) -> None:
         )
 
 
+MODEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+"""The precisions `load_model` runs a model in (docs/usage.md, *Half precision*)."""
+
+_DTYPE_ALIASES = {
+    **dict.fromkeys(("bf16",), "bfloat16"),
+    **dict.fromkeys(("fp16", "f16"), "float16"),
+    **dict.fromkeys(("fp32", "f32"), "float32"),
+    **dict.fromkeys(("fp64", "f64"), "float64"),
+}
+"""Other libraries' short names, named in the error that refuses them."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``load_model``'s ``dtype=``: a torch floating dtype a model can run in, from its name or itself.
+
+    A name is torch's (``"bfloat16"``, ``"float16"``, ``"half"``, ``"float32"``, ``"float"``,
+    ``"float64"``, ``"double"``). Anything else is refused before the model is touched, naming the fix:
+    short names of other libraries (``"bf16"``), integer, boolean, float8 and complex dtypes (a model
+    cannot run its forward and backward passes in them), and values that are not a dtype at all.
+
+    Example:
+        >>> resolve_dtype("bfloat16"), resolve_dtype(torch.float16), resolve_dtype("half")
+        (torch.bfloat16, torch.float16, torch.float16)
+        >>> resolve_dtype("bf16")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown dtype 'bf16': did you mean dtype='bfloat16'? A model runs in 'float32', ...
+    """
+    names = ", ".join(repr(str(d).removeprefix("torch.")) for d in MODEL_DTYPES[:-1])
+    choices = f"A model runs in {names} or {str(MODEL_DTYPES[-1]).removeprefix('torch.')!r}"
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        spelled = dtype.strip().lower().removeprefix("torch.")
+        resolved = getattr(torch, spelled, None)
+        if not isinstance(resolved, torch.dtype):
+            guess = _DTYPE_ALIASES.get(spelled)
+            hint = f"did you mean dtype={guess!r}? " if guess else ""
+            raise ValueError(f"unknown dtype {dtype!r}: {hint}{choices}")
+        if spelled != dtype:
+            raise ValueError(f"unknown dtype {dtype!r}: did you mean dtype={spelled!r}? {choices}")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(
+            f"dtype must be a torch dtype or its name, got {dtype!r} ({type(dtype).__name__}); "
+            f"pass e.g. dtype='bfloat16' or dtype=torch.bfloat16"
+        )
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(
+            f"dtype={dtype} is not a precision a model's forward and backward passes can run in. {choices} "
+            "(e.g. dtype='bfloat16' to halve its memory)"
+        )
+    return dtype
+
+
 def load_model(
     model: str | os.PathLike | PreTrainedModel | None = None,
     method: str = "saliency",
@@ -197,10 +252,7 @@ def load_model(
         if max_memory is not None:
             model_kwargs["max_memory"] = max_memory
     tokenizer_kwargs = dict(tokenizer_kwargs or {})
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
-        dtype = getattr(torch, dtype)
+    dtype = resolve_dtype(dtype)
     if model is None:
         model = default_model_path()
     if isinstance(model, PreTrainedModel):
