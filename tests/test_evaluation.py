@@ -167,6 +167,18 @@ def test_fused_evaluation_equals_one_step_at_a_time(architecture, removal):
                 )
 
 
+def test_without_the_random_ranking_the_method_values_are_unchanged():
+    # A second method on the same output skips the random level (it is the same); the soft metrics' draws
+    # must not shift when the random ranking's rows are left out.
+    model = exact_model("gpt2")
+    out = _output(model)
+    both = model.evaluate(out, seed=3)
+    alone = model.evaluate(out, seed=3, random_ranking=False)
+    for metric in both.metrics:
+        assert_close(alone.per_step[0][metric], both.per_step[0][metric], what=metric)
+        assert alone.random_per_step[0][metric].isnan().all(), metric
+
+
 def test_a_decoder_only_step_with_no_token_left_is_nan_under_delete():
     # GPT-2's tokenizer adds no BOS: deleting every prefix token leaves nothing to predict from.
     model = exact_model("gpt2")

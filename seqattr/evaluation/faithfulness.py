@@ -282,6 +282,7 @@ def evaluate(
     removal: str = "replace",
     by: str = "signed",
     seed: int = 0,
+    random_ranking: bool = True,
 ) -> EvaluationResult:
     """Faithfulness metrics of ``output``'s attributions, with their random-ranking levels (see the module
     docstring for the definitions). `AttributionModel.evaluate` is the usual entry point.
@@ -300,7 +301,9 @@ def evaluate(
         if output.info.get("prompt_only"):  # attribute_target=False: only the prompt was attributed
             prompt_len = output.info["prompt_lengths"][index]
         run = _SequenceRun(model, seq, step_function, baseline, prompt_len)
-        values, random_values, clean = run.evaluate(index, metrics, fractions, removal, by, seed)
+        values, random_values, clean = run.evaluate(
+            index, metrics, fractions, removal, by, seed, random_ranking
+        )
         per_step.append(values)
         random_per_step.append(random_values)
         step_values.append(clean)
@@ -415,9 +418,17 @@ class _SequenceRun:
         return self.visible_counts[step]
 
     def evaluate(
-        self, index: int, metrics: list[str], fractions: list[float], removal: str, by: str, seed: int
+        self,
+        index: int,
+        metrics: list[str],
+        fractions: list[float],
+        removal: str,
+        by: str,
+        seed: int,
+        random_ranking: bool = True,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
-        """Per-step values of every metric for the attribution's and the random ranking, and ``f_t(x)``."""
+        """Per-step values of every metric for the attribution's and the random ranking (NaN without
+        ``random_ranking``), and ``f_t(x)``."""
         seq = self.seq
         num_features = max(self.setup.features.max_features, 1)
         rows = _Rows([torch.ones(1, num_features, dtype=torch.float64)])  # row 0: the unperturbed input
@@ -436,9 +447,10 @@ class _SequenceRun:
             # One random stream per (seed, example, step position): a step's draws depend on no other step.
             generator = np.random.default_rng([seed, index, seq.attr_pos_start + step])
             random_scores = torch.from_numpy(generator.random(n))
+            # The random scores are drawn even when unused, so the soft metrics' draws stay the same.
             plan = [
                 self._plan(rows, scores.abs() if by == "abs" else scores, n, metrics, fractions, generator),
-                self._plan(rows, random_scores, n, metrics, fractions, generator),
+                self._plan(rows, random_scores, n, metrics, fractions, generator) if random_ranking else None,
             ]
             plans.append(plan)
         gates = torch.cat(rows.gates)

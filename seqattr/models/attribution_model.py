@@ -654,6 +654,7 @@ class AttributionModel:
         removal: str = "replace",
         by: str = "signed",
         seed: int = 0,
+        random_ranking: bool = True,
     ) -> EvaluationResult:
         """How faithful ``output``'s attributions are to this model: each step's score with its top-ranked
         tokens removed or kept alone, against a random ranking (`seqattr.evaluation`; docs/evaluation.md).
@@ -669,6 +670,9 @@ class AttributionModel:
             removal: ``"replace"`` (by the baseline) or ``"delete"`` (drop the tokens, positions close up).
             by: rank by the ``"signed"`` score (largest first) or by its magnitude (``"abs"``).
             seed: seed of the random ranking and of the soft metrics' draws.
+            random_ranking: also score the random ranking (the chance level of each metric; about half the
+                cost). ``False`` leaves ``random_per_step`` NaN: for a second method on the same output, whose
+                random level is the same.
 
         Example:
             >>> out = model.attribute("The capital of France is", generation_args={"max_new_tokens": 3})
@@ -677,7 +681,7 @@ class AttributionModel:
             (torch.Size([3]), ['comprehensiveness', 'sufficiency'])
             >>> result.show()                                  # doctest: +SKIP
         """
-        return evaluate(self, output, metrics, fractions, baseline, removal, by, seed)
+        return evaluate(self, output, metrics, fractions, baseline, removal, by, seed, random_ranking)
 
     def __repr__(self) -> str:
         return f"AttributionModel({self.model_name!r}, {self.family}, method={self.method_name!r})"
