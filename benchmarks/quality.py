@@ -51,7 +51,7 @@ OPTIONS: dict[str, dict] = {
     "lime": {"n_samples": 64},
     "kernel_shap": {"n_samples": 64},
     "sobol": {"n_designs": 16},
-    "reagent": {"num_probes": 8, "max_probe_steps": 50},  # Inseq's 16 x 3000 takes hours on SmolLM2
+    "reagent": {"num_probes": 4, "max_probe_steps": 25},  # Inseq's 16 x 3000 takes a day on SmolLM2 here
     "attention": {"aggregate_layers": "mean", "aggregate_heads": "mean"},
     "value_zeroing": {"aggregate_layers": "mean"},
 }
