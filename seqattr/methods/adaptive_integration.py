@@ -1,20 +1,23 @@
-"""Adaptive integration (``n_steps="auto"``): a nested trapezoid rule refined per step to completeness.
+"""Adaptive integration (``n_steps="auto"``): a nested midpoint rule refined per step to completeness.
 
 Integrated gradients' attributions of a step add up to ``f(input) - f(baseline)`` when the path integral has
 converged; the convergence delta measures by how much a quadrature misses it. With ``n_steps="auto"`` the
-fused engine starts every step on the trapezoid rule with ``FIRST_POINTS`` points and refines, level by
+fused engine starts every step on the midpoint rule with ``3**FIRST_LEVEL`` points and refines, level by
 level, only the (example, step) pairs whose ``|delta|`` still exceeds the tolerance, until every step is
 within it or ``max_n_steps`` points are reached (a `ConvergenceWarning` then names the steps).
 
-The rule nests: the trapezoid rule on ``2**k + 1`` equally spaced points of [0, 1] holds every point of the
-rule on ``2**(k-1) + 1``, so a refinement evaluates the ``2**(k-1)`` new midpoints only and reuses every
-gradient already taken: a step that ends on ``n`` points cost ``n`` gradient evaluations, not the sum of all
-the grids it went through. (Gauss-Legendre, the default of a fixed ``n_steps``, does not nest: the nodes of
-two orders share at most the midpoint, so refining it would start afresh.) The trapezoid's unnormalised sum
-``R_k = g(0)/2 + g(1)/2 + sum of the interior g`` is kept per step; level ``k + 1`` adds the new midpoints'
-gradients to it, and the step's attributions are ``R_k / 2**k``. These are the trapezoid weights
-``1/(n-1)`` (``1/(2n-2)`` at both ends); Captum's ``riemann_trapezoid`` uses ``1/n`` instead, whose weights
-add up to ``(n-1)/n``, so a fixed ``riemann_trapezoid`` run on ``n`` points is this rule times ``(n-1)/n``.
+The rule nests: the composite midpoint rule on ``3**k`` intervals of [0, 1] (the points ``(2j + 1) / (2 *
+3**k)``) holds every point of the rule on ``3**(k-1)``, the middle third of each interval, so a refinement
+evaluates the ``2 * 3**(k-1)`` new points only and reuses every gradient already taken: a step that ends on
+``n`` points cost ``n`` gradient evaluations, not the sum of all the grids it went through. (Gauss-Legendre,
+the default of a fixed ``n_steps``, does not nest: the nodes of two orders share at most the midpoint, so
+refining it would start afresh.) The rule is open: it never evaluates the gradient at the baseline or at the
+input. A closed nested rule (the trapezoid, halving) takes the gradient at the baseline itself, which
+overflows where the model normalises a zero baseline: RMSNorm (Llama, SmolLM2, Qwen, T5) scales a zero
+vector by ``1 / sqrt(eps)`` layer after layer, and the trapezoid gave a NaN delta on every step there. The
+rule's unnormalised sum ``R_k`` (the sum of the gradients at its points) is kept per step; level ``k + 1``
+adds the new points' gradients to it, and the step's attributions are ``R_k / 3**k``: exactly Captum's
+``riemann_middle`` on ``3**k`` points.
 
 Refinement stays batched: in each chunk of steps, a level runs the new points of every example that still has
 a failing step, for the steps from its first to its last failing one, in one forward pass per block of
@@ -57,41 +60,42 @@ from seqattr.typing import Float, Tensor
 
 AUTO = "auto"
 """The value of ``n_steps`` that asks for adaptive integration."""
-FIRST_LEVEL = 2
-"""Every step starts on the trapezoid rule with ``2**FIRST_LEVEL + 1`` = 5 points."""
-DEFAULT_MAX_N_STEPS = 129
-"""``max_n_steps`` when None: the trapezoid rule on 129 points (``2**7 + 1``), six refinements."""
+FIRST_LEVEL = 1
+"""Every step starts on the midpoint rule with ``3**FIRST_LEVEL`` = 3 points."""
+DEFAULT_MAX_N_STEPS = 81
+"""``max_n_steps`` when None: the midpoint rule on 81 points (``3**4``), three refinements; its error bound
+is half the trapezoid's on as many points, about that of the trapezoid on 115."""
 INTEGRATION_POINTS = "integration_points"
 """Step score of ``n_steps="auto"``: the points each step's path integral used (per baseline)."""
-NESTED_RULE = "trapezoid"
+NESTED_RULE = "midpoint"
 """The rule recorded in ``info["method_info"]["integration"]``."""
 
 
 def grid_level(points: int) -> int | None:
-    """``k`` when ``points == 2**k + 1`` with ``k >= FIRST_LEVEL`` (a grid of the nested rule), else None.
+    """``k`` when ``points == 3**k`` with ``k >= FIRST_LEVEL`` (a grid of the nested rule), else None.
 
     Example:
-        >>> grid_level(17), grid_level(50)
-        (4, None)
+        >>> grid_level(27), grid_level(50)
+        (3, None)
     """
-    k = round(math.log2(max(points - 1, 1)))
-    return k if k >= FIRST_LEVEL and 2**k + 1 == points else None
+    k = round(math.log(max(points, 1), 3))
+    return k if k >= FIRST_LEVEL and 3**k == points else None
 
 
-def trapezoid_points(level: int, new_only: bool) -> tuple[list[float], list[float]]:
-    """``(alphas, raw weights)`` of level ``level``'s trapezoid rule on ``2**level + 1`` points, unnormalised
-    (1 inside, 1/2 at both ends; divide the sum by ``2**level``), or of its new midpoints only.
+def midpoint_points(level: int, new_only: bool) -> tuple[list[float], list[float]]:
+    """``(alphas, raw weights)`` of level ``level``'s midpoint rule on ``3**level`` points, unnormalised
+    (1 each; divide the sum by ``3**level``), or of the points level ``level - 1`` lacks only (each of its
+    intervals split in three keeps its midpoint as the middle one's).
 
     Example:
-        >>> trapezoid_points(2, new_only=False)
-        ([0.0, 0.25, 0.5, 0.75, 1.0], [0.5, 1.0, 1.0, 1.0, 0.5])
-        >>> trapezoid_points(2, new_only=True)
-        ([0.25, 0.75], [1.0, 1.0])
+        >>> midpoint_points(1, new_only=False)
+        ([0.16666666666666666, 0.5, 0.8333333333333334], [1.0, 1.0, 1.0])
+        >>> [round(a * 18) for a in midpoint_points(2, new_only=True)[0]]
+        [1, 5, 7, 11, 13, 17]
     """
-    n = 2**level
-    if new_only:
-        return [(2 * j + 1) / n for j in range(n // 2)], [1.0] * (n // 2)
-    return [j / n for j in range(n + 1)], [0.5] + [1.0] * (n - 1) + [0.5]
+    n = 3**level
+    chosen = [j for j in range(n) if not new_only or j % 3 != 1]
+    return [(2 * j + 1) / (2 * n) for j in chosen], [1.0] * len(chosen)
 
 
 @dataclass
@@ -100,15 +104,15 @@ class AdaptiveSteps(MethodOptions):
     `IntegrationOptions`, whose ``n_steps`` it extends to ``"auto"``."""
 
     n_steps: int | Literal["auto"] = 50
-    """Integration points per path, or ``"auto"``: the nested trapezoid rule refined per step until its
+    """Integration points per path, or ``"auto"``: the nested midpoint rule refined per step until its
     completeness error is within ``tolerance`` (or ``max_n_steps`` points are reached)."""
     tolerance: float | None = None
     """With ``n_steps="auto"``: the largest ``|convergence delta|`` accepted per step, absolute (in the
     attributed function's units); None = 5% of ``max(|f(input) - f(baseline)|, 1e-3)``, the completeness
     warning's own bound."""
     max_n_steps: int | None = None
-    """With ``n_steps="auto"``: the most points per path, ``2**k + 1`` (9, 17, 33, 65, 129, 257, ...);
-    None = 129."""
+    """With ``n_steps="auto"``: the most points per path, ``3**k`` (3, 9, 27, 81, 243, 729, ...);
+    None = 81."""
 
     def check_points(self) -> None:
         if self.n_steps != AUTO:
@@ -126,7 +130,7 @@ class AdaptiveSteps(MethodOptions):
         default = type(self).__dataclass_fields__["integration_method"].default
         if self.integration_method != default:
             raise ValueError(
-                f"n_steps='auto' integrates with the nested trapezoid rule; integration_method="
+                f"n_steps='auto' integrates with the nested midpoint rule; integration_method="
                 f"{self.integration_method!r} applies to a fixed n_steps: drop it, or give an integer n_steps"
             )
         check_integration(1, self.integration_method)
@@ -139,9 +143,9 @@ class AdaptiveSteps(MethodOptions):
         if self.max_n_steps is not None:
             check_positive_int("max_n_steps", self.max_n_steps)
             if grid_level(self.max_n_steps) is None:
-                grids = ", ".join(str(2**k + 1) for k in range(FIRST_LEVEL, FIRST_LEVEL + 7))
+                grids = ", ".join(str(3**k) for k in range(FIRST_LEVEL, FIRST_LEVEL + 6))
                 raise ValueError(
-                    "max_n_steps must be a grid of the nested trapezoid rule, 2**k + 1 points "
+                    "max_n_steps must be a grid of the nested midpoint rule, 3**k points "
                     f"({grids}, ...), got {self.max_n_steps}"
                 )
         if not getattr(self, "multiply_by_inputs", True):
@@ -173,7 +177,7 @@ def attribute_adaptive(method, inputs: MethodInputs, options) -> MethodOutput:
     Example:
         >>> model = seqattr.load_model(hf_model, "integrated_gradients", n_steps="auto")  # doctest: +SKIP
         >>> model.attribute("Hello")[0].step_scores["integration_points"]  # doctest: +SKIP
-        tensor([ 9., 17.])
+        tensor([3., 9.])
     """
     baselines = method.draw_baselines(inputs, options)
     expect_passes(inputs.objective, 1 + len(baselines))
@@ -186,7 +190,7 @@ def attribute_adaptive(method, inputs: MethodInputs, options) -> MethodOutput:
     max_level = grid_level(options.max_n_steps or DEFAULT_MAX_N_STEPS)
     batch = inputs.batch.size
     # Chunks sized for the first grid's rows; a refinement splits its span again for its own rows.
-    first_rows = options.internal_batch_size or (2**FIRST_LEVEL + 1) * batch
+    first_rows = options.internal_batch_size or 3**FIRST_LEVEL * batch
     chunks = list(step_chunks(inputs, n_points=first_rows))
     levels = torch.zeros(batch, inputs.batch.num_steps, dtype=torch.long)
     deltas = torch.zeros_like(gap)
@@ -202,7 +206,7 @@ def attribute_adaptive(method, inputs: MethodInputs, options) -> MethodOutput:
             )
             write_sums(writer, steps, sums, options.hidden_reduction)
     output = writer.output()
-    output.step_scores[INTEGRATION_POINTS] = (2**levels + 1).to(torch.float32)
+    output.step_scores[INTEGRATION_POINTS] = (3**levels).to(torch.float32)
     if options.return_convergence_delta:
         output.step_scores[CONVERGENCE_DELTA] = deltas.detach().cpu()
     output.completeness = Completeness(deltas.detach().cpu(), gap.detach().cpu(), tolerance.detach().cpu())
@@ -221,18 +225,18 @@ def refine_chunk(
     tolerance: Float[Tensor, "batch steps"],
     max_level: int,
 ) -> tuple[PathSums, Tensor, Tensor]:
-    """The steps ``steps``' path sums on the nested trapezoid rule, each (example, step) refined until its
+    """The steps ``steps``' path sums on the nested midpoint rule, each (example, step) refined until its
     ``|delta| <= tolerance`` or ``max_level``: ``(sums [steps, batch, ...], levels [batch, steps], deltas
     [batch, steps])``. One pass of new points per level and block, for the examples and the span of steps
     that still fail."""
     batch, width = inputs.batch.size, steps.stop - steps.start
     real = inputs.batch.step_mask[:, steps].cpu()
     levels = torch.full((batch, width), FIRST_LEVEL, dtype=torch.long)
-    raw = PathSums(None, None)  # R_k per (example, step): the unnormalised trapezoid sum of its level
+    raw = PathSums(None, None)  # R_k per (example, step): the unnormalised midpoint sum of its level
     active = torch.ones(batch, width, dtype=torch.bool)  # refined at this level
     examples, span = torch.arange(batch), slice(0, width)
     level = FIRST_LEVEL
-    alphas, weights = trapezoid_points(level, new_only=False)
+    alphas, weights = midpoint_points(level, new_only=False)
     device = inputs.target_embeds.device
     prefix = int(inputs.batch.step_positions[steps].max())
     while True:
@@ -261,7 +265,7 @@ def refine_chunk(
             # keeps its level's value); the weights make the mean over baselines.
             keep = active[examples][:, piece].T.to(device)[:, :, None, None] / len(starts)
             raw = _accumulate(raw, part, keep, piece, chosen, (width, batch, prefix))
-        scale = (2.0 ** -levels.to(gap.dtype)).T.to(device)[:, :, None, None]
+        scale = (3.0 ** -levels.to(gap.dtype)).T.to(device)[:, :, None, None]
         delta = (
             PathSums(*(None if x is None else x * scale for x in (raw.source, raw.target))).total().cpu()
             - gap.cpu()
@@ -274,7 +278,7 @@ def refine_chunk(
         examples = active.any(1).nonzero().flatten()
         columns = active.any(0).nonzero().flatten()
         span = slice(int(columns[0]), int(columns[-1]) + 1)
-        alphas, weights = trapezoid_points(level, new_only=True)
+        alphas, weights = midpoint_points(level, new_only=True)
     final = PathSums(*(None if x is None else x * scale for x in (raw.source, raw.target)))
     return final, levels, delta.to(gap)
 

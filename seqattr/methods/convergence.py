@@ -85,9 +85,7 @@ def warn_if_not_converged(method: str, failures: list[str], n_steps: int | str |
             f"(tolerance=, or 5% of max(|f(input) - f(baseline)|, {ABSOLUTE_FLOOR}) when None): {shown}. "
             "Use a larger max_n_steps, a larger tolerance, another baseline, or another method; the step "
             "score integration_points holds the points each step used. A delta of nan or inf is not "
-            "refined: the trapezoid rule evaluates the gradient at the baseline itself, which overflows "
-            "where the model normalises a zero baseline (RMSNorm: Llama, SmolLM2, Qwen, T5); use "
-            "baseline='unk' or an integer n_steps.",
+            "refined: the model's gradient overflows somewhere on the path.",
             ConvergenceWarning,
             stacklevel=user_stacklevel(),
         )
