@@ -256,7 +256,7 @@ def write_docs(text: str) -> None:
 
 def updated(previous: dict, new: dict) -> dict:
     """``previous`` results with ``new``'s methods measured again or added: the other methods' rows are kept,
-    and the date says which methods were measured when. Both must use the same prompts.
+    and the date says which methods were measured when. Kept faithfulness rows must use the same prompts.
 
     Example:
         >>> old = {"methods": ["a"], "num_prompts": 3, "date": "d1", "ground_truth": [{"method": "a"}],
@@ -267,12 +267,13 @@ def updated(previous: dict, new: dict) -> dict:
         >>> merged["methods"], [r["method"] for r in merged["faithfulness"]], merged["date"]
         (['a', 'b'], ['a', 'b'], 'd1 (b: d2)')
     """
-    if previous["num_prompts"] != new["num_prompts"] and previous["faithfulness"] and new["faithfulness"]:
+    measured = set(new["methods"])
+    kept_faithfulness = [r for r in previous["faithfulness"] if r["method"] not in measured]
+    if previous["num_prompts"] != new["num_prompts"] and kept_faithfulness and new["faithfulness"]:
         sys.exit(
             f"--update: {RESULTS} has {previous['num_prompts']} prompts, this run {new['num_prompts']}; "
             f"pass --prompts {previous['num_prompts']} or run every method again"
         )
-    measured = set(new["methods"])
     methods = sorted(set(previous["methods"]) | measured)
 
     def rows(key: str) -> list[dict]:
@@ -281,8 +282,13 @@ def updated(previous: dict, new: dict) -> dict:
 
     return {
         **previous,
+        "num_prompts": new["num_prompts"] if new["faithfulness"] else previous["num_prompts"],
         "methods": methods,
-        "date": f"{previous['date']} ({', '.join(sorted(measured))}: {new['date']})",
+        "date": (
+            f"{new['date']} (faithfulness), {previous['date']} (ground-truth tasks)"
+            if measured >= set(previous["methods"]) and not new["ground_truth"]
+            else f"{previous['date']} ({', '.join(sorted(measured))}: {new['date']})"
+        ),
         "ground_truth": rows("ground_truth") if new["ground_truth"] else previous["ground_truth"],
         "faithfulness": rows("faithfulness") if new["faithfulness"] else previous["faithfulness"],
     }

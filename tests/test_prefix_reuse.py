@@ -220,7 +220,8 @@ def test_reuse_runs_only_where_it_spares_enough_positions(monkeypatch):
     spared = sum(starts) / (features * length)  # each row could skip its positions before its token
     assert 0 < spared < perturbation.MIN_SAVED_POSITIONS
     assert counts[0] < counts[1]  # reuse forced: fewer positions
-    assert counts[1] == length + features * length  # whole rows after the scoring pass's clean row
+    # Whole rows after the scoring pass's clean row; a row stops before the last token, which no step reads.
+    assert counts[1] == length + features * (length - 1)
 
 
 def test_reuse_is_off_where_it_does_not_apply(monkeypatch):
@@ -241,7 +242,8 @@ def test_reuse_is_off_where_it_does_not_apply(monkeypatch):
         model, Occlusion, lambda: model.attribute(text, text + " The dog", show_progress=False)
     )
     features = len(out.info["method_info"]["examples"][0]["features"]["target"])
-    assert positions == (features + 1) * len(out[0].target_ids)
+    # Full forwards of the clean row and each occluded row, up to the last token (which no step reads).
+    assert positions == (features + 1) * (len(out[0].target_ids) - 1)
 
 
 def test_cache_cost_per_position_is_the_configs_formula():

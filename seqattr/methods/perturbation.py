@@ -236,10 +236,14 @@ def score_chunks(setup: PerturbationSetup, steps: slice = slice(None), cached: b
 
 
 def run_rows(
-    setup: PerturbationSetup, rows: Int[Tensor, " n"], gates: Float[Tensor, "n features"]
+    setup: PerturbationSetup,
+    rows: Int[Tensor, " n"],
+    gates: Float[Tensor, "n features"],
+    steps: slice = slice(None),
 ) -> Float[Tensor, "n steps"]:
-    """Every step's score for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and
-    of steps): only one chunk's logits exist at a time.
+    """Every step's score (or only those of ``steps``, on the prefix they need: the later positions are not
+    computed) for ``n`` perturbed copies of whole sequences, in memory-bounded chunks of rows (and of steps):
+    only one chunk's logits exist at a time.
 
     Decoder-only rows start from the clean prefix (`prefix_reuse`) when that saves at least
     `MIN_SAVED_POSITIONS` of the positions: a forward call runs from its rows' earliest perturbed position on,
@@ -258,7 +262,7 @@ def run_rows(
             length = clean.shape[1]
             if int((length - first).sum()) <= (1 - MIN_SAVED_POSITIONS) * length * rows.shape[0]:
                 reuse = prefix_reuse(setup)
-    chunks = score_chunks(setup, cached=reuse is not None)
+    chunks = score_chunks(setup, steps, cached=reuse is not None)
     parts = list(chunks.row_slices(rows.shape[0]))
     if reuse is not None:
         order = torch.argsort(first, stable=True)
@@ -269,19 +273,14 @@ def run_rows(
     with torch.no_grad():
         for part in parts:
             source, target = perturbed_embeddings(setup, rows[part], gates[part])
-            if len(chunks.step_slices) == 1:
-                scores.append(
-                    setup.objective(source, target, chunks.step_slices[0], rows[part], prefix=reuse)
-                )
-                continue
             row_scores = []
-            for steps in chunks.step_slices:
+            for chunk in chunks.step_slices:
                 # The prefix the chunk's steps need: their logits are those of the whole sequence.
-                prefix = target[:, : int(setup.batch.step_positions[steps].max())]
-                row_scores.append(setup.objective(source, prefix, steps, rows[part], prefix=reuse))
+                prefix = target[:, : int(setup.batch.step_positions[chunk].max())]
+                row_scores.append(setup.objective(source, prefix, chunk, rows[part], prefix=reuse))
             scores.append(torch.cat(row_scores, dim=1))
     if not scores:
-        return torch.zeros(0, setup.batch.num_steps)
+        return torch.zeros(0, len(range(*steps.indices(setup.batch.num_steps))))
     result = torch.cat(scores)
     if order is not None:
         result = result[torch.argsort(order)]
