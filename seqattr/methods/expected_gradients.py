@@ -65,7 +65,7 @@ class References(MethodOptions):
 class ExpectedGradientsOptions(AdaptiveSteps, Seed, ConvergenceDelta, References, IntegrationOptions):
     n_steps: int | Literal["auto"] = 20
     """Integration points per baseline (fewer than IG's 50: the average over baselines smooths the rest), or
-    ``"auto"``: every baseline's path on the same nested trapezoid grid, refined per step until the mean over
+    ``"auto"``: every baseline's path on the same nested midpoint grid, refined per step until the mean over
     baselines adds up to ``f(input) - mean f(baseline)`` within ``tolerance``."""
 
 
