@@ -164,8 +164,16 @@ def _prompt_evaluation(model, method: str, index: int, prompt: str) -> dict:
         )
         attributed = time.perf_counter() - started
         seq = out[0]
-        key = {"prompt": prompt, "target_ids": list(seq.target_ids), "attr_pos_start": seq.attr_pos_start}
-        random_file = CACHE / "_random" / f"{index:02d}.json"
+        # The random level depends on the tokens and on the step function the metrics measure (ContextCite
+        # explains the log-odds, the other methods the probability).
+        measured = out.info.get("method_info", {}).get("measured_step_function") or out.info["attributed_fn"]
+        key = {
+            "prompt": prompt,
+            "target_ids": list(seq.target_ids),
+            "attr_pos_start": seq.attr_pos_start,
+            "step_function": measured,
+        }
+        random_file = CACHE / "_random" / f"{index:02d}-{measured}.json"
         known = json.loads(random_file.read_text()) if random_file.exists() else None
         reuse = known is not None and known["key"] == key
         # The metrics depend on each step's ranking only: methods that rank alike (a layer variant at the
