@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -177,6 +178,19 @@ def test_without_the_random_ranking_the_method_values_are_unchanged():
     for metric in both.metrics:
         assert_close(alone.per_step[0][metric], both.per_step[0][metric], what=metric)
         assert alone.random_per_step[0][metric].isnan().all(), metric
+
+
+def test_curves_of_a_negative_step_function_are_nan_with_a_warning():
+    # A log-probability is negative: a share of it would flip the deletion curve (a drop reads as a rise).
+    model = exact_model("gpt2")
+    out = _output(model, attributed_fn="logprob")
+    with pytest.warns(UserWarning, match=r"deletion_auc.* not positive at 3 of 3 steps.*'probability'"):
+        result = model.evaluate(out, metrics=["comprehensiveness", "deletion_auc", "abpc"])
+    assert result.per_step[0]["deletion_auc"].isnan().all() and result.per_step[0]["abpc"].isnan().all()
+    assert not result.per_step[0]["comprehensiveness"].isnan().any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a difference holds for any step function: nothing to warn about
+        model.evaluate(out, metrics=["comprehensiveness", "sufficiency"])
 
 
 def test_a_decoder_only_step_with_no_token_left_is_nan_under_delete():

@@ -17,7 +17,9 @@ unperturbed input. With ``m_k = ceil(k * n_t)`` for each fraction ``k``:
 - ``insertion_auc``: area under ``f_t(x with only the i top-ranked) / f_t(x)``, ``i = 0..n_t``, which equals
   the area under the LeRF curve (removing the least relevant first); higher is better;
 - ``abpc``: ``insertion_auc - deletion_auc``, the area between the LeRF and MoRF curves (AttnLRP); higher is
-  better;
+  better. The three curves are shares of ``f_t(x)``, defined for a positive step function (a probability):
+  NaN, with a warning, at steps where ``f_t(x) <= 0`` (a log-probability, ContextCite's log-odds), whose
+  division would flip or blow up the curve;
 - ``soft_comprehensiveness`` / ``soft_sufficiency`` (Zhao & Aletras 2023): the scores min-max normalised over
   the step's features give ``p_i``; one seeded draw keeps feature ``i`` with probability ``1 - p_i`` /
   ``p_i``; the value is ``f_t(x) - f_t(x with the kept features)`` (a step whose scores are all equal has
@@ -55,6 +57,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from seqattr.caller import user_stacklevel
 from seqattr.engine import StepObjective
 from seqattr.evaluation.result import EvaluationResult
 from seqattr.features import FeatureMap, build_feature_map
@@ -307,6 +311,7 @@ def evaluate(
         per_step.append(values)
         random_per_step.append(random_values)
         step_values.append(clean)
+    _warn_if_curves_undefined(metrics, step_values, name)
     settings = {
         "fractions": fractions,
         "baseline": baseline if isinstance(baseline, (str, int)) else f"tensor{list(baseline.shape)}",
@@ -327,6 +332,22 @@ def evaluate(
         steps=[list(seq.steps) for seq in output],
         settings=settings,
     )
+
+
+def _warn_if_curves_undefined(metrics: list[str], step_values: list[Tensor], name: str) -> None:
+    """Warn when the curves were asked for and some steps' ``f_t(x)`` is not positive (curves NaN there)."""
+    asked = sorted(_CURVES & set(metrics))
+    values = torch.cat([v.flatten() for v in step_values]) if step_values else torch.zeros(0)
+    undefined = int((values <= 0).sum())
+    if asked and undefined:
+        warnings.warn(
+            f"{', '.join(asked)} divide by f_t(x), the unperturbed value of step function {name!r}, which is "
+            f"not positive at {undefined} of {values.numel()} steps: NaN there (a share of a negative value "
+            "flips the curve). They are defined for a probability: evaluate an output attributed with "
+            "attributed_fn='probability', or use comprehensiveness and sufficiency, which are differences",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 @dataclass
@@ -638,7 +659,7 @@ def _metric_values(plan: dict[str, Any], values: Float[Tensor, " rows"], clean: 
         result["comprehensiveness"] = sum(clean - float(values[removed[c]]) for c in counts) / len(counts)
     if counts[0] in kept:
         result["sufficiency"] = sum(clean - float(values[kept[c]]) for c in counts) / len(counts)
-    if len(removed) == n + 1 and len(kept) == n + 1 and clean != 0:
+    if len(removed) == n + 1 and len(kept) == n + 1 and clean > 0:
         deletion = np.array([float(values[removed[i]]) for i in range(n + 1)]) / clean
         insertion = np.array([float(values[kept[i]]) for i in range(n + 1)]) / clean
         result["deletion_auc"] = float(((deletion[1:] + deletion[:-1]) / 2).sum() / n)
