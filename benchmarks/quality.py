@@ -45,7 +45,7 @@ OPTIONS: dict[str, dict] = {
     "integrated_gradients": {"n_steps": 16},
     "layer_integrated_gradients": {"n_steps": 16},
     "sequential_integrated_gradients": {"n_steps": 8},
-    "internal_influence": {"n_steps": 16},
+    "internal_influence": {"n_steps": 16, "hidden_reduction": "sum"},  # one score per token
     "integrated_hessians": {"n_steps": 3},  # 6 path points; the default 8 (36 points) took 20 s per step
     "expected_hessians": {"n_steps": 2, "n_baselines": 2},  # 3 points x 2 baselines (default 10 x 8)
     "discretized_integrated_gradients": {"n_steps": 8},
