@@ -117,24 +117,34 @@ def ground_truth_rows(methods: list[str], progress: Progress) -> list[dict]:
     return rows
 
 
-def faithfulness_rows(methods: list[str], prompts: list[str], progress: Progress) -> list[dict]:
+def faithfulness_rows(
+    methods: list[str], prompts: list[str], progress: Progress, cached_only: bool = False
+) -> list[dict]:
     """Each method on each prompt, evaluated; one cached file per (method, prompt), so a run can resume.
 
     The full grid takes hours on a CPU: an interrupted run (or one spread over several sessions, `nice`d in
     the background) keeps every finished pair under benchmarks/results/quality_cache/ and computes only the
-    rest.
+    rest. ``cached_only`` computes nothing: each row averages the prompts cached so far (its ``prompts``).
     """
-    model = seqattr.load_model()
+    model = None if cached_only else seqattr.load_model()
     job = progress.add_task("SmolLM2 faithfulness", total=len(methods) * len(prompts))
     rows = []
     for method in methods:
-        pairs = [_prompt_evaluation(model, method, index, prompt) for index, prompt in enumerate(prompts)]
-        for _ in pairs:
+        pairs = []
+        for index, prompt in enumerate(prompts):
+            pair = _cached(method, index, prompt)
+            if pair is None and not cached_only:
+                pair = _prompt_evaluation(model, method, index, prompt)
+            if pair is not None:
+                pairs.append(pair)
             progress.advance(job)
+        if not pairs:
+            continue
         steps = sum(pair["steps"] for pair in pairs)
         rows.append(
             {
                 "method": method,
+                "prompts": len(pairs),
                 "steps": steps,
                 "seconds_per_step": sum(pair["attribution_s"] for pair in pairs) / steps,
                 "total_s": sum(pair["total_s"] for pair in pairs),
@@ -151,11 +161,9 @@ def _prompt_evaluation(model, method: str, index: int, prompt: str) -> dict:
     The random level depends only on the generated tokens (not on the method), so it is computed once per
     prompt and output and reused by every method that generated the same tokens: half the evaluation's cost.
     """
-    cached = CACHE / method / f"{index:02d}.json"
-    if cached.exists():
-        pair = json.loads(cached.read_text())
-        if pair["prompt"] == prompt and pair["options"] == OPTIONS.get(method, {}):
-            return pair
+    cached = _cached(method, index, prompt)
+    if cached is not None:
+        return cached
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         started = time.perf_counter()
@@ -201,8 +209,18 @@ def _prompt_evaluation(model, method: str, index: int, prompt: str) -> dict:
         "per_step": per_step,
         "random_per_step": random_per_step,
     }
-    _write(cached, pair)
+    _write(CACHE / method / f"{index:02d}.json", pair)
     return pair
+
+
+def _cached(method: str, index: int, prompt: str) -> dict | None:
+    """The cached evaluation of ``method`` on prompt ``index``, if it was made with today's options."""
+    path = CACHE / method / f"{index:02d}.json"
+    if path.exists():
+        pair = json.loads(path.read_text())
+        if pair["prompt"] == prompt and pair["options"] == OPTIONS.get(method, {}):
+            return pair
+    return None
 
 
 def _ranking_digest(out, key: dict) -> str:
@@ -273,11 +291,24 @@ def markdown(results: dict) -> str:
             "| method | " + " | ".join(METRICS) + " | s / step |",
             "| --- | " + " | ".join("---" for _ in METRICS) + " | --- |",
         ]
+        partial = []
         for row in results["faithfulness"]:
             cells = [f"{_number(row['means'][m])} ({_number(row['random'][m])})" for m in METRICS]
             seconds = _number(row["seconds_per_step"])
-            lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {seconds} |")
+            prompts = row.get("prompts", results["num_prompts"])
+            name = row["method"]
+            if prompts != results["num_prompts"]:
+                name = f"{name} ({prompts} prompts)"
+                partial.append(name)
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds} |")
         lines.append("")
+        if partial:
+            lines += [
+                f"Not yet on all {results['num_prompts']} prompts (`make quality` computes the rest from "
+                f"the cache): {', '.join(partial)}; their means and random levels are over their own "
+                "prompts.",
+                "",
+            ]
     lines.append(f"Measured {results['date']} on {results['machine']} by `make quality`.")
     return "\n".join(lines)
 
@@ -339,6 +370,11 @@ def main() -> None:
     parser.add_argument("--skip-smollm2", action="store_true", help="no SmolLM2 faithfulness")
     parser.add_argument("--docs", action="store_true", help="also write the tables into docs/quality.md")
     parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="compute nothing on SmolLM2: tables from the cached (method, prompt) results so far",
+    )
+    parser.add_argument(
         "--update",
         action="store_true",
         help="keep the other methods' rows of benchmarks/results/quality.json (same number of prompts)",
@@ -362,7 +398,7 @@ def main() -> None:
         if not args.skip_tasks:
             results["ground_truth"] = ground_truth_rows(methods, progress)
         if not args.skip_smollm2:
-            results["faithfulness"] = faithfulness_rows(methods, prompts, progress)
+            results["faithfulness"] = faithfulness_rows(methods, prompts, progress, args.cached_only)
     if args.update and RESULTS.exists():
         results = updated(json.loads(RESULTS.read_text()), results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
