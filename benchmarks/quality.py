@@ -302,6 +302,9 @@ def markdown(results: dict) -> str:
                 partial.append(name)
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds} |")
         lines.append("")
+        missing = sorted(set(results["methods"]) - {row["method"] for row in results["faithfulness"]})
+        if missing:
+            lines += [f"Not yet measured on SmolLM2: {', '.join(missing)}.", ""]
         if partial:
             lines += [
                 f"Not yet on all {results['num_prompts']} prompts (`make quality` computes the rest from "
