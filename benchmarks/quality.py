@@ -186,13 +186,15 @@ def _prompt_evaluation(model, method: str, index: int, prompt: str) -> dict:
         reuse = known is not None and known["key"] == key
         # The metrics depend on each step's ranking only: methods that rank alike (a layer variant at the
         # embeddings and its input method) share one evaluation.
-        ranked = CACHE / "_rankings" / f"{index:02d}-{_ranking_digest(out, key)}.json"
-        if ranked.exists() and reuse:
+        digest = _ranking_digest(out, key)
+        ranked = None if digest is None else CACHE / "_rankings" / f"{index:02d}-{digest}.json"
+        if ranked is not None and ranked.exists() and reuse:
             per_step = json.loads(ranked.read_text())
-        else:
+        else:  # evaluate refuses attributions with extra dimensions itself, naming the fix
             result = model.evaluate(out, metrics=list(METRICS), random_ranking=not reuse)
             per_step = {metric: result.per_step[0][metric].tolist() for metric in METRICS}
-            _write(ranked, per_step)
+            if ranked is not None:
+                _write(ranked, per_step)
     random_per_step = (
         known["random_per_step"]
         if reuse
@@ -223,14 +225,14 @@ def _cached(method: str, index: int, prompt: str) -> dict | None:
     return None
 
 
-def _ranking_digest(out, key: dict) -> str:
+def _ranking_digest(out, key: dict) -> str | None:
     """A digest of the output's tokens and each step's ranking of the features it sees (the order of its
     token-level scores, largest first, ties in position order: as `evaluate` ranks them)."""
     seq = out[0]
     parts = [x for x in (seq.source_attributions, seq.target_attributions) if x is not None]
     scores = torch.cat(parts).double()
-    if scores.dim() > 2:  # a method that keeps extra dimensions: not shared
-        return hashlib.sha1(os.urandom(8)).hexdigest()[:16]
+    if scores.dim() > 2:  # not one score per token: nothing to rank (evaluate says so)
+        return None
     orders = [
         np.argsort(-scores[:, step][~scores[:, step].isnan()].numpy(), kind="stable").tolist()
         for step in range(scores.shape[1])
