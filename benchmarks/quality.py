@@ -62,6 +62,10 @@ OPTIONS: dict[str, dict] = {
     "value_zeroing": {"aggregate_layers": "mean"},
 }
 METRICS = ("comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc", "abpc")
+# Every method's ranking is measured on the generated token's probability, the quantity all but ContextCite
+# attribute: ContextCite explains a log-odds, which the curves (shares of f_t(x)) cannot divide by, and on
+# one scale the rows compare.
+MEASURED = "probability"
 PROMPTS = [
     "The capital of France is",
     "My favourite fruit is the",
@@ -172,16 +176,14 @@ def _prompt_evaluation(model, method: str, index: int, prompt: str) -> dict:
         )
         attributed = time.perf_counter() - started
         seq = out[0]
-        # The random level depends on the tokens and on the step function the metrics measure (ContextCite
-        # explains the log-odds, the other methods the probability).
-        measured = out.info.get("method_info", {}).get("measured_step_function") or out.info["attributed_fn"]
+        # The random level depends on the tokens and on the step function the metrics measure.
         key = {
             "prompt": prompt,
             "target_ids": list(seq.target_ids),
             "attr_pos_start": seq.attr_pos_start,
-            "step_function": measured,
+            "step_function": MEASURED,
         }
-        random_file = CACHE / "_random" / f"{index:02d}-{measured}.json"
+        random_file = CACHE / "_random" / f"{index:02d}-{MEASURED}.json"
         known = json.loads(random_file.read_text()) if random_file.exists() else None
         reuse = known is not None and known["key"] == key
         # The metrics depend on each step's ranking only: methods that rank alike (a layer variant at the
@@ -191,7 +193,9 @@ def _prompt_evaluation(model, method: str, index: int, prompt: str) -> dict:
         if ranked is not None and ranked.exists() and reuse:
             per_step = json.loads(ranked.read_text())
         else:  # evaluate refuses attributions with extra dimensions itself, naming the fix
-            result = model.evaluate(out, metrics=list(METRICS), random_ranking=not reuse)
+            result = model.evaluate(
+                out, metrics=list(METRICS), random_ranking=not reuse, step_function=MEASURED
+            )
             per_step = {metric: result.per_step[0][metric].tolist() for metric in METRICS}
             if ranked is not None:
                 _write(ranked, per_step)

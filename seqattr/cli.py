@@ -33,7 +33,7 @@ from seqattr.evaluation.faithfulness import DEFAULT_FRACTIONS, METRICS
 from seqattr.methods import list_methods
 from seqattr.models.loading import check_device
 from seqattr.request import DEFAULT_MAX_NEW_TOKENS, AttributionRequest
-from seqattr.step_functions import list_step_functions
+from seqattr.step_functions import get_step_function, list_step_functions
 from seqattr.trace import DEFAULT_TOP_K
 
 QUICK_START = """\
@@ -445,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--seed", type=int, default=0, help="seed of the random ranking and soft draws (default 0)"
+    )
+    evaluate.add_argument(
+        "--step-function",
+        default=None,
+        metavar="NAME",
+        help="measure the rankings with this step function (default: the one the output attributes)",
     )
     evaluate.add_argument(
         "--save", default=None, metavar="FILE", help="also write the result to this JSON file"
@@ -1003,6 +1009,8 @@ def _evaluate(args) -> int:
 
     baseline = option_value(args.baseline)
     check_settings(args.metrics, args.fractions, baseline, args.removal, args.by, args.seed)
+    if args.step_function is not None:
+        get_step_function(args.step_function)  # an unknown name fails here, listing the valid ones
     if args.save:
         check_output_path(args.save, "--save")
     out = _load_saved(args.output)
@@ -1018,6 +1026,7 @@ def _evaluate(args) -> int:
         removal=args.removal,
         by=args.by,
         seed=args.seed,
+        step_function=args.step_function,
     )
     if args.save:
         result.save(args.save)

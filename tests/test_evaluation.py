@@ -193,6 +193,39 @@ def test_curves_of_a_negative_step_function_are_nan_with_a_warning():
         model.evaluate(out, metrics=["comprehensiveness", "sufficiency"])
 
 
+def test_step_function_measures_the_rankings_with_another_quantity():
+    # An output attributed on the log-probability (or a contrast, or ContextCite's log-odds) ranked by its own
+    # scores, measured on the probability: every metric equals the direct computation on the probability.
+    model = exact_model("gpt2")
+    out = _output(model, "input_x_gradient", attributed_fn="logprob")
+    seq, baseline_id = out[0], model.tokenizer.unk_token_id
+    settings = {"fractions": FRACTIONS, "baseline": baseline_id, "seed": 3, "random_ranking": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the probability is positive: the curves are defined
+        result = model.evaluate(out, step_function="probability", **settings)
+    assert result.settings["step_function"] == "probability"
+    for step in range(seq.num_steps):
+        features = _features(model, seq, step)
+        generator = np.random.default_rng([3, 0, seq.attr_pos_start + step])
+        generator.random(len(features))  # the random ranking's scores come first in the stream
+        soft = generator.random((2, len(features)))
+        scores = [_score(seq, feature, step) for feature in features]
+        expected = _direct_metrics(model, seq, step, scores, FRACTIONS, "replace", baseline_id, soft)
+        for metric in seqattr.evaluation.METRICS:
+            reference = torch.tensor(expected[metric], dtype=torch.float64)
+            assert_close(result.per_step[0][metric][step], reference, what=metric)
+    # A contrastive output's ranking can be measured the same way; a contrastive measure cannot (no contrast).
+    contrastive = AttributionOutput(
+        out.sequence_attributions, dict(out.info, contrast={"contrast_targets": ["x"]})
+    )
+    again = model.evaluate(contrastive, step_function="probability", **settings)
+    assert again.means() == pytest.approx(result.means(), nan_ok=True)
+    with pytest.raises(ValueError, match="'contrast_prob' reads a contrast.*step_function='probability'"):
+        model.evaluate(out, step_function="contrast_prob")
+    with pytest.raises(ValueError, match="unknown step function 'prob'; valid names: .*probability"):
+        model.evaluate(out, step_function="prob")
+
+
 def test_a_decoder_only_step_with_no_token_left_is_nan_under_delete():
     # GPT-2's tokenizer adds no BOS: deleting every prefix token leaves nothing to predict from.
     model = exact_model("gpt2")
@@ -404,3 +437,11 @@ def test_cli_evaluate_matches_the_api(tmp_path, capsys):
     assert "fractions must lie in (0, 1]" in capsys.readouterr().err
     assert main([*argv[:4], "--metrics", "aopc"]) == 2
     assert "unknown metric 'aopc'" in capsys.readouterr().err
+    assert main([*argv[:4], "--step-function", "prob"]) == 2
+    assert "unknown step function 'prob'; valid names" in capsys.readouterr().err
+    assert main([*argv, "--step-function", "logprob", "--save", str(saved)]) == 0
+    capsys.readouterr()
+    expected = attribution_model.evaluate(
+        out, metrics=["comprehensiveness", "sufficiency"], step_function="logprob"
+    )
+    assert seqattr.EvaluationResult.load(saved).means() == pytest.approx(expected.means())

@@ -6,8 +6,10 @@ decoder-only models). Special tokens (BOS, EOS, the decoder start, chat scaffold
 are never removed, as with the perturbation methods' default ``granularity="token"``. The ``n_t`` features
 are ranked by step ``t``'s scores, largest first (``by="signed"``) or by magnitude (``by="abs"``); ties keep
 token order. ``f_t`` is the output's own attributed step function (``info["attributed_fn"]`` with its
-arguments, or the quantity a perturbation method's ``inference_mode`` measured), ``f_t(x)`` its value on the
-unperturbed input. With ``m_k = ceil(k * n_t)`` for each fraction ``k``:
+arguments, or the quantity a perturbation method's ``inference_mode`` measured), or the registered step
+function named by ``step_function=`` (e.g. ``"probability"`` for an output whose own quantity is ContextCite's
+log-odds or a contrast, which curves cannot use); ``f_t(x)`` is its value on the unperturbed input. With
+``m_k = ceil(k * n_t)`` for each fraction ``k``:
 
 - ``comprehensiveness`` (AOPC): ``mean_k f_t(x) - f_t(x without the m_k top-ranked features)``; higher is
   better;
@@ -76,7 +78,7 @@ from seqattr.methods.path_base import Baselines, resolve_baselines
 from seqattr.methods.perturbation import PerturbationSetup, clean_scores, run_rows
 from seqattr.models.batch import AttributionBatch, EncodedExample
 from seqattr.models.family import DECODER_ONLY, ENCODER_DECODER, ModelFamily
-from seqattr.step_functions import StepFunction, bind_step_functions
+from seqattr.step_functions import NO_CONTRAST, StepFunction, bind_step_functions
 from seqattr.typing import Float, Tensor
 
 if TYPE_CHECKING:
@@ -155,13 +157,23 @@ def check_settings(
     return metrics, [float(k) for k in fractions]
 
 
-def evaluated_step_function(info: dict) -> tuple[str, dict, StepFunction]:
+def evaluated_step_function(info: dict, step_function: str | None = None) -> tuple[str, dict, StepFunction]:
     """The step function an output's attributions explain, bound to its arguments; refuses what cannot be
-    run again (a contrast, a step function that is not registered, an output without that record)."""
+    run again (a contrast, a step function that is not registered, an output without that record).
+
+    ``step_function`` names another registered step function to measure the same rankings with (without
+    arguments), e.g. ``"probability"`` for an output whose own quantity is a log-odds or a contrast."""
+    if step_function is not None:
+        try:
+            (function,) = bind_step_functions([step_function], {}, "step_function")
+        except ValueError as err:
+            raise ValueError(f"evaluate(step_function={step_function!r}): {err}") from err
+        return step_function, {}, function
     if "contrast" in info:
         raise ValueError(
             "this output attributes a contrastive step function; evaluating it would need its contrast "
-            "sequences run again, which evaluate() does not do yet: evaluate an output made without contrast"
+            "sequences run again, which evaluate() does not do: evaluate an output made without contrast, or "
+            "measure this output's rankings on the target's own probability (step_function='probability')"
         )
     method_info = info.get("method_info") or {}
     name = method_info.get("measured_step_function") or info.get("attributed_fn")
@@ -287,6 +299,7 @@ def evaluate(
     by: str = "signed",
     seed: int = 0,
     random_ranking: bool = True,
+    step_function: str | None = None,
 ) -> EvaluationResult:
     """Faithfulness metrics of ``output``'s attributions, with their random-ranking levels (see the module
     docstring for the definitions). `AttributionModel.evaluate` is the usual entry point.
@@ -296,7 +309,7 @@ def evaluate(
         >>> result.means()["comprehensiveness"] > result.random_means()["comprehensiveness"]  # doctest: +SKIP
     """
     metrics, fractions = check_settings(metrics, fractions, baseline, removal, by, seed)
-    name, arguments, step_function = evaluated_step_function(output.info)
+    name, arguments, measured = evaluated_step_function(output.info, step_function)
     check_output(model, output)
     check_removal(model, removal)
     per_step, random_per_step, step_values = [], [], []
@@ -304,10 +317,18 @@ def evaluate(
         prompt_len = None
         if output.info.get("prompt_only"):  # attribute_target=False: only the prompt was attributed
             prompt_len = output.info["prompt_lengths"][index]
-        run = _SequenceRun(model, seq, step_function, baseline, prompt_len)
-        values, random_values, clean = run.evaluate(
-            index, metrics, fractions, removal, by, seed, random_ranking
-        )
+        run = _SequenceRun(model, seq, measured, baseline, prompt_len)
+        try:
+            values, random_values, clean = run.evaluate(
+                index, metrics, fractions, removal, by, seed, random_ranking
+            )
+        except ValueError as err:
+            if str(err) != NO_CONTRAST:
+                raise
+            raise ValueError(
+                f"step function {name!r} reads a contrast, which evaluate() does not run; measure the "
+                "rankings on a step function of the target alone, e.g. step_function='probability'"
+            ) from err
         per_step.append(values)
         random_per_step.append(random_values)
         step_values.append(clean)

@@ -655,6 +655,7 @@ class AttributionModel:
         by: str = "signed",
         seed: int = 0,
         random_ranking: bool = True,
+        step_function: str | None = None,
     ) -> EvaluationResult:
         """How faithful ``output``'s attributions are to this model: each step's score with its top-ranked
         tokens removed or kept alone, against a random ranking (`seqattr.evaluation`; docs/evaluation.md).
@@ -673,6 +674,9 @@ class AttributionModel:
             random_ranking: also score the random ranking (the chance level of each metric; about half the
                 cost). ``False`` leaves ``random_per_step`` NaN: for a second method on the same output, whose
                 random level is the same.
+            step_function: a registered step function to measure the rankings with, instead of the one the
+                output attributes (None), e.g. ``"probability"`` for ContextCite's log-odds or a contrastive
+                output. Contrastive step functions cannot be measured (evaluate runs no contrast).
 
         Example:
             >>> out = model.attribute("The capital of France is", generation_args={"max_new_tokens": 3})
@@ -681,7 +685,9 @@ class AttributionModel:
             (torch.Size([3]), ['comprehensiveness', 'sufficiency'])
             >>> result.show()                                  # doctest: +SKIP
         """
-        return evaluate(self, output, metrics, fractions, baseline, removal, by, seed, random_ranking)
+        return evaluate(
+            self, output, metrics, fractions, baseline, removal, by, seed, random_ranking, step_function
+        )
 
     def __repr__(self) -> str:
         return f"AttributionModel({self.model_name!r}, {self.family}, method={self.method_name!r})"
