@@ -115,6 +115,7 @@ def ground_truth_rows(methods: list[str], progress: Progress) -> list[dict]:
                     "aer": scores.aer,
                     "steps": scores.steps,
                     "seconds": time.perf_counter() - started,
+                    "date": time.strftime("%Y-%m-%d"),
                 }
             )
             progress.advance(job)
@@ -154,6 +155,7 @@ def faithfulness_rows(
                 "total_s": sum(pair["total_s"] for pair in pairs),
                 "means": _step_means(pairs, "per_step"),
                 "random": _step_means(pairs, "random_per_step"),
+                "date": time.strftime("%Y-%m-%d"),
             }
         )
     return rows
@@ -318,8 +320,27 @@ def markdown(results: dict) -> str:
                 "prompts.",
                 "",
             ]
-    lines.append(f"Measured {results['date']} on {results['machine']} by `make quality`.")
+    spans = [
+        f"{what} {_date_span(results[key])}"
+        for key, what in (("ground_truth", "ground-truth tasks"), ("faithfulness", "SmolLM2 faithfulness"))
+        if results[key]
+    ]
+    lines.append(
+        f"Measured on {results['machine']} by `make quality`: {', '.join(spans)} (each row's date is in "
+        "`benchmarks/results/quality.json`)."
+    )
     return "\n".join(lines)
+
+
+def _date_span(rows: list[dict]) -> str:
+    """The dates ``rows`` were measured on: one date, or the first and the last.
+
+    Example:
+        >>> _date_span([{"date": "2026-12-03"}, {"date": "2026-12-02"}])
+        '2026-12-02 to 2026-12-03'
+    """
+    dates = sorted({row["date"] for row in rows})
+    return dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
 
 
 def write_docs(text: str) -> None:
@@ -333,16 +354,17 @@ def write_docs(text: str) -> None:
 
 def updated(previous: dict, new: dict) -> dict:
     """``previous`` results with ``new``'s methods measured again or added: the other methods' rows are kept,
-    and the date says which methods were measured when. Kept faithfulness rows must use the same prompts.
+    each with the date it was measured. Kept faithfulness rows must use the same prompts.
 
     Example:
-        >>> old = {"methods": ["a"], "num_prompts": 3, "date": "d1", "ground_truth": [{"method": "a"}],
-        ...        "faithfulness": [{"method": "a"}]}
-        >>> new = {**old, "methods": ["b"], "date": "d2", "ground_truth": [{"method": "b"}],
-        ...        "faithfulness": [{"method": "b"}]}
+        >>> old = {"methods": ["a"], "num_prompts": 3, "date": "d1",
+        ...        "ground_truth": [{"method": "a", "date": "d1"}],
+        ...        "faithfulness": [{"method": "a", "date": "d1"}]}
+        >>> new = {**old, "methods": ["b"], "date": "d2", "ground_truth": [{"method": "b", "date": "d2"}],
+        ...        "faithfulness": [{"method": "b", "date": "d2"}]}
         >>> merged = updated(old, new)
-        >>> merged["methods"], [r["method"] for r in merged["faithfulness"]], merged["date"]
-        (['a', 'b'], ['a', 'b'], 'd1 (b: d2)')
+        >>> [(r["method"], r["date"]) for r in merged["faithfulness"]], merged["date"]
+        ([('a', 'd1'), ('b', 'd2')], 'd2')
     """
     measured = set(new["methods"])
     kept_faithfulness = [r for r in previous["faithfulness"] if r["method"] not in measured]
@@ -361,11 +383,7 @@ def updated(previous: dict, new: dict) -> dict:
         **previous,
         "num_prompts": new["num_prompts"] if new["faithfulness"] else previous["num_prompts"],
         "methods": methods,
-        "date": (
-            f"{new['date']} (faithfulness), {previous['date']} (ground-truth tasks)"
-            if measured >= set(previous["methods"]) and not new["ground_truth"]
-            else f"{previous['date']} ({', '.join(sorted(measured))}: {new['date']})"
-        ),
+        "date": new["date"],
         "ground_truth": rows("ground_truth") if new["ground_truth"] else previous["ground_truth"],
         "faithfulness": rows("faithfulness") if new["faithfulness"] else previous["faithfulness"],
     }
