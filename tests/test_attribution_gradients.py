@@ -15,6 +15,7 @@ import torch
 
 import seqattr
 from exact import assert_close, exact_model, float64_model, probability64
+from seqattr.methods.gradient import HeadCut
 from seqattr.testing import ARCHITECTURES, tiny_model
 
 PROMPTS = ["the cat sat on the mat", "Paris is a beautiful city"]
@@ -109,6 +110,31 @@ def test_equals_direct_autograd_on_each_prefix(architecture, method, attribute_t
     )
     assert out.info["engine"] == ("fused" if fused else "stepwise")
     check_against_reference(out, model.model, method, attribute_target, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2"])
+def test_the_backward_cut_below_the_output_head_equals_autograd(architecture, method, monkeypatch):
+    """A built-in step function of the step's own logits: the batched backward starts below the output head
+    (`HeadCut`), in chunks of several steps; the gradients still equal the direct computation."""
+    cut_shapes = []
+    backward = HeadCut.backward
+
+    def spy(self, scores, wrt):
+        cut_shapes.extend(leaf.shape for _, leaf in self.cuts)
+        return backward(self, scores, wrt)
+
+    monkeypatch.setattr(HeadCut, "backward", spy)
+    model = exact_model(architecture, method)
+    out = model.attribute(
+        PROMPTS,
+        generation_args={"max_new_tokens": NEW_TOKENS},
+        attributed_fn="probability",
+        show_progress=False,
+    )
+    check_against_reference(out, model.model, method, attribute_target=True, rtol=1e-5)
+    # One cut per chunk, at the head input of every step of the chunk (two examples, 4 steps, one chunk).
+    assert [tuple(shape[:2]) for shape in cut_shapes] == [(2, NEW_TOKENS)]
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

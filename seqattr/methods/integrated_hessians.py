@@ -301,7 +301,8 @@ class IntegratedHessians(AttributionMethod):
         baselines, points, weights = self.prepare(inputs, options)
         batch, rows = inputs.batch.size, options.internal_batch_size
         width = Features.of(inputs).count
-        chunks = list(step_chunks(inputs, n_points=(rows or len(points) * batch) * width))
+        # Its own two backward passes run through the output head (no `HeadCut`).
+        chunks = list(step_chunks(inputs, n_points=(rows or len(points) * batch) * width, head_cut=False))
         blocks = len(list(point_blocks(len(points), batch, rows)))
         expect_passes(inputs.objective, len(chunks) * blocks * len(baselines) + 1 + len(baselines))
         writer, totals = InteractionWriter(inputs), []

@@ -26,7 +26,7 @@ from torch import nn
 
 from seqattr.cuts import resolve_module
 from seqattr.methods.base import MethodInputs, refuse_contrast
-from seqattr.methods.gradient import batched_step_backward
+from seqattr.methods.gradient import HeadCut
 from seqattr.methods.options import check_target_layer
 from seqattr.methods.path_base import Baselines, PathSpace, expand_rows
 from seqattr.typing import Float, Tensor
@@ -292,9 +292,9 @@ class LayerRun:
                 )
             return leaf
 
-        with torch.enable_grad(), self.tap.acting(replace):
+        with torch.enable_grad(), self.tap.acting(replace), HeadCut.around(self.objective) as cut:
             scores = self.objective(source, target, steps, rows)
-            (gradient,) = batched_step_backward(scores, [leaf])
+            (gradient,) = cut.backward(scores, [leaf])
         return gradient
 
     # --- a path method over the layer ---------------------------------------------------------------------
