@@ -364,8 +364,9 @@ def _warn_if_curves_undefined(metrics: list[str], step_values: list[Tensor], nam
         warnings.warn(
             f"{', '.join(asked)} divide by f_t(x), the unperturbed value of step function {name!r}, which is "
             f"not positive at {undefined} of {values.numel()} steps: NaN there (a share of a negative value "
-            "flips the curve). They are defined for a probability: evaluate an output attributed with "
-            "attributed_fn='probability', or use comprehensiveness and sufficiency, which are differences",
+            "flips the curve). They are defined for a probability: measure the same rankings on it with "
+            "step_function='probability' (CLI: --step-function probability), or use comprehensiveness and "
+            "sufficiency, which are differences",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
