@@ -15,7 +15,7 @@ import torch
 
 import seqattr
 from exact import assert_close, exact_model, float64_model, probability64
-from seqattr.methods.gradient import HeadCut
+from seqattr.methods.gradient import HeadCut, batched_step_backward
 from seqattr.testing import ARCHITECTURES, tiny_model
 
 PROMPTS = ["the cat sat on the mat", "Paris is a beautiful city"]
@@ -135,6 +135,32 @@ def test_the_backward_cut_below_the_output_head_equals_autograd(architecture, me
     check_against_reference(out, model.model, method, attribute_target=True, rtol=1e-5)
     # One cut per chunk, at the head input of every step of the chunk (two examples, 4 steps, one chunk).
     assert [tuple(shape[:2]) for shape in cut_shapes] == [(2, NEW_TOKENS)]
+
+
+def test_a_head_cut_that_does_not_fit_carries_every_seed_through_the_head():
+    """Where the head's input is not one row per step (here: every position), the cut gradients still equal
+    the uncut batched backward, whose scores mix positions."""
+    torch.manual_seed(0)
+    inputs = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    body, head = torch.nn.Linear(3, 4).double(), torch.nn.Linear(4, 6).double()
+
+    def scores() -> torch.Tensor:  # [2 rows, 3 steps]: each step reads every position's logits
+        logits = head(torch.tanh(body(inputs)))
+        return torch.stack([logits[:, : t + 2].pow(2).sum((1, 2)) for t in range(3)], 1)
+
+    expected = batched_step_backward(scores(), [inputs])
+    cut = HeadCut()
+    handle = head.register_forward_pre_hook(
+        lambda module, args: (
+            cut.cuts.append((args[0], args[0].detach().requires_grad_())) or cut.cuts[-1][1],
+        )
+    )
+    try:
+        actual = cut.backward(scores(), [inputs])
+    finally:
+        handle.remove()
+    assert len(cut.cuts) == 1 and cut.cuts[0][1].shape[:2] != (2, 3)
+    assert_close(actual[0], expected[0], 1e-12, "cut gradients")
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

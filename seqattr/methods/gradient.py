@@ -178,7 +178,9 @@ class HeadCut:
 
     Applies to a language model's `StepObjective` whose head runs only at the explained steps
     (``logits_to_keep``), with a step function of `PER_STEP_FUNCTIONS`, no contrast and no quantity of
-    interest; elsewhere `backward` is `batched_step_backward`.
+    interest; elsewhere nothing is cut and `backward` is `batched_step_backward`. A cut whose head input is
+    not one row per step (a head run otherwise) still gives the same gradients, with every step's seed
+    carried through the head first.
 
     Example:
         >>> with torch.enable_grad(), HeadCut.around(objective) as cut:  # doctest: +SKIP
@@ -225,15 +227,21 @@ class HeadCut:
             handle.remove()
 
     def backward(self, scores: Float[Tensor, "n steps"], wrt: list[Tensor]) -> tuple[Tensor, ...]:
-        """`batched_step_backward`'s gradients, from below the head when it was cut once at ``scores``'
-        shape (one head input per step)."""
-        if len(self.cuts) != 1 or self.cuts[0][1].shape[:2] != scores.shape:
+        """`batched_step_backward`'s gradients, continued through the cut. When the head ran once, one head
+        input per step, each step's seed there is the plain backward's; otherwise every step's seed is
+        carried through the head first, as without the cut (the scores hang off the leaves)."""
+        if not self.cuts:
             return batched_step_backward(scores, wrt)
-        hidden, leaf = self.cuts[0]
-        (own,) = torch.autograd.grad(scores.sum(), leaf)  # [n, steps, hidden]: each step's at its own input
+        hiddens, leaves = zip(*self.cuts, strict=True)
         num_steps = scores.shape[1]
-        diagonal = torch.eye(num_steps, dtype=own.dtype, device=own.device)[:, None, :, None]
-        grads = torch.autograd.grad(hidden, wrt, diagonal * own, is_grads_batched=True)
+        eye = torch.eye(num_steps, dtype=scores.dtype, device=scores.device)
+        if len(leaves) == 1 and leaves[0].shape[:2] == scores.shape:
+            (own,) = torch.autograd.grad(scores.sum(), leaves)  # [n, steps, hidden]: each step's at its input
+            seeds = (eye[:, None, :, None] * own,)
+        else:
+            rows = eye[:, None, :].expand(num_steps, scores.shape[0], num_steps)
+            seeds = torch.autograd.grad(scores, leaves, rows, is_grads_batched=True)
+        grads = torch.autograd.grad(hiddens, wrt, seeds, is_grads_batched=True)
         return tuple(g.to(output_dtype(g.dtype)) for g in grads)
 
 
