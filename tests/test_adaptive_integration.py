@@ -7,6 +7,7 @@ The reference for the attributions is an independent fixed run: Captum's ``riema
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -171,3 +172,26 @@ def test_stepwise_and_other_methods_refuse_auto():
         model.attribute(PROMPTS, fused=False, **RUN)
     with pytest.raises(TypeError, match="n_steps must be an integer"):
         exact_model("gpt2", "integrated_hessians", n_steps="auto")
+
+
+def test_a_converged_step_between_failing_ones_is_not_refined(monkeypatch):
+    """A level refines the runs of failing steps, not the span from the first to the last: each step of a
+    one-example run is in exactly as many refinement passes as its grid has levels (3 -> 1, 9 -> 2, ...).
+    The fixture has a step that converged on 9 points between two that went on (27 and 81 points)."""
+    from seqattr.methods import adaptive_integration
+
+    passes: list[slice] = []
+    path_sums = adaptive_integration.path_sums
+
+    def spy(inputs, steps, *args, **kwargs):
+        passes.append(steps)
+        return path_sums(inputs, steps, *args, **kwargs)
+
+    monkeypatch.setattr(adaptive_integration, "path_sums", spy)
+    model = exact_model("gpt2", "integrated_gradients", n_steps="auto", tolerance=1e-3)
+    run = dict(RUN, generation_args={"max_new_tokens": 5})
+    (seq,) = model.attribute("Paris is a beautiful city", **run)
+    levels = [round(math.log(n, 3)) for n in seq.step_scores["integration_points"].tolist()]
+    assert any(levels[i - 1] > levels[i] < levels[i + 1] for i in range(1, len(levels) - 1)), levels
+    refined = [sum(s.start <= step < s.stop for s in passes) for step in range(len(levels))]
+    assert refined == levels

@@ -20,10 +20,11 @@ adds the new points' gradients to it, and the step's attributions are ``R_k / 3*
 ``riemann_middle`` on ``3**k`` points.
 
 Refinement stays batched: in each chunk of steps, a level runs the new points of every example that still has
-a failing step, for the steps from its first to its last failing one, in one forward pass per block of
+a failing step, for each run of consecutive failing steps (`failing_runs`), in one forward pass per block of
 ``internal_batch_size`` rows (`path_sums` with ``examples``); a step that converged keeps the value of its
-level (gradients computed for it on a later level are not added). Each step's number of points (per path:
-expected gradients uses them on each of its baselines) is the step score ``integration_points``.
+level (gradients computed for it on a later level, for another example's sake, are not added). Each step's
+number of points (per path: expected gradients uses them on each of its baselines) is the step score
+``integration_points``.
 
 Tolerance: ``tolerance=None`` (the default) accepts the completeness warning's own bound,
 ``5% of max(|f(input) - f(baseline)|, 1e-3)`` per step (`default_tolerance`); a number is an absolute bound
@@ -56,7 +57,7 @@ from seqattr.methods.path_base import (
     write_sums,
 )
 from seqattr.progress import expect_passes
-from seqattr.typing import Float, Tensor
+from seqattr.typing import Bool, Float, Tensor
 
 AUTO = "auto"
 """The value of ``n_steps`` that asks for adaptive integration."""
@@ -189,7 +190,7 @@ def attribute_adaptive(method, inputs: MethodInputs, options) -> MethodOutput:
         tolerance = torch.full_like(gap, options.tolerance)
     max_level = grid_level(options.max_n_steps or DEFAULT_MAX_N_STEPS)
     batch = inputs.batch.size
-    # Chunks sized for the first grid's rows; a refinement splits its span again for its own rows.
+    # Chunks sized for the first grid's rows; a refinement splits its failing runs again for its own rows.
     first_rows = options.internal_batch_size or 3**FIRST_LEVEL * batch
     chunks = list(step_chunks(inputs, n_points=first_rows))
     levels = torch.zeros(batch, inputs.batch.num_steps, dtype=torch.long)
@@ -227,14 +228,14 @@ def refine_chunk(
 ) -> tuple[PathSums, Tensor, Tensor]:
     """The steps ``steps``' path sums on the nested midpoint rule, each (example, step) refined until its
     ``|delta| <= tolerance`` or ``max_level``: ``(sums [steps, batch, ...], levels [batch, steps], deltas
-    [batch, steps])``. One pass of new points per level and block, for the examples and the span of steps
+    [batch, steps])``. One pass of new points per level and block, for the examples and the runs of steps
     that still fail."""
     batch, width = inputs.batch.size, steps.stop - steps.start
     real = inputs.batch.step_mask[:, steps].cpu()
     levels = torch.full((batch, width), FIRST_LEVEL, dtype=torch.long)
     raw = PathSums(None, None)  # R_k per (example, step): the unnormalised midpoint sum of its level
     active = torch.ones(batch, width, dtype=torch.bool)  # refined at this level
-    examples, span = torch.arange(batch), slice(0, width)
+    examples, runs = torch.arange(batch), [slice(0, width)]
     level = FIRST_LEVEL
     alphas, weights = midpoint_points(level, new_only=False)
     device = inputs.target_embeds.device
@@ -248,10 +249,11 @@ def refine_chunk(
             Baselines(*(None if x is None else x[chosen] for x in (start.source, start.target)))
             for start in starts
         ]
-        # The span again in chunks whose batched backward fits this level's rows (as `step_chunks`).
+        # Each run of failing steps in pieces whose batched backward fits this level's rows (as
+        # `step_chunks`).
         rows = options.internal_batch_size or len(alphas) * len(examples)
         size = next(step_chunks(inputs, n_points=rows)).stop
-        pieces = [slice(a, min(a + size, span.stop)) for a in range(span.start, span.stop, size)]
+        pieces = [slice(a, min(a + size, run.stop)) for run in runs for a in range(run.start, run.stop, size)]
         expect_passes(
             inputs.objective, len(pieces) * len(starts) * _blocks(len(alphas), len(examples), options)
         )
@@ -276,11 +278,28 @@ def refine_chunk(
         level += 1
         levels[active] = level
         examples = active.any(1).nonzero().flatten()
-        columns = active.any(0).nonzero().flatten()
-        span = slice(int(columns[0]), int(columns[-1]) + 1)
+        runs = failing_runs(active.any(0))
         alphas, weights = midpoint_points(level, new_only=True)
     final = PathSums(*(None if x is None else x * scale for x in (raw.source, raw.target)))
     return final, levels, delta.to(gap)
+
+
+def failing_runs(failing: Bool[Tensor, " steps"]) -> list[slice]:
+    """The maximal runs of consecutive failing steps. A refinement pass costs one forward over its prefix and
+    one backward per step (about two forwards each), so a converged step between two failing ones is better
+    left out at the price of one more forward.
+
+    Example:
+        >>> failing_runs(torch.tensor([True, True, False, False, True]))
+        [slice(0, 2, None), slice(4, 5, None)]
+    """
+    runs: list[slice] = []
+    for column in failing.nonzero().flatten().tolist():
+        if runs and runs[-1].stop == column:
+            runs[-1] = slice(runs[-1].start, column + 1)
+        else:
+            runs.append(slice(column, column + 1))
+    return runs
 
 
 def _shift(steps: slice, span: slice) -> slice:
