@@ -218,7 +218,9 @@ def compute_step_scores(
             model, batch, rows, source, target, slice(None), contrast, quantities, logits
         )
         scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
-        trace = BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k, args.multi_label)
+        trace = BatchTrace.from_logits(
+            args.logits, args.target_ids, trace_top_k, args.multi_label, args.logprobs
+        )
         if context is not None:  # the same logits against the contextless prompts' (one batched pass)
             without = step_function_args(
                 model, batch, rows, source, target, slice(None), context, (), args.logits

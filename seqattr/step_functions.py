@@ -65,6 +65,12 @@ class StepFunctionArgs:
     probability is ``sigmoid(logit)``, not a softmax over the labels (`log_probabilities`)."""
 
     @functools.cached_property
+    def logprobs(self) -> Float[Tensor, "n steps vocab"]:
+        """``log_probabilities(logits)``, computed once: the step functions and the trace that read it share
+        one pass over the vocabulary."""
+        return log_probabilities(self.logits, self.multi_label)
+
+    @functools.cached_property
     def contrast_logits(self) -> Float[Tensor, "n steps vocab"]:
         """Next-token logits of the contrast sequence at the step aligned with each original step."""
         if self.contrast_forward is None:
@@ -288,7 +294,7 @@ def probability(args: StepFunctionArgs) -> StepScores:
 
 def logprob(args: StepFunctionArgs) -> StepScores:
     """Log-probability of the target token."""
-    return _gather(log_probabilities(args.logits, args.multi_label), args.target_ids)
+    return _gather(args.logprobs, args.target_ids)
 
 
 def logit(args: StepFunctionArgs) -> StepScores:
@@ -319,8 +325,7 @@ def entropy(args: StepFunctionArgs) -> StepScores:
     """Entropy of the next-token distribution (nats)."""
     if args.multi_label:  # independent labels: the joint distribution's entropy is the sum of theirs
         return bernoulli_entropy(args.logits).sum(-1)
-    logprobs = torch.log_softmax(promote(args.logits), dim=-1)
-    return -(logprobs.exp() * logprobs).sum(-1)
+    return -torch.linalg.vecdot(args.logprobs.exp(), args.logprobs)
 
 
 def top_p_size(args: StepFunctionArgs, *, top_p: float = 0.9) -> StepScores:

@@ -120,34 +120,38 @@ class BatchTrace:
         target_ids: Int[Tensor, "batch steps"],
         top_k: int,
         multi_label: bool = False,
+        logprobs: Float[Tensor, "batch steps vocab"] | None = None,
     ) -> BatchTrace:
         """The trace of every step from its next-token logits; for a ``multi_label`` classifier each label's
         own probability ``sigmoid(logit)`` (`seqattr.step_functions.log_probabilities`), its entropy the sum
         of the labels' yes/no entropies, and the alternatives every label above 0.5 however many (at least
-        ``top_k``), so that the table lists the whole prediction.
+        ``top_k``), so that the table lists the whole prediction. ``logprobs``: those log-probabilities when
+        the caller has them (`StepFunctionArgs.logprobs`), so that the vocabulary is normalised once.
 
         Example:
             >>> trace = BatchTrace.from_logits(torch.randn(1, 3, 10), torch.tensor([[1, 2, 3]]), top_k=2)
             >>> trace.top_ids.shape
             torch.Size([1, 3, 2])
         """
+        # Each line below is one pass over [batch, steps, vocabulary] (a large tensor for a 50k-200k
+        # vocabulary); an attention run's whole cost besides its forward pass is mostly these passes.
         logits = promote(logits.detach())  # computed in float64 for float64 logits, stored as float32
-        logprobs = log_probabilities(logits, multi_label)
+        logprobs = log_probabilities(logits, multi_label) if logprobs is None else logprobs.detach()
         probs = logprobs.exp()
         if multi_label:
             entropy = bernoulli_entropy(logits).sum(-1)
             top_k = max(top_k, int((probs > MULTI_LABEL_THRESHOLD).sum(-1).max()) if probs.numel() else 0)
         else:
-            entropy = -(probs * logprobs).sum(-1)
+            entropy = -torch.linalg.vecdot(probs, logprobs)
         chosen_logit = logits.gather(-1, target_ids[..., None])
-        top_probabilities, top_ids = probs.topk(min(top_k, logits.shape[-1]), dim=-1)
+        top_logprobs, top_ids = logprobs.topk(min(top_k, logits.shape[-1]), dim=-1)
         return cls(
             token_ids=target_ids.detach().cpu(),
-            probabilities=probs.gather(-1, target_ids[..., None])[..., 0].float().cpu(),
-            ranks=(logits > chosen_logit).sum(-1).cpu(),
+            probabilities=logprobs.gather(-1, target_ids[..., None])[..., 0].exp().float().cpu(),
+            ranks=(logits > chosen_logit).sum(-1, dtype=torch.int32).long().cpu(),  # int32: a faster sum
             entropy=entropy.float().cpu(),
             top_ids=top_ids.cpu(),
-            top_probabilities=top_probabilities.float().cpu(),
+            top_probabilities=top_logprobs.exp().float().cpu(),
         )
 
     def example(

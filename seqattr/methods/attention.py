@@ -74,7 +74,10 @@ class Attention(AttributionMethod):
         layers = select_indices("layers", options.layers, weights.shape[-2])
         heads = select_indices("heads", options.heads, weights.shape[-1])
         info.update(layers=layers, heads=heads)
-        weights = weights[..., layers, :][..., heads]
+        if layers != list(range(weights.shape[-2])):  # a selection copies the weights: only when one is made
+            weights = weights[..., layers, :]
+        if heads != list(range(weights.shape[-1])):
+            weights = weights[..., heads]
         weights = aggregate(weights, -1, options.aggregate_heads)
         dims = ["layer"] + ([] if options.aggregate_heads else ["head"])
         if options.aggregate_layers:

@@ -105,6 +105,9 @@ def checkpointing_when_large(hf_model: nn.Module, budget: int | None = None) -> 
         0
     """
     plan = CheckpointPlan(GRAPH_BYTES if budget is None else budget)
+    if not torch.is_grad_enabled():  # no graph to record: the blocks would run as they are anyway
+        yield plan
+        return
     weights = {t.untyped_storage().data_ptr() for t in (*hf_model.parameters(), *hf_model.buffers())}
     patched: list[nn.Module] = []
     try:
