@@ -218,9 +218,7 @@ def compute_step_scores(
             model, batch, rows, source, target, slice(None), contrast, quantities, logits
         )
         scores = {name: stored(fn(args)) for name, fn in step_functions.items()}
-        trace = BatchTrace.from_logits(
-            args.logits, args.target_ids, trace_top_k, args.multi_label, args.logprobs
-        )
+        trace = BatchTrace.from_logits(args.logits, args.target_ids, trace_top_k, args.multi_label)
         if context is not None:  # the same logits against the contextless prompts' (one batched pass)
             without = step_function_args(
                 model, batch, rows, source, target, slice(None), context, (), args.logits
@@ -274,7 +272,7 @@ def _nan_where_hidden(values: Tensor, visible: torch.Tensor) -> Tensor:
     """NaN where ``visible`` ([positions, steps]) is False, whatever extra dimensions ``values`` has."""
     values = stored(values).clone()
     mask = visible.cpu().reshape(*visible.shape, *([1] * (values.dim() - 2)))
-    return values.masked_fill(~mask, float("nan"))
+    return values.masked_fill_(~mask, float("nan"))
 
 
 def example_interactions(
