@@ -1,5 +1,11 @@
 """Adaptive integration (``n_steps="auto"``): a nested midpoint rule refined per step to completeness.
 
+Two refinements. Integrated gradients and its layer variant with a linear ``hidden_reduction`` (``sum``, the
+default, or ``mean``) refine single intervals (`refine_chunk_locally`): a step splits in three only the parts
+of the path where its last split moved the estimate most, and keeps each point's hidden-reduced contribution
+so that a split interval's old midpoint can take its new, smaller weight. Expected gradients (several
+baselines on one grid) and the other reductions refine whole grids, as described next (`refine_chunk`).
+
 Integrated gradients' attributions of a step add up to ``f(input) - f(baseline)`` when the path integral has
 converged; the convergence delta measures by how much a quadrature misses it. With ``n_steps="auto"`` the
 fused engine starts every step on the midpoint rule with ``3**FIRST_LEVEL`` points and refines, level by
@@ -43,7 +49,7 @@ import torch
 
 from seqattr.methods.base import CleanLogits, MethodInputs, MethodOutput
 from seqattr.methods.convergence import CONVERGENCE_DELTA, Completeness, default_tolerance
-from seqattr.methods.gradient import AttributionWriter, step_chunks
+from seqattr.methods.gradient import AttributionWriter, reduce_hidden, step_chunks
 from seqattr.methods.options import MethodOptions, check_positive_int
 from seqattr.methods.path_base import (
     Baselines,
@@ -69,7 +75,14 @@ is half the trapezoid's on as many points, about that of the trapezoid on 115.""
 INTEGRATION_POINTS = "integration_points"
 """Step score of ``n_steps="auto"``: the points each step's path integral used (per baseline)."""
 NESTED_RULE = "midpoint"
-"""The rule recorded in ``info["method_info"]["integration"]``."""
+"""The rule recorded in ``info["method_info"]["integration"]`` where every step refines all its intervals."""
+LOCAL_RULE = "midpoint, refined per interval"
+"""The rule recorded where each step refines only some of its intervals (`refine_chunk_locally`)."""
+INTEGRATION_NODES = "integration_nodes"
+"""Key of each example's ``info["method_info"]["examples"]`` entry under local refinement: per step, the
+``(alpha, weight)`` of every point its integral used (the weights, interval widths, add up to 1)."""
+LINEAR_REDUCTIONS = ("sum", "mean")
+"""Hidden reductions under which a point's contribution can be kept reduced (`refines_locally`)."""
 
 
 def grid_level(points: int) -> int | None:
@@ -193,7 +206,7 @@ def attribute_adaptive(method, inputs: MethodInputs, options) -> MethodOutput:
     # Chunks sized for the first grid's rows; a refinement splits its failing runs again for its own rows.
     first_rows = options.internal_batch_size or 3**FIRST_LEVEL * batch
     chunks = list(step_chunks(inputs, n_points=first_rows))
-    levels = torch.zeros(batch, inputs.batch.num_steps, dtype=torch.long)
+    points = torch.zeros(batch, inputs.batch.num_steps, dtype=torch.long)
     deltas = torch.zeros_like(gap)
     with method.layer_run(inputs, options) as run:
         if run is not None:
@@ -201,18 +214,31 @@ def attribute_adaptive(method, inputs: MethodInputs, options) -> MethodOutput:
             expect_passes(inputs.objective, 1 + len(baselines))
         space, starts = (input_space(inputs), baselines) if run is None else run.path_space(baselines)
         writer = AttributionWriter(inputs)
+        local = refines_locally(options, starts)
+        nodes: list[list[list[tuple[float, float]]]] = [[] for _ in range(batch)]
         for steps in chunks:
-            sums, levels[:, steps], deltas[:, steps] = refine_chunk(
+            if local:
+                values, points[:, steps], deltas[:, steps], chunk_nodes = refine_chunk_locally(
+                    inputs, steps, space, starts[0], options, gap[:, steps], tolerance[:, steps], max_level
+                )
+                writer.write(steps, *values)
+                for example, example_nodes in zip(nodes, chunk_nodes, strict=True):
+                    example.extend(example_nodes)
+                continue
+            sums, levels, deltas[:, steps] = refine_chunk(
                 inputs, steps, space, starts, options, gap[:, steps], tolerance[:, steps], max_level
             )
+            points[:, steps] = 3**levels
             write_sums(writer, steps, sums, options.hidden_reduction)
     output = writer.output()
-    output.step_scores[INTEGRATION_POINTS] = (3**levels).to(torch.float32)
+    output.step_scores[INTEGRATION_POINTS] = points.to(torch.float32)
     if options.return_convergence_delta:
         output.step_scores[CONVERGENCE_DELTA] = deltas.detach().cpu()
     output.completeness = Completeness(deltas.detach().cpu(), gap.detach().cpu(), tolerance.detach().cpu())
     output.step_logits = clean.logits
-    output.info["integration"] = NESTED_RULE
+    output.info["integration"] = LOCAL_RULE if local else NESTED_RULE
+    if local:  # each step's points and their weights, per example: the rule differs from step to step
+        output.example_info = [{INTEGRATION_NODES: example} for example in nodes]
     return output
 
 
@@ -300,6 +326,155 @@ def failing_runs(failing: Bool[Tensor, " steps"]) -> list[slice]:
         else:
             runs.append(slice(column, column + 1))
     return runs
+
+
+def refines_locally(options, starts: list[Baselines]) -> bool:
+    """Whether refinement splits single intervals (`refine_chunk_locally`) rather than whole grids: one
+    baseline (integrated gradients, its layer variant; expected gradients' baselines share one grid) and a
+    linear ``hidden_reduction``, so that each point's contribution is kept reduced, ``[positions]``."""
+    return len(starts) == 1 and options.hidden_reduction in LINEAR_REDUCTIONS
+
+
+@dataclass
+class _Interval:
+    left: float
+    width: float
+    value: Tensor
+    """The gradient times ``end - start`` at the interval's midpoint, hidden-reduced: ``[positions]``."""
+    change: float
+    """How much the estimate moved when this interval's parent was split, shared by its three children."""
+
+
+def refine_chunk_locally(
+    inputs: MethodInputs,
+    steps: slice,
+    space: PathSpace,
+    start: Baselines,
+    options,
+    gap: Float[Tensor, "batch steps"],
+    tolerance: Float[Tensor, "batch steps"],
+    max_level: int,
+) -> tuple[tuple[Tensor | None, Tensor | None], Tensor, Tensor, list[list[list[tuple[float, float]]]]]:
+    """The steps ``steps``' attributions on the midpoint rule refined interval by interval.
+
+    Every (example, step) starts on 3 points (one pass for the chunk), each the midpoint of a third of [0, 1].
+    While its ``|delta|`` exceeds the tolerance, it splits in three the intervals whose last split moved the
+    estimate most (at least half the largest such move among its intervals; the first split is all three),
+    which takes 2 new points each (the middle third keeps the old midpoint, its weight a third of before),
+    down to intervals of ``3**-max_level``: one pass of new points per (example, step) and round. Measured on
+    SmolLM2, this reaches the error of the nested grids with about 40% fewer points
+    (``benchmarks/adaptive_refinement.py``).
+
+    Returns the hidden-reduced attributions (source ``[steps, batch, source_len]``, target ``[steps, batch,
+    prefix]``), the points and deltas ``[batch, steps]``, and per example and step the ``(alpha, weight)``
+    of every point.
+    """
+    batch, width = inputs.batch.size, steps.stop - steps.start
+    device = inputs.target_embeds.device
+    real = inputs.batch.step_mask[:, steps].cpu()
+    prefix = int(inputs.batch.step_positions[steps].max())
+    finest = 3.0**-max_level
+    everyone = torch.arange(batch, device=device)
+    first = [1 / 6, 1 / 2, 5 / 6]
+    values = _point_values(
+        inputs, steps, space, start, options, first, everyone, prefix
+    )  # [steps, 3, batch, P]
+    intervals: list[list[list[_Interval]]] = []
+    for e in range(batch):
+        row = []
+        for j in range(width):
+            thirds = [_Interval(k / 3, 1 / 3, values[j, k, e], 0.0) for k in range(3)]
+            moved = abs(sum(float(t.value.sum()) for t in thirds) / 3 - float(values[j, 1, e].sum()))
+            for third in thirds:
+                third.change = moved / 3
+            row.append(thirds)
+        intervals.append(row)
+
+    def delta(e: int, j: int) -> float:
+        return sum(i.width * float(i.value.sum()) for i in intervals[e][j]) - float(gap[e, j])
+
+    for j in range(width):
+        for e in range(batch):
+            if not real[e, j]:
+                continue
+            while abs(delta(e, j)) > float(tolerance[e, j]):  # a nan delta is not refined
+                splittable = [i for i in intervals[e][j] if i.width > finest * (1 + 1e-9)]
+                if not splittable:
+                    break
+                largest = max(i.change for i in splittable)
+                chosen = [i for i in splittable if i.change >= 0.5 * largest]
+                alphas = [a for i in chosen for a in (i.left + i.width / 6, i.left + 5 * i.width / 6)]
+                step = slice(steps.start + j, steps.start + j + 1)
+                examples = torch.tensor([e], device=device)
+                new = _point_values(inputs, step, space, start, options, alphas, examples, prefix)[0, :, 0]
+                replaced = {id(i): k for k, i in enumerate(chosen)}
+                refined = []
+                for interval in intervals[e][j]:
+                    k = replaced.get(id(interval))
+                    if k is None:
+                        refined.append(interval)
+                        continue
+                    third = interval.width / 3
+                    parts = [new[2 * k], interval.value, new[2 * k + 1]]
+                    moved = abs(
+                        third * sum(float(v.sum()) for v in parts)
+                        - interval.width * float(interval.value.sum())
+                    )
+                    refined += [
+                        _Interval(interval.left + n * third, third, v, moved / 3) for n, v in enumerate(parts)
+                    ]
+                intervals[e][j] = refined
+    totals = torch.stack(
+        [
+            torch.stack([sum(i.width * i.value for i in intervals[e][j]) for e in range(batch)])
+            for j in range(width)
+        ]
+    )  # [steps, batch, P]
+    points = torch.tensor([[len(intervals[e][j]) for j in range(width)] for e in range(batch)])
+    deltas = torch.tensor([[delta(e, j) for j in range(width)] for e in range(batch)], dtype=gap.dtype)
+    nodes = [
+        [[(i.left + i.width / 2, i.width) for i in intervals[e][j]] for j in range(width)]
+        for e in range(batch)
+    ]
+    source_len = space.source.shape[1] if inputs.attribute_source else 0
+    source = totals[..., :source_len] if inputs.attribute_source else None
+    target = totals[..., source_len:] if inputs.attribute_target else None
+    return (source, target), points, deltas.to(gap), nodes
+
+
+def _point_values(
+    inputs: MethodInputs,
+    steps: slice,
+    space: PathSpace,
+    start: Baselines,
+    options,
+    alphas: list[float],
+    examples: Tensor,
+    prefix: int,
+) -> Float[Tensor, "steps points examples positions"]:
+    """Each point's gradient times ``end - start``, hidden-reduced, for the batch examples ``examples`` at
+    the path's ``alphas`` (one forward pass per block of ``internal_batch_size`` rows): the source positions
+    (where attributed) then the target positions, padded to ``prefix``."""
+    sub_space = PathSpace(
+        *(None if x is None else x[examples] for x in (space.source, space.target)), space.gradients
+    )
+    sub_start = Baselines(*(None if x is None else x[examples] for x in (start.source, start.target)))
+    count = len(examples)
+    expect_passes(inputs.objective, _blocks(len(alphas), count, options))
+    blocks = []
+    for block in straight_path_blocks(sub_space, sub_start, options, alphas, [1.0] * len(alphas), count):
+        points = block.target_points if block.target_points is not None else block.source_points
+        rows = examples.repeat(points.shape[0] // count)
+        source, target = space.gradients(block.source_points, block.target_points, steps, rows)
+        parts = []
+        if source is not None:
+            parts.append(reduce_hidden(source * block.source_factor, options.hidden_reduction))
+        if target is not None:
+            reached = target.shape[2]
+            reduced = reduce_hidden(target * block.target_factor[:, :reached], options.hidden_reduction)
+            parts.append(torch.nn.functional.pad(reduced, (0, prefix - reached)))
+        blocks.append(torch.cat(parts, -1).unflatten(1, (-1, count)))
+    return torch.cat(blocks, 1)
 
 
 def _shift(steps: slice, span: slice) -> slice:
