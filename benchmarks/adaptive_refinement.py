@@ -1,6 +1,6 @@
-"""How many points would other integration schemes need? A study for ``n_steps="auto"`` (docs/benchmarks.md,
-*Adaptive integration*), on the input of ``adaptive_integration.py``: SmolLM2-135M-Instruct, the UNK baseline,
-20 forced steps.
+"""How many points would other integration schemes need? The study behind ``n_steps="auto"``'s refinement per
+interval (docs/benchmarks.md, *Adaptive integration*; built as ``refine_chunk_locally``), on the input of
+``adaptive_integration.py``: SmolLM2-135M-Instruct, the UNK baseline, 20 forced steps.
 
 Usage: ``python3 benchmarks/adaptive_refinement.py [CURVES.pt]`` (one torch thread; about 6 minutes for the
 curves, which are cached in CURVES.pt, default /tmp/adaptive_curves.pt).
