@@ -23,9 +23,10 @@ RUN = dict(generation_args={"max_new_tokens": 4}, attributed_fn=probability64, s
 ARCHITECTURES = ["gpt2", "bart"]  # a decoder-only and an encoder-decoder model
 TOLERANCE = {"gpt2": 1e-3, "bart": 3e-6}
 """Tolerances that make some steps refine further than others (the tiny Bart's integrand is far smoother)."""
-GRIDS = {  # whole grids: several baselines, or a reduction that must come after the sum over points
+GRIDS = {  # whole grids: several baselines, or a reduction other than the sum over the hidden dimension
     "expected_gradients": dict(n_baselines=2),
     "integrated_gradients": dict(hidden_reduction="l2"),
+    "layer_integrated_gradients": dict(hidden_reduction="mean"),
 }
 LOCAL = {
     "integrated_gradients": {},
@@ -57,6 +58,7 @@ def test_whole_grids_within_tolerance_and_equal_to_the_fixed_rule(architecture, 
     with warnings.catch_warnings():
         warnings.simplefilter("error", seqattr.ConvergenceWarning)  # nothing reached the maximum here
         out = model.attribute(PROMPTS, **RUN)
+    assert out.info["method_info"]["integration"] == "midpoint"
     grids = {3**k for k in range(1, 6)}
     used = set()
     for seq in out:

@@ -1,7 +1,7 @@
 """Adaptive integration (``n_steps="auto"``): a nested midpoint rule refined per step to completeness.
 
-Two refinements. Integrated gradients and its layer variant with a linear ``hidden_reduction`` (``sum``, the
-default, or ``mean``) refine single intervals (`refine_chunk_locally`): a step splits in three only the parts
+Two refinements. Integrated gradients and its layer variant with ``hidden_reduction="sum"`` (the default)
+refine single intervals (`refine_chunk_locally`): a step splits in three only the parts
 of the path where its last split moved the estimate most, and keeps each point's hidden-reduced contribution
 so that a split interval's old midpoint can take its new, smaller weight. Expected gradients (several
 baselines on one grid) and the other reductions refine whole grids, as described next (`refine_chunk`).
@@ -81,8 +81,9 @@ LOCAL_RULE = "midpoint, refined per interval"
 INTEGRATION_NODES = "integration_nodes"
 """Key of each example's ``info["method_info"]["examples"]`` entry under local refinement: per step, the
 ``(alpha, weight)`` of every point its integral used (the weights, interval widths, add up to 1)."""
-LINEAR_REDUCTIONS = ("sum", "mean")
-"""Hidden reductions under which a point's contribution can be kept reduced (`refines_locally`)."""
+KEPT_REDUCTIONS = ("sum",)
+"""Hidden reductions under which a point's contribution can be kept reduced (`refines_locally`): linear, and
+summing what completeness adds up (``mean`` is linear but its delta would need the sum again)."""
 
 
 def grid_level(points: int) -> int | None:
@@ -330,9 +331,10 @@ def failing_runs(failing: Bool[Tensor, " steps"]) -> list[slice]:
 
 def refines_locally(options, starts: list[Baselines]) -> bool:
     """Whether refinement splits single intervals (`refine_chunk_locally`) rather than whole grids: one
-    baseline (integrated gradients, its layer variant; expected gradients' baselines share one grid) and a
-    linear ``hidden_reduction``, so that each point's contribution is kept reduced, ``[positions]``."""
-    return len(starts) == 1 and options.hidden_reduction in LINEAR_REDUCTIONS
+    baseline (integrated gradients, its layer variant; expected gradients' baselines share one grid) and
+    ``hidden_reduction="sum"``, so that each point's contribution is kept reduced, ``[positions]``, and still
+    adds up to the completeness total."""
+    return len(starts) == 1 and options.hidden_reduction in KEPT_REDUCTIONS
 
 
 @dataclass
