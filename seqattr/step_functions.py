@@ -66,7 +66,7 @@ class StepFunctionArgs:
 
     @functools.cached_property
     def logprobs(self) -> Float[Tensor, "n steps vocab"]:
-        """``log_probabilities(logits)``, computed once: the step functions and the trace that read it share
+        """``log_probabilities(logits)``, computed once: the step functions of one call that read it share
         one pass over the vocabulary."""
         return log_probabilities(self.logits, self.multi_label)
 

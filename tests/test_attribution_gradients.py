@@ -149,16 +149,8 @@ def test_a_head_cut_that_does_not_fit_carries_every_seed_through_the_head():
         return torch.stack([logits[:, : t + 2].pow(2).sum((1, 2)) for t in range(3)], 1)
 
     expected = batched_step_backward(scores(), [inputs])
-    cut = HeadCut()
-    handle = head.register_forward_pre_hook(
-        lambda module, args: (
-            cut.cuts.append((args[0], args[0].detach().requires_grad_())) or cut.cuts[-1][1],
-        )
-    )
-    try:
+    with HeadCut.at(head) as cut:
         actual = cut.backward(scores(), [inputs])
-    finally:
-        handle.remove()
     assert len(cut.cuts) == 1 and cut.cuts[0][1].shape[:2] != (2, 3)
     assert_close(actual[0], expected[0], 1e-12, "cut gradients")
 

@@ -57,6 +57,7 @@ from seqattr.methods.path_base import (
     PathSums,
     check_integration,
     completeness_gap,
+    factored_gradients,
     input_space,
     path_sums,
     straight_path_blocks,
@@ -269,13 +270,8 @@ def refine_chunk(
     prefix = int(inputs.batch.step_positions[steps].max())
     while True:
         chosen = examples.to(device)
-        sub_space = PathSpace(
-            *(None if x is None else x[chosen] for x in (space.source, space.target)), space.gradients
-        )
-        sub_starts = [
-            Baselines(*(None if x is None else x[chosen] for x in (start.source, start.target)))
-            for start in starts
-        ]
+        sub_space = space.rows(chosen)
+        sub_starts = [start.rows(chosen) for start in starts]
         # Each run of failing steps in pieces whose batched backward fits this level's rows (as
         # `step_chunks`).
         rows = options.internal_batch_size or len(alphas) * len(examples)
@@ -343,8 +339,11 @@ class _Interval:
     width: float
     value: Tensor
     """The gradient times ``end - start`` at the interval's midpoint, hidden-reduced: ``[positions]``."""
-    change: float
+    change: float = 0.0
     """How much the estimate moved when this interval's parent was split, shared by its three children."""
+
+    def __post_init__(self) -> None:
+        self.total = float(self.value.sum())  # read at every round: one device sync per point, not per round
 
 
 def refine_chunk_locally(
@@ -385,15 +384,15 @@ def refine_chunk_locally(
     for e in range(batch):
         row = []
         for j in range(width):
-            thirds = [_Interval(k / 3, 1 / 3, values[j, k, e], 0.0) for k in range(3)]
-            moved = abs(sum(float(t.value.sum()) for t in thirds) / 3 - float(values[j, 1, e].sum()))
+            thirds = [_Interval(k / 3, 1 / 3, values[j, k, e]) for k in range(3)]
+            moved = abs(sum(t.total for t in thirds) / 3 - thirds[1].total)  # against [0, 1]'s one point
             for third in thirds:
                 third.change = moved / 3
             row.append(thirds)
         intervals.append(row)
 
     def delta(e: int, j: int) -> float:
-        return sum(i.width * float(i.value.sum()) for i in intervals[e][j]) - float(gap[e, j])
+        return sum(i.width * i.total for i in intervals[e][j]) - float(gap[e, j])
 
     for j in range(width):
         for e in range(batch):
@@ -417,14 +416,14 @@ def refine_chunk_locally(
                         refined.append(interval)
                         continue
                     third = interval.width / 3
-                    parts = [new[2 * k], interval.value, new[2 * k + 1]]
-                    moved = abs(
-                        third * sum(float(v.sum()) for v in parts)
-                        - interval.width * float(interval.value.sum())
-                    )
-                    refined += [
-                        _Interval(interval.left + n * third, third, v, moved / 3) for n, v in enumerate(parts)
+                    kids = [
+                        _Interval(interval.left + n * third, third, value)
+                        for n, value in enumerate([new[2 * k], interval.value, new[2 * k + 1]])
                     ]
+                    moved = abs(third * sum(kid.total for kid in kids) - interval.width * interval.total)
+                    for kid in kids:
+                        kid.change = moved / 3
+                    refined += kids
                 intervals[e][j] = refined
     totals = torch.stack(
         [
@@ -457,24 +456,19 @@ def _point_values(
     """Each point's gradient times ``end - start``, hidden-reduced, for the batch examples ``examples`` at
     the path's ``alphas`` (one forward pass per block of ``internal_batch_size`` rows): the source positions
     (where attributed) then the target positions, padded to ``prefix``."""
-    sub_space = PathSpace(
-        *(None if x is None else x[examples] for x in (space.source, space.target)), space.gradients
-    )
-    sub_start = Baselines(*(None if x is None else x[examples] for x in (start.source, start.target)))
     count = len(examples)
     expect_passes(inputs.objective, _blocks(len(alphas), count, options))
+    path = straight_path_blocks(
+        space.rows(examples), start.rows(examples), options, alphas, [1.0] * len(alphas), count
+    )
     blocks = []
-    for block in straight_path_blocks(sub_space, sub_start, options, alphas, [1.0] * len(alphas), count):
-        points = block.target_points if block.target_points is not None else block.source_points
-        rows = examples.repeat(points.shape[0] // count)
-        source, target = space.gradients(block.source_points, block.target_points, steps, rows)
+    for source, target in factored_gradients(inputs, steps, path, space, examples):
         parts = []
         if source is not None:
-            parts.append(reduce_hidden(source * block.source_factor, options.hidden_reduction))
+            parts.append(reduce_hidden(source, options.hidden_reduction))
         if target is not None:
-            reached = target.shape[2]
-            reduced = reduce_hidden(target * block.target_factor[:, :reached], options.hidden_reduction)
-            parts.append(torch.nn.functional.pad(reduced, (0, prefix - reached)))
+            reduced = reduce_hidden(target, options.hidden_reduction)
+            parts.append(torch.nn.functional.pad(reduced, (0, prefix - reduced.shape[2])))
         blocks.append(torch.cat(parts, -1).unflatten(1, (-1, count)))
     return torch.cat(blocks, 1)
 

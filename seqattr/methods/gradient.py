@@ -209,10 +209,18 @@ class HeadCut:
     @contextlib.contextmanager
     def around(cls, objective: Any) -> Iterator[HeadCut]:
         """Cut the output head's input while the block runs (when `applies`)."""
-        cut = cls()
         if not cls.applies(objective):
-            yield cut
+            yield cls()
             return
+        with cls.at(objective.model.model.get_output_embeddings()) as cut:
+            yield cut
+
+    @classmethod
+    @contextlib.contextmanager
+    def at(cls, head: torch.nn.Module) -> Iterator[HeadCut]:
+        """Cut ``head``'s input while the block runs: each call records its input and runs on a detached
+        leaf instead."""
+        cut = cls()
 
         def detach(module, args):
             (hidden, *rest) = args
@@ -220,7 +228,7 @@ class HeadCut:
             cut.cuts.append((hidden, leaf))
             return (leaf, *rest)
 
-        handle = objective.model.model.get_output_embeddings().register_forward_pre_hook(detach)
+        handle = head.register_forward_pre_hook(detach)
         try:
             yield cut
         finally:

@@ -95,6 +95,10 @@ class Baselines:
     source: Float[Tensor, "batch source_len hidden"] | None
     target: Float[Tensor, "batch target_len hidden"] | None
 
+    def rows(self, examples: Tensor) -> Baselines:
+        """These baselines for the batch examples ``examples`` (indices) only."""
+        return Baselines(*(None if x is None else x[examples] for x in (self.source, self.target)))
+
     def for_roles(self, inputs: MethodInputs) -> tuple[Tensor | None, Tensor]:
         """Source and target embeddings with the attributed roles replaced by their baseline."""
         source = self.source if self.source is not None else inputs.source_embeds
@@ -265,6 +269,12 @@ class PathSpace:
     target: Tensor | None
     gradients: RoleGradients
 
+    def rows(self, examples: Tensor) -> PathSpace:
+        """This space's ends for the batch examples ``examples`` (indices) only; the same gradients."""
+        return PathSpace(
+            *(None if x is None else x[examples] for x in (self.source, self.target)), self.gradients
+        )
+
 
 def input_space(inputs: MethodInputs) -> PathSpace:
     """The input embeddings as a path space: gradients from `step_gradients` (one forward, batched backward).
@@ -297,21 +307,39 @@ def path_sums(
         >>> block = PointBlock(None, points, None, weights)  # doctest: +SKIP
         >>> sums = path_sums(inputs, slice(0, 4), iter([block]))  # doctest: +SKIP
     """
-    gradients = (space or input_space(inputs)).gradients
     batch = inputs.batch.size if examples is None else len(examples)
     source_sum = target_sum = None
+    for source, target in factored_gradients(inputs, steps, blocks, space, examples):
+        if source is not None:
+            part = source.unflatten(1, (-1, batch)).sum(1)
+            source_sum = part if source_sum is None else source_sum + part
+        if target is not None:
+            part = target.unflatten(1, (-1, batch)).sum(1)
+            target_sum = part if target_sum is None else target_sum + part
+    return PathSums(source_sum, target_sum)
+
+
+def factored_gradients(
+    inputs: MethodInputs,
+    steps: slice,
+    blocks: Iterator[PointBlock],
+    space: PathSpace | None = None,
+    examples: Tensor | None = None,
+) -> Iterator[tuple[Tensor | None, Tensor | None]]:
+    """Per block, every point's ``factor * gradient`` for the steps of ``steps`` (``[steps, rows, positions,
+    hidden]`` per role, None where not attributed; the target cut to the chunk's prefix), one forward per
+    block: what `path_sums` adds up, and adaptive integration keeps point by point. ``examples`` as in
+    `path_sums`."""
+    gradients = (space or input_space(inputs)).gradients
+    batch = inputs.batch.size if examples is None else len(examples)
     for block in blocks:
         points = block.target_points if block.target_points is not None else block.source_points
         rows = None if examples is None else examples.repeat(points.shape[0] // batch)
         source, target = gradients(block.source_points, block.target_points, steps, rows)
-        if source is not None:
-            part = (source * block.source_factor).unflatten(1, (-1, batch)).sum(1)
-            source_sum = part if source_sum is None else source_sum + part
-        if target is not None:
-            prefix = target.shape[2]
-            part = (target * block.target_factor[:, :prefix]).unflatten(1, (-1, batch)).sum(1)
-            target_sum = part if target_sum is None else target_sum + part
-    return PathSums(source_sum, target_sum)
+        yield (
+            None if source is None else source * block.source_factor,
+            None if target is None else target * block.target_factor[:, : target.shape[2]],
+        )
 
 
 def write_sums(writer: AttributionWriter, steps: slice, sums: PathSums, hidden_reduction: str | None) -> None:
